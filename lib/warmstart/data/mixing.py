@@ -1,0 +1,126 @@
+"""Language mixing: per-language sampling weights with a repetition cap.
+
+NorMistral balances languages by upsampling low-resource text, repeating it up
+to 16 times. :func:`plan_mixture` turns sizes and weights into a byte budget
+per language by water-filling: every language gets ``total * w / sum(w)``
+unless that exceeds ``max_repeats * size``; capped languages are fixed at the
+cap and the rest of the budget is shared out again by weight among the others.
+If every language hits its cap the total shrinks and the plan says so.
+
+:func:`take_bytes` realises a plan for one language: whole shuffled passes over
+the items, then a seeded partial pass, until the byte target is reached.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class MixPlan:
+    lang: str
+    size: int  # bytes available
+    weight: float
+    target: int  # bytes to draw
+    repeats: float  # target / size
+    share: float  # target / sum of all targets
+    capped: bool  # hit max_repeats
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_mixture(
+    sizes: dict[str, int],
+    weights: dict[str, float],
+    max_repeats: float = 16.0,
+    total: int | None = None,
+) -> dict[str, MixPlan]:
+    """Bytes to draw per language. ``total`` defaults to the sum of the sizes."""
+    if not weights:
+        raise ValueError("mixing weights are empty: give at least one language")
+    unknown = sorted(set(weights) - set(sizes))
+    if unknown:
+        raise ValueError(f"mixing weights name languages with no data: {unknown}; available: {sorted(sizes)}")
+    bad = {k: w for k, w in weights.items() if not (w > 0 and math.isfinite(w))}
+    if bad:
+        raise ValueError(f"mixing weights must be finite and > 0, got {bad}")
+    empty = sorted(k for k in weights if sizes[k] <= 0)
+    if empty:
+        raise ValueError(f"languages with no data cannot be mixed: {empty}")
+    if max_repeats < 1:
+        raise ValueError(f"max_repeats must be >= 1, got {max_repeats}")
+    langs = list(weights)
+    if total is None:
+        total = sum(sizes[k] for k in langs)
+    if total <= 0:
+        raise ValueError(f"total must be > 0, got {total}")
+
+    alloc: dict[str, float] = {}
+    free = list(langs)
+    remaining = float(total)
+    while free:
+        wsum = sum(weights[k] for k in free)
+        over = [k for k in free if remaining * weights[k] / wsum > max_repeats * sizes[k]]
+        if not over:
+            for k in free:
+                alloc[k] = remaining * weights[k] / wsum
+            break
+        for k in over:
+            alloc[k] = max_repeats * sizes[k]
+            remaining -= alloc[k]
+            free.remove(k)
+
+    targets = _round_preserving_sum(alloc)
+    grand = sum(targets.values())
+    return {
+        k: MixPlan(
+            lang=k,
+            size=sizes[k],
+            weight=weights[k],
+            target=targets[k],
+            repeats=targets[k] / sizes[k],
+            share=targets[k] / grand,
+            capped=k not in free,
+        )
+        for k in langs
+    }
+
+
+def _round_preserving_sum(values: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder rounding: integers that add up to round(sum)."""
+    floors = {k: math.floor(v) for k, v in values.items()}
+    short = round(sum(values.values())) - sum(floors.values())
+    order = sorted(values, key=lambda k: (floors[k] - values[k], k))
+    for k in order[: max(short, 0)]:
+        floors[k] += 1
+    return floors
+
+
+def take_bytes(items: list[str], n_bytes: int, seed: int) -> list[str]:
+    """Whole seeded passes over ``items``, then a partial pass, until ``n_bytes``.
+
+    The item that crosses the target is included, so the result holds at least
+    ``n_bytes`` of UTF-8 (or all passes, if the target is a whole multiple).
+    """
+    if n_bytes <= 0:
+        return []
+    if not items:
+        raise ValueError("cannot draw bytes from an empty list of texts")
+    sizes = [len(t.encode("utf-8")) for t in items]
+    if sum(sizes) == 0:
+        raise ValueError("cannot draw bytes from texts that are all empty")
+    out: list[str] = []
+    got = 0
+    rng = random.Random(seed)
+    while got < n_bytes:
+        order = list(range(len(items)))
+        rng.shuffle(order)
+        for i in order:
+            out.append(items[i])
+            got += sizes[i]
+            if got >= n_bytes:
+                break
+    return out

@@ -1,0 +1,70 @@
+import copy
+
+import pytest
+import yaml
+
+from warmstart.config import PROFILES_DIR, ParamsError, apply_profile, deep_merge, load_params, profile, validate
+
+
+def test_shipped_params_and_profiles_validate(root, params_dict):
+    """litgpt's habit: every shipped config is checked against the schema."""
+    p = load_params(root / "params.yaml")
+    assert p.languages == ["en-US", "nb-NO"]
+    for prof in PROFILES_DIR.glob("*.yaml"):
+        validate(deep_merge(params_dict, profile(prof.stem)), prof.name)
+
+
+def test_missing_key_is_named(params_dict):
+    raw = copy.deepcopy(params_dict)
+    del raw["corpus"]["min_chars"]
+    with pytest.raises(ParamsError, match=r"corpus\.min_chars: missing key"):
+        validate(raw)
+
+
+def test_out_of_range_names_key_and_range(params_dict):
+    raw = copy.deepcopy(params_dict)
+    raw["corpus"]["langid"]["threshold"] = 1.5
+    with pytest.raises(ParamsError, match=r"corpus\.langid\.threshold: Input should be less than or equal to 1 \(got 1\.5\)"):
+        validate(raw)
+
+
+def test_unknown_key_is_a_typo(params_dict):
+    raw = copy.deepcopy(params_dict)
+    raw["tokenizer"]["vocab_sise"] = 10
+    with pytest.raises(ParamsError, match=r"tokenizer\.vocab_sise: unknown key"):
+        validate(raw)
+
+
+def test_bad_language_code_and_same_languages(params_dict):
+    raw = copy.deepcopy(params_dict)
+    raw["shared"]["target_lang"] = "norsk"
+    with pytest.raises(ParamsError, match=r"shared\.target_lang"):
+        validate(raw)
+    raw["shared"]["target_lang"] = "en-US"
+    with pytest.raises(ParamsError, match="must differ"):
+        validate(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("shared: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_apply_profile_rewrites_in_place(tmp_path, root):
+    dst = tmp_path / "params.yaml"
+    dst.write_text((root / "params.yaml").read_text())
+    p = apply_profile("smoke", dst)
+    assert p.tokenizer.vocab_size == yaml.safe_load(dst.read_text())["tokenizer"]["vocab_size"] == 1024
+    with pytest.raises(ParamsError, match="unknown profile 'nope'; available: smoke"):
+        apply_profile("nope", dst)
+
+
+def test_target_switch_is_params_only(params_dict):
+    for lang in ["cs-CZ", "da-DK", "sv-SE", "fr-FR"]:
+        p = validate(deep_merge(params_dict, {"shared": {"target_lang": lang}}))
+        assert p.languages == ["en-US", lang]
+        assert p.resolve_lang("target") == lang
