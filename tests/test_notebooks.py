@@ -1,0 +1,64 @@
+"""Notebooks are thin, parameterised, committed clean, and mirror params.yaml."""
+
+import ast
+import json
+
+import pytest
+import yaml
+
+NOTEBOOKS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+def _stages(root):
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def _parameters_cell(nb):
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    src = "".join(cells[0]["source"])
+    ns: dict = {}
+    exec(compile(ast.parse(src), "parameters", "exec"), {}, ns)
+    return ns
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: strip outputs (nbstripout)"
+    assert nb["metadata"]["kernelspec"]["name"] == "warmstart"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_mirrors_params_yaml(path, root, params_dict):
+    ns = _parameters_cell(json.loads(path.read_text()))
+    assert ns, "the parameters cell defines the stage's sections"
+    for section, value in ns.items():
+        assert section in params_dict, f"{path.name}: {section} is not a params.yaml section"
+        assert value == params_dict[section], f"{path.name}: parameters cell section {section!r} drifted from params.yaml"
+
+
+def test_every_stage_runs_its_notebook_with_papermill(root):
+    stages = _stages(root)
+    nb_names = {p.name for p in NOTEBOOKS}
+    used = set()
+    for name, st in stages.items():
+        cmd = st["cmd"]
+        nb = next(tok for tok in cmd.split() if tok.startswith("notebooks/"))
+        used.add(nb.split("/")[1])
+        assert "${nb}" in cmd and nb in st["deps"], f"stage {name} runs its notebook through papermill and depends on it"
+        ns = _parameters_cell(json.loads((root / nb).read_text()))
+        declared = {p.split(".")[0] for p in st["params"]}
+        assert set(ns) == declared, f"stage {name}: notebook sections {sorted(ns)} != dvc.yaml params {sorted(declared)}"
+    assert used == nb_names, f"notebooks without a stage: {sorted(nb_names - used)}"
+    nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
+    assert "-k warmstart" in nb_var and "--log-output" in nb_var
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_stay_thin(path):
+    nb = json.loads(path.read_text())
+    lines = sum(len("".join(c["source"]).splitlines()) for c in nb["cells"] if c["cell_type"] == "code")
+    assert lines <= 150, f"{path.name}: {lines} code lines; move logic into lib/warmstart"
