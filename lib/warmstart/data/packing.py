@@ -1,0 +1,248 @@
+"""EOS-separated packing of tokenized documents into fixed-length rows.
+
+This is CSMPT's ``Concat`` dataset: documents are concatenated, each followed
+by one EOS token, and the stream is cut into rows of exactly ``seq_len``
+tokens; a document may straddle rows. Nothing is padded and nothing dropped.
+
+* :class:`PackedStream`: one corpus. Deterministic and resumable: the
+  document order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so
+  the whole position is three integers ``{epoch, index, offset}`` (offset =
+  tokens of the current document already emitted, EOS included in its
+  length). ``state_dict()``/``load_state_dict()`` round-trip exactly.
+* :class:`CorpusStream`: several named corpora, either hot-swapped at given
+  steps (CSMPT swapped corpora mid-run; a corpus swapped back in resumes
+  where it stopped) or mixed row by row with fixed weights (smooth weighted
+  round robin: after ``k`` rows each corpus has had ``w * k`` rows up to less
+  than one, deterministically).
+* :func:`document_attention_mask`: the 4D mask that keeps attention inside a
+  document (causal or bidirectional per row), in the format transformers
+  Llama/Mistral accept as ``attention_mask`` (a 4D mask is used as given).
+
+Every row also carries ``doc_ids`` (segment index within the row) and
+``position_ids`` (position within the segment, restarting at 0 for every
+document piece). Passing those ``position_ids`` with ``attention_mask=None``
+**and ``use_cache=False``** makes transformers (5.x) build the block-diagonal
+causal mask itself (packed-sequence detection; flash-attention varlen on
+GPU). Beware: with the default ``use_cache=True`` the model creates a cache
+object and silently skips that detection, so documents see each other (a
+test pins this). Pass neither to train on the plain concatenation.
+
+Byte accounting: each document may carry its UTF-8 byte length; the bytes of
+a document are credited in proportion to the tokens emitted, using integer
+cumulative rounding, so they add up exactly to the document's length once
+it has been emitted in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """Rows from a stream: ``[n, seq_len]`` int64 tensors plus bookkeeping."""
+
+    input_ids: torch.Tensor
+    doc_ids: torch.Tensor
+    position_ids: torch.Tensor
+    bytes: int = 0
+    corpora: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: slice | Sequence[int]) -> "PackedBatch":
+        idx = rows if isinstance(rows, slice) else torch.as_tensor(list(rows), dtype=torch.long)
+        corp = self.corpora[rows] if isinstance(rows, slice) else [self.corpora[i] for i in rows]
+        return PackedBatch(self.input_ids[idx], self.doc_ids[idx], self.position_ids[idx], 0, corp)
+
+
+class PackedStream:
+    """Endless, deterministic stream of packed rows over one list of documents.
+
+    ``docs``: token-id sequences *without* the separator; ``eos_id`` is
+    appended to each. ``doc_bytes``: optional UTF-8 byte length per document.
+    ``shuffle``: a fresh seeded permutation of the documents every epoch.
+    """
+
+    def __init__(
+        self,
+        docs: Sequence[Sequence[int]],
+        seq_len: int,
+        eos_id: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        doc_bytes: Sequence[int] | None = None,
+    ):
+        if not docs:
+            raise ValueError("PackedStream needs at least one document")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        self.docs = [np.append(np.asarray(d, dtype=np.int64), np.int64(eos_id)) for d in docs]
+        self.seq_len, self.eos_id, self.seed, self.shuffle = seq_len, eos_id, seed, shuffle
+        self.doc_bytes = list(doc_bytes) if doc_bytes is not None else [0] * len(self.docs)
+        if len(self.doc_bytes) != len(self.docs):
+            raise ValueError("doc_bytes must have one entry per document")
+        self.total_tokens = sum(len(d) for d in self.docs)
+        self.epoch = self.index = self.offset = 0
+        self._perm_epoch, self._perm = -1, None
+
+    # -- state -----------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index, "offset": self.offset}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.epoch, self.index, self.offset = int(state["epoch"]), int(state["index"]), int(state["offset"])
+
+    # -- iteration -------------------------------------------------------
+    def _order(self) -> np.ndarray:
+        if self._perm_epoch != self.epoch:
+            n = len(self.docs)
+            self._perm = (
+                np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+            )
+            self._perm_epoch = self.epoch
+        return self._perm
+
+    def next_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """One row: (input_ids, doc_ids, position_ids, bytes consumed)."""
+        T = self.seq_len
+        ids, seg, pos = np.empty(T, np.int64), np.empty(T, np.int64), np.empty(T, np.int64)
+        filled, nseg, nbytes = 0, 0, 0
+        while filled < T:
+            d = int(self._order()[self.index])
+            doc = self.docs[d]
+            take = min(T - filled, len(doc) - self.offset)
+            ids[filled : filled + take] = doc[self.offset : self.offset + take]
+            seg[filled : filled + take] = nseg
+            pos[filled : filled + take] = np.arange(take)
+            b, n = self.doc_bytes[d], len(doc)
+            nbytes += b * (self.offset + take) // n - b * self.offset // n
+            filled, nseg, self.offset = filled + take, nseg + 1, self.offset + take
+            if self.offset == len(doc):
+                self.offset, self.index = 0, self.index + 1
+                if self.index == len(self.docs):
+                    self.index, self.epoch = 0, self.epoch + 1
+        return ids, seg, pos, nbytes
+
+    def next_rows(self, n: int, name: str = "") -> PackedBatch:
+        rows = [self.next_row() for _ in range(n)]
+        return _stack(rows, [name] * n)
+
+
+def _stack(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], corpora: list[str]) -> PackedBatch:
+    return PackedBatch(
+        input_ids=torch.from_numpy(np.stack([r[0] for r in rows])),
+        doc_ids=torch.from_numpy(np.stack([r[1] for r in rows])),
+        position_ids=torch.from_numpy(np.stack([r[2] for r in rows])),
+        bytes=sum(r[3] for r in rows),
+        corpora=corpora,
+    )
+
+
+class CorpusStream:
+    """Named corpora, hot-swapped by step or mixed by weight.
+
+    ``schedule``: ``[(step, name), ...]`` sorted, first at step 0; from
+    ``step`` on, rows come from ``name``. ``mix``: ``{name: weight}``; rows
+    are assigned to corpora by smooth weighted round robin (the corpus with
+    the largest deficit ``w_i * (k + 1) - count_i`` gets row ``k``; ties go to
+    the first listed). Give one or the other; with neither, the single
+    corpus is used. The state holds every corpus position, the mixing
+    counts and the number of rows drawn.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[str, PackedStream],
+        schedule: Sequence[tuple[int, str]] | None = None,
+        mix: Mapping[str, float] | None = None,
+    ):
+        self.streams = dict(streams)
+        if schedule and mix:
+            raise ValueError("give a hot-swap schedule or mixing weights, not both")
+        if not schedule and not mix:
+            if len(self.streams) != 1:
+                raise ValueError("several corpora need a schedule or mixing weights")
+            schedule = [(0, next(iter(self.streams)))]
+        self.schedule = sorted((int(s), str(c)) for s, c in schedule) if schedule else None
+        if self.schedule and self.schedule[0][0] != 0:
+            raise ValueError("the corpus schedule must start at step 0")
+        if mix:
+            total = float(sum(mix.values()))
+            self.mix = {k: float(v) / total for k, v in mix.items()}
+        else:
+            self.mix = None
+        unknown = ({c for _, c in self.schedule or []} | set(self.mix or {})) - set(self.streams)
+        if unknown:
+            raise ValueError(f"unknown corpora {sorted(unknown)}; known: {sorted(self.streams)}")
+        self.rows = 0
+        self.counts = {k: 0 for k in self.mix or {}}
+
+    def corpus_at(self, step: int) -> str:
+        """Corpus in use at ``step`` under the hot-swap schedule ("mix" when mixing)."""
+        if self.mix:
+            return "mix"
+        return [c for s, c in self.schedule if s <= step][-1]
+
+    def _mixed_choice(self) -> str:
+        k = self.rows
+        return max(self.mix, key=lambda c: (self.mix[c] * (k + 1) - self.counts[c], -list(self.mix).index(c)))
+
+    def next_rows(self, n: int, step: int) -> PackedBatch:
+        rows, names = [], []
+        for _ in range(n):
+            name = self._mixed_choice() if self.mix else self.corpus_at(step)
+            if self.mix:
+                self.counts[name] += 1
+            rows.append(self.streams[name].next_row())
+            names.append(name)
+            self.rows += 1
+        return _stack(rows, names)
+
+    def state_dict(self) -> dict:
+        return {
+            "rows": self.rows,
+            "counts": dict(self.counts),
+            "streams": {k: s.state_dict() for k, s in self.streams.items()},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.rows = int(state["rows"])
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+        for k, s in state["streams"].items():
+            self.streams[k].load_state_dict(s)
+
+
+def document_attention_mask(
+    doc_ids: torch.Tensor, bidirectional: bool | torch.Tensor = False, causal_across: bool = False
+) -> torch.Tensor:
+    """Boolean ``[batch, 1, T, T]`` mask, True where query ``i`` may attend key ``j``.
+
+    Tokens attend only within their own document (same ``doc_ids``);
+    ``bidirectional`` (a bool, or one bool per row) lifts the causal
+    constraint inside documents (masked-LM rows). ``causal_across=True``
+    gives the plain causal mask over the whole row instead of the
+    block-diagonal one (packing without document masking). transformers
+    uses a 4D mask as given; sdpa takes booleans, eager attention needs the
+    additive form from :func:`additive_mask`.
+    """
+    b, T = doc_ids.shape
+    same = doc_ids[:, :, None] == doc_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    bidi = torch.as_tensor(bidirectional, device=doc_ids.device).reshape(-1, 1, 1).expand(b, 1, 1)
+    if causal_across:
+        mask = torch.where(bidi, same, causal.expand(b, T, T))
+    else:
+        mask = same & (causal | bidi)
+    return mask[:, None]
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Boolean mask -> additive float mask (0 where allowed, dtype minimum elsewhere)."""
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~mask, torch.finfo(dtype).min)

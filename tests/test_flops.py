@@ -1,0 +1,56 @@
+"""FLOPs per token (6 N + 12 L H Q T) on configs small enough to count by hand."""
+
+import math
+
+import pytest
+from transformers import MistralConfig
+
+from warmstart import flops
+from warmstart.model import build_model
+
+# The tests' tiny Llama: vocab 300, hidden 32, 2 layers, 4 heads (head dim 8), 2 kv heads, MLP 64, T = 32.
+TINY = dict(vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64)
+# N by hand, per layer: q 32*32 = 1024, k 32*(2*8) = 512, v 512, o 1024, gate+up+down 3*32*64 = 6144 -> 9216;
+# two layers 18432, plus the LM head 300*32 = 9600 -> N = 28032 (the input embedding is not counted).
+N_TINY = 28032
+# 6 N = 168192; attention 12 * L * H * Q * T = 12 * 2 * 4 * 8 * 32 = 24576; total 192768 per token.
+FPT_TINY = 192768
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_tiny_flops_by_hand(tie):
+    model = build_model(**TINY, tie_embeddings=tie)
+    assert flops.matmul_params(model.config) == N_TINY
+    assert flops.matmul_params_of_model(model) == N_TINY  # every nn.Linear, LM head included even when tied
+    assert flops.flops_per_token(model.config, 32) == FPT_TINY
+    assert flops.run_flops(model.config, 32, 1000) == 192_768_000
+    # the embedding is excluded: N is the non-embedding parameters plus the head (no norms here: 5 * 32 of them)
+    non_embedding = sum(p.numel() for n, p in model.named_parameters() if "embed_tokens" not in n and "norm" not in n)
+    assert N_TINY == non_embedding + (300 * 32 if tie else 0)
+
+
+def test_dict_config_and_explicit_head_dim():
+    # head_dim need not be hidden / heads (Mistral-Nemo: 5120 / 32 = 160, head_dim 128)
+    cfg = dict(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+               head_dim=3, intermediate_size=5)  # fmt: skip
+    # q 8*2*3 = 48, k 8*1*3 = 24, v 24, o 2*3*8 = 48, mlp 3*8*5 = 120 -> 264, head 10*8 = 80 -> N = 344
+    assert flops.matmul_params(cfg) == 344
+    assert flops.flops_per_token(cfg, 7) == 6 * 344 + 12 * 1 * 2 * 3 * 7
+
+
+def test_normistral_order_of_magnitude():
+    """NorMistral-11b-warm: Mistral-Nemo shape, 51200 vocab, 60k steps x 1024 x 4096 tokens; card says 2.0e22 FLOP."""
+    cfg = MistralConfig(vocab_size=51200, hidden_size=5120, num_hidden_layers=40, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, intermediate_size=14336)  # fmt: skip
+    n = flops.matmul_params(cfg)
+    assert n == 40 * (5120 * 4096 * 2 + 2 * 5120 * 1024 + 3 * 5120 * 14336) + 51200 * 5120 == 11_167_334_400
+    total = flops.run_flops(cfg, 4096, 60_000 * 1024 * 4096)
+    assert 1.8e22 < total < 2.1e22  # 1.89e22 by this formula (the card's "more precise" count gives 2.0e22)
+
+
+def test_mfu_and_peak():
+    assert flops.mfu(1000.0, 1e9, 1e13) == pytest.approx(0.1)
+    assert flops.mfu(1000.0, 1e9, 1e13, n_devices=4) == pytest.approx(0.025)
+    peak = flops.measured_matmul_peak("cpu", n=256, repeats=2)
+    assert math.isfinite(peak) and peak > 1e8
+    assert flops.GPU_PEAK_BF16["H100"] == 989e12 and flops.GPU_PEAK_BF16["A100"] == 312e12
