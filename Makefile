@@ -10,7 +10,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 KERNEL ?= warmstart
 DEB_PACKAGES ?= poppler-utils
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed

@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,3 +17,17 @@ def params_dict():
     from warmstart.config import read_yaml
 
     return read_yaml(ROOT / "params.yaml")
+
+
+# Toy parallel vocabularies for tiny training runs (two "languages").
+WORDS_EN = "the cat sat on a mat with some dog and it ran far away from home to see blue sky".split()
+WORDS_NB = "en katt satt paa ei matte med noen hunder og den sprang langt hjemmefra for aa se".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread, and two xdist workers then share 2 cores without oversubscription."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

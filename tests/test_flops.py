@@ -54,3 +54,15 @@ def test_mfu_and_peak():
     peak = flops.measured_matmul_peak("cpu", n=256, repeats=2)
     assert math.isfinite(peak) and peak > 1e8
     assert flops.GPU_PEAK_BF16["H100"] == 989e12 and flops.GPU_PEAK_BF16["A100"] == 312e12
+    assert flops.GPU_PEAK_BF16["H200"] == 989e12
+
+
+def test_llama_3_2_1b_by_hand():
+    """The benchmark's model: Llama-3.2-1B shape (tied head still counted), T = 4096."""
+    cfg = dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, intermediate_size=8192)  # fmt: skip
+    # per layer: q 2048*2048 = 4194304, k = v = 2048*512 = 1048576, o 4194304, mlp 3*2048*8192 = 50331648
+    # -> 60817408; x16 = 973078528; head 128256*2048 = 262668288 -> N = 1235746816
+    assert flops.matmul_params(cfg) == 1_235_746_816
+    # 6 N = 7414480896; attention 12*16*32*64*4096 = 1610612736
+    assert flops.flops_per_token(cfg, 4096) == 9_025_093_632

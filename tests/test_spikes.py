@@ -423,3 +423,69 @@ def test_online_nan_and_hotswap():
     assert det.update(300, float("nan")) is True
     assert det.update(301, 2.6, corpus="b") is False  # a hot-swap restarts the windows: no reference yet
     assert det.update(302, 2.6, corpus="b") is False
+
+
+# --------------------------------------------------------------------------- the spikes stage
+
+
+def _study_run(d, seed, spike_at=None, level_shift=0.0):
+    """A two-phase trainer-style run: log.jsonl (global steps) + run.json, phase 2 starts at step 201."""
+    rng = np.random.default_rng(seed)
+    d.mkdir(parents=True)
+    recs = []
+    for k in range(1, 401):
+        phase = "phase1" if k <= 200 else "phase2"
+        lvl = 4.0 * (1 + k / 50) ** -0.3 + (level_shift if k > 200 else 0.0)
+        loss = lvl * math.exp(0.01 * rng.normal()) * (1.5 if spike_at and spike_at <= k < spike_at + 3 else 1.0)
+        recs.append({"step": k, "phase": phase, "loss": loss, "lr": 1e-3 if k > 10 else 1e-4 * k,
+                     "grad_norm": 1.0 + 0.05 * rng.normal(), "update_cos": 0.1, "corpus": "t", "skipped": False})
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (d / "run.json").write_text(json.dumps({"name": d.name, "kind": "x", "checkpoints": [{"step": 200}, {"step": 400}],
+                                            "phases": [{"name": "phase1", "start_step": 1, "steps": 200},
+                                                       {"name": "phase2", "start_step": 201, "steps": 200}]}))
+
+
+def test_spikes_stage_on_a_small_study(tmp_path, monkeypatch):
+    from warmstart.config import load_params
+
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    _study_run(tmp_path / "data/runs/scratch", 0, spike_at=300, level_shift=0.5)  # a phase jump and one spike
+    _study_run(tmp_path / "data/runs/base", 1)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(root / "params.yaml", overrides={"shared": {"data_dir": "data", "reports_dir": "reports"}})
+    stage = S.run_stage(params, show=False)
+    ev = stage["events"]
+    assert list(ev["run"]) == ["scratch"] and ev["start_step"].iloc[0] == 300 and ev["end_step"].iloc[0] == 302
+    assert stage["results"]["scratch"]["boundaries"] == [201]  # the phase boundary is known, not a spike
+    assert "original: no run" in " ".join(stage["notes"])
+    frag = json.loads((tmp_path / "reports/fragments/70_spikes.json").read_text())
+    assert frag["numbers"]["spikes.scratch"] == 1 and frag["numbers"]["spikes.base"] == 0
+    metrics = json.loads((tmp_path / "reports/metrics/spikes.json").read_text())
+    assert metrics["total_spikes"] == 1 and (tmp_path / "reports/spikes/scratch.png").is_file()
+    # without the boundary the phase jump is a (persistent) event or a level shift: the boundary matters
+    no_b = S.detect(S.load_log(tmp_path / "data/runs/scratch/log.jsonl"), **dict(params.spikes.params))
+    assert [e.start_step for e in no_b] != [300] or no_b.level_shifts
+
+
+def test_cli_reads_the_trainer_log_and_its_tensorboard(tmp_path, capsys):
+    """The real trainer's two log formats (JSONL and TensorBoard), same records."""
+    pytest.importorskip("torch")
+    import sys as _sys
+    from pathlib import Path
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    import test_train as T
+
+    assets = T.assets.__wrapped__(type("F", (), {"mktemp": lambda self, n: (tmp_path / n).mkdir() or tmp_path / n})())
+    from warmstart.train import train
+
+    train(T.make_cfg(assets, tmp_path / "run", steps=12, tensorboard=True, export_final=False))
+    a = S.load_log(tmp_path / "run/log.jsonl")
+    b = S.load_log(tmp_path / "run/tb")
+    assert list(a["step"]) == list(b["step"]) == list(range(1, 13))
+    assert np.allclose(a["loss"], b["loss"], rtol=1e-6) and np.allclose(a["grad_norm"], b["grad_norm"], rtol=1e-6)
+    for src in ("run/log.jsonl", "run/tb"):
+        assert S.main(["detect", str(tmp_path / src), "--json", "--warmup", "0"]) == 0
+        assert json.loads(capsys.readouterr().out) == []

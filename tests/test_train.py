@@ -39,17 +39,8 @@ from warmstart.train import (
 )
 
 SPEC = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64, seed=0)
-WORDS_A = "the cat sat on a mat with some dog and it ran far away from home to see blue sky".split()
-WORDS_B = "en katt satt paa ei matte med noen hunder og den sprang langt hjemmefra for aa se".split()
+from conftest import WORDS_EN as WORDS_A, WORDS_NB as WORDS_B
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and two xdist workers then share 2 cores without oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _texts(words, n, seed):
@@ -459,3 +450,67 @@ def test_masked_share_learns_masked_prediction(assets, tmp_path):
                         position_ids=batch.position_ids, use_cache=False)  # fmt: skip
         losses[share] = float(out.loss)
     assert losses[0.5] < losses[0.0] - 0.1, losses
+
+
+# ---------------------------------------------------------------- loss-spike mitigation (PaLM: roll back, skip batches)
+
+SPIKE_DET = {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 30, "z_pair": None}
+
+
+def _spike_cfg(assets, out_dir, mitigate: bool, **kw) -> dict:
+    """120 steps, batches 95-104 of the stream are random tokens (a corrupted stretch near the end)."""
+    base = dict(micro_batch=8, steps=120, lr=2e-3, lr_schedule="constant", checkpoint_every=5, keep_last=3,
+                inject_bad_batches=list(range(95, 105)))  # fmt: skip
+    if mitigate:
+        base.update(spike_mitigation=True, spike_skip_batches=12, spike_detector=SPIKE_DET)
+    return make_cfg(assets, out_dir, **base | kw)
+
+
+def _eval_loss(assets, model_dir) -> float:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets / "tok")
+    texts = [json.loads(line)["text"] for line in (assets / "a.jsonl").read_text().splitlines()[:32]]
+    ids = [x[:32] for x in tok(texts)["input_ids"] if len(x) >= 32]
+    model = load_model(model_dir).eval()
+    with torch.no_grad():
+        x = torch.tensor(ids)
+        return float(model(input_ids=x, labels=x).loss)
+
+
+def test_spike_mitigation_rolls_back_skips_and_ends_lower(assets, tmp_path):
+    off = train(_spike_cfg(assets, tmp_path / "off", False))
+    on = train(_spike_cfg(assets, tmp_path / "on", True))
+    log_off, log_on = read_log(tmp_path / "off"), read_log(tmp_path / "on")
+    # without mitigation the corrupted stretch is a 10-step spike
+    assert min(r["loss"] for r in log_off if 95 <= r["step"] <= 104) > 2 * log_off[93]["loss"]
+    # with it: the detector fires on the first bad batch, the run goes back to step 90 and skips 12 batches
+    events = [r for r in log_on if r.get("spike_start")]
+    assert [(r["step"], r["spike_start"], r["rollback_to"], r["skipped_batches"]) for r in events] == [(95, 95, "step0000090", 12)]
+    assert on.spike_rollbacks == 1 and on.skipped_batches == 12 and off.spike_rollbacks == 0
+    assert [r["step"] for r in log_on] == list(range(1, 121))  # one record per step, the rollback step included
+    assert [r["loss"] for r in log_on[:94]] == [r["loss"] for r in log_off[:94]]  # identical before the spike
+    assert max(r["loss"] for r in log_on[95:]) < 1.3 * log_on[93]["loss"]  # no bad batch was trained on again
+    # recovered, and better off at the end than the unmitigated run
+    tail = lambda log: sum(r["loss"] for r in log[-10:]) / 10  # noqa: E731
+    assert tail(log_on) < tail(log_off)
+    assert _eval_loss(assets, on.export_dir) < _eval_loss(assets, off.export_dir)
+
+
+def test_spike_mitigation_resume_is_exact(assets, tmp_path):
+    """The detector state and the count of skipped batches are checkpointed: a resumed run equals a straight one."""
+    train(_spike_cfg(assets, tmp_path / "ref", True, steps=110))
+    train(_spike_cfg(assets, tmp_path / "res", True, steps=100))
+    train(_spike_cfg(assets, tmp_path / "res", True, steps=110), resume=True)
+    assert_same_weights(tmp_path / "ref/final", tmp_path / "res/final")
+    keys = ("step", "loss", "grad_norm", "data_state", "rollback_to")
+    assert [[r.get(k) for k in keys] for r in read_log(tmp_path / "res")] == [[r.get(k) for k in keys] for r in read_log(tmp_path / "ref")]
+
+
+def test_spike_mitigation_config_errors(assets, tmp_path):
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(**make_cfg(assets, tmp_path / "x", spike_mitigation=True))
+    with pytest.raises(ValueError, match="spike_detector"):
+        TrainConfig(**make_cfg(assets, tmp_path / "x", spike_mitigation=True, checkpoint_every=5, spike_detector={"z_enterr": 3}))
+    cfg = TrainConfig(**make_cfg(assets, tmp_path / "x"))
+    assert not cfg.spike_mitigation and cfg.spike_skip_batches == 0  # off by default

@@ -151,10 +151,164 @@ class Tokenizer(_Section):
         return v
 
 
+# ---------------------------------------------------------------- base
+
+
+class TinyModel(_Section):
+    """Shape of the embedded default's tiny Llama/Mistral model (warmstart.model.ModelSpec)."""
+
+    arch: Literal["llama", "mistral"] = "llama"
+    hidden: int = Field(ge=8, le=16384)
+    layers: int = Field(ge=1, le=256)
+    heads: int = Field(ge=1)
+    kv_heads: int | None = Field(default=None, ge=1)
+    intermediate: int | None = Field(default=None, ge=1)
+    max_pos: int = Field(default=1024, ge=16)
+    tie_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "TinyModel":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.heads % (self.kv_heads or self.heads):
+            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        return self
+
+
+class Optim(_Section):
+    """One training phase's schedule and optimiser (see warmstart.train.TrainConfig)."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    weight_decay: float = Field(default=0.1, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "Optim":
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        return self
+
+
+class Base(_Section):
+    source: Literal["tiny", "hf"] = "tiny"  # tiny: pretrain `model` on the source corpus; hf: load model_id
+    model_id: str | None = None  # HF hub id or local dir (safetensors only), for source: hf
+    tokenizer_id: str | None = None  # defaults to model_id
+    trust_remote_code: bool = False
+    model: TinyModel
+    seq_len: int = Field(ge=8, le=1_048_576)
+    micro_batch: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    optim: Optim
+    checkpoint_every: int = Field(default=0, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    samples: list[str] = []  # prompts for the notebook's generations
+
+    @model_validator(mode="after")
+    def _hf(self) -> "Base":
+        if self.source == "hf" and not self.model_id:
+            raise ValueError("base.source is 'hf' but base.model_id is not set")
+        return self
+
+
+# ---------------------------------------------------------------- vocab swap and pretrain
+
+SWAP_METHODS = ("random", "exact", "fvt", "focus", "omp")
+
+
+class VocabSwap(_Section):
+    methods: list[Literal["random", "exact", "fvt", "focus", "omp"]] = Field(min_length=1)
+    pad_multiple: int = Field(default=64, ge=1, le=4096)
+    omp_k: int = Field(default=8, ge=1, le=256)  # anchors per token for omp
+    fasttext_dim: int = Field(default=64, ge=8, le=1024)  # focus: gensim fastText vectors
+    fasttext_epochs: int = Field(default=5, ge=1, le=100)
+    neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
+    eval_bytes: int = Field(default=200_000, ge=1000)  # test text for step-0 bits per byte, per language
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods repeat: {v}")
+        return v
+
+
+class Pretrain(_Section):
+    """The warm-start study: every swap method, plus `scratch` and `original`, same bytes and schedule."""
+
+    num_processes: int = Field(default=1, ge=1)  # >1: `accelerate launch` as a process
+    seq_len: int = Field(ge=8)
+    micro_batch: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    phase1: Optim  # embeddings and head only, body frozen (NorMistral stage 2.2); scratch skips it
+    phase2: Optim  # everything
+    phase1_train_only: list[str] = [r"embed_tokens", r"lm_head"]
+    masked_share: float = Field(default=0.0, ge=0, le=1)  # hybrid masked-causal objective (NorMistral)
+    doc_mask: bool = False
+    tag_every: int | None = Field(default=None, ge=1)  # step-tagged checkpoints for the evaluation
+    log_every: int = Field(default=5, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+# ---------------------------------------------------------------- evaluate, spikes, report
+
+
+class Evaluate(_Section):
+    eval_bytes: int = Field(default=16_000, ge=1000)  # test text per language for bits per byte (CPU budget)
+    checkpoints: Literal["tagged", "final"] = "tagged"  # bits per byte at every step-tagged checkpoint, or final only
+    probe_checkpoints: Literal["tagged", "final"] = "final"  # cloze, translation, masked probes (CPU budget: final)
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    cloze_items: int = Field(default=40, ge=0)  # per language; 0 = no cloze
+    cloze_context_chars: int = Field(default=150, ge=20)
+    cloze_ending_chars: int = Field(default=80, ge=10)
+    translation_pairs: int = Field(default=16, ge=0)
+    translation_max_new_tokens: int = Field(default=32, ge=1)
+    translation_max_chars: int = Field(default=300, ge=10)  # skip longer paragraphs (tiny models read 128 tokens)
+    masked_items: int = Field(default=50, ge=0)
+
+
+class Spikes(_Section):
+    method: Literal["robust", "olmo2", "mad", "zclip"] = "robust"
+    warmup: int | Literal["auto"] = "auto"
+    # detect(**params): method parameters (robust: RobustParams fields); windows count log records
+    params: dict[str, float | int | bool | None] = {}
+    score_window: int = Field(default=1000, ge=10)  # OLMo 2 spike score: previous records in the window
+    score_min_periods: int = Field(default=1000, ge=2)  # records needed before a value counts
+
+    @model_validator(mode="after")
+    def _check_params(self) -> "Spikes":
+        if self.score_min_periods > self.score_window:
+            raise ValueError(f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})")
+        if self.method == "robust":
+            from warmstart.spikes import RobustParams
+
+            try:
+                RobustParams.from_kwargs(dict(self.params))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"params: {e}") from None
+        return self
+
+
+class Report(_Section):
+    title: str = "warmstart study"
+    author: str = "warmstart"
+
+
 class Params(_Section):
     shared: Shared
     corpus: Corpus
     tokenizer: Tokenizer
+    base: Base
+    vocab_swap: VocabSwap
+    pretrain: Pretrain
+    evaluate: Evaluate
+    spikes: Spikes
+    report: Report
 
     # -- helpers used by several stages
     def resolve_lang(self, lang: str) -> str:

@@ -42,3 +42,66 @@ def style() -> None:
     matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "figure.figsize": (7, 3.6)})
     pd.set_option("display.float_format", lambda v: f"{v:,.3f}")
     pd.set_option("display.width", 140)
+
+
+# ---------------------------------------------------------------- parameters cells
+
+
+def parameters_source(sections: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+    """The source of a ``parameters`` cell: ``extra`` (matrix items such as ``run``) then the sections."""
+    import pprint
+
+    lines = ["# parameters: mirrors params.yaml (papermill -f params.yaml overrides them under dvc repro)"]
+    for name, value in (extra or {}).items():
+        lines.append(f"{name} = {value!r}  # the DVC matrix item (papermill -p {name} ...)")
+    for name, value in sections.items():
+        lines.append(f"{name} = {pprint.pformat(value, sort_dicts=False, width=110)}")
+    return "\n".join(lines)
+
+
+def sync_parameters(notebook: str | Path, params_path: str | Path = "params.yaml") -> bool:
+    """Rewrite a notebook's ``parameters`` cell from params.yaml; True if it changed.
+
+    The sections are the ones the cell already names; other variables in the
+    cell (matrix items) keep their values.
+    """
+    import ast
+    import json
+
+    from .config import read_yaml
+
+    path = Path(notebook)
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    cell = cells[0]
+    ns: dict[str, Any] = {}
+    exec(compile(ast.parse("".join(cell["source"])), str(path), "exec"), {}, ns)
+    raw = read_yaml(params_path)
+    sections = {k: raw[k] for k in ns if k in raw}
+    extra = {k: v for k, v in ns.items() if k not in raw}
+    src = parameters_source(sections, extra)
+    if "".join(cell["source"]) == src:
+        return False
+    cell["source"] = src.splitlines(keepends=True)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m warmstart.notebook", description="Keep notebooks' parameters cells in sync with params.yaml.")
+    ap.add_argument("cmd", choices=["sync"])
+    ap.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
+    args = ap.parse_args(argv)
+    paths = args.notebooks or sorted(str(p) for p in Path("notebooks").glob("*.ipynb"))
+    for p in paths:
+        if sync_parameters(p):
+            print(f"{p}: parameters cell updated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -126,6 +126,11 @@ __all__ = [
     "spike_score",
     "OnlineDetector",
     "format_events",
+    "study_runs",
+    "run_boundaries",
+    "analyse_run",
+    "plot_run",
+    "run_stage",
     "main",
     # re-exported from warmstart.bench_spikes
     "SyntheticRun",
@@ -1177,6 +1182,14 @@ class OnlineDetector:
         """True while a spike is active."""
         return (self.core.tracker.active is not None) if self.core else self.run is not None
 
+    @property
+    def active_start(self) -> int | None:
+        """First step of the active spike (None when there is none)."""
+        if self.core is not None:
+            a = self.core.tracker.active
+            return None if a is None else int(a["start_step"])
+        return None if self.run is None else int(self.run["start"])
+
     def hotswap(self) -> None:
         """The corpus changed: restart the reference windows (robust)."""
         if self.core is not None:
@@ -1282,6 +1295,144 @@ class OnlineDetector:
                                     "end_step": r["last"], "magnitude": None})
                 self.run = None
         return flagged
+
+
+# --------------------------------------------------------------------------- #
+# The spikes stage (notebooks/07_spikes.ipynb)
+# --------------------------------------------------------------------------- #
+
+
+def study_runs(params) -> list[tuple[str, Path]]:
+    """Run names and dirs the stage analyses: base, scratch, original, one per vocab_swap method."""
+    names = ["base", "scratch", "original", *params.vocab_swap.methods]
+    return [(n, Path(params.shared.data_dir, "runs", n)) for n in names]
+
+
+def run_boundaries(run_dir: Path) -> tuple[list[int], list[int]]:
+    """(phase boundaries, checkpoint steps) from ``run.json``: the first step of every phase but the first."""
+    meta_path = Path(run_dir) / "run.json"
+    if not meta_path.is_file():
+        return [], []
+    meta = json.loads(meta_path.read_text())
+    bounds = [int(p["start_step"]) for p in meta.get("phases", [])[1:] if p.get("start_step")]
+    ckpts = sorted({int(c["step"]) for c in meta.get("checkpoints", [])})
+    return bounds, ckpts
+
+
+def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto", params: dict | None = None,
+                score_window: int = 1000, score_min_periods: int | None = None) -> dict:
+    """Detection on one trainer run dir (``log.jsonl`` + optional ``run.json``): the log, events, score.
+
+    Phase boundaries of a two-phase run are passed as known boundaries (every
+    window restarts there, as at a hot-swap), so the schedule kink and level
+    shift between phases are not spikes.
+    """
+    run_dir = Path(run_dir)
+    log_path = run_dir / "log.jsonl"
+    df = load_log(log_path if log_path.is_file() else run_dir)
+    bounds, ckpts = run_boundaries(run_dir)
+    full = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()] if log_path.is_file() else []
+    by_step = {int(r["step"]): r for r in full if "step" in r}
+    for col in ("update_cos", "phase"):
+        if any(col in r for r in full):
+            df[col] = [by_step.get(int(st), {}).get(col) for st in df["step"]]
+    if "update_cos" in df:
+        df["update_cos"] = pd.to_numeric(df["update_cos"], errors="coerce")
+    events = detect(df, method, hotswaps=bounds, warmup=warmup, **dict(params or {}))
+    score = spike_score(df, window=score_window, min_periods=score_min_periods)
+    return {"df": df, "events": events, "boundaries": bounds, "checkpoints": ckpts, "score": score,
+            "hotswaps": [h for h in events.hotswaps if h not in bounds]}
+
+
+def plot_run(name: str, res: dict, path: Path | None = None):
+    """Loss with spike markers, hot-swap (dashed) and phase (dotted) lines; grad norm and update cosine."""
+    import matplotlib.pyplot as plt
+
+    df, events = res["df"], res["events"]
+    panels = ["loss"] + [c for c in ("grad_norm", "update_cos") if c in df and df[c].notna().any()]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 1.6 * len(panels)), sharex=True, squeeze=False)
+    for ax, col in zip(axes[:, 0], panels):
+        ax.plot(df["step"], df[col], lw=0.9, color="tab:blue")
+        for b in res["boundaries"]:
+            ax.axvline(b, color="grey", ls=":", lw=1)
+        for h in res["hotswaps"]:
+            ax.axvline(h, color="tab:green", ls="--", lw=1)
+        for e in events:
+            ax.axvspan(e.start_step, e.end_step, color="red", alpha=0.12)
+        ax.set_ylabel(col)
+    ax0 = axes[0, 0]
+    if events:
+        ax0.plot([e.peak_step for e in events], [e.peak_loss for e in events], "v", color="red", label="spike peak")
+        ax0.legend(fontsize=7)
+    if (df["loss"] > 0).all():
+        ax0.set_yscale("log")
+    ax0.set_title(f"{name}: {len(events)} spike(s) (dotted: phase boundary, dashed: hot-swap)")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    return fig
+
+
+def run_stage(params, show: bool = True) -> dict:
+    """The spikes stage: detection on every study run, figures, tables, metrics and the report fragment."""
+    import time
+
+    from warmstart.fragments import table, write_fragment
+    from warmstart.io import write_json
+
+    t0 = time.perf_counter()
+    sp = params.spikes
+    out_dir = params.report_path("spikes")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, notes, rows, ev_rows, figs = {}, [], [], [], []
+    for name, d in study_runs(params):
+        if not ((d / "log.jsonl").is_file() or (d.is_dir() and _event_dirs(d))):
+            notes.append(f"{name}: no run at {d}, skipped")
+            continue
+        res = analyse_run(d, sp.method, sp.warmup, sp.params, sp.score_window, sp.score_min_periods)
+        results[name] = res
+        fig_path = out_dir / f"{name}.png"
+        fig = plot_run(name, res, fig_path)
+        if not show:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+        figs.append((name, fig_path))
+        evs = res["events"]
+        rows.append({"run": name, "records": len(res["df"]), "armed_from": evs.armed_from, "spikes": len(evs),
+                     "max_z": max((e.magnitude or 0.0 for e in evs), default=None),
+                     "score_loss_%": res["score"]["loss"], "score_grad_%": res["score"]["grad_norm"],
+                     "level_shifts": len(evs.level_shifts)})
+        ev_rows += [{"run": name, **e.to_dict()} for e in evs]
+    runs = pd.DataFrame(rows)
+    events = pd.DataFrame(ev_rows, columns=["run", *[f.name for f in fields(SpikeEvent)]])
+    runs.to_csv(out_dir / "runs.csv", index=False)
+    events.to_csv(out_dir / "events.csv", index=False)
+    metrics = {"method": sp.method, "runs": {r["run"]: {k: v for k, v in r.items() if k != "run"} for r in rows},
+               "total_spikes": int(len(events)), "skipped_runs": [n.split(":")[0] for n in notes]}
+    write_json(params.report_path("metrics", "spikes.json"), metrics)
+    paras = [
+        f"Loss spikes detected with the `{sp.method}` method of `warmstart.spikes` (causal robust z of the "
+        "log-loss against a trailing median; phase boundaries and corpus hot-swaps restart the reference, so the "
+        "phase-1 to phase-2 kink is not a spike). The OLMo 2 spike score is the share of records at least 7 "
+        f"standard deviations from the mean of the previous {sp.score_window} records (1,000 in the paper).",
+        f"{int(len(events))} spike(s) over {len(rows)} run(s)." + (" " + "; ".join(notes) if notes else ""),
+    ]
+    short = [r["run"] for r in rows if r["armed_from"] is None]
+    if short:
+        paras.append("Too few log records for the detector to arm in: " + ", ".join(short) + ".")
+    tables = [table(runs, "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
+    if len(events):
+        cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr"]
+        tables.append(table(events[cols], "Detected spikes"))
+    write_fragment(params.shared.reports_dir, "spikes", 70, "Loss spikes", paras, tables,
+                   [{"path": str(p), "caption": f"Run {n}: loss (spikes shaded), grad norm and update cosine."}
+                    for n, p in figs[:6]],
+                   {"total_spikes": int(len(events)), **{f"spikes.{r['run']}": r["spikes"] for r in rows}},
+                   time.perf_counter() - t0)
+    return {"runs": runs, "events": events, "results": results, "notes": notes, "metrics": metrics}
 
 
 # --------------------------------------------------------------------------- #

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import glob
 import json
 import math
@@ -78,8 +79,9 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from warmstart.data.packing import CorpusStream, PackedBatch, PackedStream, additive_mask, document_attention_mask
+from warmstart.data.packing import CorpusStream, PackedBatch, PackedStream
 from warmstart.flops import device_peak, flops_per_token, mfu
+from warmstart.kernels.attention import attention_inputs
 from warmstart.model import ModelSpec, atomic_dir, load_model
 
 # Step log record (log.jsonl, one per logged step, every skipped step, and "rollback_to" when one happened):
@@ -90,6 +92,10 @@ from warmstart.model import ModelSpec, atomic_dir, load_model
 # mfu (flops.py formula over the per-device peak x processes), peak_mem_bytes (CUDA max allocated or CPU
 # peak RSS), data_state (stream position, as checkpointed), skipped, corpus (hot-swap corpus or "mix"),
 # batch_rows (global rows of this step, ramp-aware), masked_rows (hybrid objective), elapsed_s.
+# With spike_mitigation, a step where the online detector fired and the run rolled back is always logged and
+# also has spike_start (first step of the spike), rollback_to (checkpoint name, null if none was old enough)
+# and skipped_batches (batches discarded after it).
+KERNEL_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "warmstart_flex")  # through warmstart.kernels
 CKPT_RE = re.compile(r"^step(\d+)$")
 TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
 LOG_FIELDS = (
@@ -125,7 +131,8 @@ class TrainConfig(BaseModel):
     model: ModelSpec | None = None  # ... or a fresh tiny model (vocab_size defaults to len(tokenizer))
     trust_remote_code: bool = False
     tokenizer_path: str | None = None  # defaults to model_path
-    attn_implementation: str | None = None  # "sdpa" (default), "eager", "flash_attention_2", ...
+    attn_implementation: str | None = None  # "sdpa" (default), "eager", "flash_attention_2", "warmstart_flex", "auto"
+    fused_kernels: bool = False  # Liger RMSNorm/SwiGLU/RoPE + fused linear-CE where the device allows (warmstart.kernels)
     # data: corpus name -> jsonl files (or globs) with a text field
     train_files: dict[str, list[str]] = Field(min_length=1)
     text_field: str = "text"
@@ -176,6 +183,13 @@ class TrainConfig(BaseModel):
     # robustness
     max_bad_steps: int = Field(default=3, ge=1)
     inject_nan_steps: list[int] = []  # test hook: these steps get a NaN loss
+    # loss-spike mitigation (PaLM), off by default: when the online detector fires, roll back to the
+    # latest checkpoint before the spike's first record and discard the next spike_skip_batches batches
+    spike_mitigation: bool = False
+    spike_skip_batches: int = Field(default=0, ge=0)
+    spike_detector: dict[str, Any] = {}  # warmstart.spikes.OnlineDetector kwargs (method, warmup, robust params)
+    spike_max_rollbacks: int = Field(default=5, ge=1)  # then the run goes on without mitigation
+    inject_bad_batches: list[int] = []  # test hook: these batches (1-based draws from the stream) are random tokens
     seed: int = 0
 
     @model_validator(mode="after")
@@ -197,7 +211,23 @@ class TrainConfig(BaseModel):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
         if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
             raise ValueError(f"wsd needs 0 < decay_steps <= steps - warmup_steps, got {self.decay_steps}")
+        if self.spike_mitigation:
+            if not self.checkpoint_every:
+                raise ValueError("spike_mitigation needs checkpoint_every > 0 (a checkpoint before the spike to roll back to)")
+            try:
+                self.make_spike_detector()
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"spike_detector: {e}") from None
         return self
+
+    def make_spike_detector(self):
+        """The online detector of the mitigation (warm-up defaults to the lr warm-up)."""
+        from warmstart.spikes import OnlineDetector
+
+        kw = dict(self.spike_detector)
+        method = kw.pop("method", "robust")
+        warmup = kw.pop("warmup", self.warmup_steps)
+        return OnlineDetector(method, warmup=warmup, **kw)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
@@ -411,6 +441,8 @@ class TrainResult:
     last_loss: float | None
     skipped_steps: list[int]
     rollbacks: int
+    spike_rollbacks: int = 0
+    skipped_batches: int = 0
 
 
 class Trainer:
@@ -437,7 +469,18 @@ class Trainer:
             model = spec.build(bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
         else:
             model = load_model(cfg.model_path, trust_remote_code=cfg.trust_remote_code)
-        if cfg.attn_implementation:
+        self.kernels: dict[str, str] = {}
+        if cfg.fused_kernels or cfg.attn_implementation in KERNEL_ATTENTION:
+            from warmstart.kernels import KernelOptions, mask_kind
+            from warmstart.kernels import apply as apply_kernels
+
+            opts = KernelOptions(
+                attention=cfg.attn_implementation, mask=mask_kind(cfg.doc_mask, cfg.masked_share),
+                rms_norm=cfg.fused_kernels, swiglu=cfg.fused_kernels, rope=cfg.fused_kernels,
+                fused_linear_cross_entropy=cfg.fused_kernels,
+            )  # fmt: skip
+            self.kernels = apply_kernels(model, opts, device=self.acc.device, dtype=torch.bfloat16 if bf16 else torch.float32)
+        elif cfg.attn_implementation:
             model.set_attn_implementation(cfg.attn_implementation)
         if len(self.tokenizer) > model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size is {model.config.vocab_size}")
@@ -465,6 +508,8 @@ class Trainer:
         self.peak = cfg.peak_flops or (device_peak(self.acc.device) if self.acc.is_main_process else 1.0)
         self.step = self.samples = self.tokens = self.bytes = self.bad_streak = self.rollbacks = 0
         self.skipped: list[int] = []
+        self.detector = cfg.make_spike_detector() if cfg.spike_mitigation else None
+        self.spike_rollbacks = self.skipped_batches = 0  # skipped_batches: discarded draws from the stream
         self.prev_update: list[torch.Tensor] | None = None
 
     # -- setup helpers ----------------------------------------------------
@@ -542,7 +587,9 @@ class Trainer:
                 "step": self.step, "samples": self.samples, "tokens": self.tokens, "bytes": self.bytes,
                 "bad_streak": self.bad_streak, "skipped": self.skipped, "rollbacks": self.rollbacks,
                 "data_state": self.data.state_dict(), "tagged": self._is_tagged(self.step),
-                "world_size": acc.num_processes,
+                "world_size": acc.num_processes, "spike_rollbacks": self.spike_rollbacks,
+                "skipped_batches": self.skipped_batches,
+                "detector": self.detector.state_dict() if self.detector is not None else None,
             }  # fmt: skip
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))  # written last
             old = final.with_name(f".old-{name}")
@@ -572,13 +619,16 @@ class Trainer:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         self.step, self.samples, self.tokens, self.bytes = state["step"], state["samples"], state["tokens"], state["bytes"]
         self.bad_streak, self.skipped, self.rollbacks = state["bad_streak"], state["skipped"], state["rollbacks"]
+        self.spike_rollbacks, self.skipped_batches = state.get("spike_rollbacks", 0), state.get("skipped_batches", 0)
+        if self.detector is not None and state.get("detector") is not None:
+            self.detector.load_state_dict(state["detector"])
         self.data.load_state_dict(state["data_state"])
         rng = ckpt / f"rng_state_{self.acc.process_index}.pt"
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=True))
 
-    def _rollback(self) -> Path:
-        ckpt = latest_checkpoint(self.ckpt_root)
+    def _rollback(self, ckpt: Path | None = None) -> Path:
+        ckpt = ckpt or latest_checkpoint(self.ckpt_root)
         if ckpt is None:
             raise RuntimeError(f"{self.bad_streak} non-finite steps in a row and no checkpoint to roll back to")
         self.load_checkpoint(ckpt, progress=False)
@@ -589,18 +639,35 @@ class Trainer:
         self.rollbacks += 1
         return ckpt
 
+    def _spike_rollback(self, start: int) -> Path | None:
+        """PaLM's mitigation: back to the latest checkpoint before step ``start``, then discard batches.
+
+        The data stream keeps going (the batches since the checkpoint are not replayed), the step
+        count and LR schedule go on, and ``spike_skip_batches`` more batches are drawn and discarded.
+        The detector goes back to its state at that checkpoint (it matches the restored weights).
+        Without a checkpoint old enough only the batches are skipped.
+        """
+        ckpts = [p for p in list_checkpoints(self.ckpt_root) if int(CKPT_RE.match(p.name).group(1)) < start]
+        ckpt = ckpts[-1] if ckpts else None
+        if ckpt is not None:
+            self._rollback(ckpt)
+            det = json.loads((ckpt / "trainer_state.json").read_text()).get("detector")
+            if det is not None:
+                self.detector.load_state_dict(det)
+        for _ in range(self.cfg.spike_skip_batches):
+            self.data.next_rows(self.batch_rows(), self.step + 1)
+            self.skipped_batches += 1
+        self.spike_rollbacks += 1
+        return ckpt
+
     # -- one step ----------------------------------------------------------
     def _model_inputs(self, batch: PackedBatch, labels: torch.Tensor, masked: torch.Tensor, inputs: torch.Tensor) -> dict:
         dev = self.acc.device
         # use_cache=False matters beyond memory: with a cache object transformers ignores packed position_ids.
         out = {"input_ids": inputs.to(dev), "labels": labels.to(dev), "use_cache": False}
-        if self.cfg.doc_mask:
-            out["position_ids"] = batch.position_ids.to(dev)  # transformers builds the packed mask from these
-        if masked.any():
-            mask = document_attention_mask(batch.doc_ids, masked, causal_across=not self.cfg.doc_mask).to(dev)
-            if self.unwrapped.config._attn_implementation == "eager":
-                mask = additive_mask(mask, torch.float32)
-            out["attention_mask"] = mask
+        # packed position_ids when doc_mask; a 4D document/bidirectional mask (a BlockMask on warmstart_flex)
+        out.update(attention_inputs(self.unwrapped.config._attn_implementation, batch.doc_ids, batch.position_ids,
+                                    masked, self.cfg.doc_mask, dev))  # fmt: skip
         return out
 
     def train_step(self) -> dict:
@@ -610,6 +677,10 @@ class Trainer:
         world, mb = acc.num_processes, cfg.micro_batch
         accum = rows // (mb * world)
         batch = self.data.next_rows(rows, k)
+        draw = k + self.skipped_batches  # 1-based draws from the stream, discarded ones included
+        if draw in cfg.inject_bad_batches:
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + draw)
+            batch = dataclasses.replace(batch, input_ids=torch.randint(0, len(self.tokenizer), batch.input_ids.shape, generator=g))
         inputs, labels, masked = hybrid_batch(
             batch.input_ids, batch.doc_ids, k, cfg.seed, cfg.masked_share, cfg.mask_prob, cfg.mask_span, self.mask_id
         )
@@ -678,6 +749,8 @@ class Trainer:
                 shutil.rmtree(junk, ignore_errors=True)  # leftovers of a crash mid-checkpoint
             _truncate_log(self.log_path, self.step)
             (self.out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=1))
+            if self.kernels:
+                (self.out_dir / "kernels.json").write_text(json.dumps(self.kernels, indent=1))
         acc.wait_for_everyone()
         tb = None
         if main and cfg.tensorboard:
@@ -699,7 +772,14 @@ class Trainer:
                 if self.bad_streak >= cfg.max_bad_steps:
                     ckpt = self._rollback()
                     rec["rollback_to"] = ckpt.name
-                if self._is_log(k) or rec["skipped"]:
+                elif self.detector is not None and not rec["skipped"]:
+                    fired = self.detector.update(k, rec["loss"], rec["grad_norm"], corpus=rec["corpus"])
+                    if fired and self.spike_rollbacks < cfg.spike_max_rollbacks:
+                        start = self.detector.active_start or k
+                        ckpt = self._spike_rollback(start)
+                        rec.update(spike_start=start, rollback_to=ckpt.name if ckpt else None,
+                                   skipped_batches=cfg.spike_skip_batches)
+                if self._is_log(k) or rec["skipped"] or "spike_start" in rec:
                     dt = time.perf_counter() - t0
                     tps = (self.tokens - tokens0) / dt if dt > 0 else None
                     rec.update(
@@ -708,7 +788,8 @@ class Trainer:
                         peak_mem_bytes=_peak_mem(acc.device), data_state=self.data.state_dict(),
                     )  # fmt: skip
                     if main:
-                        log.write(json.dumps({f: rec.get(f) for f in LOG_FIELDS} | {"rollback_to": rec.get("rollback_to")}) + "\n")
+                        extra = {f: rec[f] for f in ("spike_start", "skipped_batches") if f in rec}
+                        log.write(json.dumps({f: rec.get(f) for f in LOG_FIELDS} | {"rollback_to": rec.get("rollback_to")} | extra) + "\n")
                         log.flush()
                         if tb is not None:
                             for key in ("loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu"):
@@ -734,7 +815,8 @@ class Trainer:
             export = export_checkpoint(last_ckpt, self.out_dir / "final")
         acc.wait_for_everyone()
         return TrainResult(
-            self.out_dir, self.step, last_ckpt, export, self.log_path, last and last["loss"], self.skipped, self.rollbacks
+            self.out_dir, self.step, last_ckpt, export, self.log_path, last and last["loss"], self.skipped, self.rollbacks,
+            self.spike_rollbacks, self.skipped_batches,
         )
 
 

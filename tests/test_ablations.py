@@ -1,0 +1,42 @@
+"""Loss-spike ablations (warmstart.ablations) at a size that runs in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from warmstart import ablations as A
+
+SPEC = dict(hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, max_pos=32, seed=0)
+
+
+
+def test_toy_corpora_are_deterministic_and_disjoint():
+    a, b = A.toy_corpora(0, n_docs=20), A.toy_corpora(0, n_docs=20)
+    assert a == b and len(a["source"]) == len(a["target"]) == 20
+    assert not set(" ".join(a["source"]).split()) & set(" ".join(a["target"]).split())
+
+
+def test_ablations_end_to_end_and_resume_variants(tmp_path):
+    res = A.run_ablations(tmp_path / "abl", lrs=[1e-3, 3e-1], steps=40, base_steps=20, seq_len=32, micro_batch=4,
+                          every=10, spec=SPEC, log=lambda m: None)
+    assert [(r["init"], r["lr"]) for r in res["sweep"]] == [("warm", 1e-3), ("scratch", 1e-3), ("warm", 0.3), ("scratch", 0.3)]
+    assert all(len(r["loss"]) == 40 and r["eval_loss"] > 0 for r in res["sweep"])
+    paths = A.write_outputs(res, tmp_path / "abl", tmp_path / "reports")
+    frag = json.loads(paths["fragment"].read_text())
+    assert frag["stage"] == "ablations" and frag["order"] == 75 and paths["figure"].is_file()
+    assert json.loads((tmp_path / "abl/ablations.json").read_text())["config"]["lrs"] == [1e-3, 0.3]
+    # the resume variants, whether or not a run spiked: kept = an exact replay, reset / new data differ
+    run = tmp_path / "abl/runs/warm-lr0.3"
+    cfg = A._cfg(tmp_path / "x", {"files": {"target": [str(tmp_path / "abl/assets/target.jsonl")]},
+                                  "tokenizer": str(tmp_path / "abl/assets/tok")}, "target", 40, 0.3,
+                 seed=0, model_path=str(tmp_path / "abl/runs/base/final"), seq_len=32, micro_batch=4, every=10, spec=SPEC)
+    orig = A.analyse_run(run)["loss"]
+    out = {}
+    for name, reset, skip in (("kept", False, 0), ("reset", True, 0), ("new", False, 40)):
+        A._resume(run / "checkpoints/step0000020", tmp_path / name, cfg, reset, skip)
+        out[name] = A.analyse_run(tmp_path / name)["loss"]
+    assert out["kept"] == orig[20:]  # the resumed logs start after the checkpoint
+    assert len(out["reset"]) == len(out["new"]) == 20 and out["reset"] != orig[20:] and out["new"] != orig[20:]

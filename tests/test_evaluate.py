@@ -1,0 +1,343 @@
+"""The evaluate stage on handmade inputs: exact cloze items, hand-computed bits per byte, probes, the stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from warmstart.bpb import bits_per_byte
+from warmstart.evaluate import (
+    EvalError,
+    build_cloze_items,
+    bytes_to_reach,
+    cloze_accuracy,
+    load_run,
+    mask_positions,
+    masked_token_accuracy,
+    select_checkpoints,
+    speedup,
+    split_paragraph,
+    translation_pairs,
+    translation_prompt,
+)
+from warmstart.model import build_model, save_model
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+from conftest import WORDS_EN as EN, WORDS_NB as NB
+
+
+
+def make_tokenizer(texts, vocab_size=300, mask=True):
+    """A byte-level BPE; with vocab_size = 256 + specials it has no merges (one token per byte)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = SPECIALS if mask else SPECIALS[:4]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    kw = {"mask_token": "<mask>"} if mask else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", **kw)  # fmt: skip
+
+
+def tiny_model(tok, seed=0):
+    return build_model(vocab_size=len(tok), hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=256,
+                       seed=seed, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+
+
+def sentences(words, n, seed):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(12, 30))) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- cloze items
+
+
+def test_split_paragraph_whole_words():
+    assert split_paragraph("aa bb cc dd ee", 5, 5) == ("aa bb", "cc dd")
+    assert split_paragraph("aa  bb\ncc dd ee", 6, 2) == ("aa bb", "cc")  # whitespace normalised first
+    assert split_paragraph("aa bb", 5, 5) is None  # nothing left for the ending
+    assert split_paragraph("aaaaaaa bb", 5, 5) is None  # first word longer than the context
+
+
+CORPUS = [
+    {"id": "a1", "doc": "A", "text": "one two three four five six"},
+    {"id": "a2", "doc": "A", "text": "short"},  # not eligible: no ending
+    {"id": "b1", "doc": "B", "text": "alpha beta gamma delta epsilon"},
+    {"id": "c1", "doc": "C", "text": "red green blue cyan magenta"},
+    {"id": "d1", "doc": "D", "text": "north south east west up down"},
+]
+
+
+def test_cloze_items_exact_on_handmade_corpus():
+    items = build_cloze_items(CORPUS, n_items=10, context_chars=9, ending_chars=11, seed=0)
+    # 4 documents, one eligible paragraph each: the 3 distractors are forced (the other documents' endings,
+    # in corpus order) and the true ending sits at index % 4.
+    assert items == [
+        {"id": "a1", "doc": "A", "context": "one two", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 0},
+        {"id": "b1", "doc": "B", "context": "alpha", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 1},
+        {"id": "c1", "doc": "C", "context": "red green", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 2},
+        {"id": "d1", "doc": "D", "context": "north", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 3},
+    ]  # fmt: skip
+    assert [it["endings"][it["label"]] for it in items] == ["three four", "beta gamma", "blue cyan", "south east"]
+
+
+def test_cloze_items_sampled_are_seeded_and_distractors_from_other_documents():
+    recs = [{"id": f"{d}{i}", "doc": d, "text": f"{d} {i} " + " ".join(EN[(i + j) % len(EN)] for j in range(12))}
+            for d in "ABCDEF" for i in range(5)]  # fmt: skip
+    a = build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=3)
+    assert a == build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=3)
+    assert a != build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=4)
+    assert len(a) == 7 and [it["label"] for it in a] == [0, 1, 2, 3, 0, 1, 2]
+    by_ending = {split_paragraph(r["text"], 20, 20)[1]: r["doc"] for r in recs}
+    for it in a:
+        assert len(set(it["endings"])) == 4
+        others = [e for k, e in enumerate(it["endings"]) if k != it["label"]]
+        assert all(by_ending[e] != it["doc"] for e in others)
+
+
+def test_cloze_items_bad_input_messages():
+    with pytest.raises(EvalError, match="at least 2 documents"):
+        build_cloze_items([r for r in CORPUS if r["doc"] == "A"], 5, 9, 11, 0)
+    with pytest.raises(EvalError, match="no paragraph is long enough"):
+        build_cloze_items(CORPUS, 5, context_chars=2, ending_chars=11, seed=0)
+    with pytest.raises(EvalError, match="only 2 distinct endings"):
+        build_cloze_items(CORPUS[:4], 5, 9, 11, 0)
+    with pytest.raises(EvalError, match="needs 'doc' and 'text'"):
+        build_cloze_items([{"text": "a b c"}], 5, 9, 11, 0)
+    with pytest.raises(EvalError, match="n_items must be >= 1"):
+        build_cloze_items(CORPUS, 0, 9, 11, 0)
+
+
+# ---------------------------------------------------------------- bits per byte by hand
+
+
+def test_bits_per_byte_uniform_model_equals_log2_vocab():
+    """No merges: one token per UTF-8 byte; zero LM head: uniform logits. bpb = log2(V) exactly."""
+    texts = ["abc", "hé"]  # 3 + 3 bytes ("é" is two bytes)
+    tok = make_tokenizer(["abc hé"], vocab_size=256 + 5)
+    assert len(tok) == 261 and tok("hé", add_special_tokens=False)["input_ids"].__len__() == 3
+    model = tiny_model(tok)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    r = bits_per_byte(model, tok, texts, seq_len=8, batch_size=2)
+    assert r["bytes"] == 6 and r["tokens"] == 6
+    assert r["bits_per_byte"] == pytest.approx(math.log2(261), rel=1e-6)
+
+
+def test_bits_per_byte_equals_hand_sum_of_log_probs():
+    tok = make_tokenizer(sentences(EN, 50, 0))
+    model = tiny_model(tok, seed=1).eval()
+    text = "the cat sat on a mat"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    x = torch.tensor([[tok.eos_token_id, *ids]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x).logits[0].double(), -1)
+    nats = -sum(float(logp[i, t]) for i, t in enumerate(ids))
+    hand = nats / math.log(2) / len(text.encode())
+    assert bits_per_byte(model, tok, [text], seq_len=64)["bits_per_byte"] == pytest.approx(hand, rel=1e-5)
+
+
+# ---------------------------------------------------------------- cloze through lm-eval
+
+
+def test_cloze_accuracy_through_lm_eval_matches_direct_scoring():
+    tok = make_tokenizer(sentences(EN, 50, 0) + sentences(NB, 50, 1))
+    model = tiny_model(tok, seed=2).eval()
+    recs = [{"id": f"{d}{i}", "doc": d, "text": t} for d in "ABCD" for i, t in enumerate(sentences(EN, 3, ord(d)))]
+    items = build_cloze_items(recs, n_items=8, context_chars=40, ending_chars=25, seed=0)
+    got = cloze_accuracy(model, tok, items, batch_size=4)
+
+    def ll(ctx, cont):  # lm-eval's encoding: whole string, then split at the context's length
+        c = tok(ctx, add_special_tokens=False)["input_ids"]
+        w = tok(ctx + cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([w])).logits[0].double(), -1)
+        return sum(float(logp[i - 1, w[i]]) for i in range(len(c), len(w)))
+
+    acc = acc_norm = 0
+    for it in items:
+        lls = [ll("</s>" + it["context"], " " + e) for e in it["endings"]]
+        acc += max(range(4), key=lambda k: lls[k]) == it["label"]
+        acc_norm += max(range(4), key=lambda k: lls[k] / len(it["endings"][k])) == it["label"]
+    assert got["items"] == 8
+    assert got["acc"] == pytest.approx(acc / 8) and got["acc_norm"] == pytest.approx(acc_norm / 8)
+
+
+def test_cloze_accuracy_needs_items():
+    with pytest.raises(EvalError, match="at least one item"):
+        cloze_accuracy(None, None, [])
+
+
+# ---------------------------------------------------------------- translation
+
+
+def test_translation_prompt_is_normistrals():
+    assert translation_prompt("Hello there", "en-US", "nb-NO") == "Engelsk: Hello there\nBokmål:"
+    assert translation_prompt("Hi", "en-US", "cs-CZ") == "Angličtina: Hi\nČeština:"
+    assert translation_prompt("Hi", "en-US", "xx-YY") == "English: Hi\nxx-YY:"
+
+
+def test_translation_pairs_align_by_doc_page_and_count():
+    src = [
+        {"doc": "d1", "page": "p1", "text": "One."}, {"doc": "d1", "page": "p1", "text": "Two  words."},
+        {"doc": "d1", "page": "p2", "text": "Three."}, {"doc": "d1", "page": "p2", "text": "Four."},
+        {"doc": "d2", "page": "p1", "text": "A very long source paragraph indeed."},
+        {"doc": "d3", "page": "p1", "text": "Same."}, {"doc": "d3", "page": "p1", "text": "Six."},
+    ]  # fmt: skip
+    tgt = [
+        {"doc": "d1", "page": "p1", "text": "En."}, {"doc": "d1", "page": "p1", "text": "To ord."},
+        {"doc": "d1", "page": "p2", "text": "Tre."},  # p2 lost a paragraph in the target: skipped
+        {"doc": "d2", "page": "p1", "text": "Lang."},
+        {"doc": "d3", "page": "p1", "text": "Same."}, {"doc": "d3", "page": "p1", "text": "Seks."},
+    ]  # fmt: skip
+    got = translation_pairs(src, tgt, n=10, max_chars=20)
+    assert [(p["doc"], p["page"], p["source"], p["reference"]) for p in got] == [
+        ("d1", "p1", "One.", "En."), ("d1", "p1", "Two words.", "To ord."), ("d3", "p1", "Six.", "Seks."),
+    ]  # fmt: skip  (d2: too long; d3 "Same.": untranslated, skipped)
+    assert len(translation_pairs(src, tgt, n=1, max_chars=20)) == 1
+    with pytest.raises(EvalError, match="n must be >= 0"):
+        translation_pairs(src, tgt, n=-1, max_chars=20)
+
+
+# ---------------------------------------------------------------- masked probe
+
+
+def test_mask_positions_never_mask_the_context_token():
+    for seed in range(20):
+        pos = mask_positions(10, 0.15, seed)
+        assert pos and 0 not in pos and all(1 <= p < 10 for p in pos)
+    assert mask_positions(1, 0.5, 0) == []
+    assert mask_positions(5, 0.15, 7) == mask_positions(5, 0.15, 7)
+
+
+def test_masked_probe_matches_bidirectional_hand_computation():
+    tok = make_tokenizer(sentences(EN, 50, 0))
+    model = tiny_model(tok, seed=3).eval()
+    texts = ["the cat sat on a mat", "a dog ran far away from home"]
+    got = masked_token_accuracy(model, tok, texts, n_items=2, seq_len=64, mask_prob=0.3, seed=5)
+    correct = total = 0
+    for k, t in enumerate(texts):
+        ids = [tok.eos_token_id, *tok(t, add_special_tokens=False)["input_ids"]]
+        pos = mask_positions(len(ids), 0.3, 5 + k)
+        x = torch.tensor([[tok.mask_token_id if i in pos else v for i, v in enumerate(ids)]])
+        full = torch.ones(1, 1, len(ids), len(ids), dtype=torch.bool)  # every token sees every token
+        with torch.no_grad():
+            logits = model(input_ids=x, attention_mask=full).logits[0]
+        correct += sum(int(logits[p - 1].argmax()) == ids[p] for p in pos)
+        total += len(pos)
+    assert got == {"masked_acc": correct / total, "masked_tokens": total, "items": 2}
+
+
+def test_masked_probe_needs_a_mask_token():
+    tok = make_tokenizer(sentences(EN, 20, 0), mask=False)
+    with pytest.raises(EvalError, match="mask token"):
+        masked_token_accuracy(tiny_model(tok), tok, ["the cat"], 1, 16)
+
+
+# ---------------------------------------------------------------- speed-up
+
+
+def test_speedup_exact():
+    scratch = pd.DataFrame({"bytes": [0, 100, 200], "bpb": [8.0, 6.0, 4.0]})
+    run = pd.DataFrame({"bytes": [0, 50, 100], "bpb": [5.0, 4.5, 3.0]})
+    assert bytes_to_reach(run, 4.0) == pytest.approx(50 + 0.5 / 1.5 * 50)
+    assert speedup(run, scratch) == pytest.approx(3.0)
+    assert speedup(pd.DataFrame({"bytes": [0, 10], "bpb": [3.5, 3.0]}), scratch) == math.inf
+    assert speedup(pd.DataFrame({"bytes": [0, 10], "bpb": [9.0, 5.0]}), scratch) is None
+    assert speedup(scratch, scratch) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- the stage on a tiny study
+
+
+def make_study(tmp: Path, with_masked: bool = False) -> dict:
+    """A tiny study under ``tmp``: corpus test splits, two runs with checkpoints and logs, swap metrics.
+
+    Returns the params overrides that point the stage at it.
+    """
+    from warmstart.io import write_json, write_jsonl
+
+    data, reports = tmp / "data", tmp / "reports"
+    docs = {"en-US": EN, "nb-NO": NB}
+    for lang, words in docs.items():
+        recs = []
+        for d in range(4):
+            for pg in range(2):
+                for i, t in enumerate(sentences(words, 2, 100 * d + 10 * pg)):
+                    recs.append({"id": f"{d}-{pg}-{i}", "doc": f"ch{d}", "page": f"p{pg}", "lang": lang, "kind": "p", "text": t})
+        write_jsonl(data / "corpus" / lang / "test.jsonl", recs)
+    tok = make_tokenizer(sentences(EN, 80, 0) + sentences(NB, 80, 1))
+    tok.save_pretrained(tmp / "tok")
+    for name, method in (("scratch", None), ("random", "random")):
+        rd = data / "runs" / name
+        ckpts = []
+        for k, step in enumerate((0, 4, 8)):
+            path = rd / "checkpoints" / f"step{step:07d}"
+            save_model(tiny_model(tok, seed=10 * k + (method is None)), tok, path)
+            ckpts.append({"step": step, "phase": "init" if step == 0 else ("phase1" if step <= 4 else "phase2"),
+                          "tokens": step * 64, "bytes": step * 250 + (0 if method else 0), "path": str(path)})  # fmt: skip
+        log = [{"step": s, "phase": "phase1" if s <= 4 else "phase2", "tokens": s * 64, "bytes": s * 250,
+                "loss": 6.0 - 0.3 * s + (0.1 if method else 0), "corpus": "a" if s < 6 else "b", "mfu": 0.01}
+               for s in range(1, 9)]  # fmt: skip
+        write_jsonl(rd / "log.jsonl", log)
+        write_json(rd / "run.json", {
+            "name": name, "kind": "swap" if method else "scratch", "method": method, "tokenizer": str(tmp / "tok"),
+            "init": ckpts[0]["path"], "checkpoints": ckpts, "final": ckpts[-1]["path"], "log": str(rd / "log.jsonl"),
+            "masked_share": 0.1 if (with_masked and method) else 0.0, "seq_len": 32, "params_count": 30000,
+            "flops_per_token": 180000, "seconds": 12.5, "mean_mfu": 0.0123, "mean_tokens_per_s": 1000.0,
+        })  # fmt: skip
+    write_json(reports / "metrics" / "vocab_swap" / "random.json",
+               {"method": "random", "aligned": 0, "decomposed": 0, "random": 300, "new_vocab": 300, "bpb_step0": {}})
+    return {
+        "shared": {"data_dir": str(data), "reports_dir": str(reports)},
+        "vocab_swap": {"methods": ["random"]},
+        "pretrain": {"seq_len": 32},
+        "evaluate": {"eval_bytes": 1000, "cloze_items": 6, "cloze_context_chars": 40, "cloze_ending_chars": 30,
+                     "translation_pairs": 3, "translation_max_new_tokens": 4, "translation_max_chars": 400,
+                     "masked_items": 3, "batch_size": 8},
+    }  # fmt: skip
+
+
+def test_run_json_errors_name_the_problem(tmp_path):
+    with pytest.raises(EvalError, match="no run.json"):
+        load_run(tmp_path)
+    (tmp_path / "run.json").write_text(json.dumps({"name": "x", "kind": "scratch", "tokenizer": "t", "final": "f", "checkpoints": []}))
+    with pytest.raises(EvalError, match="'checkpoints' is empty"):
+        load_run(tmp_path)
+    with pytest.raises(EvalError, match="'tagged' or 'final'"):
+        select_checkpoints({"checkpoints": [{"step": 0}]}, "every")
+
+
+def test_stage_on_a_tiny_study(tmp_path, root):
+    from warmstart.config import load_params
+    from warmstart.evaluate import best_run, run_stage
+    from warmstart.fragments import read_fragments
+
+    params = load_params(root / "params.yaml", overrides=make_study(tmp_path, with_masked=True))
+    out = run_stage(params, progress=False)
+    ev = json.loads((tmp_path / "reports/metrics/eval.json").read_text())
+    assert set(ev["runs"]) == {"scratch", "random"} and ev["best"] == best_run(ev)
+    fin = ev["runs"]["random"]
+    for key in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_source", "chrf", "masked_acc"):
+        assert key in fin, key
+    assert "masked_acc" not in ev["runs"]["scratch"]  # no hybrid objective, no masked probe
+    assert 0 <= fin["cloze_acc_target"] <= 1 and ev["cloze_items"] == {"target": 6, "source": 6}
+    ck = pd.read_csv(tmp_path / "reports/evaluate/checkpoints.csv")
+    assert len(ck) == 6 and list(ck[ck.run == "random"]["step"]) == [0, 4, 8]
+    assert ev["runs"]["scratch"]["speedup_vs_scratch"] == pytest.approx(1.0)
+    (frag,) = read_fragments(tmp_path / "reports")
+    assert frag["stage"] == "evaluate" and frag["order"] == 60 and len(frag["figures"]) == 2
+    assert [t["caption"].split(":")[0] for t in frag["tables"]][:2] == ["Initialisation methods", "Final checkpoints"]
+    assert frag["numbers"]["bpb_target.random"] == pytest.approx(fin["bpb_target"])
+    assert len(out["translations"]) == 2 * 3
