@@ -494,7 +494,11 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     texts = {"target": _texts(params, tgt_lang, ev.eval_bytes), "source": _texts(params, src_lang, ev.eval_bytes)}
     # probe items come from every held-out chapter (test, then val): neither is trained on in any language,
     # and cloze distractors need several documents. Bits per byte uses the test split alone.
-    test_recs = {lang: load_split(params, lang, "test") + load_split(params, lang, "val") for lang in (src_lang, tgt_lang)}
+    def held_out(lang: str) -> list[dict]:
+        val = params.path("corpus", lang, "val.jsonl")
+        return load_split(params, lang, "test") + (load_split(params, lang, "val") if val.is_file() else [])
+
+    test_recs = {lang: held_out(lang) for lang in (src_lang, tgt_lang)}
     cloze_items = {}
     if ev.cloze_items:
         for role, lang in (("target", tgt_lang), ("source", src_lang)):
