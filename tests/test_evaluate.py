@@ -341,3 +341,20 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     assert [t["caption"].split(":")[0] for t in frag["tables"]][:2] == ["Initialisation methods", "Final checkpoints"]
     assert frag["numbers"]["bpb_target.random"] == pytest.approx(fin["bpb_target"])
     assert len(out["translations"]) == 2 * 3
+
+
+def test_swap_study_numbers_and_goals():
+    from warmstart.evaluate import swap_study
+
+    init = pd.DataFrame([
+        {"run": "scratch", "aligned": None, "bpb_step0": 8.0, "bpb_final": 3.0, "speedup": 1.0},
+        {"run": "original", "aligned": None, "bpb_step0": 6.0, "bpb_final": 2.9, "speedup": 1.5},
+        {"run": "random", "aligned": 0, "bpb_step0": 7.0, "bpb_final": 2.8, "speedup": 2.0},
+        {"run": "fvt", "aligned": 500, "bpb_step0": 5.0, "bpb_final": 2.5, "speedup": 4.0},
+        {"run": "focus", "aligned": 500, "bpb_step0": 7.5, "bpb_final": 2.6, "speedup": float("nan")},
+    ])  # fmt: skip
+    s = swap_study(init)
+    assert s["best_swapped"] == "fvt" and s["best_speedup"] == 4.0  # original is not a swapped run
+    assert s["goals"] == {"fvt_step0_below_random": True, "focus_step0_below_random": False, "best_speedup_at_least_3": True}
+    assert s["runs"]["focus"]["speedup"] is None  # NaN (never reached scratch's final bpb) -> null in JSON
+    assert swap_study(init[init["run"] == "scratch"])["goals"]["fvt_step0_below_random"] is None

@@ -104,6 +104,9 @@ def test_report_pdf_and_model_card(smoke_project):
     flat = " ".join(text.split())
     for f in frags:
         assert " ".join(f["title"].split()) in flat, f"section {f['title']!r} missing from the PDF"
+    study = json.loads((dst / "reports/metrics/swap_study.json").read_text())
+    assert set(study["runs"]) == {"scratch", "original", "random", "exact", "fvt", "focus", "omp"}
+    assert set(study["goals"]) == {"fvt_step0_below_random", "focus_step0_below_random", "best_speedup_at_least_3"}
     evaluation = json.loads((dst / "reports/metrics/eval.json").read_text())
     assert evaluation["best"] in ["scratch", "original", "random", "exact", "fvt", "focus", "omp"]
     card = (dst / "reports/model_card/README.md").read_text()

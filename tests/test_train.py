@@ -514,3 +514,18 @@ def test_spike_mitigation_config_errors(assets, tmp_path):
         TrainConfig(**make_cfg(assets, tmp_path / "x", spike_mitigation=True, checkpoint_every=5, spike_detector={"z_enterr": 3}))
     cfg = TrainConfig(**make_cfg(assets, tmp_path / "x"))
     assert not cfg.spike_mitigation and cfg.spike_skip_batches == 0  # off by default
+
+
+def test_fused_kernels_flag_keeps_the_cpu_run_equivalent(assets, tmp_path):
+    """`fused_kernels: true` on CPU goes through warmstart.kernels (chunked linear-CE fallback, no Triton):
+    the losses match the plain run, and what was patched is recorded beside the run."""
+    plain = train(make_cfg(assets, tmp_path / "plain", steps=4))
+    fused = train(make_cfg(assets, tmp_path / "fused", steps=4, fused_kernels=True, attn_implementation="auto"))
+    a, b = read_log(plain.out_dir), read_log(fused.out_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4), (ra["step"], ra["loss"], rb["loss"])
+    kernels = json.loads((fused.out_dir / "kernels.json").read_text())
+    assert kernels["attention"] == "sdpa"  # CPU: FlexAttention has no CPU backward; dispatch picks SDPA
+    assert kernels["fused_linear_cross_entropy"] == "torch-chunked"
+    assert not (plain.out_dir / "kernels.json").exists()

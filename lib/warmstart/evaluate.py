@@ -575,6 +575,34 @@ def init_table(runs: Sequence[dict], ck: pd.DataFrame, params: Any) -> pd.DataFr
     return pd.DataFrame(out)
 
 
+def swap_study(init: pd.DataFrame) -> dict:
+    """The warm-start study's numbers (``reports/metrics/swap_study.json``) and its goals, as measured.
+
+    ``speedup`` is scratch's total bytes over the bytes the run needed to reach scratch's final target
+    bits per byte (:func:`speedup`); ``goals`` are the issue's targets for the default study, each
+    ``null`` when a run it needs is missing.
+    """
+    rows = {r["run"]: {k: (None if pd.isna(v) else v) for k, v in r.items() if k != "run"} for r in init.to_dict("records")}
+    step0 = {k: v.get("bpb_step0") for k, v in rows.items()}
+    swapped = {k: v for k, v in rows.items() if k not in ("scratch", "original")}
+    best = max(swapped, key=lambda k: swapped[k].get("speedup") or 0.0) if swapped else None
+
+    def below(a: str, b: str) -> bool | None:
+        return None if step0.get(a) is None or step0.get(b) is None else bool(step0[a] < step0[b])
+
+    best_sp = swapped[best].get("speedup") if best else None
+    return {
+        "runs": rows,
+        "best_swapped": best,
+        "best_speedup": best_sp,
+        "goals": {
+            "fvt_step0_below_random": below("fvt", "random"),
+            "focus_step0_below_random": below("focus", "random"),
+            "best_speedup_at_least_3": None if best_sp is None else bool(best_sp >= 3.0),
+        },
+    }
+
+
 def flops_table(runs: Sequence[dict]) -> pd.DataFrame:
     """Theoretical FLOPs (flops_per_token x tokens, warmstart.flops formula) and MFU per run."""
     out = []
@@ -628,6 +656,10 @@ def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang:
     for ax, role, lang in ((axes[0], "target", tgt_lang), (axes[1], "source", src_lang)):
         sns.lineplot(data=df, x="mb", y=f"bpb_{role}", hue="run", style="run", markers=True, dashes=False, ax=ax,
                      legend=role == "target")  # fmt: skip
+        zero = df[df["step"] == 0]
+        if len(zero):  # step 0: the initialised model, before any training
+            ax.scatter(zero["mb"], zero[f"bpb_{role}"], marker="*", s=110, facecolor="none", edgecolor="black",
+                       linewidth=0.8, zorder=5, label="step 0" if role == "target" else None)  # fmt: skip
         ax.set(xlabel="training text seen (MB of UTF-8)", ylabel=f"{lang} test bits per byte",
                title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
         ax.xaxis.set_major_locator(MaxNLocator(5))  # few, short tick labels: they never overlap
@@ -743,6 +775,7 @@ def run_stage(params: Any, progress: bool = True) -> dict:
                      "phase 1 (embeddings only) → phase 2 (full model); dashed red: corpus hot-swaps."})  # fmt: skip
     metrics = metrics_json(res, init)
     write_json(params.report_path("metrics", "eval.json"), metrics)
+    write_json(params.report_path("metrics", "swap_study.json"), swap_study(init))
 
     init_fmt = init.assign(speedup=[_fmt_speedup(v) for v in init["speedup"]])
     cols = ["run", "step", "phase", "bytes", "bpb_target", "bpb_source"]

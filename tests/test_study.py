@@ -1,0 +1,72 @@
+"""warmstart.study: the base stage's HF path on a locally saved model, and the run-log merge."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, WORDS_EN, WORDS_NB
+
+
+def _corpus(root: Path, lang: str, words: list[str]) -> None:
+    for split in ("train", "val", "test"):
+        d = root / "corpus" / lang
+        d.mkdir(parents=True, exist_ok=True)
+        recs = [{"id": f"{split}{i}", "doc": f"d{i % 3}", "page": "p", "lang": lang, "kind": "para",
+                 "text": " ".join(words[(i + j) % len(words)] for j in range(12))} for i in range(6)]  # fmt: skip
+        (d / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def _params(tmp_path: Path, **base):
+    from warmstart.config import load_params
+
+    return load_params(ROOT / "params.yaml", overrides={
+        "shared": {"data_dir": str(tmp_path / "data"), "reports_dir": str(tmp_path / "reports")},
+        "base": base, "vocab_swap": {"eval_bytes": 1000},
+    })  # fmt: skip
+
+
+def test_base_stage_loads_a_locally_saved_hf_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from warmstart.config import Tokenizer as TokCfg
+    from warmstart.model import build_model, save_model
+    from warmstart.study import run_base
+    from warmstart.tokenizer import train_tokenizer
+
+    _corpus(tmp_path / "data", "en-US", WORDS_EN)
+    _corpus(tmp_path / "data", "nb-NO", WORDS_NB)
+    tok = train_tokenizer([" ".join(WORDS_EN + WORDS_NB)] * 4, TokCfg(vocab_size=300, target_mix={"target": 1.0}))
+    model = build_model(vocab_size=len(tok), hidden=16, layers=1, heads=2, max_pos=64, seed=0,
+                        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    save_model(model, tok, tmp_path / "hub-model")
+    params = _params(tmp_path, source="hf", model_id=str(tmp_path / "hub-model"))
+    res = run_base(params)
+    out = tmp_path / "data/models/base"
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+    for k, v in model.state_dict().items():
+        assert (loaded.state_dict()[k] == v).all(), k
+    m = json.loads((tmp_path / "reports/metrics/base.json").read_text())
+    assert m["source"] == "hf" and m["params"] == res["metrics"]["params"] and m["steps"] == 0
+    assert set(m["val_bits_per_byte"]) == {"en-US", "nb-NO"} and all(v > 0 for v in m["val_bits_per_byte"].values())
+
+
+def test_base_params_name_the_missing_model_id(tmp_path):
+    from warmstart.config import ParamsError
+
+    with pytest.raises(ParamsError, match="base.source is 'hf' but base.model_id is not set"):
+        _params(tmp_path, source="hf")
+
+
+def test_merge_logs_offsets_steps_and_counters(tmp_path):
+    from warmstart.study import _merge_logs
+
+    for name, steps, recs in (("phase1", 4, [(2, 100, 400), (4, 200, 800)]), ("phase2", 6, [(3, 150, 600), (6, 300, 1200)])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "train_config.json").write_text(json.dumps({"steps": steps}))
+        (d / "log.jsonl").write_text("".join(json.dumps({"step": s, "samples": s, "tokens": t, "bytes": b, "loss": 1.0}) + "\n" for s, t, b in recs))
+    log, table = _merge_logs([("phase1", tmp_path / "phase1"), ("phase2", tmp_path / "phase2")])
+    assert [(r["phase"], r["step"], r["tokens"], r["bytes"]) for r in log] == [
+        ("phase1", 2, 100, 400), ("phase1", 4, 200, 800), ("phase2", 7, 350, 1400), ("phase2", 10, 500, 2000)]
+    assert table == [{"name": "phase1", "start_step": 1, "steps": 4}, {"name": "phase2", "start_step": 5, "steps": 6}]
