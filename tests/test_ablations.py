@@ -40,3 +40,16 @@ def test_ablations_end_to_end_and_resume_variants(tmp_path):
         out[name] = A.analyse_run(tmp_path / name)["loss"]
     assert out["kept"] == orig[20:]  # the resumed logs start after the checkpoint
     assert len(out["reset"]) == len(out["new"]) == 20 and out["reset"] != orig[20:] and out["new"] != orig[20:]
+
+
+def test_induced_spike_drives_the_resume_ablation(tmp_path):
+    """No natural spike at toy scale: corrupting batches 80..84 of a warm run makes one. Resumed from the
+    checkpoint before it, the spike recurs with the optimizer kept (an exact replay) or reset (same data),
+    and not when the resumed run skips past the corrupted stretch."""
+    res = A.run_ablations(tmp_path / "abl", lrs=[3e-3], steps=120, base_steps=20, seq_len=32, micro_batch=4,
+                          every=10, spec=SPEC, induce_spike=80, log=lambda m: None)
+    r = res["resume"]
+    assert r["induced"] == {"inject_bad_batches": [80, 81, 82, 83, 84]} and r["run"] == "warm-lr0.003-induced"
+    assert (r["first_spike"], r["from_step"]) == (80, 70)
+    got = {v["variant"]: (v["spikes_after"], v["same_first_spike"], v["identical_to_original"]) for v in r["variants"]}
+    assert got == {"kept": (1, True, True), "reset": (1, True, False), "kept, new data": (0, False, False)}

@@ -143,7 +143,7 @@ def test_bad_files_are_named(tmp_path):
 def _local_params(params_dict, tmp_path, sources, **corpus):
     over = {
         "shared": {"data_dir": str(tmp_path / "data"), "reports_dir": str(tmp_path / "reports")},
-        "corpus": {"sources": sources, "min_chars": 10, "split": {"val_fraction": 0.2, "test_fraction": 0.2}, **corpus},
+        "corpus": {"sources": sources, "min_chars": 10, "min_train_bytes": 0, "split": {"val_fraction": 0.2, "test_fraction": 0.2}, **corpus},
     }
     return validate(deep_merge(params_dict, over))
 
@@ -281,3 +281,20 @@ def test_jsonl_records_need_text_field(params_dict, tmp_path):
     ])
     with pytest.raises(BadFileError, match=r"x.jsonl:1: record has no 'text' field"):
         build_corpus(p)
+
+
+def test_too_little_target_text_fails_before_writing(params_dict, tmp_path):
+    """An untranslated source (all English in the target's folder) must stop the stage, not train on nothing."""
+    from warmstart.data.corpus import build_corpus
+
+    for lang, texts in (("en", EN), ("nb", EN)):  # the "Norwegian" files hold English text
+        d = tmp_path / lang
+        d.mkdir()
+        for i, t in enumerate(texts):
+            (d / f"doc{i}.txt").write_text(t + "\n\n" + t.replace(".", " again.") + "\n")
+    sources = [{"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+               {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]}]
+    params = _local_params(params_dict, tmp_path, sources, min_train_bytes=100)
+    with pytest.raises(ValueError, match=r"nb-NO keeps only 0 bytes of training text .* language ID removed 10 of its 10 paragraphs"):
+        build_corpus(params)
+    assert not (tmp_path / "data" / "corpus").exists()

@@ -123,15 +123,26 @@ def _read(out_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (Path(out_dir) / "log.jsonl").read_text().splitlines() if x.strip()]
 
 
-def analyse_run(out_dir: Path, detect_params: dict | None = None) -> dict:
-    """Spikes (robust, short-run windows), OLMo 2 score and loss summary of one trainer run."""
+def analyse_run(out_dir: Path, detect_params: dict | None = None, history: tuple[Path, int] | None = None) -> dict:
+    """Spikes (robust, short-run windows), OLMo 2 score and loss summary of one trainer run.
+
+    ``history=(run_dir, step)``: the run was resumed from ``run_dir``'s checkpoint at ``step``; its
+    records up to ``step`` are put in front, so the detector is armed as in the uninterrupted run
+    (a resumed log alone starts cold and would miss a spike right after the resume point).
+    """
     from warmstart import spikes as S
 
     log = _read(out_dir)
+    if history is not None:
+        log = [r for r in _read(history[0]) if r["step"] <= history[1]] + [r for r in log if r["step"] > history[1]]
+        path = Path(out_dir) / "log_with_history.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    else:
+        path = Path(out_dir) / "log.jsonl"
     losses = [r["loss"] for r in log]
     n_bad = sum(1 for v in losses if v is None)
     finite = [v for v in losses if v is not None and math.isfinite(v)]
-    df = S.load_log(Path(out_dir) / "log.jsonl")
+    df = S.load_log(path)
     events = S.detect(df, **(detect_params or DETECT))
     score = S.spike_score(df, window=100, min_periods=30)
     tail = finite[-max(1, len(finite) // 10):]
@@ -194,7 +205,7 @@ def _train_skipping(cfg: dict, out_dir: Path, skip_rows: int) -> None:
 
 def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: int = 300, seed: int = 0,
                   seq_len: int = 64, micro_batch: int = 8, every: int = 10, spec: dict | None = None,
-                  assets: dict | None = None, log=print) -> dict:
+                  assets: dict | None = None, induce_spike: int | None = None, log=print) -> dict:
     """Run the three ablations; returns the JSON-able results (also written to ``out/ablations.json``)."""
     from warmstart.train import train
 
@@ -223,19 +234,35 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
     # resume ablation on the spikiest warm run (highest lr on ties)
     warm = [r for r in sweep if r["init"] == "warm"]
     pick = max(warm, key=lambda r: (r["n_spikes"] > 0 and not r["diverged"], r["n_spikes"], r["lr"]))
-    resume: dict[str, Any] = {"run": pick["name"], "lr": pick["lr"], "variants": []}
+    induced: dict[str, Any] = {}
+    if not pick["n_spikes"] and induce_spike:
+        # no natural spike at this scale: corrupt batches induce_spike..+4 of a warm run (random tokens, the
+        # trainer's inject_bad_batches) and run the resume ablation on that spike; the resumed runs replay the
+        # same corrupted data unless they skip it ("kept, new data")
+        induced = {"inject_bad_batches": list(range(induce_spike, induce_spike + 5))}
+        lr = pick["lr"]
+        name = f"warm-lr{lr:g}-induced"
+        log(f"sweep: {name} (batches {induce_spike}..{induce_spike + 4} corrupted)")
+        d = runs / name
+        train(_cfg(d, assets, "target", steps, lr, model_path=str(base.export_dir), **kw) | induced)
+        pick = analyse_run(d)
+        pick.update(name=name, init="warm", lr=lr,
+                    eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len))
+    resume: dict[str, Any] = {"run": pick["name"], "lr": pick["lr"], "variants": [], "induced": induced or None}
     if pick["n_spikes"]:
         first = pick["events"][0]["start_step"]
         ckpt_step = ((first - 1) // every) * every
         src = runs / pick["name"] / "checkpoints" / f"step{ckpt_step:07d}"
         resume.update(first_spike=first, from_step=ckpt_step)
         if ckpt_step > 0 and src.is_dir():
-            cfg = _cfg(runs / "x", assets, "target", steps, pick["lr"], model_path=str(base.export_dir), **kw)
+            cfg = _cfg(runs / "x", assets, "target", steps, pick["lr"], model_path=str(base.export_dir), **kw) | induced
             for vname, reset, skip in (("kept", False, 0), ("reset", True, 0), ("kept, new data", False, (first - ckpt_step + 50) * micro_batch)):
                 d = runs / f"resume-{vname.replace(', ', '-').replace(' ', '-')}"
                 log(f"resume: {vname} from step {ckpt_step}")
-                _resume(src, d, cfg, reset, skip)
-                a = analyse_run(d)
+                # the induced corruption is keyed on the step; "new data" skips past it, so it goes too
+                vcfg = {k: v for k, v in cfg.items() if not (skip and k == "inject_bad_batches")}
+                _resume(src, d, vcfg, reset, skip)
+                a = analyse_run(d, history=(runs / pick["name"], ckpt_step))
                 after = [e for e in a["events"] if e["start_step"] > ckpt_step]
                 orig = [v for s, v in zip(pick["steps"], pick["loss"]) if s > ckpt_step]
                 mine = [v for s, v in zip(a["steps"], a["loss"]) if s > ckpt_step]
@@ -372,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--induce-spike", type=int, metavar="STEP",
+                    help="if no warm run spikes by itself, corrupt batches STEP..STEP+4 of one (random tokens) "
+                         "and run the resume ablation on that induced spike")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")
     ap.add_argument("--source-files", nargs="+", help="real source-language jsonl (with --target-files, --tokenizer)")
     ap.add_argument("--target-files", nargs="+")
@@ -387,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         assets = {"files": {"source": args.source_files, "target": args.target_files}, "tokenizer": args.tokenizer}
     result = run_ablations(Path(args.out), lrs=args.lrs, steps=args.steps, base_steps=args.base_steps, seed=args.seed,
                            seq_len=args.seq_len, micro_batch=args.micro_batch, every=args.checkpoint_every, assets=assets,
+                           induce_spike=args.induce_spike,
                            log=lambda m: print(m, file=sys.stderr, flush=True))
     paths = write_outputs(result, Path(args.out), Path(args.reports_dir) if args.reports_dir else None)
     print("\n".join(conclusions(result)))

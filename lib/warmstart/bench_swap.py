@@ -151,7 +151,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work_dir)
     key = hashlib.sha256(
         json.dumps([args.old_vocab, args.new_vocab, args.words_per_lang, args.lexicon, args.fasttext_words,
-                    args.old_target_share, args.seed]).encode()
+                    args.old_target_share, args.seed, args.text]).encode()
     ).hexdigest()[:12]
     d = work / key
     meta_path = d / "meta.json"
@@ -160,7 +160,9 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     root = Path(__file__).resolve().parents[2]
-    by_lang = corpus_texts(root)
+    by_lang = None if args.text == "synthetic" else corpus_texts(root)
+    if args.text == "corpus" and by_lang is None:
+        raise SystemExit(f"error: --text corpus but no {root}/data/corpus/*/train.jsonl (run `dvc repro corpus`)")
     source = "data/corpus" if by_lang else "synthetic"
     if by_lang is None:
         by_lang = {lang: synthetic_texts(lang, args.words_per_lang, args.lexicon, args.seed) for lang in _LANGS}
@@ -337,6 +339,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--omp-k", type=int, default=8)
     p.add_argument("--donor-hidden", type=int, default=1024, help="omp: hidden size of the (synthetic) donor")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--text", choices=["auto", "corpus", "synthetic"], default="auto",
+                   help="tokenizer text: the project's data/corpus (auto: when present) or the seeded synthetic "
+                        "nine-language sample (large enough for the full 131,072 / 51,200 vocabularies)")
     p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "warmstart-bench-swap"))
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -107,6 +107,7 @@ class Corpus(_Section):
     sources: list[Source] = Field(min_length=1)
     keep_code: bool = False
     min_chars: int = Field(ge=1)
+    min_train_bytes: int = Field(default=50_000, ge=0)  # per language, after filtering: below it the stage fails
     langid: LangID
     dedup: Dedup
     split: Split

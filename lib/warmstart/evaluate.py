@@ -777,7 +777,8 @@ def run_stage(params: Any, progress: bool = True) -> dict:
     write_json(params.report_path("metrics", "eval.json"), metrics)
     write_json(params.report_path("metrics", "swap_study.json"), swap_study(init))
 
-    init_fmt = init.assign(speedup=[_fmt_speedup(v) for v in init["speedup"]])
+    counts = {c: [f"{int(v):,}" if pd.notna(v) else "–" for v in init[c]] for c in ("aligned", "decomposed", "random", "new_vocab") if c in init}
+    init_fmt = init.assign(speedup=[_fmt_speedup(v) for v in init["speedup"]], **counts)
     cols = ["run", "step", "phase", "bytes", "bpb_target", "bpb_source"]
     per_ck = ck[cols].assign(bytes=(ck["bytes"] / 1e6).round(3)).rename(columns={"bytes": "MB seen"})
     probe_cols = [c for c in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_target",

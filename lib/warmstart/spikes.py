@@ -1344,6 +1344,16 @@ def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto
             "hotswaps": [h for h in events.hotswaps if h not in bounds]}
 
 
+def _mark(ax, res: dict) -> None:
+    """Phase boundaries (dotted), hot-swaps (dashed) and spike spans (shaded) on one panel."""
+    for b in res["boundaries"]:
+        ax.axvline(b, color="grey", ls=":", lw=1)
+    for h in res["hotswaps"]:
+        ax.axvline(h, color="tab:green", ls="--", lw=1)
+    for e in res["events"]:
+        ax.axvspan(e.start_step, e.end_step, color="red", alpha=0.12)
+
+
 def plot_run(name: str, res: dict, path: Path | None = None):
     """Loss with spike markers, hot-swap (dashed) and phase (dotted) lines; grad norm and update cosine."""
     import matplotlib.pyplot as plt
@@ -1353,21 +1363,51 @@ def plot_run(name: str, res: dict, path: Path | None = None):
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 1.6 * len(panels)), sharex=True, squeeze=False)
     for ax, col in zip(axes[:, 0], panels):
         ax.plot(df["step"], df[col], lw=0.9, color="tab:blue")
-        for b in res["boundaries"]:
-            ax.axvline(b, color="grey", ls=":", lw=1)
-        for h in res["hotswaps"]:
-            ax.axvline(h, color="tab:green", ls="--", lw=1)
-        for e in events:
-            ax.axvspan(e.start_step, e.end_step, color="red", alpha=0.12)
+        _mark(ax, res)
         ax.set_ylabel(col)
     ax0 = axes[0, 0]
     if events:
         ax0.plot([e.peak_step for e in events], [e.peak_loss for e in events], "v", color="red", label="spike peak")
         ax0.legend(fontsize=7)
     if (df["loss"] > 0).all():
+        from matplotlib.ticker import ScalarFormatter
+
         ax0.set_yscale("log")
+        ax0.yaxis.set_major_formatter(ScalarFormatter())  # 6, 7, 8 rather than 6 x 10^0
+        ax0.yaxis.set_minor_formatter(ScalarFormatter())
+    ax0.set_ylabel("loss (nats/token)")
     ax0.set_title(f"{name}: {len(events)} spike(s) (dotted: phase boundary, dashed: hot-swap)")
     axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+    return fig
+
+
+def plot_overview(results: dict, path: Path | None = None, ncols: int = 2):
+    """All runs' loss curves as small multiples: spikes shaded, peaks marked, phase (dotted) and hot-swap (dashed) lines."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(9, 1.9 * nrows + 0.4), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        res = results[name]
+        df, events = res["df"], res["events"]
+        ax.plot(df["step"], df["loss"], lw=0.9, color="tab:blue")
+        _mark(ax, res)
+        if events:
+            ax.plot([e.peak_step for e in events], [e.peak_loss for e in events], "v", color="red", ms=5)
+        ax.set_title(f"{name}: {len(events)} spike(s)", fontsize=9)
+        ax.set_ylabel("loss (nats/token)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step", fontsize=8)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -1427,9 +1467,15 @@ def run_stage(params, show: bool = True) -> dict:
     if len(events):
         cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr"]
         tables.append(table(events[cols], "Detected spikes"))
-    write_fragment(params.shared.reports_dir, "spikes", 70, "Loss spikes", paras, tables,
-                   [{"path": str(p), "caption": f"Run {n}: loss (spikes shaded), grad norm and update cosine."}
-                    for n, p in figs[:6]],
+    overview = []
+    if results:
+        import matplotlib.pyplot as plt
+
+        plt.close(plot_overview(results, out_dir / "overview.png"))
+        overview = [{"path": str(out_dir / "overview.png"), "caption": "Training loss of every run (spikes shaded, "
+                     "peaks marked; dotted: phase boundary, dashed: corpus hot-swap). Per-run panels with grad norm "
+                     "and update cosine: reports/spikes/<run>.png and the stage notebook."}]  # fmt: skip
+    write_fragment(params.shared.reports_dir, "spikes", 70, "Loss spikes", paras, tables, overview,
                    {"total_spikes": int(len(events)), **{f"spikes.{r['run']}": r["spikes"] for r in rows}},
                    time.perf_counter() - t0)
     return {"runs": runs, "events": events, "results": results, "notes": notes, "metrics": metrics}

@@ -557,9 +557,12 @@ def run_stage(params: Any) -> dict[str, Any]:
     ``ratio_tokens_per_word[lang] = target / source``). Returns the metrics,
     the table and the two tokenizers.
     """
+    import time
+
     from warmstart.data.corpus import load_texts
     from warmstart.io import write_json
 
+    t0 = time.perf_counter()
     cfg = params.tokenizer
     src = params.shared.source_lang
     weights: dict[str, float] = {}
@@ -591,6 +594,7 @@ def run_stage(params: Any) -> dict[str, Any]:
         "target_mix": weights,
         "ratio_tokens_per_word": ratio,
         "table": table.to_dict(orient="records"),
+        "seconds": round(time.perf_counter() - t0, 2),
     }
     write_json(params.report_path("metrics", "fertility.json"), metrics)
     return {"metrics": metrics, "table": table, "tokenizers": toks}

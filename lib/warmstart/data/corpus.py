@@ -121,6 +121,16 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
     for recs in records.values():  # back to reading order
         recs.sort(key=lambda r: (order[r["page"]], int(r["id"].rsplit("#", 1)[1])))
 
+    for lang in langs:  # before anything is written: a too-small language fails the stage, loudly
+        n = utf8_len(r["text"] for r in records.get((lang, "train"), []))
+        if n < cfg.min_train_bytes:
+            total = stats_in[lang]["paragraphs"]
+            raise ValueError(
+                f"corpus: {lang} keeps only {n:,} bytes of training text after filtering, below "
+                f"corpus.min_train_bytes={cfg.min_train_bytes:,}; language ID removed {removed[lang]['langid']:,} "
+                f"of its {total:,} paragraphs (an untranslated source, such as the handbook's da-DK, is mostly "
+                f"English). Add a source for {lang} in corpus.sources, or choose another language"
+            )
     out = Path(out_dir) if out_dir is not None else corpus_dir(params)
     splits_stats: dict[str, dict] = {}
     with atomic_dir(out) as tmp:
