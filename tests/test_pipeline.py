@@ -102,8 +102,14 @@ def test_report_pdf_and_model_card(smoke_project):
     frags = [json.loads(p.read_text()) for p in sorted((dst / "reports/fragments").glob("*.json"))]
     assert {f["stage"] for f in frags} >= {"corpus", "tokenizer", "base", "evaluate", "spikes"}
     flat = " ".join(text.split())
+    from warmstart.report import fmt
+
     for f in frags:
         assert " ".join(f["title"].split()) in flat, f"section {f['title']!r} missing from the PDF"
+        for key, value in f["numbers"].items():  # each stage's headline numbers, as the report formats them
+            assert f"{key} {fmt(value)}" in flat, f"{f['stage']}: {key} = {fmt(value)} missing from the PDF"
+    fert = json.loads((dst / "reports/metrics/fertility.json").read_text())
+    assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a metrics JSON value, through its fragment
     study = json.loads((dst / "reports/metrics/swap_study.json").read_text())
     assert set(study["runs"]) == {"scratch", "original", "random", "exact", "fvt", "focus", "omp"}
     assert set(study["goals"]) == {"fvt_step0_below_random", "focus_step0_below_random", "best_speedup_at_least_3"}
