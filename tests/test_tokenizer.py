@@ -316,7 +316,7 @@ def test_failed_save_keeps_previous(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(wtok.os, "replace", flaky_replace)
+        m.setattr(os, "replace", flaky_replace)  # the rename happens in warmstart.io.atomic_dir
         with pytest.raises(OSError, match="rename failed"):
             train_tokenizer(TRAIN, cfg("sp_bpe"), out_dir=out)
     assert (out / "tokenizer.json").read_bytes() == before

@@ -16,7 +16,9 @@ from typing import Any
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temp dir beside ``path``; on success it replaces ``path`` whole.
 
-    On an exception the temp dir is removed and ``path`` is left untouched.
+    On an exception the temp dir is removed and ``path`` is left untouched. An
+    existing ``path`` is moved aside first and deleted only once the new one is
+    in place; if that final rename fails, the previous ``path`` is put back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,12 +29,21 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        if path.exists() or path.is_symlink():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not (path.exists() or path.is_symlink()):
+            os.replace(old, path)  # put the previous output back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -16,8 +16,6 @@ artefact we write is loadable with ``AutoModelForCausalLM.from_pretrained``.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +29,8 @@ from transformers import (
     MistralForCausalLM,
     PreTrainedModel,
 )
+
+from warmstart.io import atomic_dir
 
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
 
@@ -135,38 +135,6 @@ def load_model(
     return AutoModelForCausalLM.from_pretrained(
         str(name_or_path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, **kwargs
     )
-
-
-def atomic_dir(out_dir: str | os.PathLike) -> "_AtomicDir":
-    """Context manager yielding a temp dir next to ``out_dir``; renamed onto it on success.
-
-    An existing ``out_dir`` is moved aside first and deleted only after the
-    new one is in place. On an exception the temp dir is removed and
-    ``out_dir`` is untouched.
-    """
-    return _AtomicDir(Path(out_dir))
-
-
-class _AtomicDir:
-    def __init__(self, out_dir: Path):
-        self.out_dir = out_dir
-
-    def __enter__(self) -> Path:
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{self.out_dir.name}-", dir=self.out_dir.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.out_dir.exists():
-            old = self.out_dir.with_name(f".old-{self.out_dir.name}-{os.getpid()}")
-            os.replace(self.out_dir, old)
-        os.replace(self.tmp, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any | None, out_dir: str | os.PathLike) -> Path:

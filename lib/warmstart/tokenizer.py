@@ -35,11 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import re
-import secrets
-import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -53,6 +50,7 @@ from transformers import PreTrainedTokenizerFast
 
 from warmstart.config import Tokenizer as TokenizerConfig
 from warmstart.data.mixing import plan_mixture, take_bytes
+from warmstart.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -369,33 +367,12 @@ def _canonical_unigram_pieces(pieces: list[tuple[str, float]], chars: Counter[st
 
 
 def save_atomic(tok: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
-    """``save_pretrained`` into a temporary sibling, then swap it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{tag}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{tag}")
-    tmp.mkdir()  # unlike mkdtemp, honours the umask
-    moved = False
-    try:
+    """``save_pretrained`` into a temporary sibling, then swap it into place (:func:`warmstart.io.atomic_dir`)."""
+    with atomic_dir(out_dir) as tmp:
         tok.save_pretrained(str(tmp))
         if not (tmp / "tokenizer.json").is_file():
             raise RuntimeError(f"save_pretrained wrote no tokenizer.json in {tmp}")
-        if out_dir.exists() or out_dir.is_symlink():
-            os.replace(out_dir, old)
-            moved = True
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if moved and not (out_dir.exists() or out_dir.is_symlink()):
-            os.replace(old, out_dir)  # put the previous tokenizer back
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if moved:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
-    return out_dir
+    return Path(out_dir)
 
 
 # ---------------------------------------------------------------- fertility

@@ -82,7 +82,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from warmstart.data.packing import CorpusStream, PackedBatch, PackedStream
 from warmstart.flops import device_peak, flops_per_token, mfu
 from warmstart.kernels.attention import attention_inputs
-from warmstart.model import ModelSpec, atomic_dir, load_model
+from warmstart.io import atomic_dir
+from warmstart.model import ModelSpec, load_model
 
 # Step log record (log.jsonl, one per logged step, every skipped step, and "rollback_to" when one happened):
 # step (1-based update index), samples/tokens/bytes (cumulative, global; bytes = UTF-8 bytes of the text

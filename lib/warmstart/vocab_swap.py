@@ -70,20 +70,19 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from warmstart.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -1189,25 +1188,6 @@ def _load_tokenizer(path: str | Path, what: str, trust_remote_code: bool = False
         raise FileNotFoundError(f"no tokenizer could be loaded from {what} directory {str(path)!r}: {e}") from e
 
 
-def _write_atomic(out_dir: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(tmp)`` in a temporary sibling of ``out_dir``, then move it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        write(tmp)
-        if out_dir.exists() or out_dir.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "previous")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
 def swap_model_dir(
     model_dir: str | Path,
     tokenizer_dir: str | Path,
@@ -1263,12 +1243,10 @@ def swap_model_dir(
     if donor_dir is not None:
         report.extra["donor"] = str(donor_dir)
 
-    def write(tmp: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         new_tok.save_pretrained(str(tmp))
         report.write(tmp / REPORT_NAME)
-
-    _write_atomic(Path(out_dir), write)
     return report
 
 
