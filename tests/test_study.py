@@ -70,3 +70,28 @@ def test_merge_logs_offsets_steps_and_counters(tmp_path):
     assert [(r["phase"], r["step"], r["tokens"], r["bytes"]) for r in log] == [
         ("phase1", 2, 100, 400), ("phase1", 4, 200, 800), ("phase2", 7, 350, 1400), ("phase2", 10, 500, 2000)]
     assert table == [{"name": "phase1", "start_step": 1, "steps": 4}, {"name": "phase2", "start_step": 5, "steps": 6}]
+
+
+@pytest.mark.slow
+def test_launch_with_two_processes_runs_ddp(tmp_path, monkeypatch):
+    """`pretrain.num_processes: 2` goes through `accelerate launch` (gloo on CPU): both ranks train, rank 0 logs."""
+    from warmstart.config import Tokenizer as TokCfg
+    from warmstart.model import ModelSpec
+    from warmstart.study import launch
+    from warmstart.tokenizer import train_tokenizer
+    from warmstart.train import TrainConfig, list_checkpoints
+
+    for k in [k for k in __import__("os").environ if k.startswith("ACCELERATE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = [" ".join(WORDS_NB[(i + j) % len(WORDS_NB)] for j in range(20)) for i in range(60)]
+    train_tokenizer(text, TokCfg(vocab_size=300, target_mix={"target": 1.0}), tmp_path / "tok")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in text))
+    cfg = TrainConfig(model=ModelSpec(hidden=16, layers=1, heads=2, max_pos=64), tokenizer_path=str(tmp_path / "tok"),
+                      train_files={"t": [str(tmp_path / "t.jsonl")]}, seq_len=32, micro_batch=2, steps=3,
+                      out_dir=str(tmp_path / "run"), log_every=1, progress=False, tensorboard=False, peak_flops=1e11)  # fmt: skip
+    launch(cfg, num_processes=2)
+    log = [json.loads(x) for x in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["tokens"] == 3 * 2 * 2 * 32  # 2 ranks x micro_batch 2
+    state = json.loads((list_checkpoints(tmp_path / "run/checkpoints")[-1] / "trainer_state.json").read_text())
+    assert state["world_size"] == 2

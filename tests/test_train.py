@@ -31,6 +31,7 @@ from warmstart.train import (
     Trainer,
     export_checkpoint,
     hybrid_batch,
+    launch_command,
     latest_checkpoint,
     list_checkpoints,
     lr_multiplier,
@@ -414,10 +415,7 @@ def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
     train(make_cfg(assets, tmp_path / "one", **kw))
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "warmstart.train", "--config", str(cfg)]  # fmt: skip
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
     assert [x["step"] for x in two] == list(range(1, 7))

@@ -40,6 +40,16 @@ def first_bytes(texts: Sequence[str], max_bytes: int) -> list[str]:
     return out
 
 
+def held_out_texts(params: Any, lang: str, split: str, max_bytes: int) -> list[str]:
+    """The leading non-blank texts of one corpus split, up to ``max_bytes``: what bits per byte is measured on."""
+    from warmstart.data.corpus import load_texts
+
+    texts = [t for t in load_texts(params, lang, split) if t.strip()]
+    if not texts:
+        raise ValueError(f"no held-out {split} text for {lang}")
+    return first_bytes(texts, max_bytes)
+
+
 def _windows(texts: Sequence[str], tokenizer: Any, seq_len: int) -> tuple[list[tuple[list[int], list[int]]], int]:
     eos = tokenizer.eos_token_id
     if eos is None:

@@ -46,11 +46,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from warmstart.bpb import bits_per_byte, first_bytes
+from warmstart.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.io import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -462,15 +461,6 @@ def speedup(curve: pd.DataFrame, scratch: pd.DataFrame) -> float | None:
 # ---------------------------------------------------------------- the stage
 
 
-def _texts(params: Any, lang: str, max_bytes: int) -> list[str]:
-    from warmstart.data.corpus import load_texts
-
-    texts = [t for t in load_texts(params, lang, "test") if t.strip()]
-    if not texts:
-        raise EvalError(f"no held-out test text for {lang}")
-    return first_bytes(texts, max_bytes)
-
-
 def _load(path: str, trust_remote_code: bool = False):
     from warmstart.model import load_model
 
@@ -491,7 +481,7 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
 
     ev, sh = params.evaluate, params.shared
     src_lang, tgt_lang = sh.source_lang, sh.target_lang
-    texts = {"target": _texts(params, tgt_lang, ev.eval_bytes), "source": _texts(params, src_lang, ev.eval_bytes)}
+    texts = {"target": held_out_texts(params, tgt_lang, "test", ev.eval_bytes), "source": held_out_texts(params, src_lang, "test", ev.eval_bytes)}
     # probe items come from every held-out chapter (test, then val): neither is trained on in any language,
     # and cloze distractors need several documents. Bits per byte uses the test split alone.
     def held_out(lang: str) -> list[dict]:

@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,13 +49,14 @@ from typing import Any
 import torch
 import yaml
 
-from warmstart.bpb import bits_per_byte, first_bytes
+from warmstart.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.config import Optim, Params
 from warmstart.data.corpus import load_texts
 from warmstart.flops import flops_per_token
 from warmstart.io import read_jsonl, write_json, write_jsonl
 from warmstart.model import ModelSpec, count_params, load_model
-from warmstart.train import TrainConfig, export_checkpoint, list_checkpoints, train
+from warmstart.tokenizer import fertility
+from warmstart.train import TrainConfig, export_checkpoint, launch_command, list_checkpoints, train
 
 SPECIAL_RUNS = ("scratch", "original")
 
@@ -105,14 +105,8 @@ def launch(cfg: TrainConfig, num_processes: int = 1) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "launch_config.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-    if torch.cuda.is_available():
-        cmd.append("--multi_gpu")
-    else:  # accelerate's --cpu starts one process; DDP over gloo needs the multi-process launcher
-        cmd += ["--multi_gpu", "--num_machines", "1"]
-    cmd += ["-m", "warmstart.train", "--config", str(path)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "false" if torch.cuda.is_available() else "true"}
-    proc = subprocess.run(cmd, env=env)
+    cmd = launch_command(path, num_processes)
+    proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
 
@@ -144,7 +138,11 @@ def summarize_log(log: list[dict]) -> dict[str, Any]:
     """Mean throughput and MFU over logged steps (the first log record, with start-up, excluded)."""
     rows = [r for r in log if r.get("tokens_per_s")]
     rows = rows[1:] if len(rows) > 1 else rows
-    mean = lambda k: (sum(r[k] for r in rows if r.get(k) is not None) / max(1, sum(r.get(k) is not None for r in rows))) if rows else None  # noqa: E731
+
+    def mean(key: str) -> float | None:
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+
     losses = [r["loss"] for r in log if r.get("loss") is not None]
     return {
         "mean_tokens_per_s": mean("tokens_per_s"),
@@ -155,14 +153,10 @@ def summarize_log(log: list[dict]) -> dict[str, Any]:
     }
 
 
-def eval_texts(params: Params, lang: str, split: str, max_bytes: int) -> list[str]:
-    return first_bytes(load_texts(params, lang, split), max_bytes)
-
-
 def bpb_table(model: Any, tokenizer: Any, params: Params, seq_len: int, max_bytes: int, split: str = "test") -> dict[str, float]:
     """Bits per byte on ``split`` of the source and target language."""
     langs = [params.shared.target_lang, params.shared.source_lang]
-    return {lang: bits_per_byte(model, tokenizer, eval_texts(params, lang, split, max_bytes), seq_len)["bits_per_byte"] for lang in langs}
+    return {lang: bits_per_byte(model, tokenizer, held_out_texts(params, lang, split, max_bytes), seq_len)["bits_per_byte"] for lang in langs}
 
 
 # ---------------------------------------------------------------- base
@@ -260,7 +254,7 @@ def run_swap(params: Params, method: str) -> dict[str, Any]:
     seq_len = params.base.seq_len
     bpb = bpb_table(model, tok, params, seq_len, v.eval_bytes)
     base_bpb = bpb_table(base, base_tok, params, seq_len, v.eval_bytes)
-    probes = probe_tokens(tok, eval_texts(params, target, "test", v.eval_bytes), v.neighbours)
+    probes = probe_tokens(tok, held_out_texts(params, target, "test", v.eval_bytes), v.neighbours)
     nn = vs.nearest_neighbours(model, tok, base, base_tok, probes, k=3)
     r = report.to_dict()
     metrics = {
@@ -276,11 +270,6 @@ def run_swap(params: Params, method: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pretraining runs
-
-
-def bytes_per_token(tokenizer: Any, texts: list[str]) -> float:
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return sum(len(t.encode("utf-8")) for t in texts) / max(1, sum(map(len, ids)))
 
 
 def init_model_dir(params: Params, run: str) -> Path:
@@ -348,7 +337,7 @@ def run_pretrain(params: Params, run: str) -> dict[str, Any]:
     if run == "original":
         sample = first_bytes(load_texts(params, target, "train"), 200_000)
         new_tok = AutoTokenizer.from_pretrained(params.path("tokenizer", "target"))
-        scale = bytes_per_token(new_tok, sample) / bytes_per_token(tok, sample)
+        scale = fertility(new_tok, sample)["bytes_per_token"] / fertility(tok, sample)["bytes_per_token"]
     common = dict(
         tokenizer_path=str(init), train_files={"target": [corpus_file(params, target)]}, seq_len=p.seq_len,
         micro_batch=p.micro_batch, grad_accum=p.grad_accum, masked_share=p.masked_share, doc_mask=p.doc_mask,

@@ -890,6 +890,23 @@ def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> d
             "steps": steps, "warmup": warmup, "device": str(dev), "torch": torch.__version__}  # fmt: skip
 
 
+def launch_command(config_path: str | os.PathLike, num_processes: int, port: int | None = None, resume: bool = False) -> list[str]:
+    """``accelerate launch`` of this module on ``num_processes`` processes of one machine.
+
+    ``--multi_gpu`` is right on CPU too: accelerate 1.x's ``--cpu`` starts a
+    single process (its multi-CPU mode needs MPI), while ``--multi_gpu`` on a
+    machine without CUDA goes through torchrun and accelerate selects
+    MULTI_CPU with gloo. Precision and compilation come from the run config,
+    not from the launcher. Other topologies (FSDP2, DeepSpeed, several
+    machines): ``accelerate launch --config_file ... -m warmstart.train``.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
+           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    if port is not None:
+        cmd += ["--main_process_port", str(port)]
+    return cmd + ["-m", "warmstart.train", "--config", str(config_path)] + (["--resume"] if resume else [])
+
+
 def train(cfg: TrainConfig | dict | str | os.PathLike, resume: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue from the latest checkpoint) one training run in this process."""
     if not isinstance(cfg, TrainConfig):
