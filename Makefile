@@ -1,33 +1,58 @@
 # warmstart: the two README commands.
-#   make repro   environment (if missing) + Debian packages + `dvc repro`
-#   make test    environment (if missing) + Debian packages + pytest
-# GPU users: make TORCH="torch==2.9.1" (any CUDA build) before the first run.
+#   make repro   environment from the lock (if missing) + Debian packages + `dvc repro`
+#   make test    environment from the lock (if missing) + Debian packages + pytest
+# The environment is installed only from requirements/*.txt (exact versions, sha256 hashes):
+#   make env          CPU set (requirements/cpu.txt, torch +cpu)
+#   make env GPU=1    GPU set (requirements/gpu.txt, CUDA torch, Liger; then flash-attn)
+#   make lock         regenerate the lock from pyproject.toml (a deliberate act: then make test, commit)
+#   make test-latest  canary: a throwaway env at the newest versions the ranges allow, then the tests
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH ?= torch==2.13.0
 KERNEL ?= warmstart
 DEB_PACKAGES ?= poppler-utils
 PYTEST_ARGS ?= -n 2 --dist loadfile
+GPU ?=
+# The torch release both sets are locked at; `make lock` reads it, installs never do.
+TORCH_VERSION ?= 2.13.0
+# Where the +cpu torch wheel is found (a folder or a find-links URL), for `make lock` and the
+# canary. Installs need it too: set PIP_FIND_LINKS (or PIP_EXTRA_INDEX_URL) to it when pip
+# does not already know it.
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+UV_VERSION ?= 0.13.9
+TOOLS ?= .venv-tools
+CANARY ?= /tmp/warmstart-canary
 
+LOCK := requirements/$(if $(GPU),gpu,cpu).txt
 BIN := $(abspath $(VENV))/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
+PIP_LOCKED := --require-hashes --no-deps
 
-.PHONY: help env deb repro test kernel clean-env
+.PHONY: help env deb repro test kernel lock test-latest clean-env
 
 help:
-	@echo "make repro   run the whole study (dvc repro) -> reports/report.pdf"
-	@echo "make test    run the test suite"
-	@echo "make env     create .venv only (TORCH=$(TORCH))"
+	@echo "make repro        run the whole study (dvc repro) -> reports/report.pdf"
+	@echo "make test         run the test suite"
+	@echo "make env          create .venv from $(LOCK) only (GPU=1: the CUDA set)"
+	@echo "make lock         regenerate requirements/*.txt and environment.yml from pyproject.toml"
+	@echo "make test-latest  canary: tests in a throwaway env at the newest allowed versions"
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+# The lock is for CPython 3.11 on x86_64 Linux; anything else is refused with the reason.
+# A venv whose lock changed (or built for the other set) is rebuilt from scratch, never patched.
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) -c 'import sys, platform; ok = sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64"; \
+	  ok or sys.exit(f"error: requirements/*.txt are locked for CPython 3.11 on x86_64 Linux; {sys.executable} is " \
+	  f"{platform.python_version()} on {platform.machine()}. Use PYTHON=python3.11, or regenerate with make lock.")'
+	@if [ -d $(VENV) ]; then echo "rebuilding $(VENV) from $(LOCK)"; rm -rf $(VENV); fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(PIP_LOCKED) -r $(LOCK)
+	$(if $(GPU),$(BIN)/python -m pip install -q --require-hashes --no-deps --no-build-isolation -r requirements/flash-attn.txt)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (warmstart)" >/dev/null
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	@touch $@
@@ -54,5 +79,28 @@ repro: env deb
 test: env deb
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# uv (pinned) resolves; pip installs. The tools venv is separate so the lock never locks itself.
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q "uv==$(UV_VERSION)"
+
+lock: $(TOOLS)/bin/uv
+	$(PYTHON) dev/lock.py --uv $(TOOLS)/bin/uv --torch $(TORCH_VERSION) --torch-wheels $(TORCH_WHEELS)
+	@echo "now: make test (rebuilds .venv from the new lock), then commit requirements/ and environment.yml"
+
+# Canary: nothing here touches .venv or the lock. torch stays at TORCH_VERSION (+cpu): the
+# newest torch on PyPI is a multi-GB CUDA build. CANARY_ARGS are passed to pytest.
+CANARY_ARGS ?= $(PYTEST_ARGS)
+test-latest: $(TOOLS)/bin/uv deb
+	rm -rf $(CANARY) && mkdir -p $(CANARY)
+	$(PYTHON) dev/lock.py --uv $(TOOLS)/bin/uv --torch $(TORCH_VERSION) --torch-wheels $(TORCH_WHEELS) --latest $(CANARY)
+	$(PYTHON) -m venv $(CANARY)/venv
+	$(CANARY)/venv/bin/python -m pip install -q --no-deps --find-links $(TORCH_WHEELS) -r $(CANARY)/latest.txt
+	$(CANARY)/venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(CANARY)/venv/bin/python -m ipykernel install --sys-prefix --name $(KERNEL) >/dev/null
+	@diff <(grep -oE '^[A-Za-z0-9._-]+==[^ ]+' requirements/cpu.txt) <(grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(CANARY)/latest.txt) \
+	  | grep -E '^[<>]' | sed 's/^</  locked:/; s/^>/  latest:/' || echo "  (the newest versions are the locked ones)"
+	PATH="$(CANARY)/venv/bin:$$PATH" $(CANARY)/venv/bin/python -m pytest $(CANARY_ARGS)
+
 clean-env:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TOOLS)

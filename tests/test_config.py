@@ -68,3 +68,32 @@ def test_target_switch_is_params_only(params_dict):
         p = validate(deep_merge(params_dict, {"shared": {"target_lang": lang}}))
         assert p.languages == ["en-US", lang]
         assert p.resolve_lang("target") == lang
+
+
+def test_config_check_names_the_languages_the_sources_offer(params_dict, tmp_path, capsys):
+    """`python -m warmstart.config check` refuses a language no source has, before any stage runs."""
+    from warmstart.config import main
+
+    raw = copy.deepcopy(params_dict)
+    raw["shared"]["target_lang"] = "xx-XX"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'xx-XX' (shared.target_lang) is offered by no configured corpus source" in err
+    assert "handbook offers ar-MA, ca-ES, cs-CZ" in err and "nb-NO" in err and "{kind: local, lang: <code>" in err
+    # the same language through a local source of its own is fine
+    raw["corpus"]["sources"].append({"kind": "local", "lang": "target", "paths": [str(tmp_path)]})
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+
+
+def test_handbook_language_list_matches_the_package(params_dict):
+    """The static list config check uses is what the cached debian-handbook .deb really holds."""
+    from warmstart.data import handbook
+
+    debs = sorted(handbook.cache_dir().glob(f"{handbook.PACKAGE}_11.20220922_all.deb"))
+    if not debs:
+        pytest.skip("debian-handbook 11.20220922 is not cached (the pipeline test fetches it)")
+    assert tuple(handbook.available_languages(debs[-1])) == handbook.LANGUAGES

@@ -283,6 +283,31 @@ def test_jsonl_records_need_text_field(params_dict, tmp_path):
         build_corpus(p)
 
 
+def test_malformed_jsonl_line_error_or_counted_skip(params_dict, tmp_path):
+    """A broken line stops the stage (naming file and line), or with on_bad_file: skip is skipped and counted."""
+    from warmstart.data.corpus import build_corpus, load_split
+
+    _write_parallel(tmp_path)
+    lines = [json.dumps({"id": f"doc{i}", "text": t}) for i, t in enumerate(NB)]  # parallel to en/doc{i}.txt
+    lines.insert(2, '{"id": "d9", "text": "unterminated')  # line 3
+    lines.insert(4, json.dumps(["not", "an", "object"]))  # line 5
+    (tmp_path / "nb.jsonl").write_text("\n".join(lines) + "\n")
+    srcs = [{"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb.jsonl")], "id_field": "id"}]
+    with pytest.raises(BadFileError, match=r"nb.jsonl:3: not valid JSON .*on_bad_file: skip"):
+        build_corpus(_local_params(params_dict, tmp_path, srcs))
+    assert not (tmp_path / "data" / "corpus").exists()  # nothing half-written
+    p = _local_params(params_dict, tmp_path, srcs, on_bad_file="skip", dedup={"near_threshold": None})
+    m = build_corpus(p)
+    src = m["sources"]
+    assert src["skipped_line_count"] == 2 and src["skipped_files"] == []
+    assert [(x["path"].endswith("nb.jsonl"), x["line"]) for x in src["skipped_lines"]] == [(True, 3), (True, 5)]
+    assert "not valid JSON" in src["skipped_lines"][0]["reason"] and "'text' field" in src["skipped_lines"][1]["reason"]
+    docs = {r["doc"] for s in ("train", "val", "test") for r in load_split(p, "nb-NO", s)}
+    assert docs == {f"doc{i}" for i in range(len(NB))}  # every good record kept, nothing from the bad lines
+    assert json.loads(json.dumps(m)) == m  # what run_stage writes to reports/metrics/corpus.json
+
+
 def test_too_little_target_text_fails_before_writing(params_dict, tmp_path):
     """An untranslated source (all English in the target's folder) must stop the stage, not train on nothing."""
     from warmstart.data.corpus import build_corpus

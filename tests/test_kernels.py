@@ -2,7 +2,7 @@
 
 The Liger (Triton) kernels run on CPU under the Triton interpreter in a
 subprocess (``TRITON_INTERPRET=1`` must be set before triton is imported);
-on a CUDA machine they also run compiled, in bf16. Triton 3.9's interpreter
+on a CUDA machine they also run compiled, in bf16. The locked Triton's interpreter
 needs two test-only shims to run Liger 0.8: Python float kernel arguments
 are not wrapped as fp32 scalars (Liger calls ``eps.to(...)``), and
 ``libdevice.rsqrt`` is not interpreted (returns None); compiled Triton
@@ -13,13 +13,25 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
 from transformers.models.llama import modeling_llama
 
 from warmstart.data.packing import additive_mask, document_attention_mask
-from warmstart.kernels import FLEX, KernelOptions, apply, attention_inputs, choose_attention, fused, mask_kind, reference
+from warmstart.kernels import (
+    FLEX,
+    KernelNotApplied,
+    KernelOptions,
+    apply,
+    attention_inputs,
+    choose_attention,
+    fused,
+    mask_kind,
+    not_applied,
+    reference,
+)
 from warmstart.kernels.attention import mask_mod_for
 from warmstart.model import build_model
 
@@ -84,7 +96,10 @@ def test_apply_on_cpu_without_triton_keeps_the_model_and_uses_chunked_loss(monke
     a, b = build_model(**TINY), build_model(**TINY)
     assert apply(a, KernelOptions()) == {"attention": "unchanged (sdpa)", "rms_norm": "off", "swiglu": "off",
                                          "rope": "off", "fused_linear_cross_entropy": "off"}  # fmt: skip
-    rep = apply(b, KernelOptions.all(), device="cpu", dtype=torch.float32)
+    with pytest.warns(KernelNotApplied) as caught:
+        rep = apply(b, KernelOptions.all(), device="cpu", dtype=torch.float32)
+    assert sorted(str(w.message).split()[1] for w in caught) == ["rms_norm", "rope", "swiglu"]
+    assert not_applied(rep).keys() == {"rms_norm", "rope", "swiglu"}
     assert rep["attention"] == "sdpa" and rep["fused_linear_cross_entropy"] == "torch-chunked"
     assert all(rep[k].startswith("skipped") for k in ("rms_norm", "swiglu", "rope"))
     la, lb = a(input_ids=x, labels=x, use_cache=False), b(input_ids=x, labels=x, use_cache=False)
@@ -94,6 +109,63 @@ def test_apply_on_cpu_without_triton_keeps_the_model_and_uses_chunked_loss(monke
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pb.grad, pa.grad)
     assert b(input_ids=x, use_cache=False).logits.shape == (2, 32, 300)  # no labels: the plain forward
+
+
+def test_every_requested_kernel_binds_on_the_tiny_llama(monkeypatch):
+    """On the locked transformers, each fused op finds its submodules (none silently binds zero)."""
+    monkeypatch.setattr(fused, "triton_usable", lambda device: True)
+    model = build_model(**TINY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelNotApplied)
+        rep = apply(model, KernelOptions.all(attention=None), device="cpu", dtype=torch.float32)
+    # 2 layers: 2 x 2 RMSNorms + the final norm; one MLP and one attention per layer
+    assert rep == {"attention": "unchanged (sdpa)", "rms_norm": "liger x5", "swiglu": "liger x2", "rope": "liger x2",
+                   "fused_linear_cross_entropy": "liger"}, rep
+    assert not_applied(rep) == {}
+
+
+def test_requested_kernel_that_cannot_bind_is_reported_and_warned(monkeypatch):
+    monkeypatch.setattr(fused, "triton_usable", lambda device: True)
+    model = build_model(**TINY)
+    for layer in model.model.layers:  # an attention class whose forward does not call apply_rotary_pos_emb
+        layer.self_attn.__class__ = type("OpaqueAttention", (torch.nn.Module,), {"forward": lambda self, *a, **k: None})
+    with pytest.warns(KernelNotApplied, match=r"kernel rope requested but not applied: no \*Attention"):
+        rep = apply(model, KernelOptions(rope=True), device="cpu", dtype=torch.float32)
+    assert rep["rope"].startswith("not applied") and "LlamaForCausalLM" in rep["rope"]
+    assert not_applied(rep) == {"rope": rep["rope"]}
+
+
+def test_rope_rebinding_keeps_outputs_and_transformers_decorators():
+    """The rebound attention forward calls our RoPE, gives the same logits, and still generates with a cache.
+
+    transformers 5.24 wraps attention forwards in ``deprecate_kwarg`` (past_key_values -> cache): the
+    rebinding must go through the wrapper to the function that calls ``apply_rotary_pos_emb``.
+    """
+    from warmstart import kernels as K
+
+    torch.manual_seed(0)
+    a = build_model(**TINY).eval()
+    b = build_model(**TINY).eval()
+    b.load_state_dict(a.state_dict())
+    calls = []
+
+    def counting_rope(q, k, cos, sin, unsqueeze_dim=1):
+        calls.append(q.shape)
+        return reference.rope(q, k, cos, sin, unsqueeze_dim)
+
+    attn_cls = type(b.model.layers[0].self_attn)
+    assert K._uses_global(attn_cls.forward, K.ROPE_FN)
+    for layer in b.model.layers:
+        K._bind(layer.self_attn, K._with_global(attn_cls.forward, K.ROPE_FN, counting_rope))
+    x = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(b(input_ids=x).logits, a(input_ids=x).logits)
+        assert len(calls) == TINY["layers"]
+        ga = a.generate(x[:1, :4], max_new_tokens=6, do_sample=False, use_cache=True)
+        gb = b.generate(x[:1, :4], max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(ga, gb)
+    assert len(calls) > TINY["layers"] + 6  # every decoding step went through the rebound forward
+    assert type(b.model.layers[0].self_attn).forward is attn_cls.forward  # the class is untouched
 
 
 # ---------------------------------------------------------------- dispatch

@@ -517,8 +517,12 @@ def test_spike_mitigation_config_errors(assets, tmp_path):
 def test_fused_kernels_flag_keeps_the_cpu_run_equivalent(assets, tmp_path):
     """`fused_kernels: true` on CPU goes through warmstart.kernels (chunked linear-CE fallback, no Triton):
     the losses match the plain run, and what was patched is recorded beside the run."""
+    from warmstart.kernels import KernelNotApplied
+
     plain = train(make_cfg(assets, tmp_path / "plain", steps=4))
-    fused = train(make_cfg(assets, tmp_path / "fused", steps=4, fused_kernels=True, attn_implementation="auto"))
+    with pytest.warns(KernelNotApplied) as caught:  # no Triton on CPU: said in the run log, never silent
+        fused = train(make_cfg(assets, tmp_path / "fused", steps=4, fused_kernels=True, attn_implementation="auto"))
+    assert {str(w.message).split()[1] for w in caught} == {"rms_norm", "swiglu", "rope"}
     a, b = read_log(plain.out_dir), read_log(fused.out_dir)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b):
@@ -526,4 +530,5 @@ def test_fused_kernels_flag_keeps_the_cpu_run_equivalent(assets, tmp_path):
     kernels = json.loads((fused.out_dir / "kernels.json").read_text())
     assert kernels["attention"] == "sdpa"  # CPU: FlexAttention has no CPU backward; dispatch picks SDPA
     assert kernels["fused_linear_cross_entropy"] == "torch-chunked"
+    assert all(kernels[k].startswith("skipped: no Triton on this device") for k in ("rms_norm", "swiglu", "rope"))
     assert not (plain.out_dir / "kernels.json").exists()

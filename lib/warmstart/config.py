@@ -419,7 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "check":
-            load_params(args.params)
+            from warmstart.data.sources import check_languages  # data imports config: not at module level
+
+            params = load_params(args.params)
+            try:
+                check_languages(params)
+            except ValueError as err:
+                raise ParamsError(f"{args.params}: {err}") from None
             print(f"{args.params}: ok")
         else:
             apply_profile(args.name, args.params)

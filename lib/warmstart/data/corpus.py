@@ -163,7 +163,12 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
             for lang in langs
         },
         "split_documents": split_docs,
-        "sources": {"handbook": report.handbook, "skipped_files": report.skipped_files},
+        "sources": {
+            "handbook": report.handbook,
+            "skipped_files": report.skipped_files,
+            "skipped_line_count": report.skipped_line_count,
+            "skipped_lines": report.skipped_lines,
+        },
         "seconds": round(time.time() - t0, 2),
     }
     return metrics

@@ -26,6 +26,13 @@ from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
 
 PACKAGE = "debian-handbook"
 HTML_ROOT = "usr/share/doc/debian-handbook/html"
+# The languages of debian-handbook 11.20220922 (Debian 12), as `available_languages` reads them:
+# what `python -m warmstart.config check` offers before any .deb is fetched. The corpus stage
+# still checks the real package (read_html), so a newer version with other languages fails there.
+LANGUAGES = (
+    "ar-MA", "ca-ES", "cs-CZ", "da-DK", "de-DE", "el-GR", "en-US", "es-ES", "fa-IR", "fr-FR", "hr-HR", "id-ID", "it-IT",
+    "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "ro-RO", "ru-RU", "sv-SE", "tr-TR", "vi-VN", "zh-CN", "zh-TW",
+)  # fmt: skip
 _WS = re.compile(r"\s+")
 
 class HandbookError(RuntimeError):

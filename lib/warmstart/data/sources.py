@@ -7,8 +7,9 @@
 - ``hf``: a Hugging Face dataset through ``datasets.load_dataset`` (a hub id
   on a cluster, or a local directory / ``save_to_disk`` folder here).
 
-Bad files (empty, binary, not UTF-8) raise :class:`BadFileError`, or are
-counted and skipped when ``corpus.on_bad_file`` is ``skip``.
+Bad files (empty, binary, not UTF-8) and bad ``.jsonl`` lines (not JSON, not
+an object, no text field) raise :class:`BadFileError`, or are counted and
+skipped when ``corpus.on_bad_file`` is ``skip`` (the stage metrics list them).
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ class SourceReport:
 
     handbook: dict | None = None
     skipped_files: list[dict] = field(default_factory=list)
+    skipped_lines: list[dict] = field(default_factory=list)  # the first MAX_LISTED; all are counted
+    skipped_line_count: int = 0
+
+    MAX_LISTED = 100
+
+    def skip_line(self, path: Path, line: int, reason: str) -> None:
+        self.skipped_line_count += 1
+        if len(self.skipped_lines) < self.MAX_LISTED:
+            self.skipped_lines.append({"path": str(path), "line": line, "reason": reason})
 
 
 def split_paragraphs(text: str) -> tuple[Paragraph, ...]:
@@ -104,10 +114,19 @@ def _local_documents(src: LocalSource, lang: str, on_bad: str, report: SourceRep
                 continue
             try:
                 rec = json.loads(line)
+                reason = None
             except json.JSONDecodeError as err:
-                raise BadFileError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-            if not isinstance(rec, dict) or src.text_field not in rec:
-                raise BadFileError(f"{path}:{i}: record has no {src.text_field!r} field (corpus.sources text_field)")
+                reason = f"not valid JSON ({err.msg})"
+            else:
+                if not isinstance(rec, dict) or src.text_field not in rec:
+                    reason = f"record has no {src.text_field!r} field (corpus.sources text_field)"
+                elif src.id_field and src.id_field not in rec:
+                    reason = f"record has no {src.id_field!r} field (corpus.sources id_field)"
+            if reason is not None:
+                if on_bad == "skip":
+                    report.skip_line(path, i, reason)
+                    continue
+                raise BadFileError(f"{path}:{i}: {reason}; set corpus.on_bad_file: skip to count and skip such lines")
             doc = str(rec[src.id_field]) if src.id_field else f"{path.stem}:{i}"
             yield Document(doc=doc, page=f"{path}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field])))
 
@@ -130,6 +149,36 @@ def _hf_documents(src: HFSource, lang: str) -> Iterator[Document]:
             break
         doc = str(rec[src.id_field]) if src.id_field else f"{path.name or src.dataset}:{i}"
         yield Document(doc=doc, page=f"{src.dataset}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field])))
+
+
+def offered_languages(src: HandbookSource | LocalSource | HFSource, params: Params) -> tuple[str, ...]:
+    """The corpus languages a source can provide: the handbook's list, or a local/HF source's one ``lang``."""
+    if src.kind == "handbook":  # by kind: `python -m warmstart.config` builds params from __main__'s classes
+        return handbook.available_languages(Path(src.deb_path)) if src.deb_path else handbook.LANGUAGES
+    return (params.resolve_lang(src.lang),)
+
+
+def check_languages(params: Params) -> None:
+    """Fail, before anything is read, on a source of no corpus language or a language of no source."""
+    langs = params.languages
+    for i, src in enumerate(params.corpus.sources):
+        if src.kind != "handbook" and params.resolve_lang(src.lang) not in langs:
+            raise ValueError(
+                f"corpus.sources[{i}].lang is {src.lang!r}, not a corpus language; "
+                f"corpus languages (shared.source_lang, shared.target_lang, corpus.extra_languages): {langs}"
+            )
+    offered = {src.kind if len(params.corpus.sources) == 1 else f"corpus.sources[{i}] ({src.kind})":
+               offered_languages(src, params) for i, src in enumerate(params.corpus.sources)}  # fmt: skip
+    every = {lang for langs in offered.values() for lang in langs}
+    roles = {params.shared.source_lang: "shared.source_lang", params.shared.target_lang: "shared.target_lang"}
+    problems = [f"{lang!r} ({roles.get(lang, 'corpus.extra_languages')})" for lang in langs if lang not in every]
+    if problems:
+        lists = "; ".join(f"{name} offers {', '.join(sorted(langs))}" for name, langs in offered.items())
+        raise ValueError(
+            f"{', '.join(problems)} {'is' if len(problems) == 1 else 'are'} offered by no configured corpus source "
+            f"({lists}). Pick one of those, "
+            "or add a source for it: {kind: local, lang: <code>, paths: [...]} or {kind: hf, lang: <code>, dataset: ...}"
+        )
 
 
 def _handbook_documents(src: HandbookSource, langs: list[str], report: SourceReport) -> Iterator[Document]:
@@ -158,17 +207,13 @@ def _handbook_documents(src: HandbookSource, langs: list[str], report: SourceRep
 
 def iter_documents(params: Params, report: SourceReport) -> Iterator[Document]:
     """All documents of all sources, for the corpus languages."""
+    check_languages(params)
     langs = params.languages
     for i, src in enumerate(params.corpus.sources):
         if isinstance(src, HandbookSource):
             yield from _handbook_documents(src, langs, report)
             continue
         lang = params.resolve_lang(src.lang)
-        if lang not in langs:
-            raise ValueError(
-                f"corpus.sources[{i}].lang is {src.lang!r}, not a corpus language; "
-                f"corpus languages (shared.source_lang, shared.target_lang, corpus.extra_languages): {langs}"
-            )
         if isinstance(src, LocalSource):
             yield from _local_documents(src, lang, params.corpus.on_bad_file, report)
         else:

@@ -29,9 +29,11 @@ default study is unaffected.
 from __future__ import annotations
 
 import types
+import warnings
 from typing import Literal
 
 import torch
+import transformers
 from pydantic import BaseModel, ConfigDict
 
 from warmstart.kernels import fused, reference
@@ -46,9 +48,16 @@ from warmstart.kernels.attention import (
 )
 
 __all__ = [
-    "FLEX", "KernelOptions", "apply", "attention_inputs", "block_mask", "choose_attention", "flash_attn_installed",
+    "FLEX", "KernelNotApplied", "KernelOptions", "apply", "not_applied", "attention_inputs", "block_mask", "choose_attention", "flash_attn_installed",
     "fused", "mask_kind", "reference", "register_flex",
 ]  # fmt: skip
+
+
+ROPE_FN = "apply_rotary_pos_emb"  # the function transformers' Llama-family attention forwards call
+
+
+class KernelNotApplied(UserWarning):
+    """A requested fused kernel could not be bound (device, model class or transformers internals)."""
 
 
 class KernelOptions(BaseModel):
@@ -82,26 +91,63 @@ def _mlp_forward(self, x):
     return self.down_proj(fused.swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
-def _with_rope(forward):
-    """The same attention forward, its ``apply_rotary_pos_emb`` resolved to the fused op."""
-    fn = forward.__func__ if hasattr(forward, "__func__") else forward
-    g = dict(fn.__globals__, apply_rotary_pos_emb=fused.rope)
-    new = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
-    new.__kwdefaults__ = fn.__kwdefaults__
+def _inner(fn):
+    """The innermost function under ``functools.wraps`` decorators (transformers wraps forwards)."""
+    fn = getattr(fn, "__func__", fn)
+    chain = [fn]
+    while hasattr(chain[-1], "__wrapped__"):
+        chain.append(chain[-1].__wrapped__)
+    return chain
+
+
+def _uses_global(fn, name: str) -> bool:
+    """Whether ``fn`` (through its decorators) reads ``name`` as a global of its module."""
+    inner = _inner(fn)[-1]
+    code = getattr(inner, "__code__", None)
+    return code is not None and name in code.co_names and name in inner.__globals__
+
+
+def _rebuild(fn, old, new):
+    """A copy of function ``fn`` whose closure cells holding ``old`` hold ``new`` instead."""
+    cells = tuple(types.CellType(new) if c.cell_contents is old else c for c in (fn.__closure__ or ()))
+    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, cells or None)
+    out.__kwdefaults__, out.__dict__ = fn.__kwdefaults__, {k: v for k, v in fn.__dict__.items() if k != "__wrapped__"}
+    out.__wrapped__ = new
+    return out
+
+
+def _with_global(forward, name: str, value):
+    """The same forward, its global ``name`` resolved to ``value``, decorators kept.
+
+    transformers decorates attention forwards (``deprecate_kwarg`` from 5.24 on), so the function
+    that reads ``apply_rotary_pos_emb`` is the innermost one; each decorator's closure is rebuilt
+    around the new inner function, so their behaviour (kwarg renaming) is unchanged.
+    """
+    chain = _inner(forward)
+    inner = chain[-1]
+    new = types.FunctionType(inner.__code__, dict(inner.__globals__, **{name: value}), inner.__name__,
+                             inner.__defaults__, inner.__closure__)  # fmt: skip
+    new.__kwdefaults__ = inner.__kwdefaults__
+    for wrapper, old in zip(reversed(chain[:-1]), reversed(chain[1:])):
+        if not any(c.cell_contents is old for c in (wrapper.__closure__ or ())):
+            raise TypeError(f"cannot rebuild decorator {wrapper.__qualname__}: it does not close over {old.__qualname__}")
+        new = _rebuild(wrapper, old, new)
     return new
 
 
-def _flce_forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                  inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):  # fmt: skip
+def _flce_forward(self, input_ids=None, labels=None, **kwargs):
+    """The CausalLM forward with the fused linear + cross-entropy loss when ``labels`` are given.
+
+    Every other argument passes through untouched, so it follows whatever the model's own forward
+    accepts (transformers renamed ``past_key_values`` to ``cache`` in 5.24).
+    """
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     if labels is None:
-        return type(self).forward(self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                                  logits_to_keep=logits_to_keep, **kwargs)  # fmt: skip
+        return type(self).forward(self, input_ids=input_ids, **kwargs)
     num_items = kwargs.pop("num_items_in_batch", None)
-    out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)  # fmt: skip
+    kwargs.pop("logits_to_keep", None)  # no logits are computed
+    out = self.model(input_ids=input_ids, **kwargs)
     head = self.lm_head
     loss = fused.linear_cross_entropy(out.last_hidden_state, head.weight, labels, head.bias, num_items)
     return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values,
@@ -119,7 +165,11 @@ def apply(
     ``device`` defaults to the model's, ``dtype`` (the compute dtype: bf16
     under autocast) to the model's parameter dtype. Values: ``"liger xN"``
     (N submodules patched), ``"torch-chunked"`` (reference loss),
-    ``"off"``, or ``"skipped: <why>"``. Call it before ``accelerator.prepare``
+    ``"off"``, ``"skipped: <why>"`` (the device or config rules it out) or
+    ``"not applied: <why>"`` (no submodule matched: a model class or
+    transformers version whose internals differ). Every requested feature
+    that did not take effect also raises a :class:`KernelNotApplied` warning
+    (:func:`not_applied` lists them). Call it before ``accelerator.prepare``
     and ``torch.compile``.
     """
     p = next(model.parameters())
@@ -149,9 +199,11 @@ def apply(
         elif opts.swiglu and triton and silu and all(hasattr(mod, a) for a in ("gate_proj", "up_proj", "down_proj")):
             _bind(mod, _mlp_forward)
             counts["swiglu"] += 1
-        elif opts.rope and triton and cls.endswith("Attention") and "apply_rotary_pos_emb" in type(mod).forward.__globals__:
-            _bind(mod, _with_rope(type(mod).forward))
+        elif opts.rope and triton and cls.endswith("Attention") and _uses_global(type(mod).forward, ROPE_FN):
+            _bind(mod, _with_global(type(mod).forward, ROPE_FN, fused.rope))
             counts["rope"] += 1
+    looked_for = {"rms_norm": "*RMSNorm module with variance_epsilon", "swiglu": "MLP with gate/up/down_proj",
+                  "rope": f"*Attention whose forward calls {ROPE_FN}"}  # fmt: skip
     for key, n in counts.items():
         if not getattr(opts, key):
             out[key] = "off"
@@ -159,6 +211,9 @@ def apply(
             out[key] = why
         elif key == "swiglu" and not silu:
             out[key] = f"skipped: hidden_act is {model.config.hidden_act}, not silu"
+        elif n == 0:
+            out[key] = (f"not applied: no {looked_for[key]} in {type(model).__name__} "
+                        f"(transformers {transformers.__version__})")  # fmt: skip
         else:
             out[key] = f"liger x{n}"
 
@@ -169,4 +224,11 @@ def apply(
     else:
         _bind(model, _flce_forward)
         out["fused_linear_cross_entropy"] = "liger" if triton else "torch-chunked"
+    for key, value in not_applied(out).items():
+        warnings.warn(f"kernel {key} requested but {value}", KernelNotApplied, stacklevel=2)
     return out
+
+
+def not_applied(report: dict[str, str]) -> dict[str, str]:
+    """The requested features of an :func:`apply` report that did not take effect, with the reason."""
+    return {k: v for k, v in report.items() if v.startswith(("skipped", "not applied"))}
