@@ -97,3 +97,26 @@ def test_handbook_language_list_matches_the_package(params_dict):
     if not debs:
         pytest.skip("debian-handbook 11.20220922 is not cached (the pipeline test fetches it)")
     assert tuple(handbook.available_languages(debs[-1])) == handbook.LANGUAGES
+
+
+def test_schema_defaults_agree_with_params_yaml(params_dict):
+    """A key left out of params.yaml means what the shipped file says (sections used once in the schema;
+    the optimiser section serves three phases with different values, so it has no defaults to agree on)."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    from warmstart.config import Optim, Params
+
+    diffs = []
+
+    def walk(model, data, prefix):
+        for name, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                if sub is not Optim:
+                    walk(sub, data.get(name) or {}, f"{prefix}{name}.")
+            elif field.default is not PydanticUndefined and name in data and data[name] != field.default:
+                diffs.append((f"{prefix}{name}", field.default, data[name]))
+
+    walk(Params, params_dict, "")
+    assert diffs == []

@@ -12,16 +12,13 @@ import pytest
 import torch
 
 from warmstart.bpb import bits_per_byte
-from warmstart.evaluate import (
+from warmstart.evaluate import bytes_to_reach, load_run, select_checkpoints, speedup
+from warmstart.probes import (
     EvalError,
     build_cloze_items,
-    bytes_to_reach,
     cloze_accuracy,
-    load_run,
     mask_positions,
     masked_token_accuracy,
-    select_checkpoints,
-    speedup,
     split_paragraph,
     translation_pairs,
     translation_prompt,
@@ -280,7 +277,7 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
     tok = make_tokenizer(sentences(EN, 80, 0) + sentences(NB, 80, 1))
     tok.save_pretrained(tmp / "tok")
     for name, method in (("scratch", None), ("random", "random")):
-        rd = data / "runs" / name
+        rd, rec = data / "runs" / name, data / "logs" / name
         ckpts = []
         for k, step in enumerate((0, 4, 8)):
             path = rd / "checkpoints" / f"step{step:07d}"
@@ -290,14 +287,14 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
         log = [{"step": s, "phase": "phase1" if s <= 4 else "phase2", "tokens": s * 64, "bytes": s * 250,
                 "loss": 6.0 - 0.3 * s + (0.1 if method else 0), "corpus": "a" if s < 6 else "b", "mfu": 0.01}
                for s in range(1, 9)]  # fmt: skip
-        write_jsonl(rd / "log.jsonl", log)
-        write_json(rd / "run.json", {
+        write_jsonl(rec / "log.jsonl", log)
+        write_json(rec / "run.json", {
             "name": name, "kind": "swap" if method else "scratch", "method": method, "tokenizer": str(tmp / "tok"),
-            "init": ckpts[0]["path"], "checkpoints": ckpts, "final": ckpts[-1]["path"], "log": str(rd / "log.jsonl"),
+            "init": ckpts[0]["path"], "checkpoints": ckpts, "final": ckpts[-1]["path"], "log": str(rec / "log.jsonl"),
             "masked_share": 0.1 if (with_masked and method) else 0.0, "seq_len": 32, "params_count": 30000,
             "flops_per_token": 180000, "seconds": 12.5, "mean_mfu": 0.0123, "mean_tokens_per_s": 1000.0,
         })  # fmt: skip
-    write_json(reports / "metrics" / "vocab_swap" / "random.json",
+    write_json(reports / "vocab_swap" / "random.json",
                {"method": "random", "aligned": 0, "decomposed": 0, "random": 300, "new_vocab": 300, "bpb_step0": {}})
     return {
         "shared": {"data_dir": str(data), "reports_dir": str(reports)},
@@ -321,12 +318,13 @@ def test_run_json_errors_name_the_problem(tmp_path):
 
 def test_stage_on_a_tiny_study(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.evaluate import best_run, run_stage
+    from warmstart.evaluate import best_run
     from warmstart.fragments import read_fragments
+    from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path, with_masked=True))
-    out = run_stage(params, progress=False)
-    ev = json.loads((tmp_path / "reports/metrics/eval.json").read_text())
+    headline = stage.run(params, progress=False)
+    ev = json.loads((tmp_path / "reports/evaluate/eval.json").read_text())
     assert set(ev["runs"]) == {"scratch", "random"} and ev["best"] == best_run(ev)
     fin = ev["runs"]["random"]
     for key in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_source", "chrf", "masked_acc"):
@@ -340,7 +338,10 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     assert frag["stage"] == "evaluate" and frag["order"] == 60 and len(frag["figures"]) == 2
     assert [t["caption"].split(":")[0] for t in frag["tables"]][:2] == ["Initialisation methods", "Final checkpoints"]
     assert frag["numbers"]["bpb_target.random"] == pytest.approx(fin["bpb_target"])
-    assert len(out["translations"]) == 2 * 3
+    assert len(pd.read_csv(tmp_path / "reports/evaluate/translations.csv")) == 2 * 3
+    assert headline == json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())
+    assert headline["best_run"] == ev["best"] and headline["final_bpb_random"] == pytest.approx(fin["bpb_target"])
+    assert set(headline) == {"final_bpb_scratch", "final_bpb_random", "best_run", "best_speedup_vs_scratch"}
 
 
 def test_swap_study_numbers_and_goals():

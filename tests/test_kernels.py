@@ -19,7 +19,7 @@ import pytest
 import torch
 from transformers.models.llama import modeling_llama
 
-from warmstart.data.packing import additive_mask, document_attention_mask
+from warmstart.kernels.masks import additive_mask, document_attention_mask
 from warmstart.kernels import (
     FLEX,
     KernelNotApplied,

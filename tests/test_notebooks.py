@@ -71,10 +71,3 @@ def test_every_stage_runs_its_notebook_with_papermill(root):
     assert used == nb_names, f"notebooks without a stage: {sorted(nb_names - used)}"
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
     assert "-k warmstart" in nb_var and "--log-output" in nb_var
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebooks_stay_thin(path):
-    nb = json.loads(path.read_text())
-    lines = sum(len("".join(c["source"]).splitlines()) for c in nb["cells"] if c["cell_type"] == "code")
-    assert lines <= 150, f"{path.name}: {lines} code lines; move logic into lib/warmstart"

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from warmstart.data.packing import CorpusStream, PackedStream, additive_mask, document_attention_mask
+from warmstart.data.packing import CorpusStream, PackedStream
+from warmstart.kernels.masks import additive_mask, document_attention_mask
 from warmstart.model import build_model
 
 DOCS = [[1, 2, 3], [4, 5], [6]]

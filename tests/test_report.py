@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,13 +11,21 @@ import numpy as np
 import pytest
 
 from warmstart.fragments import table, write_fragment
-from warmstart.report import (
+from warmstart.describe import (
+    CorpusSource,
+    Language,
     ReportError,
-    example_from_card,
+    article,
+    base_model,
+    corpus_sources,
     fmt,
-    provenance,
-    render_pdf,
+    language,
+    report_title,
+    size_label,
 )
+from warmstart.model_card import example_from_card, model_card
+from warmstart.report import provenance, provenance_section, render_pdf
+from warmstart.stages.report import run as run_stage
 
 
 def _figure(path: Path, seed: int) -> Path:
@@ -84,6 +91,7 @@ def test_pdf_has_every_section_and_number(fragments, tmp_path):
         assert n in text, n
     # provenance: packages, stage wall times
     assert "transformers" in text and "12.5 s" in text and "3.2 s" in text
+    assert "Provenance each stage recorded in its fragment" in text and "not a git checkout" in text
     assert "A tiny study" in text and "tester" in text
 
 
@@ -132,41 +140,238 @@ def test_text_with_markup_characters_is_typeset_verbatim(tmp_path, monkeypatch):
     assert "Odd #title $x$" in text and "a *b* _c_ #let x = 1 [d] @e <f> \\ ]" in text and "v$" in text
 
 
-def test_stage_writes_pdf_and_a_model_card_whose_example_runs(tmp_path, root, monkeypatch):
-    """Evaluate a tiny study, then build the report and run the card's example against the saved model."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_evaluate import make_study
-
-    from warmstart.config import load_params
-    from warmstart.evaluate import run_stage as evaluate
-    from warmstart.report import run_stage
-
-    params = load_params(root / "params.yaml", overrides=make_study(tmp_path))
-    import torch
-
-    torch.set_num_threads(1)
-    evaluate(params, progress=False)
-    out = run_stage(params, root=tmp_path)
-    assert out["fragments"] == ["evaluate"] and out["best"] in ("scratch", "random")
-    text = _pdftext(out["pdf"])
-    for t in ("Provenance", "Evaluation", "Initialisation methods", "Theoretical training FLOPs"):
-        assert t in text, t
-    card = Path(out["card"]).read_text()
-    assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - nb\n  - en\n")
-    for h in ("## Model details", "## Training details", "## Tokenizer", "## Evaluation", "## Example usage"):
-        assert h in card
-    ev = json.loads((tmp_path / "reports/metrics/eval.json").read_text())
-    assert fmt(ev["runs"][out["best"]]["bpb_target"]) in card
-    code = example_from_card(card)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-
-
 def test_stage_needs_fragments(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.report import run_stage
 
     params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(tmp_path / "r")}})
     with pytest.raises(ReportError, match="no fragments"):
         run_stage(params, root=tmp_path)
+
+
+# ---------------------------------------------------------------- what the report and card say comes from the run
+
+HANDBOOK = {"package": "debian-handbook", "version": "12.0.3", "sha256": "0123456789abcdef" * 4,
+            "file": "debian-handbook_12.0.3_all.deb"}  # fmt: skip
+HANDBOOK_TEXT = "the Debian Administrator's Handbook (Debian package debian-handbook 12.0.3, sha256 0123456789ab…)"
+NEMO = "mistralai/Mistral-Nemo-Base-2407"
+RUN_WORDS = ("Bokmål", "Norwegian", "nb-NO", "tiny")  # what a Czech study from a base trained here must not say
+
+
+def _word_tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "to", "install", "a", "package"])}
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(path)  # fmt: skip
+    return path
+
+
+def _llama_config(arch: str, vocab: int) -> dict:
+    return {"architectures": [f"{arch}ForCausalLM"], "model_type": arch.lower(), "num_hidden_layers": 4,
+            "hidden_size": 128, "intermediate_size": 344, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": vocab, "max_position_embeddings": 1024, "rope_theta": 10000.0, "tie_word_embeddings": False}  # fmt: skip
+
+
+def _study(tmp: Path, root: Path, target: str = "cs-CZ", hf: bool = False, title: str | None = None,
+           real_model: bool = False, **extra):  # fmt: skip
+    """Params and the small files the report reads: base and corpus records, one evaluated run (``real_model``:
+    with weights, for running the card's example)."""
+    from warmstart.config import load_params
+    from warmstart.io import write_json
+    from warmstart.model import build_model, save_model
+
+    data, reports = tmp / "data", tmp / "reports"
+    overrides = {"shared": {"target_lang": target, "data_dir": str(data), "reports_dir": str(reports)},
+                 "report": {"title": title}, **extra}  # fmt: skip
+    if hf:
+        overrides["base"] = {"source": "hf", "model_id": NEMO}
+    params = load_params(root / "params.yaml", overrides=overrides)
+    base_cfg = _llama_config("Mistral" if hf else "Llama", 8192)
+    write_json(reports / "base" / "base.json", {"source": "hf" if hf else "tiny", "model": str(data / "models" / "base"),
+                                                "model_type": base_cfg["model_type"], "architectures": base_cfg["architectures"],
+                                                "params": 12_247_782_400 if hf else 2_826_752})  # fmt: skip
+    write_json(reports / "corpus" / "corpus.json", {"sources": {"handbook": HANDBOOK, "skipped_files": []}})
+    tok = _word_tokenizer(tmp / "tok")
+    final = data / "runs" / "fvt" / "phase2" / "final"
+    final_cfg = _llama_config("Mistral" if hf else "Llama", 8256)  # what the pretrain stage records in run.json
+    if real_model:
+        from transformers import AutoTokenizer
+
+        t = AutoTokenizer.from_pretrained(tok)
+        model = build_model(vocab_size=len(t), hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=256,
+                            eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)  # fmt: skip
+        save_model(model, t, final)
+        final_cfg = model.config.to_dict()
+    write_json(data / "logs" / "fvt" / "run.json", {
+        "name": "fvt", "kind": "swap", "method": "fvt", "tokenizer": str(tok), "final": str(final),
+        "checkpoints": [{"step": 0, "bytes": 0, "tokens": 0, "path": "x"},
+                        {"step": 200, "bytes": 1_500_000, "tokens": 409_600, "path": str(final)}],
+        "params_count": 2_834_944, "seq_len": 128, "seconds": 95.0, "vocab_size": 8,
+        "model_config": final_cfg})  # fmt: skip
+    ev = {"runs": {"fvt": {"bpb_target": 1.2345, "bpb_source": 2.5}, "scratch": {"bpb_target": 1.5}}, "best": "fvt"}
+    write_json(reports / "evaluate" / "eval.json", ev)
+    (reports / "evaluate" / "translations.csv").write_text("run,source,reference\nfvt,To install a package use apt.,x\n")
+    return params, ev
+
+
+def test_language_names_come_from_babel():
+    assert language("cs-CZ") == Language("cs-CZ", "cs", "Czech")
+    assert language("nb-NO") == Language("nb-NO", "nb", "Norwegian Bokmål")
+    assert language("en-US") == Language("en-US", "en", "English") and str(language("sv-SE")) == "Swedish (sv-SE)"
+    assert language("xx-XX") == Language("xx-XX", "xx", "xx-XX")  # unknown: the code itself
+
+
+def test_sizes_and_articles():
+    assert [size_label(n) for n in (999, 3_000_000, 2_826_752, 124_439_808, 8_030_261_248, 12_247_782_400)] == [
+        "999", "3M", "2.8M", "124M", "8B", "12.2B"]  # fmt: skip
+    assert [article(w) for w in ("2.8M-parameter", "8B-parameter", "11M-parameter", "180M-parameter", "Llama", "OLMo")] == [
+        "a", "an", "an", "a", "a", "an"]  # fmt: skip
+
+
+@pytest.mark.parametrize("target, name", [("cs-CZ", "Czech"), ("nb-NO", "Norwegian Bokmål")])
+def test_title_names_the_model_and_the_languages(tmp_path, root, target, name):
+    params, _ = _study(tmp_path, root, target)
+    assert report_title(params) == f"Warm-starting a 2.8M-parameter Llama from English to {name}"
+
+
+def test_explicit_title_is_used_verbatim(tmp_path, root):
+    params, _ = _study(tmp_path, root, title="Warm-starting a tiny Llama in Norwegian Bokmål")
+    assert report_title(params) == "Warm-starting a tiny Llama in Norwegian Bokmål"
+
+
+def test_loaded_base_model_is_named_by_its_id(tmp_path, root):
+    params, _ = _study(tmp_path, root, hf=True)
+    base = base_model(params)
+    assert (base.source, base.arch, base.architecture) == ("hf", "Mistral", "MistralForCausalLM")
+    assert base.params == 12_247_782_400
+    assert report_title(params) == f"Warm-starting {NEMO} (12.2B-parameter Mistral) from English to Czech"
+    assert base.describe(language("en-US")) == f"{NEMO}, a 12.2B-parameter Mistral loaded from the Hugging Face Hub"
+
+
+def test_corpus_sources_and_licences(tmp_path, root):
+    params, _ = _study(tmp_path, root)
+    assert corpus_sources(params) == [CorpusSource("handbook", HANDBOOK_TEXT, "GPL-2+ or CC-BY-SA-3.0")]
+    other = [{"kind": "local", "lang": "target", "paths": ["texts/*.txt"]},
+             {"kind": "hf", "lang": "source", "dataset": "HuggingFaceFW/fineweb", "name": "sample-10BT"}]  # fmt: skip
+    params, _ = _study(tmp_path / "other", root, corpus={"sources": other})
+    assert corpus_sources(params) == [
+        CorpusSource("local", "local Czech files (texts/*.txt)", "see the dataset"),
+        CorpusSource("hf", "the dataset HuggingFaceFW/fineweb (configuration sample-10BT), split train, for English",
+                     "see the dataset", "HuggingFaceFW/fineweb"),
+    ]  # fmt: skip
+
+
+def test_model_card_of_a_czech_study(tmp_path, root):
+    params, ev = _study(tmp_path, root)
+    from warmstart.evaluate import load_run
+
+    card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
+    assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - cs\n  - en\nlibrary_name: transformers\n")
+    assert "\n# warmstart-cs-fvt\n" in card
+    assert ("warmstart-cs-fvt is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), adapted from "
+            "English (en-US) by the warmstart study; it is the study's best run by held-out Czech bits per byte "
+            "(1.234). It starts from a 2.8M-parameter Llama pretrained here, from random weights, on the English text "
+            "of the corpus, with the vocabulary swapped for a Czech tokenizer (`fvt` initialisation of the new "
+            f"embeddings), and was then trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
+    assert "| run | bpb cs-CZ | bpb en-US |" in card and "To install a package use apt." in example_from_card(card)
+    licence = f"## License\n\nApache-2.0 for the weights. Training text: {HANDBOOK_TEXT}: GPL-2+ or CC-BY-SA-3.0.\n"
+    assert card.endswith(licence)
+    for word in RUN_WORDS:
+        assert word not in card, word
+
+
+def test_model_card_of_the_scratch_baseline(tmp_path, root):
+    params, ev = _study(tmp_path, root)
+    from warmstart.evaluate import load_run
+
+    run = dict(load_run(tmp_path / "data" / "logs" / "fvt"), name="scratch", kind="scratch", method=None)
+    card = model_card(params, run, ev)
+    assert ("warmstart-cs-scratch is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), trained from "
+            "scratch by the warmstart study; it is the study's best run by held-out Czech bits per byte (1.5). It is "
+            "the study's baseline, not a warm start: the base architecture with a Czech tokenizer and random weights, "
+            f"trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
+    assert "| phase 1 (embeddings + head) | skipped (scratch) |" in card
+
+
+def test_model_card_of_a_loaded_base(tmp_path, root):
+    params, ev = _study(tmp_path, root, hf=True)
+    from warmstart.evaluate import load_run
+
+    card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
+    assert card.startswith(f"---\nlicense: other\nlicense_name: base-model-license\n"
+                           f"license_link: https://huggingface.co/{NEMO}\n"
+                           f"language:\n  - cs\n  - en\nbase_model:\n  - {NEMO}\n")  # fmt: skip
+    assert f"It starts from {NEMO}, a 12.2B-parameter Mistral loaded from the Hugging Face Hub, with the vocabulary" in card
+    assert f"| base model | {NEMO} |" in card and f"The weights derive from {NEMO}: its licence applies." in card
+    assert "tiny" not in card and "trained here" not in card
+
+
+@pytest.mark.parametrize("target, absent, present", [
+    ("cs-CZ", RUN_WORDS, ("Czech (cs-CZ)", "from English to Czech")),
+    ("nb-NO", ("Czech", "cs-CZ", "tiny"), ("Norwegian Bokmål (nb-NO)", "from English to Norwegian Bokmål")),
+])  # fmt: skip
+def test_stage_says_the_target_language_everywhere(tmp_path, root, monkeypatch, target, absent, present):
+    monkeypatch.chdir(tmp_path)
+    params, _ = _study(tmp_path, root, target)
+    write_fragment(params.shared.reports_dir, "evaluate", 60, "Evaluation", [f"Held-out {target} text."], seconds=2.0)
+    out = run_stage(params, root=tmp_path)
+    text = " ".join(_pdftext(out["pdf"]).split())
+    card = Path(out["card"]).read_text()
+    assert out["title"] == f"Warm-starting a 2.8M-parameter Llama {present[1]}" and out["title"] in text
+    for s in (*present, HANDBOOK_TEXT, "GPL-2+ or CC-BY-SA-3.0", "Overview", "Provenance"):
+        assert s in text, s
+    assert present[0] in card
+    for word in absent:
+        assert word not in text and word not in card, word
+
+
+def test_provenance_section_has_a_row_per_stage():
+    stage = {"stage": "corpus", "seconds": 12.5, "commit": "0123456789abcdef" * 2 + "01234567", "dirty": True,
+             "dirty_files": ["params.yaml"], "timestamp": "2025-01-02T03:04:05+00:00", "cpu": "AMD EPYC", "cpu_count": 2,
+             "gpus": ["NVIDIA H200", "NVIDIA H200"], "packages": {"torch": "2.8.0", "typst": "0.15.2"}}  # fmt: skip
+    prov = {"commit": "f" * 40, "dirty": False, "dirty_files": [], "date": "2025-01-02 04:00 UTC", "python": "3.11.7",
+            "platform": "Linux", "cpu": "AMD EPYC", "cpu_count": 2, "memory_gib": 7.8, "gpus": [],
+            "packages": {"torch": "2.9.1", "typst": "0.15.2"}, "stages": [stage, {"stage": "legacy", "seconds": 3.25}]}  # fmt: skip
+    sec = provenance_section(prov)
+    env, stages, packages = (t["rows"] for t in sec["tables"])
+    assert ["hardware", "AMD EPYC (2 cores), no GPU"] in env and ["working tree dirty", "no"] in env
+    assert stages == [["corpus", "0123456789ab", "yes: params.yaml", "2025-01-02 03:04 UTC", "12.5 s",
+                       "AMD EPYC (2 cores), 2 × NVIDIA H200"],
+                      ["legacy", "–", "–", "–", "3.2 s", "not recorded"]]  # fmt: skip
+    assert packages == [["torch", "2.9.1", "corpus: 2.8.0"], ["typst", "0.15.2", "–"]]
+    assert sec["paragraphs"][1:] == ["Every stage that recorded its provenance ran at commit 0123456789ab.",
+                                     "No provenance recorded by: legacy (fragments written before stages recorded it)."]  # fmt: skip
+    later = dict(stage, stage="report", commit="f" * 40)
+    assert provenance_section(dict(prov, stages=[stage, later]))["paragraphs"][1] == (
+        "The stages ran at 2 different commits: 0123456789ab, ffffffffffff.")
+
+
+def test_report_provenance_collects_the_stages_records(fragments, tmp_path):
+    prov = provenance(tmp_path, fragments)
+    assert [s["stage"] for s in prov["stages"]] == ["corpus", "tokenizer", "spikes"]
+    assert [s["seconds"] for s in prov["stages"]] == [12.5, 3.25, 1.0]
+    assert all(s["commit"] is None and s["packages"] == prov["packages"] for s in prov["stages"])  # tmp: no git
+    assert provenance_section(prov)["paragraphs"][1] == "The stages ran outside a git checkout: no commit recorded."
+
+
+def test_stage_writes_pdf_and_a_model_card_whose_example_runs(tmp_path, root, monkeypatch):
+    """The card's usage example runs, from the project root, against the saved model."""
+    monkeypatch.chdir(tmp_path)
+    params, ev = _study(tmp_path, root, "nb-NO", real_model=True)
+    write_fragment(params.shared.reports_dir, "evaluate", 60, "Evaluation", ["Held-out text."], seconds=2.0)
+    out = run_stage(params, root=tmp_path)
+    assert out["fragments"] == ["evaluate"] and out["best"] == "fvt"
+    card = Path(out["card"]).read_text()
+    assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - nb\n  - en\n")
+    for h in ("## Model details", "## Training details", "## Tokenizer", "## Evaluation", "## Example usage"):
+        assert h in card
+    assert fmt(ev["runs"]["fvt"]["bpb_target"]) in card
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", example_from_card(card)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from warmstart import bench_spikes as B
-from warmstart import spikes as S
+from warmstart.spikes import api as S
+from warmstart.spikes import bench as B
 
 
 def _flat_bump(n=300, base=2.0, at=150, bump=(2.5, 3.0, 2.5), step0=0, stride=1):
@@ -451,8 +451,8 @@ def test_spikes_stage_on_a_small_study(tmp_path, monkeypatch):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    _study_run(tmp_path / "data/runs/scratch", 0, spike_at=300, level_shift=0.5)  # a phase jump and one spike
-    _study_run(tmp_path / "data/runs/base", 1)
+    _study_run(tmp_path / "data/logs/scratch", 0, spike_at=300, level_shift=0.5)  # a phase jump and one spike
+    _study_run(tmp_path / "data/logs/base", 1)
     monkeypatch.chdir(tmp_path)
     params = load_params(root / "params.yaml", overrides={"shared": {"data_dir": "data", "reports_dir": "reports"}})
     stage = S.run_stage(params, show=False)
@@ -462,16 +462,20 @@ def test_spikes_stage_on_a_small_study(tmp_path, monkeypatch):
     assert "original: no run" in " ".join(stage["notes"])
     frag = json.loads((tmp_path / "reports/fragments/70_spikes.json").read_text())
     assert frag["numbers"]["spikes.scratch"] == 1 and frag["numbers"]["spikes.base"] == 0
-    metrics = json.loads((tmp_path / "reports/metrics/spikes.json").read_text())
+    metrics = json.loads((tmp_path / "reports/spikes/spikes.json").read_text())
     assert metrics["total_spikes"] == 1 and (tmp_path / "reports/spikes/scratch.png").is_file()
+    from warmstart.stages import spikes as spike_stage
+
+    headline = spike_stage.run(params)  # the DVC stage: the same analysis, and a flat headline
+    assert headline == json.loads((tmp_path / "reports/metrics/spikes.json").read_text())
+    assert headline["total_spikes"] == 1 and headline["runs_with_spikes"] == 1 and headline["runs_analysed"] == 2
     # without the boundary the phase jump is a (persistent) event or a level shift: the boundary matters
-    no_b = S.detect(S.load_log(tmp_path / "data/runs/scratch/log.jsonl"), **dict(params.spikes.params))
+    no_b = S.detect(S.load_log(tmp_path / "data/logs/scratch/log.jsonl"), **dict(params.spikes.params))
     assert [e.start_step for e in no_b] != [300] or no_b.level_shifts
 
 
 def test_cli_reads_the_trainer_log_and_its_tensorboard(tmp_path, capsys):
     """The real trainer's two log formats (JSONL and TensorBoard), same records."""
-    pytest.importorskip("torch")
     import sys as _sys
     from pathlib import Path
 
@@ -489,3 +493,53 @@ def test_cli_reads_the_trainer_log_and_its_tensorboard(tmp_path, capsys):
     for src in ("run/log.jsonl", "run/tb"):
         assert S.main(["detect", str(tmp_path / src), "--json", "--warmup", "0"]) == 0
         assert json.loads(capsys.readouterr().out) == []
+
+
+# --------------------------------------------------------------------------- package layout
+
+_LAYERS = ["params", "logs", "core", "detectors", "online", "plots", "analysis", "bench", "cli", "api"]
+
+
+def test_submodules_import_only_lower_layers():
+    """No cycle: each submodule of ``warmstart.spikes`` imports only the ones listed before it, never the package."""
+    import ast
+    from pathlib import Path
+
+    pkg = Path(S.__file__).parent
+    assert sorted(p.stem for p in pkg.glob("*.py")) == sorted([*_LAYERS, "__init__", "__main__"])
+    for i, name in enumerate(_LAYERS):
+        used = set()
+        for node in ast.walk(ast.parse((pkg / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("warmstart"):
+                mods = [node.module] if node.module != "warmstart" else [f"warmstart.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            else:
+                continue
+            for m in mods:
+                assert m != "warmstart.spikes", f"{name}.py imports the package itself"
+                if m.startswith("warmstart.spikes."):
+                    used.add(m.split(".")[2])
+        assert used <= set(_LAYERS[:i]), f"{name}.py imports {sorted(used - set(_LAYERS[:i]))}"
+
+
+def test_api_reexports_and_submodules_stay_light():
+    """``api`` gathers the public names; importing the trainer's online detector loads no detector or plot code."""
+    from warmstart.spikes import detectors, params
+
+    for name in S.__all__:
+        assert getattr(S, name) is not None, name
+    assert S.detect is detectors.detect and S.RobustParams is params.RobustParams
+    assert S.GOALS is B.GOALS and S.benchmark is B.benchmark and S.evaluate is B.evaluate
+    code = ("import sys, warmstart.spikes.online; loaded = {m for m in sys.modules if m.startswith('warmstart.spikes.')}; "
+            "assert loaded == {'warmstart.spikes.online', 'warmstart.spikes.core', 'warmstart.spikes.params'}, loaded; "
+            "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_bench_runs_as_module(tmp_path):
+    out_md = tmp_path / "bench.md"
+    out = subprocess.run([sys.executable, "-m", "warmstart.spikes", "bench", "--n-runs", "14", "--n-steps", "1000",
+                          "--methods", "robust", "--out", str(out_md)], capture_output=True, text=True, check=True)
+    assert "| robust |" in out.stdout and "| olmo2 |" not in out.stdout
+    assert out.stdout == out_md.read_text() + "\n"

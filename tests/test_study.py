@@ -1,4 +1,4 @@
-"""warmstart.study: the base stage's HF path on a locally saved model, and the run-log merge."""
+"""The base stage's HF path on a locally saved model, the run-log merge, the runs registry, the params view."""
 
 import json
 from pathlib import Path
@@ -30,7 +30,7 @@ def test_base_stage_loads_a_locally_saved_hf_model(tmp_path):
 
     from warmstart.config import Tokenizer as TokCfg
     from warmstart.model import build_model, save_model
-    from warmstart.study import run_base
+    from warmstart.stages import base as stage
     from warmstart.tokenizer import train_tokenizer
 
     _corpus(tmp_path / "data", "en-US", WORDS_EN)
@@ -40,15 +40,18 @@ def test_base_stage_loads_a_locally_saved_hf_model(tmp_path):
                         eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
     save_model(model, tok, tmp_path / "hub-model")
     params = _params(tmp_path, source="hf", model_id=str(tmp_path / "hub-model"))
-    res = run_base(params)
+    headline = stage.run(params)
     out = tmp_path / "data/models/base"
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
     for k, v in model.state_dict().items():
         assert (loaded.state_dict()[k] == v).all(), k
-    m = json.loads((tmp_path / "reports/metrics/base.json").read_text())
-    assert m["source"] == "hf" and m["params"] == res["metrics"]["params"] and m["steps"] == 0
+    m = json.loads((tmp_path / "reports/base/base.json").read_text())
+    assert m["source"] == "hf" and m["params"] == headline["params"] == sum(p.numel() for p in model.parameters())
+    assert m["steps"] == 0 and m["model_type"] == "llama" and m["architectures"] == ["LlamaForCausalLM"]
     assert set(m["val_bits_per_byte"]) == {"en-US", "nb-NO"} and all(v > 0 for v in m["val_bits_per_byte"].values())
+    assert json.loads((tmp_path / "reports/metrics/base.json").read_text()) == headline
+    assert headline["val_bpb_nb-NO"] == m["val_bits_per_byte"]["nb-NO"] and len(headline) <= 12
 
 
 def test_base_params_name_the_missing_model_id(tmp_path):
@@ -59,14 +62,14 @@ def test_base_params_name_the_missing_model_id(tmp_path):
 
 
 def test_merge_logs_offsets_steps_and_counters(tmp_path):
-    from warmstart.study import _merge_logs
+    from warmstart.study import merge_logs
 
     for name, steps, recs in (("phase1", 4, [(2, 100, 400), (4, 200, 800)]), ("phase2", 6, [(3, 150, 600), (6, 300, 1200)])):
         d = tmp_path / name
         d.mkdir()
         (d / "train_config.json").write_text(json.dumps({"steps": steps}))
         (d / "log.jsonl").write_text("".join(json.dumps({"step": s, "samples": s, "tokens": t, "bytes": b, "loss": 1.0}) + "\n" for s, t, b in recs))
-    log, table = _merge_logs([("phase1", tmp_path / "phase1"), ("phase2", tmp_path / "phase2")])
+    log, table = merge_logs([("phase1", tmp_path / "phase1"), ("phase2", tmp_path / "phase2")])
     assert [(r["phase"], r["step"], r["tokens"], r["bytes"]) for r in log] == [
         ("phase1", 2, 100, 400), ("phase1", 4, 200, 800), ("phase2", 7, 350, 1400), ("phase2", 10, 500, 2000)]
     assert table == [{"name": "phase1", "start_step": 1, "steps": 4}, {"name": "phase2", "start_step": 5, "steps": 6}]
@@ -95,3 +98,40 @@ def test_launch_with_two_processes_runs_ddp(tmp_path, monkeypatch):
     assert [r["step"] for r in log] == [1, 2, 3] and log[-1]["tokens"] == 3 * 2 * 2 * 32  # 2 ranks x micro_batch 2
     state = json.loads((list_checkpoints(tmp_path / "run/checkpoints")[-1] / "trainer_state.json").read_text())
     assert state["world_size"] == 2
+
+
+def test_runs_registry_names_dirs_and_starting_models(tmp_path):
+    from warmstart.runs import BASE, get_run, run_names, study_runs
+
+    params = _params(tmp_path)
+    assert run_names(params) == ["scratch", "original", "random", "exact", "fvt", "focus", "omp"]
+    kinds = {r.name: (r.kind, r.method) for r in study_runs(params)}
+    assert kinds["scratch"] == ("scratch", None) and kinds["original"] == ("original", None) and kinds["omp"] == ("swap", "omp")
+    data = tmp_path / "data"
+    fvt = get_run(params, "fvt")
+    assert (fvt.dir(params), fvt.log(params), fvt.record(params)) == (
+        data / "runs/fvt", data / "logs/fvt/log.jsonl", data / "logs/fvt/run.json")
+    assert fvt.init_dir(params) == data / "models/swap-fvt"
+    assert get_run(params, "original").init_dir(params) == BASE.init_dir(params) == data / "models/base"
+    assert get_run(params, "scratch").init_dir(params) == data / "runs/scratch/init"
+    with pytest.raises(ValueError, match=r"unknown run 'fvtt'; the study's runs are \['scratch', 'original', 'random'"):
+        get_run(params, "fvtt")
+
+
+def test_params_view_refuses_undeclared_keys(tmp_path):
+    from warmstart.config import Params
+    from warmstart.stages import UndeclaredParam, declared
+
+    params = _params(tmp_path)
+    view = declared(params, "base", ["shared.data_dir", "base.optim", "base.seq_len"])
+    assert isinstance(view, Params) and isinstance(view.base.optim.lr, float)
+    assert view.base.optim.model_dump() == params.base.optim.model_dump()  # a declared section, whole
+    assert view.path("models") == tmp_path / "data/models"  # Params.path reads shared.data_dir: declared
+    with pytest.raises(UndeclaredParam, match=r"stage 'base' read params key 'base.micro_batch', which it does not declare"):
+        view.base.micro_batch
+    with pytest.raises(UndeclaredParam, match=r"'shared.reports_dir'"):
+        view.report_path("x")  # Params.report_path needs shared.reports_dir
+    with pytest.raises(UndeclaredParam, match=r"'base.model'"):
+        view.base.model.model_dump()  # a method of an undeclared section reads all of it
+    with pytest.raises(AttributeError, match="read-only"):
+        view.shared = None

@@ -14,9 +14,12 @@ segments every new token (``▁hus`` -> ``Ġh u s``).
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
@@ -208,6 +211,41 @@ def test_sparsemax_hand_case():
     out = vs.sparsemax(batch.T, dim=0).T  # along another dim
     assert torch.allclose(out, torch.tensor([[0.75, 0.25, 0.0], [1 / 3, 1 / 3, 1 / 3]]))
     assert torch.allclose(vs.sparsemax(torch.randn(5, 40)).sum(-1), torch.ones(5))
+
+
+def test_method_registry_names_every_method_once():
+    assert vs.METHODS == ("random", "exact", "fvt", "focus", "omp") == tuple(vs.PLANNERS)
+    with pytest.raises(TypeError):  # read-only: the valid names stay these five
+        vs.PLANNERS["magic"] = vs.PLANNERS["exact"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("method", vs.METHODS)
+def test_every_planner_makes_each_row_once(toks, method):
+    bl, sp = toks["bl"], toks["sp"]
+    kw = {
+        "focus": {"fasttext_vectors": {"▁house": [1.0, 0.0], "▁the": [0.0, 1.0], "▁hus": [1.0, 0.5]}},
+        "omp": {"donor_embed": torch.randn(len(sp), 16, generator=torch.Generator().manual_seed(0)), "omp_k": 2},
+    }.get(method, {})
+    plan, head_plan, _ = vs.build_plan(bl, sp, method, old_rows=len(bl), pad_multiple=PAD_MULTIPLE, **kw)
+    made = torch.cat([plan.copy_new, plan.combo.rows, plan.mean_rows, plan.random_rows, plan.zero_rows])
+    assert sorted(made.tolist()) == list(range(plan.n_rows)) and plan.n_rows == vs.padded_size(len(sp), PAD_MULTIPLE)
+    assert head_plan is plan  # no donor head: one plan for both matrices
+    assert (len(plan.combo) > 0) == (method in ("fvt", "focus", "omp"))
+
+
+def test_package_modules_import_only_lower_ones():
+    """No import cycle inside the package: each module imports only modules listed before it."""
+    order = ["tokens", "fasttext", "plan", "sampling", "lexical", "focus", "omp", "methods", "apply", "surgery", "neighbours", "cli", "__main__"]
+    pkg = Path(vs.__file__).parent
+    assert sorted(p.stem for p in pkg.glob("*.py")) == sorted([*order, "__init__"])
+    for i, name in enumerate(order):
+        tree = ast.parse((pkg / f"{name}.py").read_text(encoding="utf-8"))
+        deps = {
+            n.module.rpartition(".")[2]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("warmstart.vocab_swap.")
+        }
+        assert deps <= set(order[:i]), (name, deps - set(order[:i]))
 
 
 def test_normalised_strings_match_across_marker_styles(toks):
@@ -540,6 +578,15 @@ def test_cli_writes_model_tokenizer_and_report(world, capsys, method):
         ["config.json", "generation_config.json", "model.safetensors", "swap_report.json", "tokenizer.json", "tokenizer_config.json"]
     )
     AutoModelForCausalLM.from_pretrained(str(out))
+
+
+def test_python_m_runs_the_cli(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["python -m warmstart.vocab_swap", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("warmstart.vocab_swap", run_name="__main__", alter_sys=True)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m warmstart.vocab_swap") and "--fasttext-min-count" in out
 
 
 def test_errors_are_clear(world, toks, tmp_path, capsys):

@@ -130,7 +130,7 @@ def analyse_run(out_dir: Path, detect_params: dict | None = None, history: tuple
     records up to ``step`` are put in front, so the detector is armed as in the uninterrupted run
     (a resumed log alone starts cold and would miss a spike right after the resume point).
     """
-    from warmstart import spikes as S
+    from warmstart.spikes import api as S
 
     log = _read(out_dir)
     if history is not None:

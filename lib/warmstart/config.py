@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -155,6 +156,14 @@ class Tokenizer(_Section):
 # ---------------------------------------------------------------- base
 
 
+def check_attention_shape(hidden: int, heads: int, kv_heads: int | None) -> None:
+    """Heads split the hidden size evenly, and key-value heads split the query heads (GQA)."""
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if heads % (kv_heads or heads):
+        raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+
+
 class TinyModel(_Section):
     """Shape of the embedded default's tiny Llama/Mistral model (warmstart.model.ModelSpec)."""
 
@@ -162,17 +171,14 @@ class TinyModel(_Section):
     hidden: int = Field(ge=8, le=16384)
     layers: int = Field(ge=1, le=256)
     heads: int = Field(ge=1)
-    kv_heads: int | None = Field(default=None, ge=1)
+    kv_heads: int | None = Field(default=2, ge=1)  # None: as many as heads (MHA)
     intermediate: int | None = Field(default=None, ge=1)
     max_pos: int = Field(default=1024, ge=16)
     tie_embeddings: bool = False
 
     @model_validator(mode="after")
     def _shapes(self) -> "TinyModel":
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.heads % (self.kv_heads or self.heads):
-            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        check_attention_shape(self.hidden, self.heads, self.kv_heads)
         return self
 
 
@@ -206,9 +212,9 @@ class Base(_Section):
     micro_batch: int = Field(ge=1)
     grad_accum: int = Field(default=1, ge=1)
     optim: Optim
-    checkpoint_every: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=100, ge=0)
     log_every: int = Field(default=10, ge=1)
-    samples: list[str] = []  # prompts for the notebook's generations
+    samples: list[str] = ["To install a package on Debian,", "The Falcot Corp administrators"]  # the card's fallback example
 
     @model_validator(mode="after")
     def _hf(self) -> "Base":
@@ -219,9 +225,6 @@ class Base(_Section):
 
 # ---------------------------------------------------------------- vocab swap and pretrain
 
-SWAP_METHODS = ("random", "exact", "fvt", "focus", "omp")
-
-
 class VocabSwap(_Section):
     methods: list[Literal["random", "exact", "fvt", "focus", "omp"]] = Field(min_length=1)
     pad_multiple: int = Field(default=64, ge=1, le=4096)
@@ -229,7 +232,7 @@ class VocabSwap(_Section):
     fasttext_dim: int = Field(default=64, ge=8, le=1024)  # focus: gensim fastText vectors
     fasttext_epochs: int = Field(default=5, ge=1, le=100)
     neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
-    eval_bytes: int = Field(default=200_000, ge=1000)  # test text for step-0 bits per byte, per language
+    eval_bytes: int = Field(default=32_000, ge=1000)  # test text for step-0 bits per byte, per language
 
     @field_validator("methods")
     @classmethod
@@ -251,7 +254,7 @@ class Pretrain(_Section):
     phase1_train_only: list[str] = [r"embed_tokens", r"lm_head"]
     masked_share: float = Field(default=0.0, ge=0, le=1)  # hybrid masked-causal objective (NorMistral)
     doc_mask: bool = False
-    tag_every: int | None = Field(default=None, ge=1)  # step-tagged checkpoints for the evaluation
+    tag_every: int | None = Field(default=40, ge=1)  # step-tagged checkpoints for the evaluation
     log_every: int = Field(default=5, ge=1)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
@@ -260,7 +263,7 @@ class Pretrain(_Section):
 
 
 class Evaluate(_Section):
-    eval_bytes: int = Field(default=16_000, ge=1000)  # test text per language for bits per byte (CPU budget)
+    eval_bytes: int = Field(default=32_000, ge=1000)  # test text per language for bits per byte (CPU budget)
     checkpoints: Literal["tagged", "final"] = "tagged"  # bits per byte at every step-tagged checkpoint, or final only
     probe_checkpoints: Literal["tagged", "final"] = "final"  # cloze, translation, masked probes (CPU budget: final)
     batch_size: int = Field(default=16, ge=1, le=4096)
@@ -273,21 +276,73 @@ class Evaluate(_Section):
     masked_items: int = Field(default=50, ge=0)
 
 
+SPIKE_METHODS = ("robust", "olmo2", "mad", "zclip")
+
+
+@dataclass
+class RobustParams:
+    """Parameters of the ``robust`` method (defaults tuned on synthetic seed 0,
+    see ``warmstart.spikes.bench``).  Windows count log records."""
+
+    level_window: int = 25  # trailing median that defines the local level
+    window: int = 200  # trailing window of residuals for center and scale
+    min_level: int = 10  # records needed before the level is defined
+    min_scale: int = 30  # residuals needed before center / scale are defined
+    z_enter: float = 5.0  # a single record this far above the reference starts a spike
+    z_pair: float | None = 3.5  # ... or two consecutive records this far (None: off)
+    z_grad: float = 4.0  # ... or one record this far with a grad-norm co-spike
+    grad_enter: float | None = 6.0  # grad-norm robust z of a co-spike (this or previous record; None: off)
+    z_exit: float = 2.0  # an active spike lasts while records stay this far above its reference
+    patience: int = 3  # ... and ends after this many consecutive records below
+    merge_gap: int = 10  # a spike starting <= this many records after the previous one ends extends it
+    shift_check: int = 100  # every this many records of a spike, test for a level shift
+    shift_ratio: float = 0.7  # not decaying: median z of the latest half >= ratio x the half before
+    min_rel_scale: float = 1e-3  # floor of the scale (log-loss units: 0.1 % of the loss)
+    recovery_band: float = 1.0  # recovered: within this many scale units of the reference
+    mask_events: bool = True  # keep flagged records out of the reference windows
+    log: bool | None = None  # None: log-loss when every loss is > 0
+
+    @classmethod
+    def from_kwargs(cls, kw: dict) -> "RobustParams":
+        names = {f.name for f in fields(cls)}
+        unknown = set(kw) - names
+        if unknown:
+            raise TypeError(
+                f"unknown robust parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
+            )
+        p = cls(**kw)
+        p.validate()
+        return p
+
+    def validate(self) -> None:
+        for name in ("level_window", "window", "min_level", "min_scale", "patience"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"robust parameter {name} must be >= 1, got {getattr(self, name)}")
+        if self.min_level > self.level_window:
+            raise ValueError(f"min_level ({self.min_level}) must be <= level_window ({self.level_window})")
+        if self.min_scale > self.window:
+            raise ValueError(f"min_scale ({self.min_scale}) must be <= window ({self.window})")
+        if not self.z_exit < self.z_enter:
+            raise ValueError(f"z_exit ({self.z_exit}) must be < z_enter ({self.z_enter})")
+        if self.shift_check is not None and self.shift_check < 2:
+            raise ValueError(f"shift_check must be >= 2 (or None), got {self.shift_check}")
+        if not self.min_rel_scale > 0:
+            raise ValueError(f"min_rel_scale must be > 0, got {self.min_rel_scale}")
+
+
 class Spikes(_Section):
     method: Literal["robust", "olmo2", "mad", "zclip"] = "robust"
     warmup: int | Literal["auto"] = "auto"
     # detect(**params): method parameters (robust: RobustParams fields); windows count log records
-    params: dict[str, float | int | bool | None] = {}
-    score_window: int = Field(default=1000, ge=10)  # OLMo 2 spike score: previous records in the window
-    score_min_periods: int = Field(default=1000, ge=2)  # records needed before a value counts
+    params: dict[str, float | int | bool | None] = {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20}
+    score_window: int = Field(default=100, ge=10)  # OLMo 2 spike score: previous records in the window (1000 in the paper)
+    score_min_periods: int = Field(default=20, ge=2)  # records needed before a value counts
 
     @model_validator(mode="after")
     def _check_params(self) -> "Spikes":
         if self.score_min_periods > self.score_window:
             raise ValueError(f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})")
         if self.method == "robust":
-            from warmstart.spikes import RobustParams
-
             try:
                 RobustParams.from_kwargs(dict(self.params))
             except (TypeError, ValueError) as e:
@@ -296,7 +351,7 @@ class Spikes(_Section):
 
 
 class Report(_Section):
-    title: str = "warmstart study"
+    title: str | None = None  # None: written from the run (model, source and target language names)
     author: str = "warmstart"
 
 
@@ -333,6 +388,38 @@ class Params(_Section):
 
     def report_path(self, *parts: str) -> Path:
         return Path(self.shared.reports_dir, *parts)
+
+
+def offered_languages(src: Source, params: Params) -> tuple[str, ...]:
+    """The corpus languages a source can provide: the handbook's list, or a local/HF source's one ``lang``."""
+    if src.kind == "handbook":  # by kind: `python -m warmstart.config` builds params from __main__'s classes
+        from warmstart.data import handbook  # bs4: only when asked
+
+        return handbook.available_languages(Path(src.deb_path)) if src.deb_path else handbook.LANGUAGES
+    return (params.resolve_lang(src.lang),)
+
+
+def check_languages(params: Params) -> None:
+    """Fail, before anything is read, on a source of no corpus language or a language of no source."""
+    langs = params.languages
+    for i, src in enumerate(params.corpus.sources):
+        if src.kind != "handbook" and params.resolve_lang(src.lang) not in langs:
+            raise ValueError(
+                f"corpus.sources[{i}].lang is {src.lang!r}, not a corpus language; "
+                f"corpus languages (shared.source_lang, shared.target_lang, corpus.extra_languages): {langs}"
+            )
+    offered = {src.kind if len(params.corpus.sources) == 1 else f"corpus.sources[{i}] ({src.kind})":
+               offered_languages(src, params) for i, src in enumerate(params.corpus.sources)}  # fmt: skip
+    every = {lang for langs in offered.values() for lang in langs}
+    roles = {params.shared.source_lang: "shared.source_lang", params.shared.target_lang: "shared.target_lang"}
+    problems = [f"{lang!r} ({roles.get(lang, 'corpus.extra_languages')})" for lang in langs if lang not in every]
+    if problems:
+        lists = "; ".join(f"{name} offers {', '.join(sorted(langs))}" for name, langs in offered.items())
+        raise ValueError(
+            f"{', '.join(problems)} {'is' if len(problems) == 1 else 'are'} offered by no configured corpus source "
+            f"({lists}). Pick one of those, "
+            "or add a source for it: {kind: local, lang: <code>, paths: [...]} or {kind: hf, lang: <code>, dataset: ...}"
+        )
 
 
 def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
@@ -377,11 +464,6 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
     return validate(raw, str(path))
 
 
-def from_sections(**sections: Any) -> Params:
-    """Validate the section dicts a notebook's parameters cell holds."""
-    return validate(dict(sections), "notebook parameters")
-
-
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in overlay.items():
@@ -419,8 +501,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "check":
-            from warmstart.data.sources import check_languages  # data imports config: not at module level
-
             params = load_params(args.params)
             try:
                 check_languages(params)

@@ -11,17 +11,32 @@ of its stage and trivial to inspect::
       "tables": [{"caption": "...", "columns": [...], "rows": [[...], ...]}],
       "figures": [{"path": "reports/figures/fertility.png", "caption": "..."}],
       "numbers": {"ratio_tokens_per_word.nb-NO": 0.61, ...},  # headline values, for tests and the card
-      "seconds": 12.3                                     # wall time of the stage
+      "seconds": 12.3,                                    # wall time of the stage
+      "provenance": {"commit": "4f1c...", "dirty": false, "dirty_files": [], "timestamp": "2025-...+00:00",
+                     "seconds": 12.3, "python": "3.12.3", "platform": "...", "cpu": "AMD EPYC 7B13",
+                     "cpu_count": 2, "memory_gib": 7.8, "gpus": [], "packages": {"torch": "2.9.1", ...}}
     }
 
 Tables hold already formatted cells (strings or numbers); figure paths are
 relative to the project root and must exist when the fragment is written.
+
+The provenance is what the stage ran with, recorded when it writes its
+fragment (:func:`provenance_record`, which the report stage also calls for its
+own environment): git commit and dirty flag (tracked files that differ from
+the commit; DVC's own bookkeeping, ``dvc.lock`` and ``.gitignore`` files,
+does not count), package versions, hardware, the stage's wall time and the
+time of writing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.metadata as md
 import json
 import math
+import os
+import platform
+import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +44,9 @@ from typing import Any
 from warmstart.io import write_json
 
 FRAGMENT_DIR = ("fragments",)
+PACKAGES = ("warmstart", "torch", "transformers", "tokenizers", "accelerate", "datasets", "lm_eval", "sacrebleu",
+            "dvc", "papermill", "pandas", "seaborn", "matplotlib", "typst", "babel")  # fmt: skip
+BOOKKEEPING = ("dvc.lock", ".gitignore")  # files DVC rewrites during a run: not a dirty working tree
 
 
 class FragmentError(ValueError):
@@ -62,6 +80,96 @@ def table(df_or_rows: Any, caption: str, columns: Sequence[str] | None = None, f
     return {"caption": caption, "columns": list(columns), "rows": out}
 
 
+# ---------------------------------------------------------------- provenance
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """``git``'s stdout (not stripped), or None outside a checkout or without git."""
+    try:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _changed_files(porcelain_z: str) -> list[str]:
+    """Paths of ``git status --porcelain -z`` (the new name of a rename), DVC bookkeeping left out."""
+    entries, paths = porcelain_z.split("\0"), []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        paths.append(entry[3:])
+        if entry[0] in "RC":  # a rename or copy: the next entry is the original path
+            i += 1
+    return [p for p in paths if Path(p).name not in BOOKKEEPING]
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str]:
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def provenance_record(root: str | Path = ".", seconds: float | None = None, packages: Sequence[str] = PACKAGES) -> dict:
+    """What a stage ran with: git commit and dirty flag, package versions, hardware, wall time, timestamp.
+
+    ``root`` is any directory of the git checkout (the commit is ``None`` outside one); ``seconds`` is the
+    stage's wall time. Every key is always present.
+    """
+    root = Path(root)
+    commit = (_git(root, "rev-parse", "HEAD") or "").strip() or None
+    status = _git(root, "status", "--porcelain", "-z", "--untracked-files=no") if commit else None
+    changed = None if status is None else _changed_files(status)
+    versions = {}
+    for p in packages:
+        try:
+            versions[p] = md.version(p.replace("_", "-"))
+        except md.PackageNotFoundError:
+            versions[p] = "not installed"
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    return {
+        "commit": commit,
+        "dirty": None if changed is None else bool(changed),
+        "dirty_files": (changed or [])[:20],
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": None if seconds is None else round(float(seconds), 2),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": usable,
+        "memory_gib": None if mem is None else round(mem, 1),
+        "gpus": _gpus(),
+        "packages": versions,
+    }
+
+
+# ---------------------------------------------------------------- fragments
+
+
 def fragment_path(reports_dir: str | Path, order: int, stage: str) -> Path:
     return Path(reports_dir, *FRAGMENT_DIR, f"{order:02d}_{stage}.json")
 
@@ -76,8 +184,10 @@ def write_fragment(
     figures: Sequence[Mapping] = (),
     numbers: Mapping[str, Any] | None = None,
     seconds: float | None = None,
+    *,
+    root: str | Path = ".",
 ) -> Path:
-    """Validate and write one stage's fragment; returns its path."""
+    """Validate and write one stage's fragment, with its provenance (git checkout at ``root``); returns its path."""
     if not stage or not stage.replace("_", "").isalnum():
         raise FragmentError(f"stage name {stage!r} must be letters, digits and underscores")
     if not 0 <= order <= 99:
@@ -97,6 +207,7 @@ def write_fragment(
         "figures": [{"path": str(f["path"]), "caption": str(f.get("caption", ""))} for f in figures],
         "numbers": {k: _cell(v) for k, v in (numbers or {}).items()},
         "seconds": None if seconds is None else round(float(seconds), 2),
+        "provenance": provenance_record(root, seconds),
     }
     path = fragment_path(reports_dir, order, stage)
     write_json(path, frag)

@@ -30,6 +30,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from warmstart.config import check_attention_shape
 from warmstart.io import atomic_dir
 
 ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
@@ -61,10 +62,7 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _shapes(self) -> "ModelSpec":
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.heads % (self.kv_heads or self.heads):
-            raise ValueError(f"heads ({self.heads}) must be divisible by kv_heads ({self.kv_heads})")
+        check_attention_shape(self.hidden, self.heads, self.kv_heads)
         return self
 
     def build(self, **special_token_ids: int | None) -> PreTrainedModel:

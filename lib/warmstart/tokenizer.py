@@ -418,7 +418,7 @@ def _split_words(text: str, offsets: list[tuple[int, int]]) -> tuple[int, int]:
     return n_words, int((per_word > 1).sum())
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
@@ -467,9 +467,9 @@ def fertility(tok: Any, texts: Iterable[str]) -> dict[str, float | int]:
         "words": words,
         "tokens": tokens,
         "bytes": nbytes,
-        "tokens_per_word": _ratio(tokens, words),
-        "bytes_per_token": _ratio(nbytes, tokens),
-        "split_word_share": _ratio(totals["split"], words),
+        "tokens_per_word": ratio(tokens, words),
+        "bytes_per_token": ratio(nbytes, tokens),
+        "split_word_share": ratio(totals["split"], words),
     }
 
 
@@ -514,64 +514,3 @@ def mixed_texts(
         out.extend(take_bytes(list(texts_by_lang[lang]), p.target, seed=_lang_seed(seed, lang)))
     random.Random(seed).shuffle(out)
     return out
-
-
-# ---------------------------------------------------------------- stage
-
-
-def run_stage(params: Any) -> dict[str, Any]:
-    """The tokenizer stage: train both tokenizers, measure fertility, write metrics.
-
-    * ``target``: trained on :func:`mixed_texts` of the ``train`` splits by
-      ``tokenizer.target_mix`` (keys resolved through ``Params.resolve_lang``);
-    * ``source``: the tiny base model's tokenizer of the embedded default,
-      trained here (not in the base stage) on the source-language ``train``
-      split with the same config, so both have the same vocabulary size.
-
-    Fertility is measured on the ``test`` split of every corpus language.
-    Writes ``data/tokenizer/{source,target}`` and
-    ``reports/metrics/fertility.json`` (the table plus
-    ``ratio_tokens_per_word[lang] = target / source``). Returns the metrics,
-    the table and the two tokenizers.
-    """
-    import time
-
-    from warmstart.data.corpus import load_texts
-    from warmstart.io import write_json
-
-    t0 = time.perf_counter()
-    cfg = params.tokenizer
-    src = params.shared.source_lang
-    weights: dict[str, float] = {}
-    for key, w in cfg.target_mix.items():
-        lang = params.resolve_lang(key)
-        if lang not in params.languages:
-            raise ValueError(
-                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
-                f"available: {params.languages} (add it to corpus.extra_languages)"
-            )
-        weights[lang] = weights.get(lang, 0.0) + w
-    train = {lang: load_texts(params, lang, "train") for lang in params.languages}
-    target_text = mixed_texts({k: train[k] for k in weights}, weights, cfg.max_repeats, params.shared.seed)
-    toks = {
-        "source": train_tokenizer(train[src], cfg, params.path("tokenizer", "source")),
-        "target": train_tokenizer(target_text, cfg, params.path("tokenizer", "target")),
-    }
-    tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
-    table = fertility_table(toks, tests)
-    by = table.set_index(["tokenizer", "lang"])
-    ratio = {
-        lang: _ratio(by.loc[("target", lang), "tokens_per_word"], by.loc[("source", lang), "tokens_per_word"])
-        for lang in params.languages
-    }
-    metrics = {
-        "vocab_size": {name: len(tok) for name, tok in toks.items()},
-        "kind": cfg.kind,
-        "target_training_bytes": sum(len(t.encode("utf-8")) for t in target_text),
-        "target_mix": weights,
-        "ratio_tokens_per_word": ratio,
-        "table": table.to_dict(orient="records"),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    write_json(params.report_path("metrics", "fertility.json"), metrics)
-    return {"metrics": metrics, "table": table, "tokenizers": toks}

@@ -8,6 +8,7 @@ DeepSpeed come from the accelerate config, never from here)::
     accelerate launch --multi_gpu --num_processes 2 -m warmstart.train --config run.yaml
         # (on a machine without CUDA this is DDP over gloo on CPU: accelerate 1.x's
         #  --cpu flag starts one process only, its multi-CPU mode needs MPI)
+    accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml -m warmstart.train --config run.yaml [--resume]
     python -m warmstart.train --export data/runs/x/checkpoints/step0000500 --out data/models/x
 
 What one optimizer step is (step numbers are 1-based: step ``k`` is the
@@ -18,40 +19,35 @@ What one optimizer step is (step numbers are 1-based: step ``k`` is the
    own micro-batches, so the data, its position and the result do not depend
    on the number of processes. ``accum`` is ``grad_accum``, or follows the
    Megatron/Lucie batch ramp-up (:func:`ramp_batch_rows`).
-2. Optional hybrid masked-causal objective (NorMistral): each row is a
-   masked-next-token row with probability ``masked_share`` (seeded by
-   ``(seed, step)``, so it is exact on resume and independent of the world
-   size). Such rows get spans of input tokens replaced by the mask token,
-   bidirectional attention inside each packed document (blocked across
-   documents), and labels only at the masked positions; the loss goes
-   through the same LM head with the usual next-token shift (the output at
-   ``i - 1`` predicts the masked token at ``i``, as in NorMistral's card).
-3. Forward/backward per micro-batch (DDP ``no_sync`` except the last; the
-   loss of each micro-batch is divided by ``accum``), gradient clipping
-   (``accelerator.clip_grad_norm_``; the norm is logged even without
-   clipping), then the optimizer step, unless the loss or the gradient norm
-   is not finite: then the step is skipped (gradients dropped, data and LR
-   schedule move on) and logged, and after ``max_bad_steps`` in a row the
-   model and optimizer are rolled back to the last checkpoint while the data
-   stream keeps going (PaLM-style: the offending batches are skipped).
+2. Optional hybrid masked-causal objective (NorMistral, ``masked_share``):
+   some rows become masked-next-token rows with bidirectional attention
+   inside each document, seeded by ``(seed, step)`` (``warmstart.objectives``).
+3. Forward/backward per micro-batch (DDP ``no_sync``/FSDP2 gradient sync off
+   except the last; the loss of each micro-batch is divided by ``accum``),
+   gradient clipping (``accelerator.clip_grad_norm_``; the norm is logged
+   even without clipping), then the optimizer step, unless the loss or the
+   gradient norm is not finite: then the step is skipped (gradients dropped,
+   data and LR schedule move on) and logged, and after ``max_bad_steps`` in a
+   row the model and optimizer are rolled back to the last checkpoint while
+   the data stream keeps going (PaLM-style: the offending batches are skipped).
 
-Checkpoints (``<out_dir>/checkpoints/step0000500/``) are built in a temp dir
-``.tmp-step0000500`` and renamed into place, so a crash never leaves a broken
-checkpoint; ``latest`` is the highest-numbered complete dir. Each holds a
-Hugging Face model (``config.json``, ``model.safetensors``, tokenizer),
-``optimizer.pt``, ``scheduler.pt``, ``rng_state_<rank>.pt`` (python, numpy,
-torch, cuda) and ``trainer_state.json`` (step, samples, tokens, bytes, data
-stream position), written last. Everything is loaded back with
-``weights_only=True``. A CPU run resumed after SIGKILL ends bit-identical to
-an uninterrupted one (tests/test_train.py checks it).
+Checkpoints (``<out_dir>/checkpoints/step0000500/``, written atomically, see
+``warmstart.checkpoint``) hold a HF model dir plus optimizer, scheduler, RNG
+and trainer state; sharded runs (FSDP2, DeepSpeed) also keep accelerate's
+sharded states, and their HF weights are gathered in full. A CPU run resumed
+after SIGKILL ends bit-identical to an uninterrupted one (tests/test_train.py
+checks it).
 
 Logs: ``<out_dir>/log.jsonl`` (one JSON object per logged step, see
 :data:`LOG_FIELDS`), TensorBoard scalars in ``<out_dir>/tb``, a tqdm bar.
 On resume, log records past the checkpoint are dropped and TensorBoard purges
 them, so the logs of a resumed run read like those of an uninterrupted one.
 
-Tested here on CPU: one process and DDP (gloo). FSDP2/DeepSpeed go through
-``accelerator.get_state_dict``/``save_state`` in checkpoints; untested here.
+Tested here on CPU: one process, DDP (gloo) and FSDP2 (gloo, two processes,
+sharded checkpoints and resume; tests/test_distributed.py). accelerate 1.x
+does not select FSDP on a machine without CUDA (it falls back to DDP), so a
+CPU run with an FSDP accelerate config is switched to FSDP here
+(:func:`make_accelerator`). DeepSpeed is untested here.
 """
 
 from __future__ import annotations
@@ -59,374 +55,42 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import glob
 import json
 import math
 import os
-import random
 import re
 import resource
-import shutil
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from warmstart.data.packing import CorpusStream, PackedBatch, PackedStream
+from warmstart.checkpoint import (  # noqa: F401  (re-exported: warmstart.train's public names)
+    CKPT_RE,
+    TRAINER_FILES,
+    checkpoint_before,
+    export_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    pause_for_tests,
+    read_trainer_state,
+    remove_partial_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
+from warmstart.data.packing import PackedBatch
+from warmstart.data.stream import build_stream, read_documents  # noqa: F401  (re-exported)
+from warmstart.distributed import launch_command, make_accelerator  # noqa: F401  (re-exported)
 from warmstart.flops import device_peak, flops_per_token, mfu
-from warmstart.kernels.attention import attention_inputs
-from warmstart.io import atomic_dir
-from warmstart.model import ModelSpec, load_model
+from warmstart.model import load_model
+from warmstart.objectives import hybrid_batch, model_inputs, resolve_mask_id
+from warmstart.schedules import lr_multiplier, ramp_batch_rows  # noqa: F401  (re-exported)
 
-# Step log record (log.jsonl, one per logged step, every skipped step, and "rollback_to" when one happened):
-# step (1-based update index), samples/tokens/bytes (cumulative, global; bytes = UTF-8 bytes of the text
-# consumed, for curves against bytes), loss (global mean of this step; null if not finite), lr (used by this
-# update), grad_norm (before clipping), update_cos (cosine between this and the previous update; null when
-# the previous one was not captured), tokens_per_s (global, since the last log, checkpoint time excluded),
-# mfu (flops.py formula over the per-device peak x processes), peak_mem_bytes (CUDA max allocated or CPU
-# peak RSS), data_state (stream position, as checkpointed), skipped, corpus (hot-swap corpus or "mix"),
-# batch_rows (global rows of this step, ramp-aware), masked_rows (hybrid objective), elapsed_s.
-# With spike_mitigation, a step where the online detector fired and the run rolled back is always logged and
-# also has spike_start (first step of the spike), rollback_to (checkpoint name, null if none was old enough)
-# and skipped_batches (batches discarded after it).
-KERNEL_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "warmstart_flex")  # through warmstart.kernels
-CKPT_RE = re.compile(r"^step(\d+)$")
-TRAINER_FILES = ("optimizer.pt", "scheduler.pt", "trainer_state.json")
-LOG_FIELDS = (
-    "step", "samples", "tokens", "bytes", "loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu",
-    "peak_mem_bytes", "data_state", "skipped", "corpus", "batch_rows", "masked_rows", "elapsed_s",
-)  # fmt: skip
-
-
-# ---------------------------------------------------------------- config
-
-
-class BatchRamp(BaseModel):
-    """Megatron ``--rampup-batch-size start increment samples`` (Lucie: 256, 64, 10M samples).
-
-    Rows per optimizer step start at ``start`` and grow by ``increment`` in
-    equal steps until ``samples`` rows have been consumed, ending at the full
-    global batch ``micro_batch x world x grad_accum``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    start: int = Field(ge=1)
-    increment: int = Field(ge=1)
-    samples: int = Field(ge=1)
-
-
-class TrainConfig(BaseModel):
-    """One training run. Unknown keys are errors; every bound names itself."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # model and tokenizer
-    model_path: str | None = None  # HF model dir or id to start from (safetensors only) ...
-    model: ModelSpec | None = None  # ... or a fresh tiny model (vocab_size defaults to len(tokenizer))
-    trust_remote_code: bool = False
-    tokenizer_path: str | None = None  # defaults to model_path
-    attn_implementation: str | None = None  # "sdpa" (default), "eager", "flash_attention_2", "warmstart_flex", "auto"
-    fused_kernels: bool = False  # Liger RMSNorm/SwiGLU/RoPE + fused linear-CE where the device allows (warmstart.kernels)
-    # data: corpus name -> jsonl files (or globs) with a text field
-    train_files: dict[str, list[str]] = Field(min_length=1)
-    text_field: str = "text"
-    corpus_schedule: list[tuple[int, str]] = []  # hot-swap: [(step, corpus)], first at step 0
-    mix: dict[str, float] | None = None  # or: fixed mixing weights over the corpora
-    add_bos: bool = False  # prepend BOS to every document (EOS is always appended)
-    shuffle: bool = True  # fresh seeded document order every epoch
-    doc_mask: bool = False  # attention (and positions) restricted to each packed document
-    seq_len: int = Field(ge=2)
-    # batch
-    micro_batch: int = Field(ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    batch_ramp: BatchRamp | None = None
-    steps: int = Field(ge=1)
-    # optimisation
-    optimizer: Literal["adamw", "lion"] = "adamw"
-    lr: float = Field(default=3e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    no_decay: list[str] = [r"norm", r"\.bias$", r"embed_tokens"]  # regexes on parameter names
-    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = Field(default=0, ge=0)
-    decay_steps: int = Field(default=0, ge=0)  # wsd: length of the final decay
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)  # floor of cosine/wsd (CSMPT alpha 0.1)
-    max_grad_norm: float | None = Field(default=1.0, gt=0)
-    freeze: list[str] = []  # regexes: matching parameters are frozen
-    train_only: list[str] = []  # regexes: if set, everything else is frozen
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
-    compile: bool = False
-    # hybrid masked-causal objective (NorMistral)
-    masked_share: float = Field(default=0.0, ge=0, le=1)
-    mask_prob: float = Field(default=0.15, gt=0, le=1)  # share of tokens masked in a masked row
-    mask_span: int = Field(default=3, ge=1)
-    mask_token_id: int | None = None  # default: tokenizer.mask_token_id
-    # checkpoints and logs
-    out_dir: str
-    checkpoint_every: int = Field(default=0, ge=0)  # 0: only the final checkpoint
-    keep_last: int = Field(default=2, ge=1)
-    tag_every: int | None = Field(default=None, ge=1)  # tagged checkpoints are never pruned
-    tag_steps: list[int] = []
-    export_final: bool = True  # also write <out_dir>/final as a HF model dir
-    log_every: int = Field(default=10, ge=1)
-    tensorboard: bool = True
-    progress: bool = True
-    update_cos: bool = True
-    peak_flops: float | None = Field(default=None, gt=0)  # per device; default: table or measured
-    # robustness
-    max_bad_steps: int = Field(default=3, ge=1)
-    inject_nan_steps: list[int] = []  # test hook: these steps get a NaN loss
-    # loss-spike mitigation (PaLM), off by default: when the online detector fires, roll back to the
-    # latest checkpoint before the spike's first record and discard the next spike_skip_batches batches
-    spike_mitigation: bool = False
-    spike_skip_batches: int = Field(default=0, ge=0)
-    spike_detector: dict[str, Any] = {}  # warmstart.spikes.OnlineDetector kwargs (method, warmup, robust params)
-    spike_max_rollbacks: int = Field(default=5, ge=1)  # then the run goes on without mitigation
-    inject_bad_batches: list[int] = []  # test hook: these batches (1-based draws from the stream) are random tokens
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
-        if (self.model_path is None) == (self.model is None):
-            raise ValueError("give exactly one of model_path (a HF model) and model (a tiny model spec)")
-        if self.tokenizer_path is None and self.model_path is None:
-            raise ValueError("tokenizer_path is required when the model is built from a spec")
-        names = {c for _, c in self.corpus_schedule} | set(self.mix or {})
-        if names - set(self.train_files):
-            raise ValueError(f"corpus_schedule/mix name unknown corpora {sorted(names - set(self.train_files))}")
-        if self.corpus_schedule and self.mix:
-            raise ValueError("give corpus_schedule (hot-swap) or mix (weights), not both")
-        if len(self.train_files) > 1 and not (self.corpus_schedule or self.mix):
-            raise ValueError("several train_files corpora need corpus_schedule or mix")
-        if self.corpus_schedule and min(s for s, _ in self.corpus_schedule) != 0:
-            raise ValueError("corpus_schedule must have an entry at step 0")
-        if self.warmup_steps > self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
-        if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
-            raise ValueError(f"wsd needs 0 < decay_steps <= steps - warmup_steps, got {self.decay_steps}")
-        if self.spike_mitigation:
-            if not self.checkpoint_every:
-                raise ValueError("spike_mitigation needs checkpoint_every > 0 (a checkpoint before the spike to roll back to)")
-            try:
-                self.make_spike_detector()
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"spike_detector: {e}") from None
-        return self
-
-    def make_spike_detector(self):
-        """The online detector of the mitigation (warm-up defaults to the lr warm-up)."""
-        from warmstart.spikes import OnlineDetector
-
-        kw = dict(self.spike_detector)
-        method = kw.pop("method", "robust")
-        warmup = kw.pop("warmup", self.warmup_steps)
-        return OnlineDetector(method, warmup=warmup, **kw)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
-        return cls.model_validate(yaml.safe_load(Path(path).read_text()))
-
-
-# ---------------------------------------------------------------- schedules
-
-
-def lr_multiplier(
-    step: int, steps: int, schedule: str = "cosine", warmup_steps: int = 0, decay_steps: int = 0, min_lr_ratio: float = 0.1
-) -> float:
-    """LR factor for the 1-based update ``step`` of ``steps``.
-
-    Warmup: ``step / warmup_steps`` (peak reached at the last warmup step).
-    ``constant``: 1 after warmup. ``cosine``: from 1 down to ``min_lr_ratio``
-    with ``progress = (step - warmup) / (steps - warmup)``, so the last step
-    runs exactly at the floor (CSMPT alpha). ``wsd``: 1 until the last
-    ``decay_steps`` steps, then linear to ``min_lr_ratio`` at the last step.
-    """
-    if step <= warmup_steps:
-        return step / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    if schedule == "cosine":
-        progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "wsd":
-        start = steps - decay_steps
-        if step <= start:
-            return 1.0
-        return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - min(1.0, (step - start) / decay_steps))
-    raise ValueError(f"unknown lr_schedule {schedule!r}")
-
-
-def ramp_batch_rows(consumed_samples: int, start: int, increment: int, ramp_samples: int, final: int) -> int:
-    """Rows in the next global batch under a Megatron-style ramp-up (integer-exact).
-
-    ``(final - start) / increment`` increments are spread evenly over
-    ``ramp_samples``: ``start + floor(consumed * n_incr / ramp_samples) * increment``, capped at ``final``.
-    """
-    if start >= final:
-        return final
-    n_incr = (final - start) // increment
-    return min(final, start + consumed_samples * n_incr // ramp_samples * increment)
-
-
-# ---------------------------------------------------------------- objective
-
-
-def hybrid_batch(
-    input_ids: torch.Tensor,
-    doc_ids: torch.Tensor,
-    step: int,
-    seed: int,
-    share: float,
-    mask_prob: float,
-    span: int,
-    mask_id: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Inputs, labels and the per-row masked flag for one global batch.
-
-    Causal rows: inputs unchanged, labels = inputs (transformers shifts).
-    Masked rows: span starts drawn with probability ``mask_prob / span``,
-    spans of ``span`` tokens that stay inside their document; the first
-    token of each document piece is never masked (it has no earlier position
-    in its document to be predicted from); at least one token per masked row
-    is masked; labels are -100 except at masked positions.
-    """
-    n, T = input_ids.shape
-    if share <= 0:
-        return input_ids, input_ids, torch.zeros(n, dtype=torch.bool)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    masked_rows = torch.rand(n, generator=g) < share
-    if not masked_rows.any():
-        return input_ids, input_ids, masked_rows
-    if mask_id is None:
-        raise ValueError("masked_share > 0 needs mask_token_id (or a tokenizer with a mask token)")
-    starts = torch.rand(n, T, generator=g) < mask_prob / span
-    first = torch.ones(n, T, dtype=torch.bool)
-    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    m = starts.clone()
-    for k in range(1, span):
-        m[:, k:] |= starts[:, :-k] & (doc_ids[:, k:] == doc_ids[:, :-k])
-    m &= ~first & masked_rows[:, None]
-    score = torch.rand(n, T, generator=g).masked_fill(first, -1.0)
-    need = masked_rows & ~m.any(1) & (~first).any(1)
-    m[need, score[need].argmax(1)] = True
-    inputs = torch.where(m, torch.full_like(input_ids, mask_id), input_ids)
-    labels = torch.where(masked_rows[:, None] & ~m, torch.full_like(input_ids, -100), input_ids)
-    return inputs, labels, masked_rows
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Complete checkpoint dirs under ``root``, oldest first (temp dirs are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if CKPT_RE.match(p.name) and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
-
-
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    ckpts = list_checkpoints(root)
-    return ckpts[-1] if ckpts else None
-
-
-def export_checkpoint(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Copy the Hugging Face part of a checkpoint (config, weights, tokenizer) to ``out_dir``, atomically."""
-    ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint (no config.json)")
-    with atomic_dir(out_dir) as tmp:
-        for f in ckpt_dir.iterdir():
-            if f.is_file() and f.name not in TRAINER_FILES and not f.name.startswith("rng_state_"):
-                shutil.copy2(f, tmp / f.name)
-    return Path(out_dir)
-
-
-def _rng_state() -> dict:
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _test_sleep(var: str) -> None:
-    """Test-only hooks (crash-safety tests): sleep ``$var`` seconds if set."""
-    if os.environ.get(var):
-        time.sleep(float(os.environ[var]))
-
-
-def _load_weights(model: torch.nn.Module, ckpt: Path) -> None:
-    from safetensors.torch import load_file
-
-    index = ckpt / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(ckpt / f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"checkpoint {ckpt} does not match the model: missing {missing}, unexpected {unexpected}")
-
-
-# ---------------------------------------------------------------- data
-
-
-def read_documents(files: list[str], text_field: str = "text") -> list[str]:
-    """Texts of jsonl files (globs allowed), in file then line order; empty texts dropped."""
-    texts = []
-    for pattern in files:
-        paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not paths:
-            raise FileNotFoundError(f"no file matches {pattern!r}")
-        for path in paths:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        text = json.loads(line)[text_field]
-                        if text:
-                            texts.append(text)
-    return texts
-
-
-def build_stream(cfg: TrainConfig, tokenizer: Any) -> CorpusStream:
-    """Tokenize every corpus and wrap it in a packed, resumable stream."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token; packing needs one")
-    streams = {}
-    for i, (name, files) in enumerate(cfg.train_files.items()):
-        texts = read_documents(files, cfg.text_field)
-        if not texts:
-            raise ValueError(f"train_files[{name!r}] holds no documents")
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        if cfg.add_bos:
-            ids = [[tokenizer.bos_token_id, *x] for x in ids]
-        nbytes = [len(t.encode("utf-8")) for t in texts]
-        streams[name] = PackedStream(ids, cfg.seq_len, tokenizer.eos_token_id, cfg.seed + i, cfg.shuffle, nbytes)
-    return CorpusStream(streams, cfg.corpus_schedule or None, cfg.mix)
+from warmstart.train_config import KERNEL_ATTENTION, LOG_FIELDS, BatchRamp, TrainConfig  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------- trainer
@@ -450,14 +114,13 @@ class Trainer:
     """Holds the model, optimizer, data stream and counters of one run; :meth:`fit` runs it."""
 
     def __init__(self, cfg: TrainConfig):
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
         from transformers import AutoTokenizer
 
         self.cfg = cfg
         cuda = torch.cuda.is_available()
         bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda)
-        self.acc = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+        self.acc = make_accelerator("bf16" if bf16 else "no")
         set_seed(cfg.seed)
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -485,12 +148,9 @@ class Trainer:
             model.set_attn_implementation(cfg.attn_implementation)
         if len(self.tokenizer) > model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size is {model.config.vocab_size}")
-        self.mask_id = cfg.mask_token_id if cfg.mask_token_id is not None else self.tokenizer.mask_token_id
-        if cfg.masked_share > 0 and self.mask_id is None:
-            raise ValueError("masked_share > 0 needs mask_token_id or a tokenizer with a mask token")
+        self.mask_id = resolve_mask_id(cfg.mask_token_id, self.tokenizer, cfg.masked_share)
 
         named = self._apply_freeze(model)
-        self.params = [p for _, p in named]
         decay = [p for n, p in named if not any(re.search(r, n) for r in cfg.no_decay)]
         no_decay = [p for n, p in named if any(re.search(r, n) for r in cfg.no_decay)]
         groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
@@ -502,6 +162,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)  # the HF model: save/load go through it
+        # the trainable parameters as prepared (FSDP2 replaces them by sharded DTensors): clipped and measured
+        self.params = [p for p in self.unwrapped.parameters() if p.requires_grad]
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.data = build_stream(cfg, self.tokenizer)
@@ -554,79 +216,34 @@ class Trainer:
     def _is_log(self, step: int) -> bool:
         return step % self.cfg.log_every == 0 or step == self.cfg.steps
 
-    # -- checkpoints -------------------------------------------------------
+    # -- checkpoints (warmstart.checkpoint) --------------------------------
+    def trainer_state(self) -> dict:
+        """What ``trainer_state.json`` records: counters, data position, detector."""
+        return {
+            "step": self.step, "samples": self.samples, "tokens": self.tokens, "bytes": self.bytes,
+            "bad_streak": self.bad_streak, "skipped": self.skipped, "rollbacks": self.rollbacks,
+            "data_state": self.data.state_dict(), "tagged": self._is_tagged(self.step),
+            "world_size": self.acc.num_processes, "spike_rollbacks": self.spike_rollbacks,
+            "skipped_batches": self.skipped_batches,
+            "detector": self.detector.state_dict() if self.detector is not None else None,
+        }  # fmt: skip
+
     def save_checkpoint(self) -> Path:
-        name = f"step{self.step:07d}"
-        final, tmp = self.ckpt_root / name, self.ckpt_root / f".tmp-{name}"
-        acc = self.acc
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{acc.process_index}.pt")
-        sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
-        state_dict = acc.get_state_dict(self.model) if sharded else None  # collective when sharded
-        if sharded:  # sharded optimizer states: accelerate's own format (untested here: no multi-GPU)
-            acc.save_state(str(tmp / "accelerate"))
-        if acc.is_main_process:
-            from transformers.utils import logging as hf_logging
-
-            bars = hf_logging.is_progress_bar_enabled()
-            hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
-            try:
-                self.unwrapped.save_pretrained(tmp, state_dict=state_dict)
-            finally:
-                if bars:
-                    hf_logging.enable_progress_bar()
-            self.tokenizer.save_pretrained(tmp)
-            _test_sleep("WARMSTART_TEST_SLEEP_IN_CHECKPOINT")
-            if not sharded:
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            _test_sleep("WARMSTART_TEST_SLEEP_IN_CHECKPOINT")
-            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-            state = {
-                "step": self.step, "samples": self.samples, "tokens": self.tokens, "bytes": self.bytes,
-                "bad_streak": self.bad_streak, "skipped": self.skipped, "rollbacks": self.rollbacks,
-                "data_state": self.data.state_dict(), "tagged": self._is_tagged(self.step),
-                "world_size": acc.num_processes, "spike_rollbacks": self.spike_rollbacks,
-                "skipped_batches": self.skipped_batches,
-                "detector": self.detector.state_dict() if self.detector is not None else None,
-            }  # fmt: skip
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))  # written last
-            old = final.with_name(f".old-{name}")
-            if final.exists():  # the same step saved again: move the old copy aside, never delete it first
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-            self._prune()
-        acc.wait_for_everyone()
-        return final
-
-    def _prune(self) -> None:
-        plain = [p for p in list_checkpoints(self.ckpt_root) if not json.loads((p / "trainer_state.json").read_text())["tagged"]]
-        for p in plain[: -self.cfg.keep_last]:
-            shutil.rmtree(p, ignore_errors=True)
+        return save_checkpoint(self.acc, self.model, self.unwrapped, self.optimizer, self.scheduler, self.tokenizer,
+                               self.ckpt_root, self.step, self.trainer_state(), self.cfg.keep_last)  # fmt: skip
 
     def load_checkpoint(self, ckpt: Path, progress: bool = True) -> None:
         """Restore weights, optimizer and scheduler; with ``progress`` also counters, data position and RNG."""
-        if (ckpt / "accelerate").is_dir():
-            self.acc.load_state(str(ckpt / "accelerate"))
-        else:
-            _load_weights(self.unwrapped, ckpt)
-            self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        state = load_checkpoint(self.acc, self.unwrapped, self.optimizer, self.scheduler, ckpt, keep_rng=not progress)
         if not progress:
             return
-        state = json.loads((ckpt / "trainer_state.json").read_text())
         self.step, self.samples, self.tokens, self.bytes = state["step"], state["samples"], state["tokens"], state["bytes"]
         self.bad_streak, self.skipped, self.rollbacks = state["bad_streak"], state["skipped"], state["rollbacks"]
         self.spike_rollbacks, self.skipped_batches = state.get("spike_rollbacks", 0), state.get("skipped_batches", 0)
         if self.detector is not None and state.get("detector") is not None:
             self.detector.load_state_dict(state["detector"])
         self.data.load_state_dict(state["data_state"])
-        rng = ckpt / f"rng_state_{self.acc.process_index}.pt"
-        if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=True))
+        restore_rng(ckpt, self.acc.process_index)
 
     def _rollback(self, ckpt: Path | None = None) -> Path:
         ckpt = ckpt or latest_checkpoint(self.ckpt_root)
@@ -648,11 +265,10 @@ class Trainer:
         The detector goes back to its state at that checkpoint (it matches the restored weights).
         Without a checkpoint old enough only the batches are skipped.
         """
-        ckpts = [p for p in list_checkpoints(self.ckpt_root) if int(CKPT_RE.match(p.name).group(1)) < start]
-        ckpt = ckpts[-1] if ckpts else None
+        ckpt = checkpoint_before(self.ckpt_root, start)
         if ckpt is not None:
             self._rollback(ckpt)
-            det = json.loads((ckpt / "trainer_state.json").read_text()).get("detector")
+            det = read_trainer_state(ckpt).get("detector")
             if det is not None:
                 self.detector.load_state_dict(det)
         for _ in range(self.cfg.spike_skip_batches):
@@ -663,13 +279,8 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------
     def _model_inputs(self, batch: PackedBatch, labels: torch.Tensor, masked: torch.Tensor, inputs: torch.Tensor) -> dict:
-        dev = self.acc.device
-        # use_cache=False matters beyond memory: with a cache object transformers ignores packed position_ids.
-        out = {"input_ids": inputs.to(dev), "labels": labels.to(dev), "use_cache": False}
-        # packed position_ids when doc_mask; a 4D document/bidirectional mask (a BlockMask on warmstart_flex)
-        out.update(attention_inputs(self.unwrapped.config._attn_implementation, batch.doc_ids, batch.position_ids,
-                                    masked, self.cfg.doc_mask, dev))  # fmt: skip
-        return out
+        attn = self.unwrapped.config._attn_implementation
+        return model_inputs(attn, batch, labels, masked, inputs, self.cfg.doc_mask, self.acc.device)
 
     def train_step(self) -> dict:
         cfg, acc = self.cfg, self.acc
@@ -746,8 +357,7 @@ class Trainer:
             self.load_checkpoint(existing)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            for junk in [*self.ckpt_root.glob(".tmp-*"), *self.ckpt_root.glob(".old-*")]:
-                shutil.rmtree(junk, ignore_errors=True)  # leftovers of a crash mid-checkpoint
+            remove_partial_checkpoints(self.ckpt_root)
             _truncate_log(self.log_path, self.step)
             (self.out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=1))
             if self.kernels:
@@ -768,7 +378,7 @@ class Trainer:
             while self.step < cfg.steps:
                 rec = self.train_step()
                 last = rec
-                _test_sleep("WARMSTART_TEST_SLEEP_PER_STEP")
+                pause_for_tests("WARMSTART_TEST_SLEEP_PER_STEP")
                 k = self.step
                 if self.bad_streak >= cfg.max_bad_steps:
                     ckpt = self._rollback()
@@ -822,10 +432,23 @@ class Trainer:
 
 
 def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float | None:
-    dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
-    na = math.sqrt(sum(float(x.double().square().sum()) for x in a))
-    nb = math.sqrt(sum(float(y.double().square().sum()) for y in b))
+    if a and _is_dtensor(a[0]):  # FSDP2 shards: sums over the local shards, then over the processes
+        parts = torch.stack([sum((x.to_local().double() * y.to_local().double()).sum() for x, y in zip(a, b)),
+                             sum(x.to_local().double().square().sum() for x in a),
+                             sum(y.to_local().double().square().sum() for y in b)])  # fmt: skip
+        torch.distributed.all_reduce(parts)
+        dot, na, nb = float(parts[0]), math.sqrt(float(parts[1])), math.sqrt(float(parts[2]))
+    else:
+        dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+        na = math.sqrt(sum(float(x.double().square().sum()) for x in a))
+        nb = math.sqrt(sum(float(y.double().square().sum()) for y in b))
     return dot / (na * nb) if na > 0 and nb > 0 else None
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
 
 
 def _peak_mem(device: torch.device) -> int:
@@ -844,69 +467,6 @@ def _truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> dict:
-    """Trainer tokens/s over a bare forward/backward/clip/step loop on the same batches (one process).
-
-    Both start from the same initial weights. The trainer runs :meth:`Trainer.fit`
-    with logging every ``warmup`` steps and no intermediate checkpoints; its
-    rate is taken between the log records of steps ``warmup`` and ``steps``
-    (so start-up and the final checkpoint are excluded). The bare loop gets
-    pre-drawn batches and plain ``input_ids``/``labels`` (plus packed
-    ``position_ids`` when ``doc_mask``), and is timed over the same steps.
-    """
-    import tempfile
-
-    if steps <= warmup or steps % warmup:
-        raise ValueError("steps must be a multiple of warmup, and larger")
-    with tempfile.TemporaryDirectory() as tmp:
-        over = dict(steps=steps, log_every=warmup, checkpoint_every=0, tag_every=None, tag_steps=[], export_final=False,
-                    progress=False, tensorboard=False, inject_nan_steps=[], batch_ramp=None, masked_share=0.0)  # fmt: skip
-        tr = Trainer(cfg.model_copy(update=over | {"out_dir": str(Path(tmp) / "trainer")}))
-        tr.fit()
-        log = {r["step"]: r for r in map(json.loads, tr.log_path.read_text().splitlines())}
-        trainer_tps = (log[steps]["tokens"] - log[warmup]["tokens"]) / (log[steps]["elapsed_s"] - log[warmup]["elapsed_s"])
-        del tr
-        bare = Trainer(cfg.model_copy(update=over | {"out_dir": str(Path(tmp) / "bare")}))
-        rows, mb = bare.batch_rows(), cfg.micro_batch
-        batches = [bare.data.next_rows(rows, k) for k in range(1, steps + 1)]
-        model, opt, dev = bare.model, bare.optimizer, bare.acc.device
-        sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-        model.train()
-        for k, b in enumerate(batches, 1):
-            if k == warmup + 1:
-                sync()
-                t0 = time.perf_counter()
-            for a in range(rows // mb):
-                x = b.input_ids[a * mb : (a + 1) * mb].to(dev)
-                kw = {"position_ids": b.position_ids[a * mb : (a + 1) * mb].to(dev)} if cfg.doc_mask else {}
-                loss = model(input_ids=x, labels=x, use_cache=False, **kw).loss
-                (loss / (rows // mb)).backward()
-            torch.nn.utils.clip_grad_norm_(bare.params, cfg.max_grad_norm or float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sync()
-        bare_tps = (steps - warmup) * rows * cfg.seq_len / (time.perf_counter() - t0)
-    return {"trainer_tokens_per_s": trainer_tps, "bare_tokens_per_s": bare_tps, "ratio": trainer_tps / bare_tps,
-            "steps": steps, "warmup": warmup, "device": str(dev), "torch": torch.__version__}  # fmt: skip
-
-
-def launch_command(config_path: str | os.PathLike, num_processes: int, port: int | None = None, resume: bool = False) -> list[str]:
-    """``accelerate launch`` of this module on ``num_processes`` processes of one machine.
-
-    ``--multi_gpu`` is right on CPU too: accelerate 1.x's ``--cpu`` starts a
-    single process (its multi-CPU mode needs MPI), while ``--multi_gpu`` on a
-    machine without CUDA goes through torchrun and accelerate selects
-    MULTI_CPU with gloo. Precision and compilation come from the run config,
-    not from the launcher. Other topologies (FSDP2, DeepSpeed, several
-    machines): ``accelerate launch --config_file ... -m warmstart.train``.
-    """
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
-           "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    if port is not None:
-        cmd += ["--main_process_port", str(port)]
-    return cmd + ["-m", "warmstart.train", "--config", str(config_path)] + (["--resume"] if resume else [])
-
-
 def train(cfg: TrainConfig | dict | str | os.PathLike, resume: bool = False) -> TrainResult:
     """Run (or, with ``resume``, continue from the latest checkpoint) one training run in this process."""
     if not isinstance(cfg, TrainConfig):
@@ -920,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
     ap.add_argument("--export", metavar="CKPT", help="export a checkpoint dir as a HF model dir (with --out)")
     ap.add_argument("--out", help="output dir of --export")
-    ap.add_argument("--bench", type=int, metavar="STEPS", help="print trainer/bare-loop tokens/s for the config (JSON)")
     args = ap.parse_args(argv)
     if args.export:
         if not args.out:
@@ -929,10 +488,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.config:
         ap.error("--config is required")
-    if args.bench:
-        warm = max(1, args.bench // 4)
-        print(json.dumps(benchmark_overhead(TrainConfig.from_yaml(args.config), args.bench // warm * warm, warm), indent=1))
-        return 0
     result = train(args.config, resume=args.resume)
     if result.export_dir:
         print(f"final model: {result.export_dir}")

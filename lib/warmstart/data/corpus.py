@@ -15,7 +15,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import Params
-from ..io import atomic_dir, read_jsonl, write_json, write_jsonl
+from ..io import atomic_dir, read_jsonl, write_jsonl
 from .clean import Deduplicator, LanguageFilter, utf8_len, words
 from .sources import Document, SourceReport, iter_documents
 from .split import SPLITS, assign_splits
@@ -171,13 +171,6 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
         },
         "seconds": round(time.time() - t0, 2),
     }
-    return metrics
-
-
-def run_stage(params: Params) -> dict:
-    """Build the corpus and write ``reports/metrics/corpus.json``."""
-    metrics = build_corpus(params)
-    write_json(params.report_path("metrics", "corpus.json"), metrics)
     return metrics
 
 

@@ -35,7 +35,7 @@ from typing import Literal
 
 import torch
 
-from warmstart.data.packing import additive_mask, document_attention_mask
+from warmstart.kernels.masks import additive_mask, document_attention_mask
 
 MaskKind = Literal["causal", "document", "hybrid"]
 FLEX = "warmstart_flex"

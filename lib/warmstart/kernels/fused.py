@@ -63,14 +63,8 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return LigerRopeFunction.apply(q, k, cos, sin)
 
 
-def linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    shift: bool = True,
-) -> torch.Tensor:
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None,
+                         num_items_in_batch: int | torch.Tensor | None = None, shift: bool = True) -> torch.Tensor:  # fmt: skip
     """Causal-LM loss of ``hidden @ weight.T`` (same semantics as :func:`reference.linear_cross_entropy`)."""
     if not triton_usable(hidden.device):
         return reference.linear_cross_entropy(hidden, weight, labels, bias, num_items_in_batch, shift)

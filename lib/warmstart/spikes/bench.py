@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from warmstart.spikes import MAD_TO_SIGMA, METHODS, SpikeEvent, detect
+from warmstart.spikes.detectors import SpikeEvent, detect
+from warmstart.spikes.params import MAD_TO_SIGMA, METHODS
 
 __all__ = ["GOALS", "SyntheticRun", "synthetic_runs", "evaluate", "benchmark", "meets_goals", "bench_markdown"]
 

@@ -1,0 +1,19 @@
+"""Constants, the log error and the ``robust`` method's parameters.
+
+``RobustParams`` and ``METHODS`` are part of the params schema, so they live in
+:mod:`warmstart.config` (which validates ``spikes.params`` with them without
+importing the detectors); they are re-exported here for the spike modules.
+"""
+
+from __future__ import annotations
+
+from warmstart.config import SPIKE_METHODS as METHODS
+from warmstart.config import RobustParams
+
+__all__ = ["METHODS", "MAD_TO_SIGMA", "SpikeLogError", "RobustParams"]
+
+MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a normal -> sigma
+
+
+class SpikeLogError(ValueError):
+    """A log that cannot be read as a loss curve; the message names the problem."""

@@ -1,0 +1,87 @@
+"""Stage ``vocab_swap@<method>``: the base model with the target tokenizer, ``data/models/swap-<method>``.
+
+One method per DVC matrix item (``vocab_swap.methods``): the new embedding rows
+are initialised by :mod:`warmstart.vocab_swap`. Details (row counts, step-0
+bits per byte, nearest neighbours): ``reports/vocab_swap/<method>.json``;
+headline: ``reports/metrics/vocab_swap/<method>.json``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from warmstart.bpb import held_out_texts
+from warmstart.data.corpus import load_texts
+from warmstart.io import write_json
+from warmstart.model import load_model
+from warmstart.runs import base_model_dir, get_run, swap_model_dir
+from warmstart.stages import declared, write_headline
+from warmstart.study import bpb_table, read_run
+
+PARAMS = (
+    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
+    "base.trust_remote_code", "base.seq_len",
+    "vocab_swap",
+)  # fmt: skip
+
+
+def probe_tokens(tokenizer: Any, texts: list[str], n: int, min_chars: int = 4) -> list[int]:
+    """The ``n`` most frequent whole-word tokens of ``texts`` (alphabetic, ``min_chars`` letters or more)."""
+    counts: Counter[int] = Counter()
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        counts.update(ids)
+    out = []
+    for i, _ in counts.most_common():
+        text = tokenizer.decode([i]).strip()
+        if len(text) >= min_chars and text.isalpha():
+            out.append(i)
+            if len(out) == n:
+                break
+    return out
+
+
+def details_path(params: Any, method: str):
+    return params.report_path("vocab_swap", f"{method}.json")
+
+
+def run(params: Any, method: str) -> dict[str, Any]:
+    """Swap the base model's vocabulary with ``method``; write details and headline; return the headline."""
+    from transformers import AutoTokenizer
+
+    from warmstart import vocab_swap as vs
+
+    params = declared(params, "vocab_swap", PARAMS)
+    v = params.vocab_swap
+    if method not in v.methods:
+        raise ValueError(f"method {method!r} is not in vocab_swap.methods {list(v.methods)}")
+    target, source = params.shared.target_lang, params.shared.source_lang
+    out = swap_model_dir(params, method)
+    report = vs.swap_model_dir(
+        base_model_dir(params), params.path("tokenizer", "target"), out, method,
+        donor_dir=read_run(params, get_run(params, "scratch").name)["final"] if method == "omp" else None,
+        seed=params.shared.seed, pad_multiple=v.pad_multiple, omp_k=v.omp_k,
+        texts=load_texts(params, target, "train") if method == "focus" else None,
+        fasttext=vs.FastTextOptions(dim=v.fasttext_dim, epochs=v.fasttext_epochs, min_count=3),
+        trust_remote_code=params.base.trust_remote_code,
+    )  # fmt: skip
+    model, tok = load_model(out), AutoTokenizer.from_pretrained(out)
+    base, base_tok = load_model(base_model_dir(params)), AutoTokenizer.from_pretrained(base_model_dir(params))
+    seq_len = params.base.seq_len
+    bpb = bpb_table(model, tok, params, seq_len, v.eval_bytes)
+    base_bpb = bpb_table(base, base_tok, params, seq_len, v.eval_bytes)
+    probes = probe_tokens(tok, held_out_texts(params, target, "test", v.eval_bytes), v.neighbours)
+    nn = vs.nearest_neighbours(model, tok, base, base_tok, probes, k=3)
+    r = report.to_dict()
+    keep = ("aligned", "decomposed", "mean_init", "specials_mapped", "padded_rows", "new_vocab", "padded_vocab",
+            "old_vocab", "tied", "seconds")  # fmt: skip
+    details = {
+        "method": method, **{k: r[k] for k in keep}, "random": r["fallback_random"], "bpb_step0": bpb,
+        "bpb_base": base_bpb, "languages": {"target": target, "source": source},
+        "neighbours": nn.to_dict(orient="records"),
+    }  # fmt: skip
+    write_json(details_path(params, method), details)
+    return write_headline(params, f"vocab_swap/{method}", {
+        "aligned_rows": r["aligned"], "decomposed_rows": r["decomposed"], "random_rows": r["fallback_random"],
+        "new_vocab": r["new_vocab"], f"step0_bpb_{target}": bpb[target], f"step0_bpb_{source}": bpb[source],
+    })  # fmt: skip

@@ -1,0 +1,101 @@
+"""Stage ``tokenizer``: the target tokenizer (and the tiny base model's source one) with their fertility.
+
+* ``target``: trained on :func:`~warmstart.tokenizer.mixed_texts` of the
+  ``train`` splits by ``tokenizer.target_mix`` (keys resolved through
+  ``Params.resolve_lang``);
+* ``source``: the tiny base model's tokenizer of the embedded default, trained
+  here (not in the base stage) on the source-language ``train`` split with the
+  same config, so both have the same vocabulary size.
+
+Fertility is measured on the ``test`` split of every corpus language. Writes
+``data/tokenizer/{source,target}``; details ``reports/tokenizer/fertility.json``
+(the table plus ``ratio_tokens_per_word[lang] = target / source``); headline
+``reports/metrics/tokenizer.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from warmstart import fragments
+from warmstart.data.corpus import load_texts
+from warmstart.io import write_json
+from warmstart.stages import declared, save_figure, write_headline
+from warmstart.tokenizer import fertility_table, mixed_texts, ratio, train_tokenizer
+
+PARAMS = (
+    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
+    "corpus.extra_languages", "tokenizer",
+)  # fmt: skip
+
+
+def plot(table, vocab_size: int, kind: str, path) -> None:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sns.barplot(data=table, x="lang", y="tokens_per_word", hue="tokenizer", ax=ax)
+    ax.set(title=f"Fertility at {vocab_size:,} tokens ({kind})", xlabel="test split language", ylabel="tokens per word")
+    for c in ax.containers:
+        ax.bar_label(c, fmt="%.2f", fontsize=8)
+    save_figure(fig, path)
+
+
+def run(params: Any) -> dict[str, Any]:
+    """Train both tokenizers, measure fertility; write details, headline, figure and fragment."""
+    params = declared(params, "tokenizer", PARAMS)
+    t0 = time.perf_counter()
+    cfg = params.tokenizer
+    src, tgt = params.shared.source_lang, params.shared.target_lang
+    weights: dict[str, float] = {}
+    for key, w in cfg.target_mix.items():
+        lang = params.resolve_lang(key)
+        if lang not in params.languages:
+            raise ValueError(
+                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
+                f"available: {params.languages} (add it to corpus.extra_languages)"
+            )
+        weights[lang] = weights.get(lang, 0.0) + w
+    train = {lang: load_texts(params, lang, "train") for lang in params.languages}
+    target_text = mixed_texts({k: train[k] for k in weights}, weights, cfg.max_repeats, params.shared.seed)
+    toks = {
+        "source": train_tokenizer(train[src], cfg, params.path("tokenizer", "source")),
+        "target": train_tokenizer(target_text, cfg, params.path("tokenizer", "target")),
+    }
+    tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
+    table = fertility_table(toks, tests)
+    by = table.set_index(["tokenizer", "lang"])
+    ratios = {lang: ratio(by.loc[("target", lang), "tokens_per_word"], by.loc[("source", lang), "tokens_per_word"])
+              for lang in params.languages}  # fmt: skip
+    details = {
+        "vocab_size": {name: len(tok) for name, tok in toks.items()},
+        "kind": cfg.kind,
+        "target_training_bytes": sum(len(t.encode("utf-8")) for t in target_text),
+        "target_mix": weights,
+        "ratio_tokens_per_word": ratios,
+        "table": table.to_dict(orient="records"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    write_json(params.report_path("tokenizer", "fertility.json"), details)
+    fig = params.report_path("figures", "fertility.png")
+    plot(table, cfg.vocab_size, cfg.kind, fig)
+    fragments.write_fragment(
+        params.shared.reports_dir, "tokenizer", 20, "Tokenizers and fertility",
+        paragraphs=[f"Both tokenizers are {cfg.kind} with {cfg.vocab_size:,} tokens; the target one is trained on "
+                    f"{details['target_training_bytes']:,} bytes of the target mix {weights}. Fertility is measured "
+                    "on each language's test split (tokens per whitespace word; lower is better)."],
+        tables=[fragments.table(table, "Fertility of the source and target tokenizers"),
+                fragments.table([[k, v] for k, v in ratios.items()], "Tokens per word, target over source tokenizer",
+                                columns=["language", "ratio"])],
+        figures=[{"path": str(fig), "caption": "Tokens per word per test language."}],
+        numbers={f"ratio_tokens_per_word.{k}": v for k, v in ratios.items()},
+        seconds=details["seconds"],
+    )  # fmt: skip
+    tpw = {(r["tokenizer"], r["lang"]): r["tokens_per_word"] for r in details["table"]}
+    return write_headline(params, "tokenizer", {
+        f"tokens_per_word_{tgt}_source_tokenizer": tpw[("source", tgt)],
+        f"tokens_per_word_{tgt}_target_tokenizer": tpw[("target", tgt)],
+        f"fertility_ratio_{tgt}": ratios[tgt], f"fertility_ratio_{src}": ratios[src],
+        "target_vocab_size": len(toks["target"]),
+    })  # fmt: skip

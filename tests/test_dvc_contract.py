@@ -1,0 +1,103 @@
+"""dvc.yaml against the code: each stage's code deps are its module's import closure, its params exactly the keys
+the module declares; the package has no import cycle and no oversized module; notebooks stay thin."""
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from warmstart.stages import STAGES, _imports, code_deps, import_closure
+from warmstart.stages.__main__ import diff
+
+LIB = Path(__file__).resolve().parents[1] / "lib"
+
+
+def test_dvc_yaml_declares_exactly_what_each_stage_runs(root):
+    assert diff(root) == {}, "run `python -m warmstart.stages sync` (and review the diff)"
+
+
+def test_contract_test_fails_when_a_dep_or_a_params_key_is_removed(root, tmp_path):
+    shutil.copy(root / "dvc.yaml", tmp_path / "dvc.yaml")
+    doc = yaml.safe_load((tmp_path / "dvc.yaml").read_text())
+    doc["stages"]["scratch"]["deps"].remove("lib/warmstart/kernels/attention.py")  # scratch trains: it runs kernels
+    doc["stages"]["evaluate"]["params"].remove("evaluate")
+    doc["stages"]["spikes"]["params"].append("pretrain")  # a key the spike stage never reads
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "lib").symlink_to(LIB)
+    assert diff(tmp_path) == {
+        "scratch": {"missing_deps": ["lib/warmstart/kernels/attention.py"]},
+        "evaluate": {"missing_params": ["evaluate"]},
+        "spikes": {"extra_params": ["pretrain"]},
+    }
+
+
+def test_import_closure_follows_lazy_imports_and_parent_packages(root):
+    closure = import_closure("warmstart.stages.corpus", LIB)
+    assert {"warmstart", "warmstart.data", "warmstart.data.handbook", "warmstart.config"} <= closure
+    assert not any(m.startswith(("warmstart.spikes", "warmstart.train", "warmstart.kernels")) for m in closure)
+    # the trainer's spike mitigation is imported inside a function: still a dep of every training stage
+    assert "lib/warmstart/spikes/online.py" in code_deps("warmstart.stages.base", root)
+    assert "lib/warmstart/spikes/bench.py" not in code_deps("warmstart.stages.base", root)  # light package __init__
+    assert "lib/warmstart/spikes/bench.py" not in code_deps("warmstart.stages.spikes", root)
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for f in sorted((LIB / "warmstart").rglob("*.py")):
+        parts = list(f.relative_to(LIB).with_suffix("").parts)
+        if parts[-1] == "__main__":
+            continue
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def test_no_import_cycle_in_the_package():
+    """Imports anywhere in a module (function-level ones too) form a DAG; a module importing its own
+    parent package (``from warmstart.kernels import reference`` inside warmstart.kernels) is not an edge."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        deps = set()
+        for imp in _imports(path, name):
+            while imp and imp not in mods:
+                imp = imp.rpartition(".")[0]
+            if imp and imp != name and not name.startswith(imp + "."):
+                deps.add(imp)
+        graph[name] = deps
+    state: dict[str, int] = {}
+
+    def visit(n, path):
+        state[n] = 1
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(m):], m]))
+            if m not in state:
+                visit(m, [*path, m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+
+
+def test_no_module_over_650_lines():
+    sizes = {str(p.relative_to(LIB)): len(p.read_text().splitlines()) for p in _modules().values()}
+    assert {k: v for k, v in sizes.items() if v > 650} == {}
+
+
+@pytest.mark.parametrize("stage", sorted(set(STAGES)))
+def test_each_stage_notebook_is_thin_and_calls_its_stage(root, stage):
+    doc = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+    nb_path = next(d for d in doc["deps"] if str(d).startswith("notebooks/"))
+    nb = json.loads((root / nb_path).read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])]
+    lines = [ln for c in code for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    assert len(lines) <= 60, f"{nb_path}: {len(lines)} lines of code outside the parameters cell"
+    imported = {a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+                for c in code for n in ast.walk(ast.parse("".join(c["source"])))
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}  # fmt: skip
+    assert STAGES[stage] in imported, f"{nb_path} does not import {STAGES[stage]}"
+    assert ".run(" in "".join("".join(c["source"]) for c in code)

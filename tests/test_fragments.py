@@ -1,0 +1,83 @@
+"""Fragments record their stage's provenance: commit, dirty flag, versions, hardware, wall time, timestamp."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata as md
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from warmstart.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
+
+KEYS = {"commit", "dirty", "dirty_files", "timestamp", "seconds", "python", "platform", "cpu", "cpu_count",
+        "memory_gib", "gpus", "packages"}  # fmt: skip
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A git checkout with a tracked source file and a tracked dvc.lock."""
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "init")
+    return tmp_path
+
+
+def _provenance(root: Path, **kw) -> dict:
+    path = write_fragment(root / "reports", "corpus", 10, "Corpus", ["p"], seconds=12.345, root=root, **kw)
+    return json.loads(path.read_text())["provenance"]
+
+
+def test_fragment_records_its_provenance(checkout):
+    t0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    prov = _provenance(checkout)
+    assert set(prov) == KEYS
+    assert prov["commit"] == _git(checkout, "rev-parse", "HEAD") and len(prov["commit"]) == 40
+    assert prov["dirty"] is False and prov["dirty_files"] == []
+    assert prov["seconds"] == 12.35
+    assert t0 <= dt.datetime.fromisoformat(prov["timestamp"]) <= dt.datetime.now(dt.timezone.utc)
+    assert prov["packages"] == {p: md.version(p.replace("_", "-")) for p in PACKAGES}
+    assert prov["cpu_count"] == len(os.sched_getaffinity(0)) and prov["cpu"]
+    assert prov["gpus"] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def test_dirty_means_changed_tracked_files_not_dvc_bookkeeping(checkout):
+    (checkout / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC rewrites it after every stage
+    (checkout / "new.py").write_text("untracked\n")
+    assert _provenance(checkout)["dirty"] is False
+    (checkout / "code.py").write_text("x = 2\n")
+    prov = _provenance(checkout)
+    assert prov["dirty"] is True and prov["dirty_files"] == ["code.py"]
+
+
+def test_outside_a_checkout_the_commit_is_unknown(tmp_path):
+    prov = provenance_record(tmp_path, seconds=None)
+    assert set(prov) == KEYS
+    assert (prov["commit"], prov["dirty"], prov["dirty_files"], prov["seconds"]) == (None, None, [], None)
+
+
+def test_callers_keep_their_positional_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_fragment("reports", "spikes", 70, "Loss spikes", ["Two spikes."], [], [], {"spikes.scratch": 2}, 1.5)
+    (frag,) = read_fragments("reports")
+    assert {k: frag[k] for k in ("stage", "order", "title", "paragraphs", "numbers", "seconds")} == {
+        "stage": "spikes", "order": 70, "title": "Loss spikes", "paragraphs": ["Two spikes."],
+        "numbers": {"spikes.scratch": 2}, "seconds": 1.5}  # fmt: skip
+    assert frag["provenance"]["seconds"] == 1.5 and frag["provenance"]["commit"] is None
+
+
+def test_renamed_and_spaced_paths_are_listed_by_their_new_name(checkout):
+    _git(checkout, "mv", "code.py", "my code.py")
+    prov = _provenance(checkout)
+    assert prov["dirty"] is True and prov["dirty_files"] == ["my code.py"]
