@@ -89,8 +89,9 @@ lock: $(TOOLS)/bin/uv
 	@echo "now: make test (rebuilds .venv from the new lock), then commit requirements/ and environment.yml"
 
 # Canary: nothing here touches .venv or the lock. torch stays at TORCH_VERSION (+cpu): the
-# newest torch on PyPI is a multi-GB CUDA build. CANARY_ARGS are passed to pytest.
-CANARY_ARGS ?= $(PYTEST_ARGS)
+# newest torch on PyPI is a multi-GB CUDA build. CANARY_ARGS are passed to pytest; the test that
+# the env equals the lock is left out (here it differs by design: the diff is printed instead).
+CANARY_ARGS ?= $(PYTEST_ARGS) --deselect tests/test_env_files.py::test_installed_environment_is_the_lock
 test-latest: $(TOOLS)/bin/uv deb
 	rm -rf $(CANARY) && mkdir -p $(CANARY)
 	$(PYTHON) dev/lock.py --uv $(TOOLS)/bin/uv --torch $(TORCH_VERSION) --torch-wheels $(TORCH_WHEELS) --latest $(CANARY)
