@@ -145,6 +145,40 @@ def test_bits_per_byte_equals_hand_sum_of_log_probs():
     assert bits_per_byte(model, tok, [text], seq_len=64)["bits_per_byte"] == pytest.approx(hand, rel=1e-5)
 
 
+def test_bits_per_byte_keeps_each_texts_loss_and_the_same_total():
+    """Per-text NLL sums to the total, which is summed exactly as cross_entropy(reduction="sum") per batch."""
+    import torch.nn.functional as F
+
+    tok = make_tokenizer(sentences(EN, 50, 0))
+    model = tiny_model(tok, seed=1).eval()
+    texts = sentences(EN, 7, 3) + [""] + sentences(NB, 3, 4)
+    r = bits_per_byte(model, tok, texts, seq_len=16, batch_size=3)
+    assert len(r["doc_nll_nats"]) == len(r["doc_bytes"]) == 10  # the empty text is not a document
+    assert r["doc_bytes"] == [len(t.encode()) for t in texts if t]
+    assert sum(r["doc_nll_nats"]) == pytest.approx(r["nll_nats"], rel=1e-6)
+    assert r["bits_per_byte"] == pytest.approx(sum(r["doc_nll_nats"]) / math.log(2) / sum(r["doc_bytes"]), rel=1e-6)
+    # each text alone gives its own entry
+    alone = bits_per_byte(model, tok, [texts[2]], seq_len=16)
+    assert alone["doc_nll_nats"][0] == pytest.approx(r["doc_nll_nats"][2], rel=1e-5)
+    # the total is bit-for-bit what the previous implementation (cross_entropy, sum per batch) summed
+    from warmstart.bpb import _windows
+
+    windows, _ = _windows(texts, tok, 16)
+    windows.sort(key=lambda w: len(w[0]))
+    total = 0.0
+    with torch.no_grad():
+        for b in range(0, len(windows), 3):
+            chunk = windows[b : b + 3]
+            width = max(len(w[0]) for w in chunk)
+            inp, tgt = torch.zeros(len(chunk), width, dtype=torch.long), torch.full((len(chunk), width), -100)
+            att = torch.zeros(len(chunk), width, dtype=torch.long)
+            for i, (x, y, _) in enumerate(chunk):
+                inp[i, : len(x)], tgt[i, : len(y)], att[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+            logits = model(input_ids=inp, attention_mask=att).logits.float()
+            total += float(F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100, reduction="sum"))
+    assert r["nll_nats"] == total
+
+
 # ---------------------------------------------------------------- cloze through lm-eval
 
 
@@ -233,7 +267,10 @@ def test_masked_probe_matches_bidirectional_hand_computation():
             logits = model(input_ids=x, attention_mask=full).logits[0]
         correct += sum(int(logits[p - 1].argmax()) == ids[p] for p in pos)
         total += len(pos)
-    assert got == {"masked_acc": correct / total, "masked_tokens": total, "items": 2}
+    from warmstart.stats import wilson
+
+    assert got == {"masked_acc": correct / total, "masked_tokens": total, "items": 2,
+                   "masked_acc_ci": list(wilson(correct, total))}  # fmt: skip
 
 
 def test_masked_probe_needs_a_mask_token():
@@ -335,8 +372,33 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     assert len(ck) == 6 and list(ck[ck.run == "random"]["step"]) == [0, 4, 8]
     assert ev["runs"]["scratch"]["speedup_vs_scratch"] == pytest.approx(1.0)
     (frag,) = read_fragments(tmp_path / "reports")
-    assert frag["stage"] == "evaluate" and frag["order"] == 60 and len(frag["figures"]) == 2
+    assert frag["stage"] == "evaluate" and frag["order"] == 60 and len(frag["figures"]) == 3
+    assert [Path(f["path"]).name for f in frag["figures"]] == ["bpb_curves.png", "bpb_heatmap.png", "loss.png"]
     assert [t["caption"].split(":")[0] for t in frag["tables"]][:2] == ["Initialisation methods", "Final checkpoints"]
+    per_ck = next(t for t in frag["tables"] if t["caption"].startswith("Bits per byte at every"))
+    assert per_ck["appendix"] is True and len(per_ck["rows"]) == 6
+    from warmstart.labels import looks_raw
+
+    for t in frag["tables"]:  # human column labels, and no MFU without a stated peak
+        assert not [c for c in t["columns"] if looks_raw(c)], t["columns"]
+        assert not any("MFU" in c or "mfu" in c for c in t["columns"]), t["columns"]
+    # intervals: bootstrap over the held-out texts for bits per byte and speed-up, Wilson for the probes
+    for name in ("scratch", "random"):
+        d = ev["runs"][name]
+        for key in ("bpb_target", "bpb_source", "cloze_acc_target"):
+            lo, hi = d[f"{key}_ci"]
+            assert lo <= d[key] <= hi, (name, key)
+    assert ev["chance"] == {"cloze": 0.25} and ev["intervals"]["level"] == 0.95
+    assert ev["intervals"]["texts"]["target"] == len(json.loads((tmp_path / "reports/evaluate/doc_nll.json").read_text())["bytes"]["target"])
+    low = ev["best"]
+    other = "random" if low == "scratch" else "scratch"
+    cmp_ = ev["vs_lowest"]
+    assert cmp_["reference"] == low and set(cmp_["runs"]) == {other}
+    assert cmp_["runs"][other]["diff"] == pytest.approx(ev["runs"][other]["bpb_target"] - ev["runs"][low]["bpb_target"], abs=1e-6)
+    doc = json.loads((tmp_path / "reports/evaluate/doc_nll.json").read_text())
+    assert len(doc["checkpoints"]) == 6 and doc["unit"] == "paragraph"
+    row = next(r for r in doc["checkpoints"] if r["run"] == "random" and r["step"] == 8)
+    assert sum(row["target"]) / math.log(2) / sum(doc["bytes"]["target"]) == pytest.approx(fin["bpb_target"], rel=1e-6)
     assert frag["numbers"]["bpb_target.random"] == pytest.approx(fin["bpb_target"])
     assert len(pd.read_csv(tmp_path / "reports/evaluate/translations.csv")) == 2 * 3
     assert headline == json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())

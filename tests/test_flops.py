@@ -66,3 +66,61 @@ def test_llama_3_2_1b_by_hand():
     assert flops.matmul_params(cfg) == 1_235_746_816
     # 6 N = 7414480896; attention 12*16*32*64*4096 = 1610612736
     assert flops.flops_per_token(cfg, 4096) == 9_025_093_632
+
+
+# ---------------------------------------------------------------- credible throughput: MFU only against a stated peak
+
+
+def _log(tps: list[float], fpt: float = 1e7, peaks: list[float] | None = None) -> list[dict]:
+    """Step-log records as the trainer writes them (mfu against ``peaks``, one per record, when given)."""
+    return [{"step": 5 * (i + 1), "tokens_per_s": t, **({"mfu": t * fpt / peaks[i]} if peaks else {})}
+            for i, t in enumerate(tps)]  # fmt: skip
+
+
+def test_measure_peak_is_a_median_with_its_spread():
+    r = flops.measure_peak("cpu", n=128, rounds=5, repeats=2)
+    assert r["source"] == "measured" and r["rounds"] == 5 and len(r["samples"]) == 5
+    assert r["flops"] == r["median"] and r["min"] <= r["median"] <= r["max"]
+    assert r["spread"] == pytest.approx((r["max"] - r["min"]) / r["median"])
+    assert r["reliable"] == (r["spread"] <= flops.TOLERANCE) and r["dtype"] == "fp32" and "cores" in r["device"]
+    assert isinstance(flops.device_peak("cpu"), float)  # the trainer's call keeps its signature
+
+
+def test_datasheet_peaks_by_dtype():
+    assert flops.datasheet_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert flops.datasheet_peak("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert flops.datasheet_peak("Tesla T4", "bf16") is None
+
+
+def test_mfu_is_stated_against_a_stable_peak():
+    fpt, peak = 1e7, {"flops": 1e12, "source": "measured", "spread": 0.02, "rounds": 9}
+    t = flops.throughput(_log([500.0, 1000, 1010, 990, 1005, 995]), fpt, peak)
+    assert t["tokens_per_s"] == 1000 and t["achieved_flops"] == pytest.approx(1e10)
+    assert t["mfu"] == pytest.approx(0.01) and t["mfu_stated"] == pytest.approx(0.01) and t["reasons"] == []
+    assert t["records"] == 5  # the first record (start-up) is left out
+
+
+def test_mfu_is_not_stated_on_a_shared_machine():
+    fpt = 1e7
+    noisy_peak = {"flops": 1e12, "source": "measured", "spread": 0.4, "rounds": 9}
+    t = flops.throughput(_log([1000.0] * 6), fpt, noisy_peak)
+    assert t["mfu_stated"] is None and "peak_spread" in t["flags"] and t["achieved_flops"] == pytest.approx(1e10)
+    stable = {"flops": 1e12, "source": "measured", "spread": 0.01}
+    t = flops.throughput(_log([1000.0, 600, 1400, 700, 1300, 1000]), fpt, stable)  # step throughput varies
+    assert t["mfu_stated"] is None and "step_spread" in t["flags"]
+    t = flops.throughput(_log([1000.0] * 6), fpt, stable, study_peaks=[7e10, 2.2e11])
+    assert t["mfu_stated"] is None and "study_peaks_spread" in t["flags"] and "shared machine" in t["reasons"][0]
+
+
+def test_mfu_above_the_peak_is_never_stated():
+    t = flops.throughput(_log([1000.0] * 4), 1e7, {"flops": 5e9, "source": "datasheet"})
+    assert t["mfu"] == pytest.approx(2.0) and t["mfu_stated"] is None and "impossible" in t["flags"]
+    t = flops.throughput(_log([1000.0] * 4), 1e7, None)
+    assert t["mfu"] is None and t["reasons"] == ["no stated peak"] and t["achieved_flops"] == pytest.approx(1e10)
+
+
+def test_the_peaks_a_run_divided_by_are_recovered_from_its_log():
+    log = _log([1000.0, 1000, 2000, 2000], 1e7, [2e11, 2e11, 7e10, 7e10])
+    assert flops.recorded_peaks(log, 1e7) == pytest.approx([2e11, 7e10])
+    t = flops.throughput(log, 1e7, {"flops": 2e11, "source": "measured", "spread": 0.0})
+    assert "own_peaks_spread" in t["flags"] and t["logged_mfu"] is not None

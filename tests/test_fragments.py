@@ -81,3 +81,50 @@ def test_renamed_and_spaced_paths_are_listed_by_their_new_name(checkout):
     _git(checkout, "mv", "code.py", "my code.py")
     prov = _provenance(checkout)
     assert prov["dirty"] is True and prov["dirty_files"] == ["my code.py"]
+
+
+# ---------------------------------------------------------------- optional fields: findings, labels, appendix tables
+
+
+def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
+    from warmstart.fragments import table
+
+    monkeypatch.chdir(tmp_path)
+    long = table([[i, 0.5 * i] for i in range(3)], "Every checkpoint.", columns=["step", "bpb_target"], appendix=True)
+    assert long["appendix"] is True and "appendix" not in table([[1]], "Short.", columns=["x"])
+    write_fragment("reports", "context", 80, "Long context", ["p"], [long], numbers={"gain.nb-NO": 0.12},
+                   findings=["  Position interpolation keeps 0.12 bits per byte\nat 4x the context. "],
+                   labels={"gain.nb-NO": "bits per byte gained at 4x context, nb-NO"})  # fmt: skip
+    (frag,) = read_fragments("reports")
+    assert frag["findings"] == ["Position interpolation keeps 0.12 bits per byte at 4x the context."]
+    assert frag["labels"] == {"gain.nb-NO": "bits per byte gained at 4x context, nb-NO"}
+    assert frag["tables"][0]["appendix"] is True
+    write_fragment("reports", "plain", 81, "Plain", ["p"])
+    plain = next(f for f in read_fragments("reports") if f["stage"] == "plain")
+    assert "findings" not in plain and "labels" not in plain  # optional: absent when not given
+
+
+@pytest.mark.parametrize("findings, match", [
+    ("one sentence", "must be a list"),
+    (["ok", ""], "non-empty string"),
+    (["x" * 401], "at most 400"),
+    (["a", "b", "c", "d", "e"], "at most 4"),
+])  # fmt: skip
+def test_bad_findings_are_refused(tmp_path, findings, match):
+    from warmstart.fragments import FragmentError
+
+    with pytest.raises(FragmentError, match=match):
+        write_fragment(tmp_path, "x", 80, "X", findings=findings)
+
+
+def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
+    from warmstart.fragments import FragmentError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FragmentError, match="may have appendix"):
+        write_fragment("r", "x", 80, "X", tables=[{"caption": "c", "columns": ["a"], "rows": [], "notes": "n"}])
+    with pytest.raises(FragmentError, match="appendix flag"):
+        write_fragment("r", "x", 80, "X", tables=[{"caption": "c", "columns": ["a"], "rows": [], "appendix": "yes"}])
+    Path("empty.png").write_bytes(b"")
+    with pytest.raises(FragmentError, match="is empty"):
+        write_fragment("r", "x", 80, "X", figures=[{"path": "empty.png", "caption": ""}])

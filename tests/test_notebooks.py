@@ -59,15 +59,15 @@ def test_parameters_cell_mirrors_params_yaml(path, root, params_dict):
 def test_every_stage_runs_its_notebook_with_papermill(root):
     stages = _stages(root)
     nb_names = {p.name for p in NOTEBOOKS}
-    used = set()
+    used: dict[str, set[str]] = {}  # notebook -> the params sections of every stage that runs it
     for name, st in stages.items():
         cmd = st["cmd"]
         nb = next(tok for tok in cmd.split() if tok.startswith("notebooks/"))
-        used.add(nb.split("/")[1])
         assert "${nb}" in cmd and nb in st["deps"], f"stage {name} runs its notebook through papermill and depends on it"
-        ns = _parameters_cell(json.loads((root / nb).read_text()))
-        declared = {p.split(".")[0] for p in st["params"]}
-        assert set(ns) - _item_vars(root, nb.split("/")[1]) == declared, f"stage {name}: notebook sections {sorted(ns)} != dvc.yaml params {sorted(declared)}"
-    assert used == nb_names, f"notebooks without a stage: {sorted(nb_names - used)}"
+        used.setdefault(nb.split("/")[1], set()).update(p.split(".")[0] for p in st["params"])
+    for nb, declared in used.items():  # a notebook several stages run (parts, matrices) mirrors their sections' union
+        ns = _parameters_cell(json.loads((root / "notebooks" / nb).read_text()))
+        assert set(ns) - _item_vars(root, nb) == declared, f"{nb}: notebook sections {sorted(ns)} != its stages' dvc.yaml params {sorted(declared)}"
+    assert set(used) == nb_names, f"notebooks without a stage: {sorted(nb_names - set(used))}"
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
     assert "-k warmstart" in nb_var and "--log-output" in nb_var

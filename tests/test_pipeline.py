@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.slow
+SMOKE_CONTEXT = ["short", "yarn"]  # context.methods and compress.variants of the smoke profile
+SMOKE_COMPRESS = ["width_kd", "scratch"]
 
 
 def _run(cmd, cwd, env, timeout=900):
@@ -106,9 +108,10 @@ def test_metrics_are_small_flat_headlines(smoke_project):
     files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
     names = {Path(f).relative_to("reports/metrics").as_posix() for f in files}
     methods = ["random", "exact", "fvt", "focus", "omp"]
-    assert names == {"corpus.json", "tokenizer.json", "base.json", "evaluate.json", "spikes.json",
-                     *[f"vocab_swap/{m}.json" for m in methods],
-                     *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods]]}  # fmt: skip
+    assert names == {"corpus.json", "tokenizer.json", "base.json", "evaluate.json", "spikes.json", "stability.json",
+                     "context.json", "compress.json", *[f"vocab_swap/{m}.json" for m in methods],
+                     *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods]],
+                     *[f"context/{m}.json" for m in SMOKE_CONTEXT], *[f"compress/{v}.json" for v in SMOKE_COMPRESS]}  # fmt: skip
     for f, data in files.items():
         assert 0 < len(data) <= 12 and all(not isinstance(v, (dict, list)) for v in data.values()), f
     ev = json.loads((dst / "reports/evaluate/eval.json").read_text())
@@ -123,12 +126,19 @@ def test_report_pdf_and_model_card(smoke_project):
     frags = [json.loads(p.read_text()) for p in sorted((dst / "reports/fragments").glob("*.json"))]
     assert {f["stage"] for f in frags} >= {"corpus", "tokenizer", "base", "evaluate", "spikes"}
     flat = " ".join(text.split())
+    from warmstart.labels import Labels, looks_raw
     from warmstart.report import fmt
 
+    assert {f["stage"] for f in frags} >= {"stability", "context", "compress"}
     for f in frags:
         assert " ".join(f["title"].split()) in flat, f"section {f['title']!r} missing from the PDF"
-        for key, value in f["numbers"].items():  # each stage's headline numbers, as the report formats them
-            assert f"{key} {fmt(value)}" in flat, f"{f['stage']}: {key} = {fmt(value)} missing from the PDF"
+        labels = Labels("en-US", "nb-NO", f.get("labels"))
+        for key, value in f["numbers"].items():  # each stage's headline numbers, labelled, as the report formats them
+            if isinstance(value, (dict, list)):
+                continue
+            label = labels.number(key)
+            assert not looks_raw(label), f"{f['stage']}: {key} has no human label"
+            assert " ".join(f"{label} {fmt(value)}".split()) in flat, f"{f['stage']}: {label} = {fmt(value)} missing from the PDF"
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a details JSON value, through its fragment
     study = json.loads((dst / "reports/evaluate/swap_study.json").read_text())
@@ -141,6 +151,57 @@ def test_report_pdf_and_model_card(smoke_project):
     assert "Norwegian Bokmål (nb-NO)" in card and "Norwegian Bokmål" in flat and "Czech" not in flat
     for f in frags:  # every stage recorded its own provenance
         assert f["provenance"]["commit"] and f["provenance"]["packages"]["transformers"], f["stage"]
+
+
+def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
+    """Page 1 (the findings) prints numbers read from the records, and they are the records' values."""
+    dst = smoke_project[0]
+    from warmstart.config import load_params
+    from warmstart.findings import format_value, resolve, study_summary
+    from warmstart.fragments import read_fragments
+
+    params = load_params(dst / "params.yaml", overrides={"shared": {"reports_dir": str(dst / "reports"), "data_dir": str(dst / "data")}})
+    summary = study_summary(params, read_fragments(dst / "reports"))
+    page1 = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(dst / "reports/report.pdf"), "-"], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    page1 = " ".join(page1.split())
+    n = 0
+    for finding, num in summary.numbers():
+        assert resolve(dst / "reports", num.source, num.key) == num.value, (num.source, num.key)
+        assert format_value(num.value, num.spec) == num.text and num.text in finding.text
+        n += 1
+    assert n >= 10
+    shown = [num.text for _, num in summary.numbers() if num.text in page1]
+    assert len(shown) >= n // 2, f"only {len(shown)} of the summary's {n} numbers are on page 1"
+
+
+def test_derived_stages_products(smoke_project):
+    """The context-extended and the pruned models load with plain transformers; their stages' records agree."""
+    dst = smoke_project[0]
+    from transformers import AutoModelForCausalLM
+
+    ctx = json.loads((dst / "reports/metrics/context.json").read_text())
+    for m in SMOKE_CONTEXT:
+        info = json.loads((dst / "data/context/logs" / m / "run.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(info["final"])
+        rope = model.config.rope_parameters
+        if m == "yarn":
+            assert rope["rope_type"] == "yarn" and rope["factor"] == 4 and rope["original_max_position_embeddings"] == 64
+            assert info["length"] == 256
+        detail = json.loads((dst / "reports/context" / f"{m}.json").read_text())
+        assert set(detail["after"]["bpb_by_length"]) == {"64", "128", "256"}
+    assert "claim_yarn_best_zero_shot" in ctx or "testbed_best_zero_shot" in ctx
+    comp = json.loads((dst / "reports/metrics/compress.json").read_text())
+    for v in SMOKE_COMPRESS:
+        rec = json.loads((dst / "data/compress/logs" / v / "run.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(rec["final"])
+        assert rec["params"]["non_embedding"] < json.loads((dst / "reports/compress/prep.json").read_text())["teacher_params"]["non_embedding"]
+        assert comp[f"bpb_{v}"] == json.loads((dst / "reports/metrics/compress" / f"{v}.json").read_text())["final_bpb_nb-NO"]
+        assert model.config.hidden_size < 64 or model.config.num_hidden_layers < 2 or model.config.intermediate_size < 176
+    stab = json.loads((dst / "reports/stability/stability.json").read_text())
+    assert stab["runs"] and json.loads((dst / "reports/metrics/stability.json").read_text())
+    for card in ("context", "compress"):
+        assert "AutoModelForCausalLM" in (dst / "reports/cards" / card / "MODEL_CARD.md").read_text()
 
 
 def test_second_repro_is_a_noop(smoke_project):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,7 +58,7 @@ def fragments(tmp_path, monkeypatch):
     f2 = _figure(rep / "figures" / "fertility.png", 2)
     write_fragment(rep, "corpus", 10, "Corpus", ["Paragraphs kept per language."],
                    [table(pd.DataFrame({"lang": ["en-US", "nb-NO"], "bytes": [123457, 98765]}), "Corpus size.")],
-                   [{"path": str(f1), "caption": "Corpus size per split."}], {"docs.nb-NO": 37}, seconds=12.5)  # fmt: skip
+                   [{"path": str(f1), "caption": "Corpus size per split."}], {"bytes.nb-NO.train": 37}, seconds=12.5)  # fmt: skip
     write_fragment(rep, "tokenizer", 20, "Tokenizers", ["Fertility of the two tokenizers."],
                    [table([["source", 1.79], ["target", 1.22]], "Tokens per word.", columns=["tokenizer", "nb-NO"])],
                    [{"path": str(f2), "caption": "Fertility."}], {"ratio_tokens_per_word.nb-NO": 0.6816}, seconds=3.25)  # fmt: skip
@@ -86,13 +88,19 @@ def test_pdf_has_every_section_and_number(fragments, tmp_path):
     for title in ("Provenance", "Corpus", "Tokenizers", "Loss spikes"):
         assert title in text, title
     assert flat.index("Corpus") < flat.index("Tokenizers") < flat.index("Loss spikes")
-    # numbers from the fragments' tables and headline numbers
-    for n in ("123,457", "98,765", "1.79", "1.22", "4.568", "0.6816", "37", "docs.nb-NO", "ratio_tokens_per_word.nb-NO"):
+    # numbers from the fragments' tables and headline numbers, under human labels (never the raw keys)
+    for n in ("123,457", "98,765", "1.79", "1.22", "4.568", "0.6816", "37"):
         assert n in text, n
+    for label in ("train text nb-NO (bytes) 37", "tokens per word, target ÷ source tokenizer, nb-NO 0.6816",
+                  "loss spikes, scratch 2", "bytes (UTF-8)"):  # fmt: skip
+        assert label in flat, label
+    for raw in ("bytes.nb-NO.train", "ratio_tokens_per_word", "spikes.scratch"):
+        assert raw not in text, raw
     # provenance: packages, stage wall times
     assert "transformers" in text and "12.5 s" in text and "3.2 s" in text
     assert "Provenance each stage recorded in its fragment" in text and "not a git checkout" in text
     assert "A tiny study" in text and "tester" in text
+    assert flat.index("Loss spikes") < flat.index("Appendix") < flat.index("Headline numbers") < flat.rindex("Provenance")
 
 
 def test_every_page_renders_and_no_figure_is_blank(fragments, tmp_path):
@@ -274,8 +282,8 @@ def test_model_card_of_a_czech_study(tmp_path, root):
     assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - cs\n  - en\nlibrary_name: transformers\n")
     assert "\n# warmstart-cs-fvt\n" in card
     assert ("warmstart-cs-fvt is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), adapted from "
-            "English (en-US) by the warmstart study; it is the study's best run by held-out Czech bits per byte "
-            "(1.234). It starts from a 2.8M-parameter Llama pretrained here, from random weights, on the English text "
+            "English (en-US) by the warmstart study; it has the lowest held-out Czech bits per byte of the study's runs "
+            "(1.234); with one seed per run and no measured run-to-run spread, it is not shown to be the best. It starts from a 2.8M-parameter Llama pretrained here, from random weights, on the English text "
             "of the corpus, with the vocabulary swapped for a Czech tokenizer (`fvt` initialisation of the new "
             f"embeddings), and was then trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
     assert "| run | bpb cs-CZ | bpb en-US |" in card and "To install a package use apt." in example_from_card(card)
@@ -292,7 +300,7 @@ def test_model_card_of_the_scratch_baseline(tmp_path, root):
     run = dict(load_run(tmp_path / "data" / "logs" / "fvt"), name="scratch", kind="scratch", method=None)
     card = model_card(params, run, ev)
     assert ("warmstart-cs-scratch is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), trained from "
-            "scratch by the warmstart study; it is the study's best run by held-out Czech bits per byte (1.5). It is "
+            "scratch by the warmstart study; its held-out Czech bits per byte is 1.500. It is "
             "the study's baseline, not a warm start: the base architecture with a Czech tokenizer and random weights, "
             f"trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
     assert "| phase 1 (embeddings + head) | skipped (scratch) |" in card
@@ -375,3 +383,165 @@ def test_stage_writes_pdf_and_a_model_card_whose_example_runs(tmp_path, root, mo
     r = subprocess.run([sys.executable, "-c", example_from_card(card)], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- findings first: the summary from the metrics files
+
+REFERENCE = ("metrics", "fragments")  # what the repository commits of the reference study
+
+
+def _reference_study(tmp: Path, root: Path, figures: bool = False):
+    """The committed reference study's metrics and fragments under ``tmp/reports`` (the fragments' figures drawn
+    as placeholders when ``figures``), with params pointing there."""
+    from warmstart.config import load_params
+
+    reports = tmp / "reports"
+    for d in REFERENCE:
+        shutil.copytree(root / "reports" / d, reports / d)
+    params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(reports), "data_dir": str(tmp / "data"),
+                                                                     "source_lang": "en-US", "target_lang": "nb-NO"}})  # fmt: skip
+    from warmstart.io import write_json
+
+    write_json(reports / "base" / "base.json", {"source": "tiny", "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                "params": json.loads((reports / "metrics/base.json").read_text())["params"]})  # fmt: skip
+    if figures:
+        for frag in json.loads("[" + ",".join(p.read_text() for p in sorted((reports / "fragments").glob("*.json"))) + "]"):
+            for i, fig in enumerate(frag["figures"]):
+                _figure(tmp / fig["path"], i)
+    return params
+
+
+def _numbers_hold(summary, reports: Path) -> int:
+    from warmstart.findings import format_value, resolve
+
+    n = 0
+    for finding, num in summary.numbers():
+        assert resolve(reports, num.source, num.key) == num.value, (num.source, num.key)
+        assert format_value(num.value, num.spec) == num.text and num.text in finding.text, (num.text, finding.text)
+        n += 1
+    return n
+
+
+def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
+    """Every number on the summary page is read from a metrics file, and printed as that file's value."""
+    from warmstart.findings import study_summary
+    from warmstart.fragments import read_fragments
+
+    params = _reference_study(tmp_path, root)
+    reports = tmp_path / "reports"
+    s = study_summary(params, read_fragments(reports))
+    assert _numbers_hold(s, reports) >= 15
+    metrics = {p.relative_to(reports).as_posix(): json.loads(p.read_text()) for p in reports.glob("metrics/**/*.json")}
+    ev, tok = metrics["metrics/evaluate.json"], metrics["metrics/tokenizer.json"]
+    by_heading = {f.heading: f for f in s.results}
+    fert = by_heading["Fertility"].text
+    for key in ("tokens_per_word_nb-NO_source_tokenizer", "tokens_per_word_nb-NO_target_tokenizer", "fertility_ratio_nb-NO"):
+        assert f"{tok[key]:.3f}" in fert, key
+    final = by_heading["Final bits per byte"].text
+    assert final.startswith(f"Lowest final nb-NO bits per byte after 1.89 MB: {ev['best_run']} {ev['final_bpb_' + ev['best_run']]:.3f}")
+    for run in ("scratch", "original", "random", "exact", "fvt", "focus", "omp"):
+        assert f"{run} {ev['final_bpb_' + run]:.3f}" in final, run
+    assert f"{ev['best_speedup_vs_scratch']:.2f}×" in by_heading["Speed-up over scratch"].text
+    # one seed and no seed spread: nobody is called best, and the page says why
+    assert s.ranking["best"] is None and s.ranking["lowest"] == ev["best_run"]
+    assert "seed_spread.json absent" in final and "no run is shown to be best" in final
+    assert any(lim.startswith("Seeds: one seed per run") for lim in s.limitations)
+    # without the evaluate stage's details: no interval is made up, and the page says so
+    assert "CI" not in final and any("No bits-per-byte interval" in lim for lim in s.limitations)
+
+
+@pytest.mark.parametrize("std, tied, best", [(0.004, ["focus", "omp"], None), (0.0001, [], "fvt")])
+def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std, tied, best):
+    from warmstart.findings import study_summary
+    from warmstart.io import write_json
+
+    params = _reference_study(tmp_path, root)
+    ev = json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())
+    runs = {k.removeprefix("final_bpb_"): {"mean": v, "std": std, "min": v - std, "max": v + std, "n": 3}
+            for k, v in ev.items() if k.startswith("final_bpb_")}  # fmt: skip
+    write_json(tmp_path / "reports/metrics/seed_spread.json", {"seeds": [1, 2, 3], "runs": runs})
+    s = study_summary(params)
+    assert s.ranking["tied"] == tied and s.ranking["best"] == best and s.ranking["seed_measured"]
+    final = next(f for f in s.results if f.heading == "Final bits per byte").text
+    if tied:
+        assert "focus and omp are within run-to-run noise of fvt (seed spread of 3 seeds" in final
+    else:
+        assert "fvt is distinguishable from every other run beyond run-to-run noise (3 seeds" in final
+    assert not any(lim.startswith("Seeds:") for lim in s.limitations)
+
+
+def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, root, monkeypatch):
+    """The committed reference study typeset (placeholder figures): page 1 is the summary, no raw metric key or
+    logged MFU is printed, long tables are in the appendix, every page renders, and Typst does not warn."""
+    from warmstart.report import check_pages, page_text
+
+    monkeypatch.chdir(tmp_path)
+    params = _reference_study(tmp_path, root, figures=True)
+    from warmstart.fragments import write_fragment
+
+    write_fragment(params.shared.reports_dir, "context", 80, "Long context", ["A later stage."],
+                   findings=["Position interpolation keeps 0.12 bits per byte at four times the context."])  # fmt: skip
+    out = run_stage(params, root=tmp_path)
+    pdf = out["pdf"]
+    pages = check_pages(pdf, tmp_path / "pages")  # the page invariants, PNGs kept to look at
+    assert out["pages"]["pages"] == pages["pages"] and len(pages["pngs"]) == pages["pages"]
+    assert out["unlabelled"] == []  # every key of the reference fragments has a human label
+    first = " ".join(page_text(pdf, 1, 1).split())
+    for s in ("Summary", "Question.", "Setup.", "Key results", "Study goals", "Limitations", "Fertility.",
+              "3.157", "1.656", "2.64×", "Long context. Position interpolation keeps 0.12 bits per byte"):  # fmt: skip
+        assert s in first, s
+    nums = out["summary"].numbers()
+    assert len(nums) >= 15 and all(n.text in first for _, n in nums)  # every summary number is on page 1
+    flat = " ".join(page_text(pdf).split())
+    for raw in ("bpb_target.", "ratio_tokens_per_word", "final_bpb_", "bytes.en-US", "spikes.base", "score_loss_%"):
+        assert raw not in flat, raw
+    assert "44.70%" not in flat and "An MFU column was removed" in flat  # the legacy fragment's logged MFU
+    assert flat.index("Appendix") < flat.index("Evaluation: Bits per byte at every evaluated checkpoint")
+    assert "Reproduce this report" in flat and "make repro" in flat
+
+
+def test_page_check_names_what_fails(fragments, tmp_path):
+    from warmstart.report import check_pages
+
+    pdf = render_pdf(fragments, tmp_path / "r.pdf", "A tiny study", "tester")
+    with pytest.raises(ReportError, match="pages, expected 10–40"):
+        check_pages(pdf, bounds=(10, 40), summary=False)
+    with pytest.raises(ReportError, match="page 1 is not the summary"):
+        check_pages(pdf, bounds=(1, 40))
+
+
+def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
+    from warmstart.config import load_params
+    from warmstart.report import reproduce_box
+
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
+    for cmd in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, env=env, check=True, capture_output=True)
+    same = load_params(tmp_path / "params.yaml")
+    box = reproduce_box(same, provenance(tmp_path), tmp_path, ["reports/notebooks/06_evaluate.ipynb"])
+    assert box["commands"].splitlines()[1] == "make repro" and box["diff"] == []
+    assert "reports/notebooks (1 notebooks" in " ".join(box["after"])
+    other = load_params(tmp_path / "params.yaml", overrides={"evaluate": {"eval_bytes": 1000},
+                                                            "vocab_swap": {"methods": ["fvt"]}})  # fmt: skip
+    box = reproduce_box(other, provenance(tmp_path), tmp_path)
+    assert box["diff"] == ["evaluate.eval_bytes=1000", 'vocab_swap.methods=["fvt"]']
+    assert "dvc exp run -S 'evaluate.eval_bytes=1000' -S 'vocab_swap.methods=[\"fvt\"]'" in box["commands"]
+
+
+def test_model_card_calls_a_run_best_only_when_the_seed_spread_shows_it(tmp_path, root):
+    params, ev = _study(tmp_path, root)
+    from warmstart.evaluate import load_run
+    from warmstart.io import write_json
+
+    run = load_run(tmp_path / "data" / "logs" / "fvt")
+    card = model_card(params, run, ev)
+    assert "it is the study's best run" not in card and "not shown to be the best" in card
+    assert "| MFU | not stated: " in card and "%" not in card.split("| MFU |")[1].split("\n")[0]
+    write_json(tmp_path / "reports/metrics/seed_spread.json",
+               {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}})
+    card = model_card(params, run, ev)
+    assert "it is the study's best run by held-out Czech bits per byte (1.234), beyond run-to-run noise" in card
+    write_json(tmp_path / "reports/metrics/seed_spread.json",
+               {"runs": {"fvt": {"mean": 1.2345, "std": 0.2}, "scratch": {"mean": 1.5, "std": 0.2}}})
+    assert "but scratch is within noise of it" in model_card(params, run, ev)

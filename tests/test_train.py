@@ -538,3 +538,32 @@ def test_fused_kernels_flag_keeps_the_cpu_run_equivalent(assets, tmp_path):
     assert kernels["fused_linear_cross_entropy"] == "torch-chunked"
     assert all(kernels[k].startswith("skipped: no Triton on this device") for k in ("rms_norm", "swiglu", "rope"))
     assert not (plain.out_dir / "kernels.json").exists()
+
+
+@pytest.mark.slow
+def test_ddp_signals_and_distillation_match_one_process(assets, tmp_path):
+    """Signals, z-loss and a teacher under DDP (2 gloo processes x micro_batch 2 vs 1 x 4): the signals are
+    reduced over processes (log Z over every row, the attention probe on the global batch's first row), so
+    they equal the one-process values; the teacher runs beside each process's student."""
+    from transformers import AutoTokenizer
+
+    from warmstart.model import save_model
+
+    save_model(ModelSpec(**SPEC, vocab_size=300).model_copy(update={"seed": 1}).build(), AutoTokenizer.from_pretrained(assets / "tok"),
+               tmp_path / "teacher")  # fmt: skip
+    kw = dict(steps=4, warmup_steps=1, doc_mask=True, signals_every=2, z_loss=1e-3, teacher_path=str(tmp_path / "teacher"),
+              kd_ce_share=0.5, kd_temperature=2.0)  # fmt: skip
+    train(make_cfg(assets, tmp_path / "one", **kw))
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
+    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert [x["step"] for x in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        signals = a["step"] % 2 == 0
+        assert all((key in a) == (key in b) == signals for key in ("log_z_mean", "attn_logit_max", "update_ratio"))
+        for key in ("loss", "ce_loss", "kd_loss") + (("log_z_mean", "log_z_max") if signals else ()):
+            assert abs(a[key] - b[key]) <= 1e-4, (key, a, b)
+        for key in ("attn_logit_max", "update_ratio") if signals else ():
+            assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)

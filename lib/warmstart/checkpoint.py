@@ -175,6 +175,7 @@ def save_checkpoint(
     state_dict = acc.get_state_dict(model) if sharded else None  # collective when sharded: full weights on main
     if sharded:  # each rank writes its model and optimizer shards
         acc.save_state(str(tmp / SHARDED_DIR))
+        acc.wait_for_everyone()  # save_state ends with each rank's own RNG file: all written before the rename below
     if acc.is_main_process:
         from transformers.utils import logging as hf_logging
 

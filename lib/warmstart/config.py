@@ -350,6 +350,91 @@ class Spikes(_Section):
         return self
 
 
+class Stability(_Section):
+    """``warmstart.stability.StabilityConfig``'s fields (but ``seed``, from shared, and the detector, from
+    ``spikes``); the stage validates them through that class, which names any bad key."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+CONTEXT_METHODS = ("none", "pi", "ntk", "ntk_margin", "dynamic", "ntk_parts", "yarn", "ntk_yarn", "llama3", "theta")
+LONGCTX_TASKS = ("passkey", "kv_uuid", "topic", "line", "multidoc")
+COMPRESS_VARIANTS = ("width_kd", "depth_kd", "width_ce", "random_kd", "scratch")
+
+
+class ContextFinetune(Optim):
+    """The short fine-tune of the extended model on long documents (Alfred: its training-loss figure)."""
+
+    warmup_steps: int = Field(default=3, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    tokens_per_step: int = Field(default=2048, ge=8)  # rows per step = tokens_per_step // length: equal tokens at any length
+    log_every: int = Field(default=2, ge=1)
+
+
+class ContextSuite(_Section):
+    """The text retrieval suite (warmstart.longctx) at L, 2L, .. factor x L."""
+
+    tasks: list[Literal["passkey", "kv_uuid", "topic", "line", "multidoc"]] = Field(default=list(LONGCTX_TASKS), min_length=1)
+    items: int = Field(default=20, ge=1)  # per task and length
+    batch_size: int = Field(default=8, ge=1)
+
+
+class Context(_Section):
+    run: str = "best"  # the adapted model to extend: best (the evaluation's best run) | a study run name
+    # DVC matrix; "short" = Alfred's 2K baseline: the same fine-tune tokens at the trained length, nothing extended
+    methods: list[Literal[CONTEXT_METHODS + ("short",)]] = Field(min_length=1)  # type: ignore[valid-type]
+    factor: int = Field(default=4, ge=2, le=64)  # new length = factor x pretrain.seq_len (the trained length)
+    options: dict[str, dict[str, float]] = {}  # per method, e.g. ntk_margin: {margin: 2.0}; theta: {theta: 160000}
+    finetune: ContextFinetune
+    eval_bytes: int = Field(default=32_000, ge=1000)  # test text (long documents) for bits per byte by length
+    position_buckets: int = Field(default=8, ge=1)
+    suite: ContextSuite = ContextSuite()
+    testbed: dict[str, Any] = {}  # warmstart.context.testbed.TestbedConfig fields (validated by the stage)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Context":
+        unknown = set(self.options) - set(CONTEXT_METHODS)
+        if unknown:
+            raise ValueError(f"options: unknown method(s) {sorted(unknown)}; known: {', '.join(CONTEXT_METHODS)}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods: {self.methods} repeats a method")
+        return self
+
+
+class Calibration(_Section):
+    """Minitron's calibration set: activation importance over ``samples`` rows of ``seq_len`` target tokens."""
+
+    samples: int = Field(default=64, ge=1)  # 1,024 in the paper
+    seq_len: int = Field(default=128, ge=2)
+    batch_size: int = Field(default=16, ge=1)
+    seq_agg: Literal["mean", "l2", "max"] = "mean"  # over the sequence (the paper's best: mean)
+    batch_agg: Literal["l2", "mean", "max"] = "l2"  # over the batch (the paper's best: L2)
+
+
+class Distillation(_Section):
+    temperature: float = Field(default=1.0, gt=0)
+    ce_share: float = Field(default=0.0, ge=0, le=1)  # weight of cross-entropy beside the forward KL (Minitron: 0)
+    top_k: int | None = Field(default=None, ge=1)  # only the teacher's top-k logits (memory); None: all
+
+
+class Compress(_Section):
+    teacher: str = "best"  # best (the evaluation's best run) | a study run name
+    variants: list[Literal[COMPRESS_VARIANTS]] = Field(min_length=1)  # type: ignore[valid-type]
+    non_embedding_ratio: float = Field(default=0.5, gt=0, lt=1)  # students' size: this share of the teacher's non-embedding parameters
+    calibration: Calibration = Calibration()
+    masking_fraction: float = Field(default=0.25, gt=0, lt=1)  # the masking check: least important vs random units
+    train: Optim  # the students' run (no more bytes than the teacher's phase 2)
+    kd: Distillation = Distillation()
+    tag_every: int = Field(default=40, ge=1)  # step-tagged checkpoints: bits per byte against bytes
+    eval_bytes: int = Field(default=16_000, ge=1000)  # test (and calibration-check val) text per language
+
+    @model_validator(mode="after")
+    def _check(self) -> "Compress":
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"variants: {self.variants} repeats a variant")
+        return self
+
+
 class Report(_Section):
     title: str | None = None  # None: written from the run (model, source and target language names)
     author: str = "warmstart"
@@ -364,6 +449,9 @@ class Params(_Section):
     pretrain: Pretrain
     evaluate: Evaluate
     spikes: Spikes
+    stability: Stability
+    context: Context
+    compress: Compress
     report: Report
 
     # -- helpers used by several stages

@@ -55,6 +55,34 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def fmt_num(v: Any, digits: int = 3) -> str:
+    """A number at ``digits`` decimals ('–' for None/NaN, '∞' for inf)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞"
+    return f"{float(v):.{digits}f}"
+
+
+def fmt_ci(value: Any, ci: Any = None, digits: int = 3, suffix: str = "") -> str:
+    """'1.844 [1.801, 1.889]': a value and its 95% interval at ``digits`` decimals (the value alone without one)."""
+    v = fmt_num(value, digits) + suffix
+    if v.startswith("–") or not ci or len(ci) != 2 or any(c is None for c in ci):
+        return v
+    return f"{v} [{fmt_num(ci[0], digits)}{suffix}, {fmt_num(ci[1], digits)}{suffix}]"
+
+
+def fmt_flops(v: Any, per_s: bool = True) -> str:
+    """FLOP counts and rates in SI units: 91.2 GFLOP/s, 4.68 TFLOP."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    unit = "FLOP/s" if per_s else "FLOP"
+    for prefix, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3g} {prefix}{unit}"
+    return f"{v:.3g} {unit}"
+
+
 def duration(s: Any) -> str | None:
     if s is None:
         return None

@@ -7,14 +7,23 @@ What is measured (:mod:`warmstart.stages.evaluate` runs it; the notebook only sh
   text, at every checkpoint of ``run.json`` (step 0 = the initialised model).
   Source bpb going up is forgetting.
 * the probes of :mod:`warmstart.probes` (cloze, translation, masked token).
+* **intervals** (:mod:`warmstart.stats`): every bits-per-byte number is a
+  ratio of sums over the held-out texts (paragraphs), and the stage keeps each
+  text's NLL at every evaluated checkpoint (``doc_nll.json``), so it
+  bootstraps over texts: the final bits per byte of each run, the speed-up
+  over scratch (whole curves resampled together) and each run's difference to
+  the lowest run (paired: the same texts). Probe accuracies get 95% Wilson
+  intervals and their chance level; chrF a bootstrap over the pairs. These
+  intervals are evaluation-text noise only: run-to-run (seed) noise needs
+  repeated training (``reports/metrics/seed_spread.json``, read by the report).
 
 The probes run on the final checkpoint of each run by default
 (``evaluate.probe_checkpoints: final``) to stay within the CPU budget; bits
 per byte runs at every tagged checkpoint (``evaluate.checkpoints: tagged``).
 
-Outputs: ``reports/evaluate/`` (``eval.json``, ``swap_study.json``,
-``checkpoints.csv`` long table for ``dvc plots``, ``final.csv``, figures, the
-cloze tasks), ``reports/metrics/evaluate.json`` (headline),
+Outputs: ``reports/evaluate/`` (``eval.json`` with intervals, ``swap_study.json``,
+``checkpoints.csv`` long table for ``dvc plots``, ``final.csv``, ``doc_nll.json``,
+figures, the cloze tasks), ``reports/metrics/evaluate.json`` (headline),
 ``reports/fragments/60_evaluate.json``.
 """
 
@@ -28,8 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from warmstart import stats
 from warmstart.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.runs import run_names
 from warmstart.probes import (
@@ -152,6 +163,11 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
         return load_split(params, lang, "test") + (load_split(params, lang, "val") if val.is_file() else [])
 
     test_recs = {lang: held_out(lang) for lang in (src_lang, tgt_lang)}
+    # the chapter each bits-per-byte text comes from (held_out_texts keeps the leading non-blank test texts)
+    docs = {}
+    for role, lang in (("target", tgt_lang), ("source", src_lang)):
+        recs = [r for r in load_split(params, lang, "test") if r["text"].strip()][: len(texts[role])]
+        docs[role] = [r.get("doc") for r in recs] if [r["text"] for r in recs] == texts[role] else []
     cloze_items = {}
     if ev.cloze_items:
         for role, lang in (("target", tgt_lang), ("source", src_lang)):
@@ -163,6 +179,9 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     seq_len = params.pretrain.seq_len
 
     rows, finals, translations = [], [], []
+    doc_rows: list[dict] = []
+    doc_bytes: dict[str, list[int]] = {}
+    probe_ci: dict[str, dict] = {}
     jobs = [(run, c) for run in runs for c in select_checkpoints(run, ev.checkpoints)]
     final_paths = {run["name"]: sorted(run["checkpoints"], key=lambda c: c["step"])[-1]["path"] for run in runs}
     bar = tqdm(jobs, desc="evaluate", disable=not progress)
@@ -174,31 +193,46 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
         t0 = time.perf_counter()
         row = {"run": run["name"], "kind": run.get("kind"), "method": run.get("method"), "step": int(ck["step"]),
                "phase": ck.get("phase"), "tokens": int(ck.get("tokens", 0)), "bytes": int(ck["bytes"])}  # fmt: skip
+        doc_row = {"run": run["name"], "step": int(ck["step"]), "bytes": int(ck["bytes"])}
         for role in ("target", "source"):
             r = bits_per_byte(model, tok, texts[role], seq_len=seq_len, batch_size=ev.batch_size)
             row[f"bpb_{role}"] = r["bits_per_byte"]
             row[f"tokens_per_byte_{role}"] = r["tokens_per_byte"]
+            doc_row[role] = r["doc_nll_nats"]
+            doc_bytes.setdefault(role, r["doc_bytes"])
+        doc_rows.append(doc_row)
         is_final = ck["path"] == final_paths[run["name"]]
+        ci: dict[str, Any] = {}
         if ev.probe_checkpoints == "tagged" or is_final:
             for role, items in cloze_items.items():
                 c = cloze_accuracy(model, tok, items, batch_size=ev.batch_size)
                 row[f"cloze_acc_{role}"], row[f"cloze_acc_norm_{role}"] = c["acc"], c["acc_norm"]
+                ci[f"cloze_acc_{role}_ci"], ci[f"cloze_acc_norm_{role}_ci"] = c["acc_ci"], c["acc_norm_ci"]
             if pairs:
-                t = translation_probe(model, tok, pairs, src_lang, tgt_lang, ev.translation_max_new_tokens)
+                t = translation_probe(model, tok, pairs, src_lang, tgt_lang, ev.translation_max_new_tokens,
+                                      n_boot=stats.N_BOOT if is_final else 0, seed=sh.seed)  # fmt: skip
                 row["chrf"] = t["chrf"]
+                ci["chrf_ci"] = t["chrf_ci"]
                 if is_final:
                     translations += [{"run": run["name"], **e} for e in t["examples"]]
             if ev.masked_items and run.get("masked_share", 0) and tok.mask_token_id is not None:
                 m = masked_token_accuracy(model, tok, masked_texts, ev.masked_items, seq_len, seed=sh.seed)
                 row["masked_acc"] = m["masked_acc"]
+                ci["masked_acc_ci"], ci["masked_tokens"] = m["masked_acc_ci"], m["masked_tokens"]
+        if is_final:
+            probe_ci[run["name"]] = {k: v for k, v in ci.items() if v is not None}
         row["eval_seconds"] = time.perf_counter() - t0
         rows.append(row)
         if is_final:
             finals.append(row)
         del model
     ck = pd.DataFrame(rows)
+    doc_nll = {"unit": "paragraph", "bytes": doc_bytes, "docs": docs, "checkpoints": doc_rows,
+               "languages": {"target": tgt_lang, "source": src_lang}}  # fmt: skip
     return {"checkpoints": ck, "final": pd.DataFrame(finals), "translations": translations,
-            "cloze_items": {k: len(v) for k, v in cloze_items.items()}, "pairs": len(pairs)}  # fmt: skip
+            "cloze_items": {k: len(v) for k, v in cloze_items.items()}, "pairs": len(pairs),
+            "doc_nll": doc_nll, "probe_ci": probe_ci,
+            "cloze_chance": (1 / len(next(iter(cloze_items.values()))[0]["endings"])) if cloze_items else None}  # fmt: skip
 
 
 def _swap_metrics(params: Any, method: str | None) -> dict:
@@ -223,6 +257,7 @@ def init_table(runs: Sequence[dict], ck: pd.DataFrame, params: Any) -> pd.DataFr
             "run": run["name"], "aligned": sw.get("aligned"), "decomposed": sw.get("decomposed"),
             "random": sw.get("random"), "new_vocab": sw.get("new_vocab"),
             "bpb_step0": float(g["bpb_target"].iloc[0]) if int(g["step"].iloc[0]) == 0 else None,
+            "bpb_source_step0": float(g["bpb_source"].iloc[0]) if int(g["step"].iloc[0]) == 0 and "bpb_source" in g else None,
             "bpb_final": float(g["bpb_target"].iloc[-1]), "speedup": sp,
         })  # fmt: skip
     return pd.DataFrame(out)
@@ -256,18 +291,109 @@ def swap_study(init: pd.DataFrame) -> dict:
     }
 
 
+# ---------------------------------------------------------------- intervals
+
+
+def _curve_matrix(doc_nll: dict, run: str, role: str = "target") -> tuple[np.ndarray, np.ndarray]:
+    """``(bytes seen per checkpoint, NLL matrix (checkpoints, texts))`` of one run, in step order."""
+    rows = sorted((r for r in doc_nll["checkpoints"] if r["run"] == run), key=lambda r: r["step"])
+    return np.array([r["bytes"] for r in rows], dtype=float), np.array([r[role] for r in rows], dtype=float)
+
+
+def _reach(b: np.ndarray, y: np.ndarray, target: float) -> float | None:
+    """:func:`bytes_to_reach` on arrays sorted by bytes."""
+    if y[0] <= target:
+        return 0.0
+    hit = np.nonzero(y <= target)[0]
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    return float(b[i - 1] + (y[i - 1] - target) / (y[i - 1] - y[i]) * (b[i] - b[i - 1]))
+
+
+def speedup_samples(doc_nll: dict, run: str, weights: np.ndarray, scratch: str = "scratch") -> np.ndarray:
+    """Bootstrap replicates of :func:`speedup` (run vs scratch): every checkpoint of both curves recomputed on
+    the same resampled texts; ``inf`` where the run starts below scratch's final, NaN where it never reaches it."""
+    nbytes = np.asarray(doc_nll["bytes"]["target"], dtype=float)
+    rb, rm = _curve_matrix(doc_nll, run)
+    sb, sm = _curve_matrix(doc_nll, scratch)
+    ry, sy = stats.bpb_samples(rm, nbytes, weights), stats.bpb_samples(sm, nbytes, weights)
+    out = np.empty(len(weights))
+    for k in range(len(weights)):
+        need = _reach(rb, ry[k], float(sy[k, -1]))
+        out[k] = np.nan if need is None else (np.inf if need == 0 else sb[-1] / need)
+    return out
+
+
+def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot: int = stats.N_BOOT) -> dict:
+    """Evaluation-text intervals of the final numbers, from the per-text NLL (:mod:`warmstart.stats`).
+
+    ``{"runs": {run: {"bpb_target_ci", "bpb_source_ci", "speedup_vs_scratch_ci"}}, "vs_lowest": {"reference":
+    run, "runs": {run: {"diff", "ci", "distinguishable"}}}, "method": {...}}``; ``{}`` without per-text NLL.
+    """
+    if not doc_nll or not doc_nll.get("checkpoints") or finals.empty:
+        return {}
+    by_final = {(r["run"], r["step"]): r for r in doc_nll["checkpoints"]}
+    final = {r["run"]: by_final.get((r["run"], int(r["step"]))) for _, r in finals.iterrows()}
+    final = {k: v for k, v in final.items() if v}
+    out_runs: dict[str, dict] = {}
+    n_texts = {role: len(doc_nll["bytes"].get(role, [])) for role in ("target", "source")}
+    weights = {role: stats.bootstrap_weights(n, n_boot, seed) for role, n in n_texts.items() if n > 1}
+    for name, row in final.items():
+        d = out_runs.setdefault(name, {})
+        for role, w in weights.items():
+            ci = stats.percentile_interval(stats.bpb_samples(row[role], doc_nll["bytes"][role], w))
+            d[f"bpb_{role}_ci"] = list(ci) if ci else None
+        if "scratch" in final and "target" in weights and name != "scratch":
+            sp = speedup_samples(doc_nll, name, weights["target"])
+            finite = np.where(np.isinf(sp), np.nan, sp)
+            ci = stats.percentile_interval(finite)
+            d["speedup_vs_scratch_ci"] = list(ci) if ci else None
+            d["speedup_never_reached_share"] = float(np.isnan(sp).mean())
+    lowest = str(finals.sort_values("bpb_target")["run"].iloc[0])
+    comp = {}
+    if lowest in final and "target" in weights:
+        for name, row in final.items():
+            if name != lowest:
+                comp[name] = stats.paired_difference(row["target"], final[lowest]["target"], doc_nll["bytes"]["target"],
+                                                     n_boot=n_boot, seed=seed)  # fmt: skip
+    docs = doc_nll.get("docs") or {}
+    return {
+        "runs": out_runs,
+        "vs_lowest": {"reference": lowest, "runs": comp},
+        "method": {"level": stats.LEVEL, "bootstrap_samples": n_boot, "seed": seed, "unit": doc_nll.get("unit", "text"),
+                   "texts": n_texts, "chapters": {k: len(set(v)) for k, v in docs.items() if v},
+                   "note": "evaluation-text noise only (resampled held-out texts); not run-to-run (seed) noise"},
+    }  # fmt: skip
+
+
 def flops_table(runs: Sequence[dict]) -> pd.DataFrame:
-    """Theoretical FLOPs (flops_per_token x tokens, warmstart.flops formula) and MFU per run."""
+    """Per run: theoretical training FLOPs (flops per token x tokens, :mod:`warmstart.flops`), wall time, median
+    tokens/s of its step log and the achieved FLOP/s (tokens/s x FLOPs per token). No MFU: that needs a stated
+    peak and a reliability check (:func:`warmstart.flops.throughput`), which the report makes."""
+    from warmstart.flops import throughput
+
     out = []
     for run in runs:
         last = sorted(run["checkpoints"], key=lambda c: c["step"])[-1]
         fpt = run.get("flops_per_token")
+        th = throughput(read_log_records(run), fpt)
         out.append({
             "run": run["name"], "params": run.get("params_count"), "flops_per_token": fpt,
             "tokens": last.get("tokens"), "train_flops": (fpt * last["tokens"]) if fpt and last.get("tokens") else None,
-            "seconds": run.get("seconds"), "tokens_per_s": run.get("mean_tokens_per_s"), "mfu": run.get("mean_mfu"),
+            "seconds": run.get("seconds"), "tokens_per_s": th["tokens_per_s"] or run.get("mean_tokens_per_s"),
+            "step_spread": th["step_spread"], "achieved_flops": th["achieved_flops"],
         })  # fmt: skip
     return pd.DataFrame(out)
+
+
+def read_log_records(run: dict) -> list[dict]:
+    p = Path(run.get("log") or "")
+    if not p.is_file():
+        return []
+    from warmstart.io import read_jsonl
+
+    return list(read_jsonl(p))
 
 
 def read_log(run: dict) -> pd.DataFrame:
@@ -327,6 +453,45 @@ def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang:
     return Path(path)
 
 
+def checkpoint_grid(ck: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Runs x checkpoints (k-th evaluated checkpoint of each run) of one column; the columns are labelled by
+    the median MB of text seen at that checkpoint (runs with another tokenizer see slightly other bytes)."""
+    df = ck.sort_values(["run", "step"]).assign(k=lambda d: d.groupby("run").cumcount())
+    grid = df.pivot(index="run", columns="k", values=value)
+    mb = df.groupby("k")["bytes"].median() / 1e6
+    grid.columns = [f"{mb[k]:.2f}" for k in grid.columns]
+    order = list(dict.fromkeys(ck["run"]))  # the study's run order
+    return grid.reindex([r for r in order if r in grid.index])
+
+
+def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str) -> Path:
+    """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    grids = [(checkpoint_grid(ck, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
+    n_runs, n_ck = grids[0][0].shape
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_runs + 1.6))
+    for ax, (grid, lang, role) in zip(axes, grids):
+        # the colour scale spans the trained checkpoints (step 0 can be far off and would flatten the rest; it
+        # saturates instead); the numbers are printed in every cell
+        trained = grid.iloc[:, 1:].to_numpy(float) if grid.shape[1] > 1 else grid.to_numpy(float)
+        trained = trained[np.isfinite(trained)]
+        vmin, vmax = (float(trained.min()), float(trained.max())) if trained.size else (None, None)
+        allv = grid.to_numpy(float)
+        below, above = bool(vmin is not None and np.nanmin(allv) < vmin), bool(vmax is not None and np.nanmax(allv) > vmax)
+        extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
+        sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis_r", vmin=vmin, vmax=vmax, linewidths=0.5, ax=ax,
+                    cbar_kws={"label": f"{lang} bits per byte", "extend": extend}, annot_kws={"size": 8})  # fmt: skip
+        ax.set(xlabel="training text seen (MB of UTF-8, checkpoint)", ylabel="" if role == "source" else "run",
+               title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
+        ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_loss(logs: pd.DataFrame, path: str | Path) -> Path | None:
     """Training loss against step, one curve per run; dotted lines at phase switches, dashed at hot-swaps."""
     import matplotlib.pyplot as plt
@@ -356,6 +521,8 @@ def plot_loss(logs: pd.DataFrame, path: str | Path) -> Path | None:
 def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -363,8 +530,10 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def metrics_json(res: dict, init: pd.DataFrame) -> dict:
-    """``eval.json``: per run, the final probes and bpb, step-0 bpb and the speed-up; the best run."""
+def metrics_json(res: dict, init: pd.DataFrame, ints: dict | None = None) -> dict:
+    """``eval.json``: per run, the final probes and bpb with their intervals (``<key>_ci``: ``[low, high]``),
+    step-0 bpb and the speed-up; the best (lowest final target bpb) run; the evaluation-text comparison of every
+    run with it (``vs_lowest``), the chance level of the cloze probe and how the intervals were made."""
     out: dict[str, Any] = {"runs": {}}
     fin = res["final"]
     for _, r in fin.iterrows():
@@ -374,12 +543,24 @@ def metrics_json(res: dict, init: pd.DataFrame) -> dict:
         d = out["runs"].setdefault(r["run"], {})
         if pd.notna(r["bpb_step0"]):
             d["bpb_target_step0"] = r["bpb_step0"]
+        if r.get("bpb_source_step0") is not None and pd.notna(r.get("bpb_source_step0")):
+            d["bpb_source_step0"] = r["bpb_source_step0"]
         if r["speedup"] is not None and pd.notna(r["speedup"]):
             d["speedup_vs_scratch"] = r["speedup"]
+    for name, ci in (res.get("probe_ci") or {}).items():
+        out["runs"].setdefault(name, {}).update(ci)
+    ints = ints or {}
+    for name, ci in (ints.get("runs") or {}).items():
+        out["runs"].setdefault(name, {}).update({k: v for k, v in ci.items() if v is not None})
     if not fin.empty:
         out["best"] = str(fin.sort_values("bpb_target")["run"].iloc[0])
     out["cloze_items"] = res["cloze_items"]
     out["translation_pairs"] = res["pairs"]
+    if res.get("cloze_chance") is not None:
+        out["chance"] = {"cloze": res["cloze_chance"]}
+    if ints.get("vs_lowest"):
+        out["vs_lowest"] = ints["vs_lowest"]
+        out["intervals"] = ints["method"]
     return _clean(out)
 
 
@@ -398,3 +579,9 @@ def fmt_speedup(v: Any) -> str:
     return "reached at step 0" if math.isinf(v) else f"{v:.2f}×"
 
 
+def fmt_speedup_ci(v: Any, ci: Any = None) -> str:
+    """'2.64× [2.31×, 3.02×]' (the interval only for a finite speed-up)."""
+    s = fmt_speedup(v)
+    if s.endswith("×") and ci and len(ci) == 2 and all(c is not None for c in ci):
+        return f"{s} [{ci[0]:.2f}×, {ci[1]:.2f}×]"
+    return s

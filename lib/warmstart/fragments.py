@@ -8,17 +8,29 @@ of its stage and trivial to inspect::
     {
       "stage": "tokenizer", "order": 20, "title": "Tokenizers",
       "paragraphs": ["...", ...],                        # plain text, one paragraph each
-      "tables": [{"caption": "...", "columns": [...], "rows": [[...], ...]}],
+      "tables": [{"caption": "...", "columns": [...], "rows": [[...], ...],
+                  "appendix": true}],                     # optional: typeset in the appendix (long tables)
       "figures": [{"path": "reports/figures/fertility.png", "caption": "..."}],
       "numbers": {"ratio_tokens_per_word.nb-NO": 0.61, ...},  # headline values, for tests and the card
+      "labels": {"ratio_tokens_per_word.nb-NO": "tokens per word, target / source tokenizer"},  # optional
+      "findings": ["The target tokenizer needs 0.52 times the tokens per word of the source one.", ...],
       "seconds": 12.3,                                    # wall time of the stage
       "provenance": {"commit": "4f1c...", "dirty": false, "dirty_files": [], "timestamp": "2025-...+00:00",
                      "seconds": 12.3, "python": "3.12.3", "platform": "...", "cpu": "AMD EPYC 7B13",
                      "cpu_count": 2, "memory_gib": 7.8, "gpus": [], "packages": {"torch": "2.9.1", ...}}
     }
 
-Tables hold already formatted cells (strings or numbers); figure paths are
-relative to the project root and must exist when the fragment is written.
+Tables hold already formatted cells (strings or numbers), with human column
+labels and units; figure paths are relative to the project root and must exist
+(and be non-empty) when the fragment is written.
+
+``findings`` (optional, at most :data:`MAX_FINDINGS`) are the stage's headline
+results as whole sentences with their numbers (and intervals where there are
+any), written for a reader of the report's first page: the report's summary
+collects every fragment's findings under the stage's title, so a new stage
+adds its headline there by writing them. ``labels`` (optional) give the human
+label of a key of ``numbers`` (the report labels the keys it knows itself,
+:mod:`warmstart.labels`).
 
 The provenance is what the stage ran with, recorded when it writes its
 fragment (:func:`provenance_record`, which the report stage also calls for its
@@ -41,12 +53,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from warmstart.hardware import cpu_model, usable_cores
 from warmstart.io import write_json
 
 FRAGMENT_DIR = ("fragments",)
 PACKAGES = ("warmstart", "torch", "transformers", "tokenizers", "accelerate", "datasets", "lm_eval", "sacrebleu",
             "dvc", "papermill", "pandas", "seaborn", "matplotlib", "typst", "babel")  # fmt: skip
 BOOKKEEPING = ("dvc.lock", ".gitignore")  # files DVC rewrites during a run: not a dirty working tree
+MAX_FINDINGS = 4  # sentences per stage on the summary page
+MAX_FINDING_CHARS = 400
+TABLE_KEYS = {"caption", "columns", "rows"}
+TABLE_OPTIONAL = {"appendix"}
 
 
 class FragmentError(ValueError):
@@ -63,8 +80,10 @@ def _cell(v: Any) -> Any:
     return str(v)
 
 
-def table(df_or_rows: Any, caption: str, columns: Sequence[str] | None = None, floatfmt: str = "{:,.3f}") -> dict:
-    """A fragment table from a pandas DataFrame (or rows + ``columns``); floats formatted with ``floatfmt``."""
+def table(df_or_rows: Any, caption: str, columns: Sequence[str] | None = None, floatfmt: str = "{:,.3f}",
+          appendix: bool = False) -> dict:  # fmt: skip
+    """A fragment table from a pandas DataFrame (or rows + ``columns``); floats formatted with ``floatfmt``;
+    ``appendix``: typeset in the report's appendix (long tables; a figure shows the numbers in the body)."""
     if hasattr(df_or_rows, "to_dict"):
         columns = [str(c) for c in df_or_rows.columns]
         rows = df_or_rows.values.tolist()
@@ -77,7 +96,34 @@ def table(df_or_rows: Any, caption: str, columns: Sequence[str] | None = None, f
         if len(r) != len(columns):
             raise FragmentError(f"table {caption!r}: a row has {len(r)} cells, expected {len(columns)}")
         out.append([floatfmt.format(c) if isinstance(_cell(c), float) else _cell(c) for c in r])
-    return {"caption": caption, "columns": list(columns), "rows": out}
+    t = {"caption": caption, "columns": list(columns), "rows": out}
+    return {**t, "appendix": True} if appendix else t
+
+
+def check_findings(stage: str, findings: Any) -> list[str]:
+    """``findings`` validated: a list of at most :data:`MAX_FINDINGS` non-empty sentences."""
+    if findings is None:
+        return []
+    if isinstance(findings, str) or not isinstance(findings, Sequence):
+        raise FragmentError(f"fragment {stage}: findings must be a list of sentences, got {type(findings).__name__}")
+    out = []
+    for f in findings:
+        if not isinstance(f, str) or not f.strip():
+            raise FragmentError(f"fragment {stage}: every finding must be a non-empty string, got {f!r}")
+        if len(f) > MAX_FINDING_CHARS:
+            raise FragmentError(f"fragment {stage}: a finding has {len(f)} characters (at most {MAX_FINDING_CHARS})")
+        out.append(" ".join(f.split()))
+    if len(out) > MAX_FINDINGS:
+        raise FragmentError(f"fragment {stage}: {len(out)} findings (at most {MAX_FINDINGS}: the summary is one page)")
+    return out
+
+
+def check_table(stage: str, t: Mapping) -> None:
+    if not TABLE_KEYS <= set(t) or set(t) - TABLE_KEYS - TABLE_OPTIONAL:
+        raise FragmentError(f"fragment {stage}: a table needs caption, columns, rows and may have appendix "
+                            "(use fragments.table)")  # fmt: skip
+    if "appendix" in t and not isinstance(t["appendix"], bool):
+        raise FragmentError(f"fragment {stage}: a table's appendix flag must be true or false")
 
 
 # ---------------------------------------------------------------- provenance
@@ -105,16 +151,6 @@ def _changed_files(porcelain_z: str) -> list[str]:
         if entry[0] in "RC":  # a rename or copy: the next entry is the original path
             i += 1
     return [p for p in paths if Path(p).name not in BOOKKEEPING]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _gpus() -> list[str]:
@@ -147,10 +183,7 @@ def provenance_record(root: str | Path = ".", seconds: float | None = None, pack
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         mem = None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
+    usable = usable_cores()
     return {
         "commit": commit,
         "dirty": None if changed is None else bool(changed),
@@ -159,7 +192,7 @@ def provenance_record(root: str | Path = ".", seconds: float | None = None, pack
         "seconds": None if seconds is None else round(float(seconds), 2),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": usable,
         "memory_gib": None if mem is None else round(mem, 1),
         "gpus": _gpus(),
@@ -185,9 +218,14 @@ def write_fragment(
     numbers: Mapping[str, Any] | None = None,
     seconds: float | None = None,
     *,
+    findings: Sequence[str] | None = None,
+    labels: Mapping[str, str] | None = None,
     root: str | Path = ".",
 ) -> Path:
-    """Validate and write one stage's fragment, with its provenance (git checkout at ``root``); returns its path."""
+    """Validate and write one stage's fragment, with its provenance (git checkout at ``root``); returns its path.
+
+    ``findings``: the stage's headline sentences for the report's summary page; ``labels``: human labels of
+    keys of ``numbers`` (see the module docstring)."""
     if not stage or not stage.replace("_", "").isalnum():
         raise FragmentError(f"stage name {stage!r} must be letters, digits and underscores")
     if not 0 <= order <= 99:
@@ -195,9 +233,13 @@ def write_fragment(
     for f in figures:
         if not Path(f["path"]).is_file():
             raise FragmentError(f"fragment {stage}: figure {f['path']} does not exist")
+        if Path(f["path"]).stat().st_size == 0:
+            raise FragmentError(f"fragment {stage}: figure {f['path']} is empty")
     for t in tables:
-        if set(t) != {"caption", "columns", "rows"}:
-            raise FragmentError(f"fragment {stage}: a table needs caption, columns, rows (use fragments.table)")
+        check_table(stage, t)
+    found = check_findings(stage, findings)
+    if labels is not None and (not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values())):
+        raise FragmentError(f"fragment {stage}: labels must map number keys to strings")
     frag = {
         "stage": stage,
         "order": order,
@@ -206,6 +248,8 @@ def write_fragment(
         "tables": list(tables),
         "figures": [{"path": str(f["path"]), "caption": str(f.get("caption", ""))} for f in figures],
         "numbers": {k: _cell(v) for k, v in (numbers or {}).items()},
+        **({"labels": {str(k): v for k, v in labels.items()}} if labels else {}),
+        **({"findings": found} if found else {}),
         "seconds": None if seconds is None else round(float(seconds), 2),
         "provenance": provenance_record(root, seconds),
     }

@@ -6,6 +6,12 @@ artefact we write is loadable with ``AutoModelForCausalLM.from_pretrained``.
 
 * :class:`ModelSpec` / :func:`build_model`: a tiny model from a config, with
   seeded initialisation (the embedded default and every test use these).
+  Architectures: ``llama``, ``mistral`` (full attention), and two with
+  qk-norm natively in transformers: ``qwen3`` (``Qwen3ForCausalLM``: RMSNorm
+  of each query/key head, ``q_norm``/``k_norm`` over ``head_dim``) and
+  ``olmo2`` (``Olmo2ForCausalLM``: RMSNorm over the whole q/k projection,
+  plus OLMo 2's post-norm blocks). Both get ``head_dim = hidden / heads``,
+  no attention bias and no sliding window.
 * :func:`load_model`: ``from_pretrained`` with safetensors only and
   ``trust_remote_code`` off unless asked for.
 * :func:`save_model`: ``save_pretrained`` (safetensors; transformers 5 writes
@@ -27,17 +33,27 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     PreTrainedModel,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from warmstart.config import check_attention_shape
 from warmstart.io import atomic_dir
 
-ARCHS = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),  # qk-norm per head (q_norm/k_norm)
+    "olmo2": (Olmo2Config, Olmo2ForCausalLM),  # qk-norm over the projections
+}
+Arch = Literal["llama", "mistral", "qwen3", "olmo2"]
 
 
 class ModelSpec(BaseModel):
-    """A small Llama/Mistral model described by its shape (torchtitan-style debug model).
+    """A small Llama/Mistral/Qwen3/OLMo 2 model described by its shape (torchtitan-style debug model).
 
     ``kv_heads`` defaults to ``heads`` (no GQA), ``intermediate`` to the
     Llama-ish ``8/3 * hidden`` rounded up to a multiple of 8, ``vocab_size``
@@ -47,7 +63,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["llama", "mistral"] = "llama"
+    arch: Arch = "llama"
     vocab_size: int | None = Field(default=None, ge=2)
     hidden: int = Field(default=64, ge=2)
     layers: int = Field(default=2, ge=1)
@@ -72,7 +88,7 @@ class ModelSpec(BaseModel):
 
 
 def build_model(
-    arch: Literal["llama", "mistral"] = "llama",
+    arch: Arch = "llama",
     vocab_size: int = 300,
     hidden: int = 64,
     layers: int = 2,
@@ -96,6 +112,11 @@ def build_model(
     config_cls, model_cls = ARCHS[arch]
     if intermediate is None:
         intermediate = -(-8 * hidden // 3 // 8) * 8
+    extra: dict[str, Any] = {}
+    if arch in ("qwen3", "olmo2"):  # their defaults: head_dim 128 (qwen3), eos/pad ids of their tokenizers
+        extra = dict(head_dim=hidden // heads, attention_bias=False)
+        if arch == "qwen3":
+            extra.update(use_sliding_window=False, sliding_window=None)
     config = config_cls(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -110,6 +131,7 @@ def build_model(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
+        **extra,
     )
     if arch == "mistral":
         config.sliding_window = None  # full attention, like Mistral-Nemo

@@ -13,10 +13,19 @@ NorMistral's card). Other rows are plain causal LM rows.
 :func:`model_inputs` turns a micro-batch of it into model kwargs (packed
 ``position_ids`` and the per-backend attention mask from
 ``warmstart.kernels.attention``).
+
+:class:`Objective` is the loss of one micro-batch from the model's output:
+the model's own cross-entropy (transformers computes it from ``labels``:
+the mean over label positions) as it is by default, plus PaLM's z-loss
+(``z_loss * mean(log Z^2)`` over the same positions, ``log Z`` the fp32
+logsumexp of the output logits), or logit distillation from a teacher
+(``warmstart.distil``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -91,3 +100,47 @@ def model_inputs(
     # packed position_ids when doc_mask; a 4D document/bidirectional mask (a BlockMask on warmstart_flex)
     out.update(attention_inputs(attn_implementation, batch.doc_ids, batch.position_ids, masked, doc_mask, device))
     return out
+
+
+class Objective:
+    """The loss of one micro-batch: ``out.loss`` untouched unless z-loss or a teacher is configured.
+
+    Returns ``(loss, parts)``; ``parts`` holds detached tensors for the log:
+    ``ce_loss`` (and ``kd_loss`` with a teacher) when the loss is not the plain
+    cross-entropy, ``lse`` (the ``log Z`` values, reused by the signals) with z-loss.
+    """
+
+    def __init__(self, z_loss: float = 0.0, teacher: torch.nn.Module | None = None, temperature: float = 1.0,
+                 ce_share: float = 0.0, top_k: int | None = None, vocab: int | None = None,
+                 autocast: Callable[[], Any] | None = None):  # fmt: skip
+        self.z_loss, self.teacher, self.temperature, self.ce_share, self.top_k = z_loss, teacher, temperature, ce_share, top_k
+        self.vocab, self.autocast = vocab, autocast
+
+    @property
+    def plain(self) -> bool:
+        return self.z_loss == 0 and self.teacher is None
+
+    def __call__(self, out: Any, kw: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.plain:
+            return out.loss, {}
+        from warmstart.distil import kd_kl
+        from warmstart.signals import log_partition
+
+        if out.logits is None:
+            raise RuntimeError("z_loss and distillation need the output logits (not with a fused linear-cross-entropy)")
+        ce, labels = out.loss, kw["labels"]
+        parts = {"ce_loss": ce.detach()}
+        loss = ce
+        if self.teacher is not None:
+            with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
+                t_logits = self.teacher(**{k: v for k, v in kw.items() if k != "labels"}).logits
+            kl = kd_kl(out.logits, t_logits, labels, self.temperature, self.top_k, self.vocab)
+            parts["kd_loss"] = kl.detach()
+            kd = self.temperature**2 * kl
+            loss = kd if self.ce_share == 0 else ce if self.ce_share == 1 else (1 - self.ce_share) * kd + self.ce_share * ce
+        if self.z_loss > 0:
+            lse = log_partition(out.logits, labels)
+            if lse.numel():
+                loss = loss + self.z_loss * lse.square().mean()
+            parts["lse"] = lse.detach()
+        return loss, parts

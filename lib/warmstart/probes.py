@@ -170,7 +170,9 @@ def write_cloze_task(items: Sequence[dict], out_dir: str | Path, name: str, desc
 
 
 def cloze_accuracy(model: Any, tokenizer: Any, items: Sequence[dict], name: str = "warmstart_cloze", batch_size: int = 16) -> dict:
-    """``{"acc", "acc_norm", "items"}`` of ``model`` on ``items`` through lm-eval's Python API (a local task).
+    """``{"acc", "acc_norm", "items", "chance", "acc_ci", "acc_norm_ci"}`` of ``model`` on ``items`` through
+    lm-eval's Python API (a local task); the intervals are 95% Wilson intervals over the items, ``chance`` is
+    1 / the number of endings.
 
     Every context is preceded by the tokenizer's EOS token, the document
     separator the trainer packs with (as :func:`warmstart.bpb.bits_per_byte` does).
@@ -193,7 +195,12 @@ def cloze_accuracy(model: Any, tokenizer: Any, items: Sequence[dict], name: str 
         with _quiet():
             out = simple_evaluate(model=lm, tasks=[name], task_manager=tm, log_samples=False, bootstrap_iters=0)
     res = out["results"][name]
-    return {"acc": float(res["acc,none"]), "acc_norm": float(res["acc_norm,none"]), "items": len(items)}
+    from warmstart.stats import wilson, successes
+
+    n, acc, acc_norm = len(items), float(res["acc,none"]), float(res["acc_norm,none"])
+    chance = 1 / min(len(it["endings"]) for it in items)
+    return {"acc": acc, "acc_norm": acc_norm, "items": n, "chance": chance,
+            "acc_ci": list(wilson(successes(acc, n), n)), "acc_norm_ci": list(wilson(successes(acc_norm, n), n))}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -284,18 +291,43 @@ def greedy_translate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
     return outs
 
 
+def chrf_interval(hyps: Sequence[str], refs: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                  level: float = 0.95) -> tuple[float, float] | None:  # fmt: skip
+    """Bootstrap interval of corpus chrF over the pairs (resampled with replacement; None for fewer than 2)."""
+    import numpy as np
+    from sacrebleu.metrics import CHRF
+
+    from warmstart.stats import bootstrap_weights, percentile_interval
+
+    n = len(hyps)
+    if n < 2:
+        return None
+    chrf = CHRF()
+    weights = bootstrap_weights(n, n_boot, seed)
+    try:  # corpus chrF is a function of summed per-sentence statistics: resample those
+        stats = np.asarray(chrf._extract_corpus_statistics(list(hyps), [list(refs)]), dtype=float)
+        vals = [chrf._compute_score_from_stats(list(w @ stats)).score for w in weights]
+    except AttributeError:  # another sacrebleu: rescore each resample (slower, same numbers)
+        idx = [np.repeat(np.arange(n), w.astype(int)) for w in weights]
+        vals = [chrf.corpus_score([hyps[i] for i in ix], [[refs[i] for i in ix]]).score for ix in idx]
+    return percentile_interval(vals, level)
+
+
 def translation_probe(model: Any, tokenizer: Any, pairs: Sequence[dict], source_lang: str, target_lang: str,
-                      max_new_tokens: int) -> dict:  # fmt: skip
-    """``{"chrf", "pairs", "examples"}``: corpus chrF (sacrebleu) of greedy translations."""
+                      max_new_tokens: int, n_boot: int = 1000, seed: int = 0) -> dict:  # fmt: skip
+    """``{"chrf", "chrf_ci", "pairs", "examples"}``: corpus chrF (sacrebleu) of greedy translations, with a
+    bootstrap interval over the pairs (``n_boot`` 0: none)."""
     if not pairs:
         raise EvalError("translation_probe needs at least one pair (none aligned: see translation_pairs)")
     from sacrebleu.metrics import CHRF
 
     hyps = greedy_translate(model, tokenizer, [translation_prompt(p["source"], source_lang, target_lang) for p in pairs],
                             max_new_tokens)  # fmt: skip
-    score = CHRF().corpus_score(hyps, [[p["reference"] for p in pairs]]).score
+    refs = [p["reference"] for p in pairs]
+    score = CHRF().corpus_score(hyps, [refs]).score
     examples = [{**p, "hypothesis": h} for p, h in zip(pairs, hyps)]
-    return {"chrf": float(score), "pairs": len(pairs), "examples": examples}
+    ci = chrf_interval(hyps, refs, n_boot, seed) if n_boot else None
+    return {"chrf": float(score), "chrf_ci": list(ci) if ci else None, "pairs": len(pairs), "examples": examples}
 
 
 # ---------------------------------------------------------------- masked-token probe
@@ -315,7 +347,9 @@ def mask_positions(n_tokens: int, mask_prob: float, seed: int) -> list[int]:
 @torch.no_grad()
 def masked_token_accuracy(model: Any, tokenizer: Any, texts: Sequence[str], n_items: int, seq_len: int,
                           mask_prob: float = 0.15, seed: int = 0) -> dict:  # fmt: skip
-    """``{"masked_acc", "masked_tokens", "items"}``: the hybrid objective's masked-next-token prediction.
+    """``{"masked_acc", "masked_acc_ci", "masked_tokens", "items"}``: the hybrid objective's masked-next-token
+    prediction (the interval: Wilson over masked tokens, which are not independent within a paragraph, so it
+    is optimistic).
 
     Each text reads ``[eos] + ids[: seq_len - 1]`` with :func:`mask_positions`
     replaced by the mask token, attention bidirectional over the whole
@@ -352,6 +386,9 @@ def masked_token_accuracy(model: Any, tokenizer: Any, texts: Sequence[str], n_it
         model.train(was_training)
     if not total:
         raise EvalError("masked-token probe: no text with at least two tokens")
-    return {"masked_acc": correct / total, "masked_tokens": total, "items": items}
+    from warmstart.stats import wilson
+
+    return {"masked_acc": correct / total, "masked_acc_ci": list(wilson(correct, total)), "masked_tokens": total,
+            "items": items}  # fmt: skip
 
 

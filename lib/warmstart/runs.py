@@ -18,6 +18,16 @@ Kinds:
     The base model with its own tokenizer, no swap (continued pretraining).
 ``swap``
     The base model after a vocabulary swap with ``method`` (``data/models/swap-<method>``).
+
+Derived runs start from the *adapted* model (:func:`adapted_run`: the evaluation's best run, or one
+named in params) and are the study's later products:
+
+``context``
+    The adapted model with its context window extended by ``method`` and fine-tuned on long
+    documents (``data/context/runs/<method>``; ``warmstart.stages.context``).
+``compress``
+    The adapted model pruned (or a same-shape model from scratch) and retrained, ``method`` being
+    the variant (``data/compress/runs/<variant>``; ``warmstart.stages.compress``).
 """
 
 from __future__ import annotations
@@ -26,23 +36,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["base", "scratch", "original", "swap"]
-SPECIAL = ("scratch", "original")  # study runs that are not a swap method, in report order
+Kind = Literal["base", "scratch", "original", "swap", "context", "compress"]
+SPECIAL = ("scratch", "original")
+DERIVED = ("context", "compress")  # study runs that are not a swap method, in report order
 
 
 @dataclass(frozen=True)
 class Run:
     name: str
     kind: Kind
-    method: str | None = None  # the swap method of a ``swap`` run
+    method: str | None = None  # the swap method of a ``swap`` run; the extension method / compression variant
 
     def dir(self, params: Any) -> Path:
-        """``data/runs/<name>``: the trainer's outputs (phases, checkpoints, TensorBoard logs, models)."""
+        """``data/runs/<name>``: the trainer's outputs (phases, checkpoints, TensorBoard logs, models);
+        ``data/<kind>/runs/<method>`` for a derived run (outside ``data/runs``, which the study's stages
+        depend on as a whole: the derived stages depend on the study, never the other way round)."""
+        if self.kind in DERIVED:
+            return params.path(self.kind, "runs", self.method or self.name)
         return params.path("runs", self.name)
 
     def record_dir(self, params: Any) -> Path:
-        """``data/logs/<name>``: the run's step log ``log.jsonl`` and record ``run.json``, apart from the
-        checkpoints, so that stages reading only logs (spikes, report) do not depend on any checkpoint."""
+        """``data/logs/<name>`` (``data/<kind>/logs/<method>`` for a derived run): the run's step log
+        ``log.jsonl`` and record ``run.json``, apart from the checkpoints, so that stages reading only
+        logs (spikes, report) do not depend on any checkpoint."""
+        if self.kind in DERIVED:
+            return params.path(self.kind, "logs", self.method or self.name)
         return params.path("logs", self.name)
 
     def log(self, params: Any) -> Path:
@@ -55,7 +73,7 @@ class Run:
         """The step-0 model of the run (a Hugging Face model dir with its tokenizer)."""
         if self.kind in ("base", "original"):
             return base_model_dir(params)
-        if self.kind == "scratch":
+        if self.kind in ("scratch", "context", "compress"):  # built by the run's own stage
             return self.dir(params) / "init"
         return swap_model_dir(params, self.method or self.name)
 
@@ -86,3 +104,30 @@ def get_run(params: Any, name: str) -> Run:
         if run.name == name:
             return run
     raise ValueError(f"unknown run {name!r}; the study's runs are {run_names(params)}")
+
+
+def derived_run(kind: Literal["context", "compress"], method: str) -> Run:
+    """A run derived from the adapted model: ``context-<method>`` or ``compress-<variant>``."""
+    if kind not in ("context", "compress"):
+        raise ValueError(f"derived runs are 'context' or 'compress', not {kind!r}")
+    return Run(f"{kind}-{method}", kind, method)
+
+
+def adapted_run(params: Any, choice: str) -> Run:
+    """The study's adapted model that later stages start from.
+
+    ``choice`` is ``"best"`` (the evaluation's best run by final target bits per byte,
+    ``best_run`` in ``reports/metrics/evaluate.json``) or the name of a study run.
+    """
+    import json
+
+    if choice != "best":
+        return get_run(params, choice)
+    path = params.report_path("metrics", "evaluate.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"run: best needs the evaluation's headline {path} (run the evaluate stage first), "
+                                f"or name a run ({', '.join(run_names(params))})")
+    best = json.loads(path.read_text()).get("best_run")
+    if not best:
+        raise ValueError(f"{path} names no best_run; name a run instead ({', '.join(run_names(params))})")
+    return get_run(params, best)

@@ -38,6 +38,12 @@ sharded states, and their HF weights are gathered in full. A CPU run resumed
 after SIGKILL ends bit-identical to an uninterrupted one (tests/test_train.py
 checks it).
 
+Off by default (a run without them is bit-identical to one before they existed):
+``z_loss`` (PaLM's auxiliary loss) and distillation from a frozen teacher
+(``teacher_path``, :mod:`warmstart.distil`), both through
+:class:`warmstart.objectives.Objective`; instability signals in the log every
+``signals_every`` steps (:mod:`warmstart.signals`).
+
 Logs: ``<out_dir>/log.jsonl`` (one JSON object per logged step, see
 :data:`LOG_FIELDS`), TensorBoard scalars in ``<out_dir>/tb``, a tqdm bar.
 On resume, log records past the checkpoint are dropped and TensorBoard purges
@@ -87,10 +93,12 @@ from warmstart.data.stream import build_stream, read_documents  # noqa: F401  (r
 from warmstart.distributed import launch_command, make_accelerator  # noqa: F401  (re-exported)
 from warmstart.flops import device_peak, flops_per_token, mfu
 from warmstart.model import load_model
-from warmstart.objectives import hybrid_batch, model_inputs, resolve_mask_id
+from warmstart.objectives import Objective, hybrid_batch, model_inputs, resolve_mask_id
 from warmstart.schedules import lr_multiplier, ramp_batch_rows  # noqa: F401  (re-exported)
-
-from warmstart.train_config import KERNEL_ATTENTION, LOG_FIELDS, BatchRamp, TrainConfig  # noqa: F401  (re-exported)
+from warmstart.signals import Signals, probe_mask
+from warmstart.train_config import (  # noqa: F401  (re-exported)
+    KERNEL_ATTENTION, LOG_FIELDS, OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, BatchRamp, TrainConfig,
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------- trainer
@@ -174,6 +182,16 @@ class Trainer:
         self.detector = cfg.make_spike_detector() if cfg.spike_mitigation else None
         self.spike_rollbacks = self.skipped_batches = 0  # skipped_batches: discarded draws from the stream
         self.prev_update: list[torch.Tensor] | None = None
+        self.teacher, self.teacher_flops_per_token = None, None  # distillation (warmstart.distil)
+        if cfg.teacher_path is not None:
+            from warmstart.distil import load_teacher, teacher_flops_per_token
+
+            self.teacher = load_teacher(cfg.teacher_path, self.tokenizer, cfg.tokenizer_path or cfg.model_path, self.acc.device,
+                                        self.unwrapped.config._attn_implementation, cfg.trust_remote_code)  # fmt: skip
+            self.teacher_flops_per_token = teacher_flops_per_token(self.teacher.config, cfg.seq_len)
+        self.objective = Objective(cfg.z_loss, self.teacher, cfg.kd_temperature, cfg.kd_ce_share, cfg.kd_top_k,
+                                   len(self.tokenizer), self.acc.autocast)  # fmt: skip
+        self.signals = Signals(self.unwrapped, cfg.signals_every) if cfg.signals_every else None
 
     # -- setup helpers ----------------------------------------------------
     def _apply_freeze(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
@@ -226,7 +244,7 @@ class Trainer:
             "world_size": self.acc.num_processes, "spike_rollbacks": self.spike_rollbacks,
             "skipped_batches": self.skipped_batches,
             "detector": self.detector.state_dict() if self.detector is not None else None,
-        }  # fmt: skip
+        } | ({"teacher_flops_per_token": self.teacher_flops_per_token} if self.teacher is not None else {})  # fmt: skip
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.acc, self.model, self.unwrapped, self.optimizer, self.scheduler, self.tokenizer,
@@ -298,18 +316,29 @@ class Trainer:
         )
         self.model.train()
         loss_sum = torch.zeros((), device=acc.device)
+        sig = self.signals is not None and self.signals.active(k)
+        part_sums: dict[str, torch.Tensor] = {}  # ce_loss / kd_loss when the loss is more than the plain CE
         for a in range(accum):
             lo = (a * world + acc.process_index) * mb
             sl = slice(lo, lo + mb)
             kw = self._model_inputs(batch.select(sl), labels[sl], masked[sl], inputs[sl])
             ctx = acc.no_sync(self.model) if a < accum - 1 else contextlib.nullcontext()
             with ctx:
-                loss = self.model(**kw).loss
+                with self.signals.capture() if sig and a == 0 and acc.process_index == 0 else contextlib.nullcontext():
+                    out = self.model(**kw)
+                loss, parts = self.objective(out, kw)
+                lse = parts.pop("lse", None)
+                if sig:
+                    self.signals.add_logits(out.logits, kw["labels"], lse)
+                del out
                 if k in cfg.inject_nan_steps and a == 0:
                     loss = loss * float("nan")
                 acc.backward(loss / accum)
             loss_sum += loss.detach()
+            for name, v in parts.items():
+                part_sums[name] = part_sums.get(name, 0) + v
         loss_val = acc.reduce(loss_sum / accum, "mean").item()
+        parts = {name: acc.reduce(v / accum, "mean").item() for name, v in part_sums.items()}
         grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
         grad_norm = float(grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -323,6 +352,8 @@ class Trainer:
         else:
             snap = cfg.update_cos and (self._is_log(k) or self._is_log(k + 1))
             before = [p.detach().clone() for p in self.params] if snap else None
+            if sig:
+                self.signals.snapshot()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.bad_streak = 0
@@ -336,6 +367,9 @@ class Trainer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" after a skipped first step
             self.scheduler.step()
+        if sig:  # the global batch's first row (process 0's first micro-batch) was probed
+            mask = probe_mask(batch.doc_ids[0], masked[0], cfg.doc_mask)
+            parts |= self.signals.finish(mask, updated=not bad, probed=acc.process_index == 0)
         self.step = k
         self.samples += rows
         self.tokens += rows * cfg.seq_len
@@ -344,7 +378,7 @@ class Trainer:
             "step": k, "loss": loss_val if math.isfinite(loss_val) else None, "lr": lr,
             "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "update_cos": cos, "skipped": bad,
             "corpus": self.data.corpus_at(k), "batch_rows": rows, "masked_rows": int(masked.sum()),
-        }  # fmt: skip
+        } | {name: v if not isinstance(v, float) or math.isfinite(v) else None for name, v in parts.items()}  # fmt: skip
 
     # -- the loop ----------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -359,7 +393,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_partial_checkpoints(self.ckpt_root)
             _truncate_log(self.log_path, self.step)
-            (self.out_dir / "train_config.json").write_text(cfg.model_dump_json(indent=1))
+            (self.out_dir / "train_config.json").write_text(cfg.to_json())
             if self.kernels:
                 (self.out_dir / "kernels.json").write_text(json.dumps(self.kernels, indent=1))
         acc.wait_for_everyone()
@@ -390,7 +424,7 @@ class Trainer:
                         ckpt = self._spike_rollback(start)
                         rec.update(spike_start=start, rollback_to=ckpt.name if ckpt else None,
                                    skipped_batches=cfg.spike_skip_batches)
-                if self._is_log(k) or rec["skipped"] or "spike_start" in rec:
+                if self._is_log(k) or rec["skipped"] or "spike_start" in rec or SIGNAL_FIELDS[0] in rec:
                     dt = time.perf_counter() - t0
                     tps = (self.tokens - tokens0) / dt if dt > 0 else None
                     rec.update(
@@ -398,14 +432,19 @@ class Trainer:
                         tokens_per_s=tps, mfu=mfu(tps, self.flops_per_token, self.peak, acc.num_processes) if tps else None,
                         peak_mem_bytes=_peak_mem(acc.device), data_state=self.data.state_dict(),
                     )  # fmt: skip
+                    if self.teacher is not None:  # student training + teacher forward FLOPs
+                        fpt = self.flops_per_token + self.teacher_flops_per_token
+                        rec["mfu_with_teacher"] = mfu(tps, fpt, self.peak, acc.num_processes) if tps else None
                     if main:
-                        extra = {f: rec[f] for f in ("spike_start", "skipped_batches") if f in rec}
+                        extra = {f: rec[f] for f in ("spike_start", "skipped_batches", *OPTIONAL_LOG_FIELDS) if f in rec}
                         log.write(json.dumps({f: rec.get(f) for f in LOG_FIELDS} | {"rollback_to": rec.get("rollback_to")} | extra) + "\n")
                         log.flush()
                         if tb is not None:
-                            for key in ("loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu"):
-                                if rec.get(key) is not None:
-                                    tb.add_scalar(f"train/{key}", rec[key], k)
+                            for key in ("loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu", *OPTIONAL_LOG_FIELDS):
+                                vals = rec.get(key)  # per-layer lists: one scalar per layer, train/<key>/<layer>
+                                for tag, v in (enumerate(vals) if isinstance(vals, list) else [(None, vals)]):
+                                    if v is not None:
+                                        tb.add_scalar(f"train/{key}" if tag is None else f"train/{key}/{tag}", v, k)
                     if self._is_log(k):
                         t0, tokens0 = time.perf_counter(), self.tokens
                     bar.set_postfix(loss=rec["loss"], lr=f"{rec['lr']:.2e}")

@@ -22,11 +22,26 @@ from warmstart.model import ModelSpec
 # With spike_mitigation, a step where the online detector fired and the run rolled back is always logged and
 # also has spike_start (first step of the spike), rollback_to (checkpoint name, null if none was old enough)
 # and skipped_batches (batches discarded after it).
+# Optional fields (OPTIONAL_LOG_FIELDS), present only in runs that turn the feature on:
+# - signals_every > 0 (warmstart.signals): every signals_every-th step is always logged and has
+#   attn_logit_max (list per decoder layer: max attention logit q.k/sqrt(d) over heads and attended pairs,
+#   on the first row of the step's global batch),
+#   log_z_mean and log_z_max (log-partition logsumexp(logits) over the step's label positions; null
+#   with fused_kernels) and update_ratio (list per decoder layer: ||dW|| / ||W|| of this update; null
+#   on a skipped step);
+# - z_loss > 0 or teacher_path: ce_loss (the cross-entropy alone; loss is then the full objective);
+# - teacher_path (warmstart.distil): kd_loss (KL(teacher || student) at kd_temperature, nats per label
+#   position, without the T^2 factor) and mfu_with_teacher (student 6N + teacher forward 2N FLOPs).
 KERNEL_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "warmstart_flex")  # through warmstart.kernels
 LOG_FIELDS = (
     "step", "samples", "tokens", "bytes", "loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu",
     "peak_mem_bytes", "data_state", "skipped", "corpus", "batch_rows", "masked_rows", "elapsed_s",
 )  # fmt: skip
+SIGNAL_FIELDS = ("attn_logit_max", "log_z_mean", "log_z_max", "update_ratio")
+OPTIONAL_LOG_FIELDS = (*SIGNAL_FIELDS, "ce_loss", "kd_loss", "mfu_with_teacher")
+# fields added after the reference study: left out of train_config.json while at their defaults
+FEATURE_DEFAULTS = {"z_loss": 0.0, "signals_every": 0, "teacher_path": None, "kd_temperature": 1.0,
+                    "kd_ce_share": 0.0, "kd_top_k": None}  # fmt: skip
 
 
 # ---------------------------------------------------------------- config
@@ -115,6 +130,17 @@ class TrainConfig(BaseModel):
     spike_detector: dict[str, Any] = {}  # warmstart.spikes.OnlineDetector kwargs (method, warmup, robust params)
     spike_max_rollbacks: int = Field(default=5, ge=1)  # then the run goes on without mitigation
     inject_bad_batches: list[int] = []  # test hook: these batches (1-based draws from the stream) are random tokens
+    # stability (Wortsman et al. 2023): PaLM's z-loss, loss += z_loss * mean(log Z^2) over the label positions
+    # (log Z = logsumexp of the output logits; e.g. 1e-4); instability signals in the log every signals_every
+    # steps (0: off; warmstart.signals)
+    z_loss: float = Field(default=0.0, ge=0)
+    signals_every: int = Field(default=0, ge=0)
+    # logit distillation (warmstart.distil): a frozen teacher (HF dir, safetensors, the same tokenizer);
+    # loss = (1 - kd_ce_share) * T^2 * KL(teacher || student at temperature T) + kd_ce_share * CE
+    teacher_path: str | None = None
+    kd_temperature: float = Field(default=1.0, gt=0)
+    kd_ce_share: float = Field(default=0.0, ge=0, le=1)
+    kd_top_k: int | None = Field(default=None, ge=1)  # the teacher's top-k logits only (renormalised)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -136,6 +162,18 @@ class TrainConfig(BaseModel):
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
         if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
             raise ValueError(f"wsd needs 0 < decay_steps <= steps - warmup_steps, got {self.decay_steps}")
+        # by value, not by fields set: a dumped config (every field written out) validates again
+        kd_set = [k for k in ("kd_temperature", "kd_ce_share", "kd_top_k") if getattr(self, k) != FEATURE_DEFAULTS[k]]
+        if kd_set and self.teacher_path is None:
+            raise ValueError(f"{', '.join(kd_set)} need teacher_path (distillation is off without a teacher)")
+        if self.teacher_path is not None and self.masked_share > 0:
+            raise ValueError("masked_share and teacher_path cannot be combined (distillation of masked rows is not defined)")
+        for name, on in (("z_loss", self.z_loss > 0), ("teacher_path", self.teacher_path is not None)):
+            if on and self.fused_kernels:
+                raise ValueError(
+                    f"{name} cannot be combined with fused_kernels: the fused linear-cross-entropy never materialises "
+                    "the logits it needs (liger's own z-loss, lse_square_scale, is not wired into warmstart.kernels)"
+                )
         if self.spike_mitigation:
             if not self.checkpoint_every:
                 raise ValueError("spike_mitigation needs checkpoint_every > 0 (a checkpoint before the spike to roll back to)")
@@ -153,6 +191,11 @@ class TrainConfig(BaseModel):
         method = kw.pop("method", "robust")
         warmup = kw.pop("warmup", self.warmup_steps)
         return OnlineDetector(method, warmup=warmup, **kw)
+
+    def to_json(self) -> str:
+        """``train_config.json``: every field, except the newer feature switches while they are at their defaults."""
+        off = {k for k, v in FEATURE_DEFAULTS.items() if getattr(self, k) == v}
+        return self.model_dump_json(indent=1, exclude=off)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":

@@ -111,10 +111,13 @@ def run_stage(params, show: bool = True) -> dict:
     short = [r["run"] for r in rows if r["armed_from"] is None]
     if short:
         paras.append("Too few log records for the detector to arm in: " + ", ".join(short) + ".")
-    tables = [table(runs, "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
+    from warmstart.labels import COLUMNS
+
+    human = {c: COLUMNS.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
+    tables = [table(runs.rename(columns=human), "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
     if len(events):
         cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr"]
-        tables.append(table(events[cols], "Detected spikes"))
+        tables.append(table(events[cols].rename(columns=human), "Detected spikes"))
     overview = []
     if results:
         close_figure(plot_overview(results, out_dir / "overview.png"))

@@ -43,6 +43,13 @@ STAGES = {
     "original": "warmstart.stages.pretrain",
     "evaluate": "warmstart.stages.evaluate",
     "spikes": "warmstart.stages.spikes",
+    "stability": "warmstart.stages.stability",
+    "context_testbed": "warmstart.stages.context",
+    "context_run": "warmstart.stages.context",
+    "context": "warmstart.stages.context",
+    "compress_prep": "warmstart.stages.compress",
+    "compress_run": "warmstart.stages.compress",
+    "compress": "warmstart.stages.compress",
     "report": "warmstart.stages.report",
 }
 

@@ -1,7 +1,7 @@
 """Stage ``evaluate``: every run of the study at every step-tagged checkpoint (:mod:`warmstart.evaluate`).
 
-Details: ``reports/evaluate/`` (``eval.json``, ``swap_study.json``, per-checkpoint
-and final tables, figures); headline: ``reports/metrics/evaluate.json`` (final
+Details: ``reports/evaluate/`` (``eval.json`` with 95% intervals, ``swap_study.json``,
+per-checkpoint and final tables, ``doc_nll.json`` (per-text NLL), figures); headline: ``reports/metrics/evaluate.json`` (final
 target bits per byte per run, the best run and its speed-up over scratch).
 """
 
@@ -12,19 +12,24 @@ from typing import Any
 
 import pandas as pd
 
+from warmstart import stats
+from warmstart.describe import fmt_ci, fmt_flops, fmt_num
 from warmstart.evaluate import (
-    fmt_speedup,
     evaluate_runs,
     flops_table,
+    fmt_speedup_ci,
     init_table,
+    intervals,
     load_runs,
     metrics_json,
     plot_bpb_curves,
+    plot_bpb_heatmap,
     plot_loss,
     read_log,
     swap_study,
 )
 from warmstart.fragments import table, write_fragment
+from warmstart.labels import Labels
 from warmstart.io import write_json
 from warmstart.stages import declared, write_headline
 
@@ -32,6 +37,7 @@ PARAMS = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
     "base.trust_remote_code", "vocab_swap.methods", "pretrain.seq_len", "evaluate",
 )  # fmt: skip
+
 
 
 def run(params: Any, progress: bool = True) -> dict[str, Any]:
@@ -46,65 +52,111 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     ck.to_csv(out / "checkpoints.csv", index=False)
     fin.to_csv(out / "final.csv", index=False)
     pd.DataFrame(res["translations"]).to_csv(out / "translations.csv", index=False)
+    write_json(out / "doc_nll.json", res["doc_nll"])
     init = init_table(runs, ck, params)
     init.to_csv(out / "init.csv", index=False)
     flops = flops_table(runs)
     flops.to_csv(out / "flops.csv", index=False)
     logs = pd.concat([read_log(r) for r in runs], ignore_index=True) if runs else pd.DataFrame()
     sh = params.shared
-    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", sh.source_lang, sh.target_lang)),
+    src, tgt = sh.source_lang, sh.target_lang
+    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", src, tgt)),
              "caption": "Held-out bits per byte against UTF-8 bytes of training text seen, one curve per run "
                         "(markers: evaluated checkpoints; step 0 is the initialised model). Bytes, not tokens, so "
-                        "runs with different tokenizers share the x axis. Right: source language (forgetting)."}]  # fmt: skip
+                        "runs with different tokenizers share the x axis. Right: source language (forgetting)."},
+            {"path": str(plot_bpb_heatmap(ck, out / "bpb_heatmap.png", src, tgt)),
+             "caption": "Bits per byte at every evaluated checkpoint (lower is better): one row per run, one column "
+                        "per checkpoint, labelled by the MB of training text seen; the colours span the trained "
+                        "checkpoints (step 0 saturates). The full table is in the appendix."}]  # fmt: skip
     lp = plot_loss(logs, out / "loss.png")
     if lp:
         figs.append({"path": str(lp), "caption": "Training loss per logged step (nats per token of each run's own "
                      "tokenizer, so levels are comparable only between runs with the same tokenizer). Dotted: "
                      "phase 1 (embeddings only) → phase 2 (full model); dashed red: corpus hot-swaps."})  # fmt: skip
-    metrics = metrics_json(res, init)
+    ints = intervals(res["doc_nll"], fin, seed=sh.seed)
+    metrics = metrics_json(res, init, ints)
     write_json(out / "eval.json", metrics)
     study = swap_study(init)
     write_json(out / "swap_study.json", study)
 
-    counts = {c: [f"{int(v):,}" if pd.notna(v) else "–" for v in init[c]] for c in ("aligned", "decomposed", "random", "new_vocab") if c in init}
-    init_fmt = init.assign(speedup=[fmt_speedup(v) for v in init["speedup"]], **counts)
-    cols = ["run", "step", "phase", "bytes", "bpb_target", "bpb_source"]
-    per_ck = ck[cols].assign(bytes=(ck["bytes"] / 1e6).round(3)).rename(columns={"bytes": "MB seen"})
-    probe_cols = [c for c in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_target",
-                              "cloze_acc_source", "cloze_acc_norm_source", "chrf", "masked_acc") if c in fin]  # fmt: skip
-    flops_fmt = flops.assign(train_flops=[f"{v:.3g}" if v else "" for v in flops["train_flops"]],
-                             mfu=[f"{100 * v:.2f}%" if v is not None and pd.notna(v) else "" for v in flops["mfu"]])  # fmt: skip
+    ev_runs = metrics["runs"]
+
+    def ci(run: str, key: str) -> Any:
+        return (ev_runs.get(run) or {}).get(f"{key}_ci")
+
+    count = {c: [f"{int(v):,}" if pd.notna(v) else "–" for v in init[c]] for c in ("aligned", "decomposed", "random")}
+    init_rows = [[r["run"], *(count[c][i] for c in ("aligned", "decomposed", "random")), fmt_num(r["bpb_step0"]),
+                  fmt_ci(r["bpb_final"], ci(r["run"], "bpb_target")),
+                  fmt_speedup_ci(r["speedup"], ci(r["run"], "speedup_vs_scratch"))]
+                 for i, r in init.reset_index(drop=True).iterrows()]  # fmt: skip
+    final_rows = [[r["run"], fmt_ci(r["bpb_target"], ci(r["run"], "bpb_target")),
+                   fmt_ci(r["bpb_source"], ci(r["run"], "bpb_source"))] for _, r in fin.iterrows()]  # fmt: skip
+    probe_keys = [k for k in ("cloze_acc_target", "cloze_acc_norm_target", "cloze_acc_source", "cloze_acc_norm_source",
+                              "chrf", "masked_acc") if k in fin]  # fmt: skip
+    probe_rows = [[r["run"], *(fmt_ci(r[k], ci(r["run"], k), 1 if k == "chrf" else 3) if pd.notna(r[k]) else "–"
+                               for k in probe_keys)] for _, r in fin.iterrows()]  # fmt: skip
+    lab = Labels(src, tgt)
+    vs = metrics.get("vs_lowest") or {}
+    comp_rows = [[name, fmt_ci(d["diff"], d.get("ci"), 3), {True: "yes", False: "no", None: "–"}[d.get("distinguishable")]]
+                 for name, d in (vs.get("runs") or {}).items()]  # fmt: skip
+    per_ck = [[r["run"], r["step"], r["phase"], f"{r['bytes'] / 1e6:.3f}", fmt_num(r["bpb_target"]),
+               fmt_num(r["bpb_source"])] for _, r in ck.iterrows()]  # fmt: skip
+    flops_rows = [[r["run"], r["params"], r["flops_per_token"], r["tokens"], fmt_flops(r["train_flops"], per_s=False),
+                   fmt_num(r["seconds"], 1), fmt_num(r["tokens_per_s"], 0), fmt_flops(r["achieved_flops"])]
+                  for _, r in flops.iterrows()]  # fmt: skip
+    chance = res.get("cloze_chance")
     best = metrics.get("best")
+    meth = metrics.get("intervals") or {}
     paras = [
-        f"Every run of the study evaluated on held-out test chapters ({sh.target_lang} target, {sh.source_lang} "
+        f"Every run of the study evaluated on held-out test chapters ({tgt} target, {src} "
         f"source); bits per byte on the first {params.evaluate.eval_bytes:,} bytes of each language at "
         f"{'every tagged checkpoint' if params.evaluate.checkpoints == 'tagged' else 'the final checkpoint'}; "
         f"cloze, translation and masked-token probes at "
         f"{'every tagged checkpoint' if params.evaluate.probe_checkpoints == 'tagged' else 'the final checkpoint'}.",
         f"Cloze: {res['cloze_items'].get('target', 0)} items per language, the true continuation of a held-out "
-        "paragraph against three endings from other held-out documents (chance 25%), scored by lm-evaluation-harness "
-        "(acc: summed log-likelihood, acc_norm: log-likelihood per character). Translation: "
+        f"paragraph against three endings from other held-out documents (chance {chance or 0.25:.2f}), scored by "
+        "lm-evaluation-harness (acc: summed log-likelihood, acc./char: log-likelihood per character). Translation: "
         f"{res['pairs']} aligned paragraph pairs (same chapter and page, same paragraph count), NorMistral's "
         f"prompt, greedy decoding, chrF. Speed-up: training bytes scratch needs for its final target bpb, divided "
         "by the bytes a run needs to reach it (linear interpolation between checkpoints).",
+        "Intervals (in brackets) are 95% intervals of evaluation-text noise: bits per byte and speed-ups bootstrap "
+        f"the {meth.get('texts', {}).get('target', 'held-out')} held-out {meth.get('unit', 'text')}s "
+        f"({stats.N_BOOT} resamples; paragraphs of one chapter are not independent, so the intervals are if "
+        "anything too narrow); accuracies are Wilson intervals over the items, chrF a bootstrap over the pairs. "
+        "They do not include run-to-run (seed) noise.",
     ]  # fmt: skip
     if best:
-        paras.append(f"Best run by final target bits per byte: {best} ({metrics['runs'][best]['bpb_target']:.3f}).")
+        paras.append(f"Lowest final {tgt} bits per byte: {best} ({fmt_ci(ev_runs[best]['bpb_target'], ci(best, 'bpb_target'))}); "
+                     "the comparison table says which runs are distinguishable from it on this text.")  # fmt: skip
+    cols_init = ["run", lab.column("aligned"), lab.column("decomposed"), lab.column("random"), lab.column("bpb_step0"),
+                 lab.column("bpb_final"), lab.column("speedup")]  # fmt: skip
     tables = [
-        table(init_fmt, "Initialisation methods: aligned/decomposed/random rows of the new embedding matrix, target "
-              "bits per byte at step 0 and after training, speed-up against scratch."),
-        table(fin[["run", *probe_cols]], "Final checkpoints: bits per byte and probes (cloze accuracy, chrF, "
-              "masked-token accuracy where the hybrid objective was used)."),
-        table(per_ck, "Bits per byte at every evaluated checkpoint."),
-        table(flops_fmt, "Theoretical training FLOPs (flops per token × tokens, 6N + 12LHQT) and MFU per run."),
+        table(init_rows, "Initialisation methods: aligned/decomposed/random rows of the new embedding matrix, target "
+              "bits per byte at step 0 and after training, speed-up against scratch [95% intervals].", columns=cols_init),
+        table(final_rows, "Final checkpoints: held-out bits per byte [95% bootstrap intervals].",
+              columns=["run", lab.column("bpb_target"), lab.column("bpb_source")]),
+        table(probe_rows, f"Final checkpoints: probes [95% intervals]; cloze chance level {chance or 0.25:.2f}, "
+              "chrF on a 0–100 scale, masked-token accuracy only for runs trained with the hybrid objective.",
+              columns=["run", *(lab.column(k) for k in probe_keys)]),
+        *([table(comp_rows, f"Difference in final {tgt} bits per byte to the lowest run ({vs.get('reference')}), "
+                 "paired bootstrap over the same held-out texts [95% interval]; distinguishable: the interval "
+                 "excludes 0 (evaluation-text noise only, not seed noise).",
+                 columns=["run", "difference (bits/byte)", "distinguishable"])] if comp_rows else []),
+        table(per_ck, "Bits per byte at every evaluated checkpoint.",
+              columns=["run", "step", "phase", "MB seen", lab.column("bpb_target"), lab.column("bpb_source")],
+              appendix=True),
+        table(flops_rows, "Theoretical training FLOPs (FLOPs per token × tokens, 6N + 12LHQT), wall time, median "
+              "tokens/s of the step log and the achieved FLOP/s. MFU needs a stated peak: see the report's "
+              "throughput section.", columns=["run", "parameters", "FLOPs per token", "tokens", "training FLOPs",
+                                               "wall time (s)", "tokens/s", "achieved FLOP/s"]),
     ]  # fmt: skip
-    numbers = {f"bpb_target.{k}": v.get("bpb_target") for k, v in metrics["runs"].items()}
-    numbers.update({f"bpb_source.{k}": v.get("bpb_source") for k, v in metrics["runs"].items()})
+    numbers = {f"bpb_target.{k}": v.get("bpb_target") for k, v in ev_runs.items()}
+    numbers.update({f"bpb_source.{k}": v.get("bpb_source") for k, v in ev_runs.items()})
     if best:
         numbers["best"] = best
     write_fragment(params.shared.reports_dir, "evaluate", 60, "Evaluation", paras, tables, figs, numbers,
                    seconds=time.perf_counter() - t0)  # fmt: skip
-    head = {f"final_bpb_{k}": v.get("bpb_target") for k, v in metrics["runs"].items()}
+    head = {f"final_bpb_{k}": v.get("bpb_target") for k, v in ev_runs.items()}
     if best:
-        head |= {"best_run": best, "best_speedup_vs_scratch": metrics["runs"][best].get("speedup_vs_scratch")}
+        head |= {"best_run": best, "best_speedup_vs_scratch": ev_runs[best].get("speedup_vs_scratch")}
     return write_headline(params, "evaluate", head)
