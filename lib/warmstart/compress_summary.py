@@ -129,6 +129,34 @@ def findings(params: Any, s: dict) -> list[str]:
     return out
 
 
+LABELS_NUMBERS = {
+    "teacher": "teacher (the adapted run)", "teacher_bpb": "teacher's target bits per byte",
+    **{f"bpb_{v}": f"{label}: target bits per byte" for v, label in LABELS.items()},
+    "width_kd_speedup_vs_scratch": "width-pruned, distilled: speed-up over scratch in bytes (x)",
+    "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the teacher (%)",
+}  # fmt: skip
+
+
+def page_findings(params: Any, s: dict) -> list[str]:
+    """At most four short sentences for the report's first page."""
+    v, t, out = s["variants"], s["teacher_bpb"][params.shared.target_lang], []
+    m = s["masking"]
+    if m.get("neurons") and m.get("heads"):
+        out.append(f"Masking the least important quarter of MLP neurons (heads) costs {m['neurons']['least_increase']:+.3f} "
+                   f"({m['heads']['least_increase']:+.3f}) bits per byte against {m['neurons']['random_increase']:+.3f} "
+                   f"({m['heads']['random_increase']:+.3f}) for a random quarter.")  # fmt: skip
+    if "width_kd" in v and "scratch" in v:
+        w, sc = v["width_kd"], v["scratch"]
+        out.append(f"Width-pruned + distilled at {w['non_embedding_params']:,} non-embedding parameters: {w['bpb_target']:.3f} "
+                   f"bits per byte against scratch {sc['bpb_target']:.3f} and the teacher {t:.3f} ({w['gap_to_teacher_pct']:+.1f}%); "
+                   f"{_fmt(w['speedup_vs_scratch'], '{:.1f}')}x fewer bytes to reach scratch's final value.")  # fmt: skip
+    if "width_kd" in v and "depth_kd" in v:
+        out.append(f"Width against depth pruning: {v['width_kd']['bpb_target']:.3f} against {v['depth_kd']['bpb_target']:.3f} bits per byte.")
+    if "width_kd" in v and "width_ce" in v:
+        out.append(f"Distillation against cross-entropy: {v['width_kd']['bpb_target']:.3f} against {v['width_ce']['bpb_target']:.3f} bits per byte.")
+    return out[:4]
+
+
 def _figures(params: Any, prep: dict, runs: dict[str, dict], s: dict) -> list[dict]:
     import matplotlib.pyplot as plt
     import numpy as np
@@ -214,7 +242,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
         head["width_kd_gap_to_teacher_pct"] = s["variants"]["width_kd"]["gap_to_teacher_pct"]
     head["teacher_bpb"] = s["teacher_bpb"][tgt]
     write_fragment(params.shared.reports_dir, "compress", 85, "Prune and distil (Minitron)", found, tables, figs,
-                   {"goals": s["goals"], **head})  # fmt: skip
+                   {"goals": s["goals"], **head}, findings=page_findings(params, s), labels=LABELS_NUMBERS)  # fmt: skip
     out = params.report_path("cards", "compress")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "MODEL_CARD.md", card(params, s, runs))

@@ -168,12 +168,57 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
                  "at this scale; the testbed is where the methods separate.")  # fmt: skip
     figs = _figures(params, tb, runs)
     write_fragment(params.shared.reports_dir, "context", 80, "Context extension", paras, tables, figs,
-                   {"goals": verdicts.get("goals", {}), **head})  # fmt: skip
+                   {"goals": verdicts.get("goals", {}), **head}, findings=page_findings(tb, runs, head, L), labels=_labels(head))  # fmt: skip
     out = params.report_path("cards", "context")
     out.mkdir(parents=True, exist_ok=True)
     if best:
         write_text(out / "MODEL_CARD.md", card(params, runs[best]))
     return write_headline(params, "context", head)
+
+
+LABELS = {
+    "best_method": "extension method with the lowest bits per byte at the longest length",
+    "short_context_cost_bpb": "cost of the extension at the trained length (bits per byte)",
+    "testbed_best_zero_shot": "testbed: best method zero-shot at 4x L",
+    "testbed_best_zero_shot_acc": "testbed: its exact match zero-shot at 4x L",
+}
+
+
+def _labels(head: dict) -> dict[str, str]:
+    out = dict(LABELS)
+    for k in head:
+        if k.startswith("claim_"):
+            out[k] = "testbed: Alfred's claim, " + k[6:].replace("_", " ").replace("ge yarn", ">= YaRN")
+        elif k.startswith("best_bpb_"):
+            out[k] = f"bits per byte of that method at {k[9:]} tokens"
+    return out
+
+
+def page_findings(tb: dict | None, runs: dict[str, dict], head: dict, L: int) -> list[str]:
+    """At most four short sentences for the report's first page."""
+    out = []
+    if tb:
+        s = tb["summary"]
+        task, top = s["task"], str(s["extended_len"])
+        best, bft = s.get("best_zero_shot"), s.get("best_finetuned")
+        if best:
+            c = tb["zero_shot"][best][task][top]
+            none = tb["zero_shot"].get("none", {}).get(task, {}).get(top)
+            out.append(f"Testbed ({task}): zero-shot at {top} tokens, {best} is best with {_cell(c)}"
+                       + (f", none {_cell(none)}" if none and best != "none" else "") + ".")  # fmt: skip
+        if bft:
+            out.append(f"Testbed after a fine-tune at {top}: {bft} {_cell(tb['finetuned'][bft][task][top])}.")
+        a = s.get("alfred", {}).get(task, {})
+        verdicts = [f"{name} {a[k]['verdict']}" for k, name in (("yarn_best_zero_shot", "YaRN best zero-shot:"),
+                    ("ntk_family_ge_yarn_finetuned", "NTK family >= YaRN after fine-tuning:")) if k in a]  # fmt: skip
+        if verdicts:
+            out.append("Alfred-40B-1023's claims on the testbed: " + "; ".join(verdicts) + ".")
+    if head.get("best_method"):
+        longest = max(int(k[9:]) for k in head if k.startswith("best_bpb_"))
+        out.append(f"The adapted model extended to {longest} tokens: {head['best_method']} ends lowest at "
+                   f"{head[f'best_bpb_{longest}']:.3f} bits per byte there"
+                   + (f", {head['short_context_cost_bpb']:+.3f} at {L} against the same fine-tune unextended." if "short_context_cost_bpb" in head else "."))  # fmt: skip
+    return out[:4]
 
 
 def card(params: Any, r: dict) -> str:
