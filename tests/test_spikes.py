@@ -543,3 +543,29 @@ def test_cli_bench_runs_as_module(tmp_path):
                           "--methods", "robust", "--out", str(out_md)], capture_output=True, text=True, check=True)
     assert "| robust |" in out.stdout and "| olmo2 |" not in out.stdout
     assert out.stdout == out_md.read_text() + "\n"
+
+
+def test_each_event_says_which_instability_signal_moved_first(tmp_path):
+    """A loss spike at step 80 preceded by a log Z jump at step 76: the event's context names log_z_mean, 4 steps ahead."""
+    import json as _json
+
+    import numpy as np
+
+    from warmstart.spikes.analysis import analyse_run
+
+    rng = np.random.default_rng(0)
+    recs = []
+    for step in range(1, 121):
+        loss = 3.0 + 0.01 * rng.standard_normal() + (2.0 if 80 <= step <= 82 else 0.0)
+        log_z = 1.0 + 0.01 * rng.standard_normal() + (3.0 if step >= 76 else 0.0)
+        recs.append({"step": step, "loss": loss, "grad_norm": 1.0 + 0.01 * rng.standard_normal(), "lr": 1e-3,
+                     "log_z_mean": log_z, "log_z_max": log_z + 1, "attn_logit_max": [2.0, 2.0], "update_ratio": [1e-3, 1e-3]})
+    (tmp_path / "log.jsonl").write_text("\n".join(_json.dumps(r) for r in recs) + "\n")
+    res = analyse_run(tmp_path, "robust", 0, {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20})
+    starts = [e.start_step for e in res["events"]]
+    assert 80 in starts
+    ctx = res["context"][starts.index(80)]
+    assert ctx["first_signal"] == "log_z_mean" and ctx["signal_lead_steps"] == 4 and ctx["signal_before_loss"]
+    (tmp_path / "log.jsonl").write_text("\n".join(_json.dumps({k: r[k] for k in ("step", "loss", "grad_norm", "lr")}) for r in recs) + "\n")
+    assert all(c is None for c in analyse_run(tmp_path, "robust", 0, {"level_window": 10, "min_level": 5, "window": 100,
+                                                                       "min_scale": 20})["context"])  # fmt: skip

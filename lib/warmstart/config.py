@@ -167,7 +167,7 @@ def check_attention_shape(hidden: int, heads: int, kv_heads: int | None) -> None
 class TinyModel(_Section):
     """Shape of the embedded default's tiny Llama/Mistral model (warmstart.model.ModelSpec)."""
 
-    arch: Literal["llama", "mistral"] = "llama"
+    arch: Literal["llama", "mistral", "qwen3", "olmo2"] = "llama"  # qwen3/olmo2: native qk-norm
     hidden: int = Field(ge=8, le=16384)
     layers: int = Field(ge=1, le=256)
     heads: int = Field(ge=1)
@@ -256,6 +256,10 @@ class Pretrain(_Section):
     doc_mask: bool = False
     tag_every: int | None = Field(default=40, ge=1)  # step-tagged checkpoints for the evaluation
     log_every: int = Field(default=5, ge=1)
+    # instability signals (attention logit, log Z, update ratio) in the log every this many steps; 0: off.
+    # The spikes stage says, per event, which moved first (issue 12's "context for each event").
+    signals_every: int = Field(default=5, ge=0)
+    z_loss: float = Field(default=0.0, ge=0)  # PaLM z-loss coefficient (e.g. 1e-4); 0: off
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 

@@ -52,6 +52,8 @@ COLUMNS = {
     "level_shifts": "level shifts", "start_step": "start step", "peak_step": "peak step", "end_step": "end step",
     "magnitude": "robust z", "delta_loss": "loss jump (nats)", "recovery_steps": "recovery (steps)",
     "grad_norm_z": "grad-norm z", "lr": "learning rate",
+    "first_signal": "first instability signal to move", "signal_lead_steps": "its lead over the loss (steps)",
+    "signal_before_loss": "a signal moved before the loss",
 }  # fmt: skip
 
 # Fragment ``numbers`` keys: (pattern, label); groups: lang, split, run ({src}/{tgt} as above).

@@ -40,6 +40,9 @@ def run_boundaries(run_dir: Path) -> tuple[list[int], list[int]]:
     return bounds, ckpts
 
 
+CONTEXT = ("first_signal", "signal_lead_steps", "signal_before_loss")  # per event, from the instability signals
+
+
 def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto", params: dict | None = None,
                 score_window: int = 1000, score_min_periods: int | None = None) -> dict:
     """Detection on one trainer run dir (``log.jsonl`` + optional ``run.json``): the log, events, score.
@@ -62,7 +65,24 @@ def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto
     events = detect(df, method, hotswaps=bounds, warmup=warmup, **dict(params or {}))
     score = spike_score(df, window=score_window, min_periods=score_min_periods)
     return {"df": df, "events": events, "boundaries": bounds, "checkpoints": ckpts, "score": score,
-            "hotswaps": [h for h in events.hotswaps if h not in bounds]}
+            "hotswaps": [h for h in events.hotswaps if h not in bounds], "context": event_context(full, events)}
+
+
+def event_context(records: list[dict], events: Any) -> list[dict | None]:
+    """Per event, which instability signal (attention logit, log Z, update ratio; logged by the trainer with
+    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.stability.analysis.moved_first`);
+    None per event when the log has no signals."""
+    from warmstart.stability.analysis import SIGNALS, moved_first, trajectory
+
+    if not any(k in r for r in records for k in SIGNALS if k != "grad_norm"):  # grad_norm is in every log
+        return [None for _ in events]
+    traj = trajectory([r for r in records if r.get("loss") is not None])
+    out = []
+    for e in events:
+        m = moved_first(traj, int(e.start_step), window=10, min_history=10, lookback=5)
+        out.append({"first_signal": m.get("first"), "signal_lead_steps": m.get("lead_steps"),
+                    "signal_before_loss": bool(m.get("before_loss"))})  # fmt: skip
+    return out
 
 
 def run_stage(params, show: bool = True) -> dict:
@@ -93,9 +113,9 @@ def run_stage(params, show: bool = True) -> dict:
                      "max_z": max((e.magnitude or 0.0 for e in evs), default=None),
                      "score_loss_%": res["score"]["loss"], "score_grad_%": res["score"]["grad_norm"],
                      "level_shifts": len(evs.level_shifts)})
-        ev_rows += [{"run": name, **e.to_dict()} for e in evs]
+        ev_rows += [{"run": name, **e.to_dict(), **(ctx or {})} for e, ctx in zip(evs, res["context"])]
     runs = pd.DataFrame(rows)
-    events = pd.DataFrame(ev_rows, columns=["run", *[f.name for f in fields(SpikeEvent)]])
+    events = pd.DataFrame(ev_rows, columns=["run", *[f.name for f in fields(SpikeEvent)], *CONTEXT])
     runs.to_csv(out_dir / "runs.csv", index=False)
     events.to_csv(out_dir / "events.csv", index=False)
     metrics = {"method": sp.method, "runs": {r["run"]: {k: v for k, v in r.items() if k != "run"} for r in rows},
@@ -116,7 +136,8 @@ def run_stage(params, show: bool = True) -> dict:
     human = {c: COLUMNS.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
     tables = [table(runs.rename(columns=human), "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
     if len(events):
-        cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr"]
+        cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr",
+                "first_signal", "signal_lead_steps"]  # fmt: skip
         tables.append(table(events[cols].rename(columns=human), "Detected spikes"))
     overview = []
     if results:

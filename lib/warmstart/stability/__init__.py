@@ -107,21 +107,38 @@ Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`.analysis` (pure:
 
 from __future__ import annotations
 
-from warmstart.stability.analysis import (
-    diverged,
-    first_crossing,
-    first_move,
-    loss_onset,
-    lr_sensitivity,
-    moved_first,
-    trajectory,
-)
-from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
-from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
-from warmstart.stability.run import run_study, sensitivities
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "StabilityConfig", "ModelShape", "MovedRule", "InducedSpike", "VARIANTS",
-    "lr_sensitivity", "diverged", "first_move", "first_crossing", "loss_onset", "moved_first", "trajectory",
-    "run_study", "sensitivities", "findings", "headline", "plots", "table_rows", "sensitivity_rows",
-]  # fmt: skip
+# Light: importing the package runs no submodule (the spikes stage reads .analysis without the trainer);
+# names load on first use. The same imports, statically, for type checkers and the DVC import closure.
+if TYPE_CHECKING:
+    from warmstart.stability.analysis import (
+        diverged,
+        first_crossing,
+        first_move,
+        loss_onset,
+        lr_sensitivity,
+        moved_first,
+        trajectory,
+    )
+    from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
+    from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
+    from warmstart.stability.run import run_study, sensitivities
+
+_NAMES = {
+    **dict.fromkeys(("diverged", "first_crossing", "first_move", "loss_onset", "lr_sensitivity", "moved_first",
+                     "trajectory"), "analysis"),
+    **dict.fromkeys(("VARIANTS", "InducedSpike", "ModelShape", "MovedRule", "StabilityConfig"), "config"),
+    **dict.fromkeys(("findings", "headline", "plots", "sensitivity_rows", "table_rows"), "report"),
+    **dict.fromkeys(("run_study", "sensitivities"), "run"),
+}  # fmt: skip
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(f"warmstart.stability.{_NAMES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'warmstart.stability' has no attribute {name!r}")

@@ -102,7 +102,7 @@ def run(params: Any, name: str) -> dict[str, Any]:
     common = dict(
         tokenizer_path=str(init), train_files={"target": [corpus_file(params, target)]}, seq_len=p.seq_len,
         micro_batch=p.micro_batch, grad_accum=p.grad_accum, masked_share=p.masked_share, doc_mask=p.doc_mask,
-        log_every=p.log_every, precision=p.precision, seed=params.shared.seed, keep_last=1,
+        log_every=p.log_every, signals_every=p.signals_every, z_loss=p.z_loss, precision=p.precision, seed=params.shared.seed, keep_last=1,
         trust_remote_code=params.base.trust_remote_code,
     )  # fmt: skip
     phases = []
