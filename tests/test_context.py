@@ -351,3 +351,27 @@ def test_alfred_claims_verdicts():
     assert r["ntk_family_ge_yarn_finetuned"]["best_ntk_family"] == "ntk_margin"
     r = alfred_claims(res({"yarn": 0.5, "ntk": 0.8}, {"yarn": 0.97, "ntk": 0.96}), "passkey", "512")
     assert r["yarn_best_zero_shot"]["verdict"] == "refuted" and r["ntk_family_ge_yarn_finetuned"]["verdict"] == "unresolved"
+
+
+def test_real_scale_plan_for_a_4k_to_16k_mistral_and_its_cpu_dry_run(tmp_path):
+    """The 4K -> 16K plan of a Mistral-Nemo-shaped config (rope, run config, memory, time), and the same path run
+    for two steps at the extended length on a tiny Mistral on CPU."""
+    from warmstart.context.plan import describe, dry_run, plan
+
+    cfg = {"model_type": "mistral", "vocab_size": 131072, "hidden_size": 5120, "num_hidden_layers": 40,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 14336,
+           "max_position_embeddings": 4096, "rope_theta": 1000000.0}  # fmt: skip
+    p = plan(cfg, "yarn", 4, 4096, processes=8, micro_batch=1, steps=1000)
+    assert p["length"] == 16384 and p["rope_parameters"]["original_max_position_embeddings"] == 4096
+    assert p["rope_parameters"]["attention_factor"] == pytest.approx(0.1 * math.log(4) + 1)
+    assert p["run_config"]["seq_len"] == 16384 and p["run_config"]["attn_implementation"] == "flash_attention_2"
+    mem = p["memory_per_device"]
+    assert mem["params_grads_adam_gib"] == pytest.approx(16 * 12_247_782_400 / 8 / 1024**3, rel=1e-6)  # Mistral-Nemo 12.2B
+    assert mem["total_with_recomputation_gib"] < mem["total_gib"] and "GiB" in describe(p)
+    assert p["time"]["seconds_per_step"] == pytest.approx(16384 * 8 * p["time"]["flops_per_token"] / (0.35 * 989e12 * 8))
+    with pytest.raises(ValueError, match="gpu"):
+        plan(cfg, "yarn", 4, 4096, gpu="TPU")
+    with pytest.raises(ValueError, match="factor"):
+        plan(cfg, "yarn", 1, 4096)
+    r = dry_run("mistral", "yarn", 4, 16, tmp_path)
+    assert r["steps"] == 2 and math.isfinite(r["final_loss"]) and r["plan"]["length"] == 64

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from warmstart import stability as ST
-from warmstart.stability import analysis as A
+from warmstart import instability as A
 
 
 # ---------------------------------------------------------------- LR sensitivity

@@ -157,6 +157,20 @@ def page_findings(params: Any, s: dict) -> list[str]:
     return out[:4]
 
 
+def dropped_rows(runs: dict[str, dict]) -> list[list[str]]:
+    """Per pruned variant, the units its plan dropped (``prune_plan.json`` beside the student's initial model)."""
+    rows = []
+    for v, r in runs.items():
+        path = Path(r["init"]) / "prune_plan.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())["dropped"]
+        heads = "; ".join(f"L{i}: {h}" for i, h in d["heads"].items() if h) or "none"
+        neurons = ", ".join(f"L{i}: {len(n)}" for i, n in d["neurons"].items()) or "none"
+        rows.append([LABELS[v], str(d["layers"] or "none"), heads, neurons, f"{len(d['hidden'])}"])
+    return rows
+
+
 def _figures(params: Any, prep: dict, runs: dict[str, dict], s: dict) -> list[dict]:
     import matplotlib.pyplot as plt
     import numpy as np
@@ -232,6 +246,11 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
     cols = ["variant", "parameters", "non-embedding", "training bytes", "bits/byte after pruning", "target bits/byte",
             "source bits/byte", "speed-up vs scratch", "gap to teacher"]  # fmt: skip
     tables = [table(rows, "Prune and distil: every student against the teacher (test text, bits per byte)", columns=cols)]
+    dropped = dropped_rows(runs)
+    if dropped:
+        tables.append(table(dropped, "What each pruned student dropped (by the importance ranking; layers and heads 0-based)",
+                            columns=["variant", "layers dropped", "heads dropped per layer", "MLP neurons dropped per layer",
+                                     "hidden channels dropped"]))  # fmt: skip
     found = findings(params, s)
     head = {"teacher": s["teacher"]}
     for v in ("width_kd", "depth_kd", "width_ce", "random_kd", "scratch"):

@@ -31,8 +31,9 @@ import ...``) see the modules that actually run; a test keeps both lists equal.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from warmstart.lazy import lazy_exports
 
 if TYPE_CHECKING:  # never executed: for type checkers and the static DVC dependency closure
     from warmstart.prune.arch import SUPPORTED, Dims, check_model, count_params, dims_of, params_of
@@ -53,13 +54,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(f"warmstart.prune.{_NAMES[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'warmstart.prune' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

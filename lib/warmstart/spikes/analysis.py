@@ -70,9 +70,9 @@ def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto
 
 def event_context(records: list[dict], events: Any) -> list[dict | None]:
     """Per event, which instability signal (attention logit, log Z, update ratio; logged by the trainer with
-    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.stability.analysis.moved_first`);
+    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.instability.moved_first`);
     None per event when the log has no signals."""
-    from warmstart.stability.analysis import SIGNALS, moved_first, trajectory
+    from warmstart.instability import SIGNALS, moved_first, trajectory
 
     if not any(k in r for r in records for k in SIGNALS if k != "grad_norm"):  # grad_norm is in every log
         return [None for _ in events]

@@ -30,9 +30,9 @@ signals of :mod:`warmstart.signals`):
    Per run: held-out loss before and after (the **final loss is the held-out
    cross-entropy** on ``eval_rows`` rows of the target's held-out documents,
    not the last training loss, which is also kept as ``final_train_loss``),
-   ``diverged`` (:func:`analysis.diverged`), the spike detector's events, the
+   ``diverged`` (:func:`warmstart.instability.diverged`), the spike detector's events, the
    signals' summary and trajectory, and for a run that spiked or diverged
-   which signal moved first before the loss (:mod:`analysis`).
+   which signal moved first before the loss (:mod:`warmstart.instability`).
 3. **LR sensitivity** per (variant, init), clipped at the runs' own initial
    held-out loss (Wortsman's definition) and at ln|V| (a clip common to warm
    and scratch: a warm start whose new vocabulary rows were never trained
@@ -99,7 +99,7 @@ seed 1337 | seed 0:
   to the checkpoint 10 steps earlier; final held-out loss 1.699 unmitigated,
   1.691 mitigated, 1.690 clean | 1.839, 1.841, 1.833.
 
-Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`.analysis` (pure:
+Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`warmstart.instability` (pure, shared with the spikes stage:
 :func:`lr_sensitivity`, :func:`moved_first`, ...), :mod:`.run`
 (:func:`run_study`), :mod:`.report` (:func:`findings`, :func:`table_rows`,
 :func:`plots`, :func:`headline`).
@@ -107,13 +107,14 @@ Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`.analysis` (pure:
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-# Light: importing the package runs no submodule (the spikes stage reads .analysis without the trainer);
+from warmstart.lazy import lazy_exports
+
+# Light: importing the package runs no submodule (its pure analysis is warmstart.instability);
 # names load on first use. The same imports, statically, for type checkers and the DVC import closure.
 if TYPE_CHECKING:
-    from warmstart.stability.analysis import (
+    from warmstart.instability import (
         diverged,
         first_crossing,
         first_move,
@@ -128,7 +129,7 @@ if TYPE_CHECKING:
 
 _NAMES = {
     **dict.fromkeys(("diverged", "first_crossing", "first_move", "loss_onset", "lr_sensitivity", "moved_first",
-                     "trajectory"), "analysis"),
+                     "trajectory"), "warmstart.instability"),
     **dict.fromkeys(("VARIANTS", "InducedSpike", "ModelShape", "MovedRule", "StabilityConfig"), "config"),
     **dict.fromkeys(("findings", "headline", "plots", "sensitivity_rows", "table_rows"), "report"),
     **dict.fromkeys(("run_study", "sensitivities"), "run"),
@@ -136,9 +137,4 @@ _NAMES = {
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        value = getattr(importlib.import_module(f"warmstart.stability.{_NAMES[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'warmstart.stability' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES)

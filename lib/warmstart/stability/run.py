@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from warmstart.stability import analysis as A
+from warmstart import instability as A
 from warmstart.stability.config import VARIANTS, StabilityConfig
 
 DATA_KEYS = ("source_train", "target_train", "target_val", "source_tokenizer", "target_tokenizer")
