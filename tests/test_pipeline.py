@@ -183,7 +183,7 @@ def test_derived_stages_products(smoke_project):
     ctx = json.loads((dst / "reports/metrics/context.json").read_text())
     for m in SMOKE_CONTEXT:
         info = json.loads((dst / "data/context/logs" / m / "run.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(info["final"])
+        model = AutoModelForCausalLM.from_pretrained(dst / info["final"])
         rope = model.config.rope_parameters
         if m == "yarn":
             assert rope["rope_type"] == "yarn" and rope["factor"] == 4 and rope["original_max_position_embeddings"] == 64
@@ -194,7 +194,7 @@ def test_derived_stages_products(smoke_project):
     comp = json.loads((dst / "reports/metrics/compress.json").read_text())
     for v in SMOKE_COMPRESS:
         rec = json.loads((dst / "data/compress/logs" / v / "run.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(rec["final"])
+        model = AutoModelForCausalLM.from_pretrained(dst / rec["final"])
         assert rec["params"]["non_embedding"] < json.loads((dst / "reports/compress/prep.json").read_text())["teacher_params"]["non_embedding"]
         assert comp[f"bpb_{v}"] == json.loads((dst / "reports/metrics/compress" / f"{v}.json").read_text())["final_bpb_nb-NO"]
         assert model.config.hidden_size < 64 or model.config.num_hidden_layers < 2 or model.config.intermediate_size < 176

@@ -75,8 +75,15 @@ def _measure(model: Any, tok: Any, params: Any, lengths: list[int], texts: list[
     from warmstart.longctx import score_suite
 
     c = params.context
-    out: dict[str, Any] = {"bpb_by_length": {str(k): v for k, v in bpb_by_length(model, tok, texts, lengths).items()},
-                           "bpb_by_position": bpb_by_position(model, tok, texts, lengths[-1], c.position_buckets)}  # fmt: skip
+    # up to 4 windows of the longest length (fewer when the test text is short, e.g. the smoke profile)
+    n_tok = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
+    windows = min(4, (n_tok - 1) // lengths[-1])
+    if windows < 1:
+        raise ValueError(f"context.eval_bytes: the test text gives {n_tok} tokens, fewer than one window of {lengths[-1]}")
+    out: dict[str, Any] = {
+        "bpb_by_length": {str(k): v for k, v in bpb_by_length(model, tok, texts, lengths, n_windows=windows).items()},
+        "bpb_by_position": bpb_by_position(model, tok, texts, lengths[-1], c.position_buckets, n_windows=windows),
+    }
     if suite is not None:
         out["suite"] = {str(n): score_suite(model, tok, items, batch_size=c.suite.batch_size) for n, items in suite if items}
     return out

@@ -48,7 +48,7 @@ def run(params: Any, show: bool = False) -> dict[str, Any]:
 
 
 LABELS = {
-    "qk_norm_sensitivity_reduction_pct": "LR sensitivity lowered by qk-norm (warm start, %)",
+    "qk_norm_sensitivity_reduction_pct": "LR sensitivity lowered by qk-norm (mean over warm start and scratch, %)",
     "spiking_runs": "sweep runs the spike detector flagged",
     "diverged_runs": "sweep runs that diverged",
     "signal_moved_before_loss": "an instability signal moved before the loss",
@@ -65,11 +65,16 @@ def summary(head: dict[str, Any]) -> list[str]:
     out = []
     bw, bs = head.get("lr_sensitivity_baseline_warm"), head.get("lr_sensitivity_baseline_scratch")
     if bw is not None and bs is not None:
+        rel = 100 * (bw / bs - 1)
+        verdict = ("about equal, one seed: CSMPT7b's warm-start sensitivity is not shown" if abs(rel) < 5 else
+                   "warm start more sensitive, as CSMPT7b found" if rel > 0 else "warm start less sensitive, unlike CSMPT7b")  # fmt: skip
         out.append(f"LR sensitivity (Wortsman et al.) of the baseline: warm start {bw:.3f} against scratch {bs:.3f} nats "
-                   f"({'warm start more sensitive, as CSMPT7b found' if bw > bs else 'warm start not more sensitive, unlike CSMPT7b'}).")  # fmt: skip
-    red = head.get("qk_norm_sensitivity_reduction_pct")
-    if red is not None:
-        out.append(f"qk-norm lowers the warm start's LR sensitivity by {red:.1f}% (goal at least 30%: {'met' if red >= 30 else 'missed'}).")
+                   f"({rel:+.1f}%: {verdict}).")  # fmt: skip
+    cut = {i: 100 * (1 - head[f"lr_sensitivity_qk_norm_{i}"] / head[f"lr_sensitivity_baseline_{i}"])
+           for i in ("warm", "scratch") if head.get(f"lr_sensitivity_qk_norm_{i}") and head.get(f"lr_sensitivity_baseline_{i}")}  # fmt: skip
+    if cut:
+        out.append("qk-norm lowers LR sensitivity by " + ", ".join(f"{v:.1f}% ({i})" for i, v in cut.items())
+                   + f" (goal at least 30%: {', '.join(f'{i} ' + ('met' if v >= 30 else 'missed') for i, v in cut.items())}).")  # fmt: skip
     out.append(f"{head.get('spiking_runs', 0)} sweep runs flagged by the spike detector, {head.get('diverged_runs', 0)} diverged; "
                f"an instability signal moved before the loss: {'yes' if head.get('signal_moved_before_loss') else 'no'}.")  # fmt: skip
     u, m = head.get("induced_final_loss_unmitigated"), head.get("induced_final_loss_mitigated")
