@@ -405,6 +405,18 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+def _one_vs_two_processes(assets, tmp_path, kw: dict) -> tuple[list[dict], list[dict]]:
+    """The logs of one process at micro_batch 4 and of two (accelerate launch, gloo) at micro_batch 2.
+
+    On failure the message keeps every rank's error lines, not only the stderr tail."""
+    train(make_cfg(assets, tmp_path / "one", **kw))
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
+    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
+    ranks = "\n".join(line for line in r.stderr.splitlines() if line.startswith("[rank") and "Error" in line)
+    assert r.returncode == 0, ranks + "\n" + r.stderr[-3000:]
+    return read_log(tmp_path / "one"), read_log(tmp_path / "two")
+
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
@@ -418,12 +430,7 @@ def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
     the gradient all-reduce order differs).
     """
     kw = dict(steps=6, warmup_steps=1, doc_mask=True)
-    train(make_cfg(assets, tmp_path / "one", **kw))
-    cfg = tmp_path / "two.yaml"
-    cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
-    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    one, two = _one_vs_two_processes(assets, tmp_path, kw)
     assert [x["step"] for x in two] == list(range(1, 7))
     assert [x["tokens"] for x in two] == [x["tokens"] for x in one] and [x["bytes"] for x in two] == [x["bytes"] for x in one]
     for a, b in zip(one, two):
@@ -553,12 +560,7 @@ def test_ddp_signals_and_distillation_match_one_process(assets, tmp_path):
                tmp_path / "teacher")  # fmt: skip
     kw = dict(steps=4, warmup_steps=1, doc_mask=True, signals_every=2, z_loss=1e-3, teacher_path=str(tmp_path / "teacher"),
               kd_ce_share=0.5, kd_temperature=2.0)  # fmt: skip
-    train(make_cfg(assets, tmp_path / "one", **kw))
-    cfg = tmp_path / "two.yaml"
-    cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
-    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    one, two = _one_vs_two_processes(assets, tmp_path, kw)
     assert [x["step"] for x in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):
         signals = a["step"] % 2 == 0
