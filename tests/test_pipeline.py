@@ -199,7 +199,10 @@ def test_derived_stages_products(smoke_project):
         assert comp[f"bpb_{v}"] == json.loads((dst / "reports/metrics/compress" / f"{v}.json").read_text())["final_bpb_nb-NO"]
         assert model.config.hidden_size < 64 or model.config.num_hidden_layers < 2 or model.config.intermediate_size < 176
     stab = json.loads((dst / "reports/stability/stability.json").read_text())
-    assert stab["runs"] and json.loads((dst / "reports/metrics/stability.json").read_text())
+    sweep = stab["sweep"]
+    assert sweep and {r["init"] for r in sweep} == {"warm", "scratch"}
+    assert all(r["init_loss"] == r["init_loss"] for r in sweep)  # no NaN at step 0
+    assert json.loads((dst / "reports/metrics/stability.json").read_text())
     for card in ("context", "compress"):
         assert "AutoModelForCausalLM" in (dst / "reports/cards" / card / "MODEL_CARD.md").read_text()
 
