@@ -30,11 +30,12 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 PIP_LOCKED := --require-hashes --no-deps
 
-.PHONY: help env deb repro test kernel lock test-latest clean-env
+.PHONY: help env deb repro test seed-spread kernel lock test-latest clean-env
 
 help:
 	@echo "make repro        run the whole study (dvc repro) -> reports/report.pdf"
 	@echo "make test         run the test suite"
+	@echo "make seed-spread  after repro: every run per seed (SEEDS) -> reports/metrics/seed_spread.json"
 	@echo "make env          create .venv from $(LOCK) only (GPU=1: the CUDA set)"
 	@echo "make lock         regenerate requirements/*.txt and environment.yml from pyproject.toml"
 	@echo "make test-latest  canary: tests in a throwaway env at the newest allowed versions"
@@ -78,6 +79,12 @@ repro: env deb
 
 test: env deb
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Run-to-run spread of the study (after `make repro`): every run trained again per seed (~9 min per extra
+# seed on 2 CPU cores), reports/metrics/seed_spread.json; then `make repro` reruns only the report.
+SEEDS ?= 1337 1338 1339
+seed-spread: env deb
+	PATH="$(BIN):$$PATH" $(BIN)/python -m warmstart.seeds --seeds $(SEEDS)
 
 # uv (pinned) resolves; pip installs. The tools venv is separate so the lock never locks itself.
 $(TOOLS)/bin/uv:

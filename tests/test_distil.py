@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import SPEC, assert_same_weights, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
-from warmstart.distil import kd_kl, teacher_flops_per_token
+from warmstart.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
 from warmstart.flops import flops_per_token
 from warmstart.model import build_model, load_model, save_model
 from warmstart.train import TrainConfig, Trainer, train
@@ -157,3 +157,30 @@ def test_teacher_errors(assets, tmp_path):  # noqa: F811
         TrainConfig(**make_cfg(assets, tmp_path, teacher_path="t", fused_kernels=True))
     with pytest.raises(ValueError, match="kd_temperature"):
         TrainConfig(**make_cfg(assets, tmp_path, teacher_path="t", kd_temperature=0))
+
+
+@pytest.mark.parametrize("top_k,vocab", [(None, None), (3, None), (None, 6), (2, 6)])
+def test_gradient_by_hand_equals_autograd_through_the_formula(top_k, vocab):
+    """kd_kl's hand-written backward (its autograd.Function) against autograd through the module doc's formula."""
+    g = torch.Generator().manual_seed(3)
+    s = (3 * torch.randn(2, 6, 8, generator=g, dtype=torch.float64)).requires_grad_()
+    t = 3 * torch.randn(2, 6, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 6, (2, 6), generator=g)
+    labels[0, 2] = -100
+    T = 1.3
+    kl = kd_kl(s, t, labels, T, top_k=top_k, vocab=vocab)
+    (grad,) = torch.autograd.grad(2.5 * kl, s)
+    x = s.detach().clone().requires_grad_()
+    want = kd_kl_reference(x, t, labels, T, top_k=top_k, vocab=vocab)
+    (want_grad,) = torch.autograd.grad(2.5 * want, x)
+    assert float(kl) == pytest.approx(float(want), abs=1e-6)  # kd_kl works in fp32
+    assert grad.dtype == torch.float64
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="vocab 9 exceeds"):
+        kd_kl(s, t, labels, T, vocab=9)
+
+
+def test_kd_benchmark_record_on_a_small_shape():
+    rec = benchmark_kd(rows=64, vocab=256, pad=8, rounds=2, top_k=16)
+    assert rec["rounds"] == 2 and rec["top_k"] == 16 and rec["speedup_min"] <= rec["speedup_median"] <= rec["speedup_max"]
+    assert rec["max_abs_grad_diff"] < 1e-7  # the two backward passes agree

@@ -335,7 +335,7 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
                {"method": "random", "aligned": 0, "decomposed": 0, "random": 300, "new_vocab": 300, "bpb_step0": {}})
     return {
         "shared": {"data_dir": str(data), "reports_dir": str(reports)},
-        "vocab_swap": {"methods": ["random"]},
+        "vocab_swap": {"methods": ["random"]}, "study": {"arms": {"fvt-hybrid": {"init": "random"}}},  # the arm: untrained here
         "pretrain": {"seq_len": 32},
         "evaluate": {"eval_bytes": 1000, "cloze_items": 6, "cloze_context_chars": 40, "cloze_ending_chars": 30,
                      "translation_pairs": 3, "translation_max_new_tokens": 4, "translation_max_chars": 400,
@@ -366,7 +366,7 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     fin = ev["runs"]["random"]
     for key in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_source", "chrf", "masked_acc"):
         assert key in fin, key
-    assert "masked_acc" not in ev["runs"]["scratch"]  # no hybrid objective, no masked probe
+    assert "masked_acc" in ev["runs"]["scratch"]  # one run trains with the hybrid objective: every run gets the probe
     assert 0 <= fin["cloze_acc_target"] <= 1 and ev["cloze_items"] == {"target": 6, "source": 6}
     ck = pd.read_csv(tmp_path / "reports/evaluate/checkpoints.csv")
     assert len(ck) == 6 and list(ck[ck.run == "random"]["step"]) == [0, 4, 8]

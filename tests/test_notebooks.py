@@ -10,7 +10,8 @@ NOTEBOOKS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / 
 
 
 def _stages(root):
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, a ``foreach`` stage as its ``do`` block."""
+    return {k: v.get("do", v) for k, v in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].items()}
 
 
 def _parameters_cell(nb):

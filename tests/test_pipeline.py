@@ -5,44 +5,21 @@ exactly as `make repro` does, on a profile small enough for CI.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from smoke import SMOKE_COMPRESS, SMOKE_CONTEXT, run_checked, smoke_copy
 
 pytestmark = pytest.mark.slow
-SMOKE_CONTEXT = ["short", "yarn"]  # context.methods and compress.variants of the smoke profile
-SMOKE_COMPRESS = ["width_kd", "scratch"]
-
-
-def _run(cmd, cwd, env, timeout=900):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
 def smoke_project(tmp_path_factory):
-    root = Path(__file__).resolve().parents[1]
-    dst = tmp_path_factory.mktemp("smoke") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (root / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(root / f, dst / f)
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"],
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    _run(["git", "init", "-q"], dst, env)
-    _run([sys.executable, "-m", "warmstart.config", "apply-profile", "smoke"], dst, env)
-    _run(["git", "add", "-A"], dst, env)
-    _run(["git", "commit", "-qm", "smoke"], dst, env)
+    dst, env = smoke_copy(tmp_path_factory)
     t0 = time.time()
-    log = _run(["dvc", "repro"], dst, env)
+    log = run_checked(["dvc", "repro"], dst, env)
     return dst, env, log, time.time() - t0
 
 
@@ -84,7 +61,7 @@ def test_every_study_run_and_model_loads(smoke_project):
         assert swap["padded_vocab"] % 64 == 0 and swap["new_vocab"] == 1024
         assert swap["bpb_step0"]["nb-NO"] > 0
     assert json.loads((dst / "reports/metrics/vocab_swap/exact.json").read_text())["aligned_rows"] > 0
-    for run in ["scratch", "original", *methods]:
+    for run in ["scratch", "original", *methods, "fvt-hybrid"]:
         info = json.loads((dst / "data/logs" / run / "run.json").read_text())
         steps = [c["step"] for c in info["checkpoints"]]
         assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3, (run, steps)
@@ -104,13 +81,13 @@ def test_every_study_run_and_model_loads(smoke_project):
 def test_metrics_are_small_flat_headlines(smoke_project):
     """`dvc metrics show` is a summary: every metrics file is flat, at most 12 keys, and the details are outputs."""
     dst, env, _, _ = smoke_project
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], dst, env))
+    shown = json.loads(run_checked(["dvc", "metrics", "show", "--json"], dst, env))
     files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
     names = {Path(f).relative_to("reports/metrics").as_posix() for f in files}
     methods = ["random", "exact", "fvt", "focus", "omp"]
     assert names == {"corpus.json", "tokenizer.json", "base.json", "evaluate.json", "spikes.json", "stability.json",
                      "context.json", "compress.json", *[f"vocab_swap/{m}.json" for m in methods],
-                     *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods]],
+                     *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, "fvt-hybrid"]],
                      *[f"context/{m}.json" for m in SMOKE_CONTEXT], *[f"compress/{v}.json" for v in SMOKE_COMPRESS]}  # fmt: skip
     for f, data in files.items():
         assert 0 < len(data) <= 12 and all(not isinstance(v, (dict, list)) for v in data.values()), f
@@ -142,10 +119,16 @@ def test_report_pdf_and_model_card(smoke_project):
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a details JSON value, through its fragment
     study = json.loads((dst / "reports/evaluate/swap_study.json").read_text())
-    assert set(study["runs"]) == {"scratch", "original", "random", "exact", "fvt", "focus", "omp"}
+    assert set(study["runs"]) == {"scratch", "original", "random", "exact", "fvt", "focus", "omp", "fvt-hybrid"}
     assert set(study["goals"]) == {"fvt_step0_below_random", "focus_step0_below_random", "best_speedup_at_least_3"}
     evaluation = json.loads((dst / "reports/evaluate/eval.json").read_text())
-    assert evaluation["best"] in ["scratch", "original", "random", "exact", "fvt", "focus", "omp"]
+    assert evaluation["best"] in ["scratch", "original", "random", "exact", "fvt", "focus", "omp", "fvt-hybrid"]
+    # the hybrid-objective arm against fvt: a paired difference and both runs' masked-token accuracy
+    arm = evaluation["arms"]["fvt-hybrid"]
+    assert arm["reference"] == "fvt" and arm["target"]["ci"][0] <= arm["target"]["diff"] <= arm["target"]["ci"][1]
+    assert {"masked_acc", "masked_acc_ci"} <= set(evaluation["runs"]["fvt-hybrid"]) and "masked_acc" in evaluation["runs"]["fvt"]
+    hybrid = json.loads((dst / "data/logs/fvt-hybrid/run.json").read_text())
+    assert hybrid["masked_share"] == 0.1 and hybrid["overrides"] == {"masked_share": 0.1} and hybrid["init"].endswith("swap-fvt")
     card = (dst / "reports/model_card/README.md").read_text()
     assert card.startswith("---") and "AutoModelForCausalLM" in card
     assert "Norwegian Bokmål (nb-NO)" in card and "Norwegian Bokmål" in flat and "Czech" not in flat
@@ -173,6 +156,12 @@ def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
     assert n >= 10
     shown = [num.text for _, num in summary.numbers() if num.text in page1]
     assert len(shown) >= n // 2, f"only {len(shown)} of the summary's {n} numbers are on page 1"
+    arm = next(f for f in summary.results if f.heading == "Arm: fvt-hybrid")
+    assert "fvt trained with masked_share 0.1" in arm.text and "masked-token accuracy" in arm.text
+    # the committed seed spread is the default study's: on the smoke profile it must not be used
+    assert not summary.ranking["seed_measured"]
+    assert any(lim.startswith("Seeds: one seed per run and no run-to-run spread for this configuration")
+               for lim in summary.limitations)  # fmt: skip
 
 
 def test_derived_stages_products(smoke_project):
@@ -210,25 +199,6 @@ def test_derived_stages_products(smoke_project):
 def test_second_repro_is_a_noop(smoke_project):
     dst, env, _, _ = smoke_project
     t0 = time.time()
-    out = _run(["dvc", "repro"], dst, env)
+    out = run_checked(["dvc", "repro"], dst, env)
     print(f"no-op dvc repro: {time.time() - t0:.1f} s")
     assert "didn't change, skipping" in out and "Running stage" not in out
-
-
-def test_switching_target_is_a_params_change(smoke_project):
-    """The whole study for Swedish by one params change: the report and the card say Swedish, never Bokmål.
-
-    (Swedish, not Czech, on the smoke profile: with its seven chapters, the cs-CZ val split is empty after
-    language ID, and the corpus stage rightly stops with that error.)"""
-    dst, env, _, _ = smoke_project
-    _run(["dvc", "exp", "run", "-S", "shared.target_lang=sv-SE"], dst, env)
-    fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
-    assert "sv-SE" in fert["ratio_tokens_per_word"] and "nb-NO" not in fert["ratio_tokens_per_word"]
-    assert (dst / "data/corpus/sv-SE/test.jsonl").exists()
-    text = subprocess.run(["pdftotext", str(dst / "reports/report.pdf"), "-"], capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
-    flat = " ".join(text.split())
-    card = (dst / "reports/model_card/README.md").read_text()
-    assert "from English to Swedish" in flat and "Swedish (sv-SE)" in card
-    for word in ("Bokmål", "Norwegian", "nb-NO"):
-        assert word not in flat and word not in card, word

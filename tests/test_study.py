@@ -104,7 +104,7 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
     from warmstart.runs import BASE, get_run, run_names, study_runs
 
     params = _params(tmp_path)
-    assert run_names(params) == ["scratch", "original", "random", "exact", "fvt", "focus", "omp"]
+    assert run_names(params) == ["scratch", "original", "random", "exact", "fvt", "focus", "omp", "fvt-hybrid"]
     kinds = {r.name: (r.kind, r.method) for r in study_runs(params)}
     assert kinds["scratch"] == ("scratch", None) and kinds["original"] == ("original", None) and kinds["omp"] == ("swap", "omp")
     data = tmp_path / "data"
@@ -116,6 +116,68 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
     assert get_run(params, "scratch").init_dir(params) == data / "runs/scratch/init"
     with pytest.raises(ValueError, match=r"unknown run 'fvtt'; the study's runs are \['scratch', 'original', 'random'"):
         get_run(params, "fvtt")
+    # the arm: fvt's swapped model, its own directories, its pretrain settings
+    arm = get_run(params, "fvt-hybrid")
+    assert (arm.kind, arm.method, dict(arm.overrides)) == ("arm", "fvt", {"masked_share": 0.1})
+    assert arm.init_dir(params) == data / "models/swap-fvt" and arm.dir(params) == data / "runs/fvt-hybrid"
+    # a seed-spread run: the same run under data/seeds/s<seed>, never in the DVC study's directories
+    s = arm.at_seed(7)
+    assert (s.dir(params), s.record(params)) == (data / "seeds/s7/runs/fvt-hybrid", data / "seeds/s7/logs/fvt-hybrid/run.json")
+    assert s.init_dir(params) == data / "models/swap-fvt" and s.overrides == arm.overrides
+    assert get_run(params, "scratch").at_seed(7).init_dir(params) == data / "seeds/s7/runs/scratch/init"
+    from warmstart.runs import derived_run
+
+    with pytest.raises(ValueError, match="only study runs are trained per seed"):
+        derived_run("context", "yarn").at_seed(7)
+
+
+@pytest.mark.parametrize("study,message", [
+    ({"arms": {"x": {"init": "fvtt", "masked_share": 0.1}}}, r"study.arms.x.init is 'fvtt', not a vocab_swap method"),
+    ({"arms": {"x": {"init": "fvt"}}}, "an arm changes at least one pretrain setting"),
+    ({"arms": {"x": {"init": "fvt", "seq_len": 64}}}, r"arm keys \['seq_len'\] are not pretrain settings an arm may change"),
+    ({"arms": {"fvt": {"init": "fvt", "z_loss": 1e-4}}}, "the name is already a study run's"),
+    ({"arms": {"Bad Name": {"init": "fvt", "z_loss": 1e-4}}}, "use lower-case letters"),
+    ({"seeds": [1, 1]}, r"seeds must be distinct and >= 0: \[1, 1\]"),
+    ({"seeds": []}, "at least 1 item"),
+])  # fmt: skip
+def test_study_params_name_what_is_wrong(tmp_path, study, message):
+    from warmstart.config import ParamsError, load_params
+
+    with pytest.raises(ParamsError, match=message):
+        load_params(ROOT / "params.yaml", overrides={"study": study})
+
+
+def test_seed_spread_is_used_only_for_its_own_configuration(tmp_path):
+    from warmstart.config import load_params
+    from warmstart.seeds import fingerprint, measure, spread_for, spread_path, spread_section
+
+    params = _params(tmp_path)
+    fp = fingerprint(params)
+    from warmstart.report import PARAMS as REPORT_PARAMS
+    from warmstart.stages import declared
+
+    assert fingerprint(declared(params, "report", REPORT_PARAMS)) == fp  # the report stage reads it key by key
+    assert fp == fingerprint(_params(tmp_path / "elsewhere"))  # the directories are not the configuration
+    other = load_params(ROOT / "params.yaml", overrides={"pretrain": {"masked_share": 0.05}})
+    assert fingerprint(other) != fp
+    spread, why = spread_for(params)
+    assert spread is None and "no run-to-run spread is recorded" in why and spread_section(params) is None
+    rec = {"metric": "m", "seeds": [1, 2, 3], "fingerprint": fp, "seconds": 60, "hardware": "cpu",
+           "runs": {"fvt": {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 3, "values": [0.99, 1.0, 1.01]}}}
+    spread_path(params).parent.mkdir(parents=True)
+    spread_path(params).write_text(json.dumps(rec))
+    spread, why = spread_for(params)
+    assert why == "" and spread["runs"]["fvt"]["std"] == 0.01 and spread["seeds"] == [1, 2, 3]
+    section = spread_section(params)
+    assert section["tables"][0]["rows"] == [["fvt", "0.990, 1.000, 1.010", "1.000", "0.0100", "0.990–1.010"]]
+    spread_path(params).write_text(json.dumps(rec | {"fingerprint": "0" * 16}))
+    spread, why = spread_for(params)
+    assert spread is None and f"fingerprint {'0' * 16}, this study's is {fp}" in why
+    assert spread_section(params) is None  # another configuration's spread: no section (the limitations say why)
+    with pytest.raises(ValueError, match=r"at least two seeds, got \[1337\]"):
+        measure(params, [1337])
+    with pytest.raises(ValueError, match=r"unknown runs \['fvtt'\]"):
+        measure(params, [1, 2], ["fvtt"])
 
 
 def test_params_view_refuses_undeclared_keys(tmp_path):

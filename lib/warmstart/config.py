@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -263,6 +263,43 @@ class Pretrain(_Section):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
 
 
+class Arm(_Section):
+    """An extra study run: a swap method's model trained with some ``pretrain`` settings changed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    init: str  # a vocab_swap method: the run starts from data/models/swap-<init>
+
+    @model_validator(mode="after")
+    def _pretrain_keys(self) -> "Arm":
+        fixed = {"num_processes", "seq_len", "micro_batch", "grad_accum", "phase1", "phase2", "tag_every", "log_every"}
+        bad = sorted(set(self.overrides) - (set(Pretrain.model_fields) - fixed))
+        if not self.overrides or bad:
+            raise ValueError(f"arm keys {bad} are not pretrain settings an arm may change" if bad else
+                             "an arm changes at least one pretrain setting (e.g. masked_share: 0.1)")  # fmt: skip
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Study(_Section):
+    """The study's training seeds and its runs beyond one per swap method (:mod:`warmstart.runs`). The DVC
+    study trains with shared.seed; `make seed-spread` (:mod:`warmstart.seeds`) trains every run per seed."""
+
+    seeds: list[int] = Field(default=[1337], min_length=1)
+    arms: dict[str, Arm]
+
+    @model_validator(mode="after")
+    def _check(self) -> "Study":
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct and >= 0: {self.seeds}")
+        bad = [n for n in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n)]
+        if bad:
+            raise ValueError(f"arm names {bad}: use lower-case letters, digits, '-' and '_' (they name files and DVC stages)")
+        return self
+
+
 # ---------------------------------------------------------------- evaluate, spikes, report
 
 
@@ -280,60 +317,6 @@ class Evaluate(_Section):
     masked_items: int = Field(default=50, ge=0)
 
 
-SPIKE_METHODS = ("robust", "olmo2", "mad", "zclip")
-
-
-@dataclass
-class RobustParams:
-    """Parameters of the ``robust`` method (defaults tuned on synthetic seed 0,
-    see ``warmstart.spikes.bench``).  Windows count log records."""
-
-    level_window: int = 25  # trailing median that defines the local level
-    window: int = 200  # trailing window of residuals for center and scale
-    min_level: int = 10  # records needed before the level is defined
-    min_scale: int = 30  # residuals needed before center / scale are defined
-    z_enter: float = 5.0  # a single record this far above the reference starts a spike
-    z_pair: float | None = 3.5  # ... or two consecutive records this far (None: off)
-    z_grad: float = 4.0  # ... or one record this far with a grad-norm co-spike
-    grad_enter: float | None = 6.0  # grad-norm robust z of a co-spike (this or previous record; None: off)
-    z_exit: float = 2.0  # an active spike lasts while records stay this far above its reference
-    patience: int = 3  # ... and ends after this many consecutive records below
-    merge_gap: int = 10  # a spike starting <= this many records after the previous one ends extends it
-    shift_check: int = 100  # every this many records of a spike, test for a level shift
-    shift_ratio: float = 0.7  # not decaying: median z of the latest half >= ratio x the half before
-    min_rel_scale: float = 1e-3  # floor of the scale (log-loss units: 0.1 % of the loss)
-    recovery_band: float = 1.0  # recovered: within this many scale units of the reference
-    mask_events: bool = True  # keep flagged records out of the reference windows
-    log: bool | None = None  # None: log-loss when every loss is > 0
-
-    @classmethod
-    def from_kwargs(cls, kw: dict) -> "RobustParams":
-        names = {f.name for f in fields(cls)}
-        unknown = set(kw) - names
-        if unknown:
-            raise TypeError(
-                f"unknown robust parameter(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
-            )
-        p = cls(**kw)
-        p.validate()
-        return p
-
-    def validate(self) -> None:
-        for name in ("level_window", "window", "min_level", "min_scale", "patience"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"robust parameter {name} must be >= 1, got {getattr(self, name)}")
-        if self.min_level > self.level_window:
-            raise ValueError(f"min_level ({self.min_level}) must be <= level_window ({self.level_window})")
-        if self.min_scale > self.window:
-            raise ValueError(f"min_scale ({self.min_scale}) must be <= window ({self.window})")
-        if not self.z_exit < self.z_enter:
-            raise ValueError(f"z_exit ({self.z_exit}) must be < z_enter ({self.z_enter})")
-        if self.shift_check is not None and self.shift_check < 2:
-            raise ValueError(f"shift_check must be >= 2 (or None), got {self.shift_check}")
-        if not self.min_rel_scale > 0:
-            raise ValueError(f"min_rel_scale must be > 0, got {self.min_rel_scale}")
-
-
 class Spikes(_Section):
     method: Literal["robust", "olmo2", "mad", "zclip"] = "robust"
     warmup: int | Literal["auto"] = "auto"
@@ -347,6 +330,8 @@ class Spikes(_Section):
         if self.score_min_periods > self.score_window:
             raise ValueError(f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})")
         if self.method == "robust":
+            from warmstart.robust_params import RobustParams  # the detector's parameters, no detector
+
             try:
                 RobustParams.from_kwargs(dict(self.params))
             except (TypeError, ValueError) as e:
@@ -451,12 +436,24 @@ class Params(_Section):
     base: Base
     vocab_swap: VocabSwap
     pretrain: Pretrain
+    study: Study
     evaluate: Evaluate
     spikes: Spikes
     stability: Stability
     context: Context
     compress: Compress
     report: Report
+
+    @model_validator(mode="after")
+    def _arms(self) -> "Params":
+        methods = list(self.vocab_swap.methods)
+        for name, arm in self.study.arms.items():
+            if arm.init not in methods:
+                raise ValueError(f"study.arms.{name}.init is {arm.init!r}, not a vocab_swap method ({methods}): "
+                                 f"add it to vocab_swap.methods or drop the arm (study.arms: {{}})")  # fmt: skip
+            if name in (*methods, "scratch", "original", "base"):
+                raise ValueError(f"study.arms.{name}: the name is already a study run's")
+        return self
 
     # -- helpers used by several stages
     def resolve_lang(self, lang: str) -> str:

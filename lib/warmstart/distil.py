@@ -50,6 +50,35 @@ from warmstart.flops import flops_per_token
 from warmstart.signals import label_positions
 
 
+class _KL(torch.autograd.Function):
+    """``sum_rows KL(p || softmax(s / T))`` with its gradient by hand: ``(softmax(s / T) - p) / T``.
+
+    ``log_p`` is the teacher's (``[N, V]``, or ``[N, k]`` at the columns ``idx`` with top-k); the
+    student's columns beyond them (padding, outside the top-k) get ``p = 0``. Autograd through
+    ``log_softmax``, the product and the sum keeps several row-by-vocabulary tensors and walks them
+    again backwards; this keeps ``log q`` only. ``python -m warmstart.distil bench`` times it against
+    :func:`kd_kl_reference` (autograd through the formula) in one run.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, log_p: torch.Tensor, idx: torch.Tensor | None, temperature: float) -> torch.Tensor:
+        log_q = torch.log_softmax(s.float() / temperature, dim=-1)
+        at = log_q.gather(-1, idx) if idx is not None else log_q[:, : log_p.shape[-1]]
+        ctx.save_for_backward(log_q, log_p, idx)
+        ctx.temperature, ctx.dtype = temperature, s.dtype
+        return (log_p.exp() * (log_p - at)).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        log_q, log_p, idx = ctx.saved_tensors
+        g = log_q.exp_()
+        if idx is not None:
+            g.scatter_add_(-1, idx, log_p.exp().neg_())
+        else:
+            g[:, : log_p.shape[-1]].sub_(log_p.exp())
+        return g.mul_(grad / ctx.temperature).to(ctx.dtype), None, None, None
+
+
 def kd_kl(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -62,15 +91,35 @@ def kd_kl(
 
     ``student_logits [B, T, Vs]``, ``teacher_logits [B, T, Vt]``, ``labels [B, T]``
     (``-100`` = no label); ``vocab`` the real vocabulary size (default
-    ``min(Vs, Vt)``). Gradients flow into the student logits only.
+    ``min(Vs, Vt)``). Gradients flow into the student logits only (by hand, :class:`_KL`).
     """
     pos = label_positions(labels)
     V = vocab if vocab is not None else min(student_logits.shape[-1], teacher_logits.shape[-1])
-    s = student_logits[pos].float() / temperature
-    t = teacher_logits[pos][..., :V].detach().float() / temperature
+    if V > student_logits.shape[-1] or V > teacher_logits.shape[-1]:
+        raise ValueError(f"kd_kl: vocab {V} exceeds the student's ({student_logits.shape[-1]}) or the teacher's "
+                         f"({teacher_logits.shape[-1]}) logits")  # fmt: skip
+    s = student_logits[pos]
     if s.shape[0] == 0:
         return student_logits.sum() * 0.0
-    log_q = F.log_softmax(s, dim=-1)
+    with torch.no_grad():
+        t = teacher_logits[pos][..., :V].float() / temperature
+        idx = None
+        if top_k is not None and top_k < V:
+            t, idx = t.topk(top_k, dim=-1)
+        log_p = F.log_softmax(t, dim=-1)
+    return _KL.apply(s, log_p, idx, temperature) / s.shape[0]
+
+
+def kd_kl_reference(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+    top_k: int | None = None, vocab: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """:func:`kd_kl` by autograd through the module doc's formula: the reference its backward is tested
+    and benchmarked against (same arguments, same value)."""
+    pos = label_positions(labels)
+    V = vocab if vocab is not None else min(student_logits.shape[-1], teacher_logits.shape[-1])
+    log_q = F.log_softmax(student_logits[pos].float() / temperature, dim=-1)
+    t = teacher_logits[pos][..., :V].detach().float() / temperature
     if top_k is not None and top_k < V:
         t, idx = t.topk(top_k, dim=-1)
         log_q = log_q.gather(-1, idx)
@@ -78,6 +127,36 @@ def kd_kl(
         log_q = log_q[..., :V]
     log_p = F.log_softmax(t, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def benchmark_kd(rows: int = 2048, vocab: int = 8192, pad: int = 64, rounds: int = 9, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Forward + backward of :func:`kd_kl` over :func:`kd_kl_reference` on the same random logits, alternating
+    in one process (``rows`` positions, the default study's micro-batch of 16 x 128; ``vocab`` real tokens
+    plus ``pad`` padding columns). The ratio is the median of the paired per-round ratios."""
+    import statistics
+    import time
+
+    g = torch.Generator().manual_seed(seed)
+    s0 = 3 * torch.randn(1, rows + 1, vocab + pad, generator=g)
+    t = 3 * torch.randn(1, rows + 1, vocab + pad, generator=g)
+    labels = torch.zeros(1, rows + 1, dtype=torch.long)
+    fns = {"by_hand": kd_kl, "autograd": kd_kl_reference}
+    grads, times = {}, {k: [] for k in fns}
+    for r in range(rounds + 1):  # round 0 warms up
+        for name in fns if r % 2 else reversed(list(fns)):
+            x = s0.clone().requires_grad_()
+            t0 = time.perf_counter()
+            fns[name](x, t, labels, temperature, top_k, vocab).backward()
+            if r:
+                times[name].append(time.perf_counter() - t0)
+            grads[name] = x.grad
+    ratios = [a / b for a, b in zip(times["autograd"], times["by_hand"])]
+    return {"rows": rows, "vocab": vocab, "pad": pad, "top_k": top_k, "rounds": rounds, "threads": torch.get_num_threads(),
+            "seconds_by_hand": statistics.median(times["by_hand"]), "seconds_autograd": statistics.median(times["autograd"]),
+            "speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+            "max_abs_grad_diff": float((grads["by_hand"] - grads["autograd"]).abs().max()),
+            "device": "cpu", "torch": torch.__version__}  # fmt: skip
 
 
 def check_tokenizers(student_tok: Any, teacher_tok: Any, student_path: str, teacher_path: str) -> None:
@@ -124,3 +203,26 @@ def load_teacher(path: str | os.PathLike, student_tok: Any, student_tok_path: st
 def teacher_flops_per_token(config: Any, seq_len: int) -> int:
     """The teacher's forward FLOPs per token, ``2 N + 4 L H Q T`` (one third of the training formula)."""
     return flops_per_token(config, seq_len) // 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m warmstart.distil bench [--rows 2048 --vocab 8192 --rounds 9 --top-k K]``: prints :func:`benchmark_kd`."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m warmstart.distil", description=main.__doc__)
+    ap.add_argument("cmd", choices=["bench"])
+    ap.add_argument("--rows", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--top-k", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(benchmark_kd(args.rows, args.vocab, rounds=args.rounds, top_k=args.top_k), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -182,6 +182,8 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     doc_rows: list[dict] = []
     doc_bytes: dict[str, list[int]] = {}
     probe_ci: dict[str, dict] = {}
+    # the masked-token probe on every run once one trains with the hybrid objective: what the objective buys
+    masked_any = any(r.get("masked_share", 0) for r in runs)
     jobs = [(run, c) for run in runs for c in select_checkpoints(run, ev.checkpoints)]
     final_paths = {run["name"]: sorted(run["checkpoints"], key=lambda c: c["step"])[-1]["path"] for run in runs}
     bar = tqdm(jobs, desc="evaluate", disable=not progress)
@@ -215,7 +217,7 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
                 ci["chrf_ci"] = t["chrf_ci"]
                 if is_final:
                     translations += [{"run": run["name"], **e} for e in t["examples"]]
-            if ev.masked_items and run.get("masked_share", 0) and tok.mask_token_id is not None:
+            if ev.masked_items and masked_any and tok.mask_token_id is not None:
                 m = masked_token_accuracy(model, tok, masked_texts, ev.masked_items, seq_len, seed=sh.seed)
                 row["masked_acc"] = m["masked_acc"]
                 ci["masked_acc_ci"], ci["masked_tokens"] = m["masked_acc_ci"], m["masked_tokens"]
@@ -325,11 +327,14 @@ def speedup_samples(doc_nll: dict, run: str, weights: np.ndarray, scratch: str =
     return out
 
 
-def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot: int = stats.N_BOOT) -> dict:
+def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot: int = stats.N_BOOT,
+              pairs: dict[str, str] | None = None) -> dict:  # fmt: skip
     """Evaluation-text intervals of the final numbers, from the per-text NLL (:mod:`warmstart.stats`).
 
     ``{"runs": {run: {"bpb_target_ci", "bpb_source_ci", "speedup_vs_scratch_ci"}}, "vs_lowest": {"reference":
-    run, "runs": {run: {"diff", "ci", "distinguishable"}}}, "method": {...}}``; ``{}`` without per-text NLL.
+    run, "runs": {run: {"diff", "ci", "distinguishable"}}}, "pairs": {run: {"reference", "target": {...},
+    "source": {...}}}, "method": {...}}``; ``{}`` without per-text NLL. ``pairs`` maps a run to the run it is
+    compared with (an arm to its init): the paired difference in target and source bits per byte.
     """
     if not doc_nll or not doc_nll.get("checkpoints") or finals.empty:
         return {}
@@ -357,10 +362,17 @@ def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot:
             if name != lowest:
                 comp[name] = stats.paired_difference(row["target"], final[lowest]["target"], doc_nll["bytes"]["target"],
                                                      n_boot=n_boot, seed=seed)  # fmt: skip
+    paired = {}
+    for name, ref in (pairs or {}).items():
+        if name in final and ref in final:
+            paired[name] = {"reference": ref} | {
+                role: stats.paired_difference(final[name][role], final[ref][role], doc_nll["bytes"][role], n_boot=n_boot,
+                                              seed=seed) for role in weights}  # fmt: skip
     docs = doc_nll.get("docs") or {}
     return {
         "runs": out_runs,
         "vs_lowest": {"reference": lowest, "runs": comp},
+        "pairs": paired,
         "method": {"level": stats.LEVEL, "bootstrap_samples": n_boot, "seed": seed, "unit": doc_nll.get("unit", "text"),
                    "texts": n_texts, "chapters": {k: len(set(v)) for k, v in docs.items() if v},
                    "note": "evaluation-text noise only (resampled held-out texts); not run-to-run (seed) noise"},
@@ -561,6 +573,8 @@ def metrics_json(res: dict, init: pd.DataFrame, ints: dict | None = None) -> dic
     if ints.get("vs_lowest"):
         out["vs_lowest"] = ints["vs_lowest"]
         out["intervals"] = ints["method"]
+    if ints.get("pairs"):
+        out["arms"] = ints["pairs"]
     return _clean(out)
 
 

@@ -37,11 +37,13 @@ SMALL_MODEL = 1e9
 
 
 def format_value(value: Any, spec: str) -> str:
-    """How the summary prints a number: ``f3`` 1.844, ``f2`` 0.52, ``x2`` 2.64×, ``int`` 2,823,296,
-    ``mb`` 1.89 MB, ``pct`` 48%, ``str`` as is."""
+    """How the summary prints a number: ``f3`` 1.844, ``+f3`` +0.012 (signed), ``f2`` 0.52, ``x2`` 2.64×,
+    ``int`` 2,823,296, ``mb`` 1.89 MB, ``pct`` 48%, ``str`` as is."""
     if spec == "str":
         return str(value)
     v = float(value)
+    if spec.startswith("+f"):
+        return f"{v:+.{int(spec[2:])}f}"
     if spec.startswith("f"):
         return f"{v:.{int(spec[1:])}f}"
     if spec == "x2":
@@ -199,7 +201,7 @@ def ranking_sentence(rk: Mapping[str, Any], tgt: str, spread: Mapping | None, se
                     f"(seed spread of {n} seeds, {seed_file}): their order is not established.")  # fmt: skip
         return f"{low} is distinguishable from every other run beyond run-to-run noise ({n} seeds, {seed_file})."
     text_tied = [r for r in rk["order"][1:] if (rk["by_text"].get(r) or {}).get("distinguishable") is False]
-    out = (f"Run-to-run (seed) spread not measured ({seed_file} absent): with one seed per run, no run is shown to "
+    out = (f"Run-to-run (seed) spread not available ({seed_file}): with one seed per run, no run is shown to "
            "be best.")  # fmt: skip
     if text_tied:
         out += f" Even on this test text, {join_words(text_tied)} cannot be told from {low} (paired bootstrap)."
@@ -223,8 +225,10 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     ev = R.get("evaluate/eval.json")
     runs = [k.removeprefix("final_bpb_") for k in ev_head if k.startswith("final_bpb_")]
     final = {r: ev_head[f"final_bpb_{r}"] for r in runs}
-    spread = stats.seed_spread(sh.reports_dir)
-    seed_file = "reports/metrics/seed_spread.json"
+    from warmstart.seeds import spread_for
+
+    spread, seed_why = spread_for(params)
+    seed_file = seed_why or "reports/metrics/seed_spread.json"
     rk = ranking(final, ev, spread)
     low = rk["lowest"]
 
@@ -357,6 +361,10 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     if probe:
         results.append(probe)
 
+    # ---- arms (study.arms): what each costs and buys against the run it starts from
+    for name, d in (ev.get("arms") or {}).items():
+        results.append(_arm_finding(R, ev, params, name, d, t, ci_text))
+
     # ---- later stages' headlines
     for f in fragments:
         for sentence in f.get("findings") or []:
@@ -381,6 +389,29 @@ def _hardware(prov: Mapping | None, fragments: Sequence[Mapping], run_seconds: M
     total = sum(stages.values()) + sum(float(v) for k, v in run_seconds.items() if k != "base" or "base" not in stages)
     cpu = f"{r.get('cpu') or '?'} CPU, {r.get('cpu_count')} cores, {gpu}"
     return cpu + (f"; {total / 60:.1f} min of recorded stage and training time" if total else "")
+
+
+def _arm_finding(R: _Records, ev: Mapping, params: Any, name: str, d: Mapping, t: str, ci_text: Any) -> Finding:
+    """An arm against its reference run: the paired difference in final target bits per byte, and the
+    masked-token accuracy of both when measured (the hybrid objective's cost and gain)."""
+    ref = d["reference"]
+    arm = params.study.arms.get(name)
+    what = ", ".join(f"{k} {v}" for k, v in arm.overrides.items()) if arm else "changed settings"
+    diff = R.num("evaluate/eval.json", f"arms.{name}.target.diff", "+f3")
+    tgt = d.get("target") or {}
+    verdict = {True: "beyond evaluation-text noise", False: "within evaluation-text noise", None: "no interval"}[
+        tgt.get("distinguishable")]
+    text = (f"{name} ({ref} trained with {what}) ends {diff.text} {t} bits per byte from {ref}"
+            f"{ci_text(tgt.get('ci'), '+f3')}, {verdict} (paired bootstrap)")  # fmt: skip
+    used = [diff]
+    er = ev.get("runs") or {}
+    acc = {r: R.num("evaluate/eval.json", f"runs.{r}.masked_acc", "f3") for r in (name, ref) if "masked_acc" in (er.get(r) or {})}
+    if len(acc) == 2:
+        cis = {r: (er[r] or {}).get("masked_acc_ci") for r in acc}
+        text += (f"; masked-token accuracy {acc[name].text}{ci_text(cis[name], 'f3')} against {acc[ref].text}"
+                 f"{ci_text(cis[ref], 'f3')} for {ref}")  # fmt: skip
+        used += [acc[name], acc[ref]]
+    return Finding(f"Arm: {name}", text + ".", used, "evaluate")
 
 
 def _probe_finding(R: _Records, ev: Mapping, runs: Sequence[str], t: str) -> Finding | None:
@@ -477,8 +508,8 @@ def _limitations(R: _Records, ev: Mapping, base: ModelInfo, n_params: Number | N
         out.append(f"Evaluation text: {eb:,} bytes per language. No bits-per-byte interval: the evaluate stage's "
                    "outputs predate per-text losses (rerun the evaluate stage for bootstrap intervals).")  # fmt: skip
     if not spread:
-        out.append(f"Seeds: one seed per run and no measured run-to-run spread ({seed_file} absent): differences between "
-                   "runs of a few hundredths of a bit per byte may be noise.")  # fmt: skip
+        out.append(f"Seeds: one seed per run and no run-to-run spread for this configuration ({seed_file}): "
+                   "differences between runs of a few hundredths of a bit per byte may be noise.")  # fmt: skip
     if probe is not None and probe.status == "chance":
         out.append("Probes: they cannot separate the runs at this scale: cloze accuracies are within chance and "
                    "translation chrF is at or near zero.")  # fmt: skip

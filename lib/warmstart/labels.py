@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 # What each of the study's runs is (the names stay the runs' names in every table; this is their legend).
 RUNS = {
@@ -26,6 +27,13 @@ RUNS = {
     "focus": "swap; FOCUS: overlapping tokens copied, the rest sparsemax-weighted by fastText similarity",
     "omp": "swap; OMP: each new token as k anchor rows, fitted on the scratch run's embeddings",
 }
+
+
+def arm_legend(arm: Any) -> str:
+    """What an arm of ``study.arms`` is, from its params: 'arm; fvt with masked_share 0.1 (...)'."""
+    changes = ", ".join(f"{k} {v}" for k, v in arm.overrides.items())
+    what = " (NorMistral's hybrid objective: that share of masked-next-token batches)" if "masked_share" in arm.overrides else ""
+    return f"arm; {arm.init} trained with {changes}{what}"
 
 # Table columns whose stage names are keys, with their labels ({src}, {tgt}: the run's language codes).
 COLUMNS = {
@@ -66,6 +74,7 @@ NUMBERS = [
     (r"params", "parameters"),
     (rf"bpb_target\.{_RUN}", "final {tgt} bits per byte, {run}"),
     (rf"bpb_source\.{_RUN}", "final {src} bits per byte, {run}"),
+    (rf"arm_bpb_diff\.{_RUN}", "{run} minus its reference run, final {tgt} bits per byte"),
     (r"best", "lowest final {tgt} bits per byte (run)"),
     (r"total_spikes", "loss spikes, all runs"),
     (rf"spikes\.{_RUN}", "loss spikes, {run}"),

@@ -167,7 +167,7 @@ def model_card(params: Any, run: Mapping, eval_json: Mapping, fragments: Sequenc
     given; ``throughput``: the run's :func:`warmstart.flops.throughput`, from its log when not given)."""
     from warmstart.findings import ranking as rank_runs
     from warmstart.probes import translation_prompt
-    from warmstart.stats import seed_spread
+    from warmstart.seeds import spread_for
 
     sh = params.shared
     src, tgt = language(sh.source_lang), language(sh.target_lang)
@@ -212,7 +212,7 @@ def model_card(params: Any, run: Mapping, eval_json: Mapping, fragments: Sequenc
     tok_rows += [[tok_labels.number(k), v] for k, v in toknums.items()]
     if ranking is None:
         final = {rn: d.get("bpb_target") for rn, d in eval_json["runs"].items()}
-        ranking = rank_runs(final, eval_json, seed_spread(sh.reports_dir))
+        ranking = rank_runs(final, eval_json, spread_for(params)[0])
     ev_rows = []
     for rn, d in eval_json["runs"].items():
         ev_rows.append([("**" + rn + "**") if rn == run["name"] else rn,

@@ -65,7 +65,7 @@ from warmstart.describe import (
     language,
 )
 from warmstart.fragments import PACKAGES, _git, check_findings, provenance_record
-from warmstart.labels import RUNS, Labels
+from warmstart.labels import RUNS, Labels, arm_legend
 from warmstart.report_template import TEMPLATE
 from warmstart.throughput import peak_text
 
@@ -97,7 +97,8 @@ def overview_section(params: Any, base: ModelInfo | None = None, sources: Sequen
     tables = [{"caption": "The run.", "columns": ["", "value"], "rows": run},
               {"caption": "Training text and its licence.", "columns": ["source", "licence"],
                "rows": [[s.text, s.licence] for s in sources]}]  # fmt: skip
-    legend = [[r, RUNS[r]] for r in runs if r in RUNS]
+    arms = {n: arm_legend(a) for n, a in params.study.arms.items()}
+    legend = [[r, RUNS.get(r) or arms[r]] for r in runs if r in RUNS or r in arms]
     if legend:
         tables.append({"caption": "The study's runs (their names in every table and figure).",
                        "columns": ["run", "what it is"], "rows": legend})  # fmt: skip

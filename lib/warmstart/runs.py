@@ -18,6 +18,13 @@ Kinds:
     The base model with its own tokenizer, no swap (continued pretraining).
 ``swap``
     The base model after a vocabulary swap with ``method`` (``data/models/swap-<method>``).
+``arm``
+    A swap method's model (``method``) trained with some ``pretrain`` settings changed: an arm of
+    ``study.arms`` (``fvt-hybrid``: NorMistral's hybrid objective). Its :attr:`Run.overrides`.
+
+Seeded runs (:meth:`Run.at_seed`): the same run trained with another seed, for the run-to-run spread
+(``python -m warmstart.seeds``), under ``data/seeds/s<seed>/{runs,logs}/<name>``: the DVC study's
+directories never hold them.
 
 Derived runs start from the *adapted* model (:func:`adapted_run`: the evaluation's best run, or one
 named in params) and are the study's later products:
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["base", "scratch", "original", "swap", "context", "compress"]
+Kind = Literal["base", "scratch", "original", "swap", "arm", "context", "compress"]
 SPECIAL = ("scratch", "original")
 DERIVED = ("context", "compress")  # study runs that are not a swap method, in report order
 
@@ -45,7 +52,18 @@ DERIVED = ("context", "compress")  # study runs that are not a swap method, in r
 class Run:
     name: str
     kind: Kind
-    method: str | None = None  # the swap method of a ``swap`` run; the extension method / compression variant
+    method: str | None = None  # the swap method of a ``swap`` run (an arm's init); the extension method / compression variant
+    overrides: tuple[tuple[str, Any], ...] = ()  # an arm's pretrain settings
+    seed: int | None = None  # None: the DVC study's run (shared.seed); else a seed-spread run
+
+    def at_seed(self, seed: int) -> "Run":
+        """The same run trained with ``seed`` (its own directories under ``data/seeds/s<seed>``)."""
+        if self.kind not in ("scratch", "original", "swap", "arm"):
+            raise ValueError(f"only study runs are trained per seed, not {self.kind} runs ({self.name})")
+        return Run(self.name, self.kind, self.method, self.overrides, seed)
+
+    def _root(self, params: Any, what: str) -> Path:
+        return params.path(what) if self.seed is None else params.path("seeds", f"s{self.seed}", what)
 
     def dir(self, params: Any) -> Path:
         """``data/runs/<name>``: the trainer's outputs (phases, checkpoints, TensorBoard logs, models);
@@ -53,7 +71,7 @@ class Run:
         depend on as a whole: the derived stages depend on the study, never the other way round)."""
         if self.kind in DERIVED:
             return params.path(self.kind, "runs", self.method or self.name)
-        return params.path("runs", self.name)
+        return self._root(params, "runs") / self.name
 
     def record_dir(self, params: Any) -> Path:
         """``data/logs/<name>`` (``data/<kind>/logs/<method>`` for a derived run): the run's step log
@@ -61,7 +79,7 @@ class Run:
         logs (spikes, report) do not depend on any checkpoint."""
         if self.kind in DERIVED:
             return params.path(self.kind, "logs", self.method or self.name)
-        return params.path("logs", self.name)
+        return self._root(params, "logs") / self.name
 
     def log(self, params: Any) -> Path:
         return self.record_dir(params) / "log.jsonl"
@@ -90,8 +108,9 @@ BASE = Run("base", "base")
 
 
 def study_runs(params: Any) -> list[Run]:
-    """Every run of the study, in report order: scratch, original, then one per swap method."""
-    return [Run(n, n) for n in SPECIAL] + [Run(m, "swap", m) for m in params.vocab_swap.methods]  # type: ignore[arg-type]
+    """Every run of the study, in report order: scratch, original, one per swap method, then the arms."""
+    arms = [Run(name, "arm", arm.init, tuple(sorted(arm.overrides.items()))) for name, arm in params.study.arms.items()]
+    return [Run(n, n) for n in SPECIAL] + [Run(m, "swap", m) for m in params.vocab_swap.methods] + arms  # type: ignore[arg-type]
 
 
 def run_names(params: Any) -> list[str]:

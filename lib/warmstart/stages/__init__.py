@@ -41,6 +41,7 @@ STAGES = {
     "vocab_swap": "warmstart.stages.swap",
     "pretrain": "warmstart.stages.pretrain",
     "original": "warmstart.stages.pretrain",
+    "arm": "warmstart.stages.pretrain",
     "evaluate": "warmstart.stages.evaluate",
     "spikes": "warmstart.stages.spikes",
     "stability": "warmstart.stages.stability",

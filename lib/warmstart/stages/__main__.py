@@ -22,7 +22,13 @@ def expected(stage: str, root: Path) -> tuple[list[str], list[str]]:
     return code_deps(module, root), list(stage_keys(importlib.import_module(module), stage))
 
 
+def body(entry: dict) -> dict:
+    """The stage definition itself: a ``foreach`` stage's ``do`` block, else the entry."""
+    return entry["do"] if "do" in entry else entry
+
+
 def declared_in(entry: dict) -> tuple[list[str], list[str]]:
+    entry = body(entry)
     deps = [d for d in entry.get("deps", []) if isinstance(d, str) and d.startswith("lib/")]
     params = [p for p in entry.get("params", []) if isinstance(p, str)]
     return deps, params
@@ -70,6 +76,7 @@ def sync(root: Path) -> list[str]:
         deps, params = declared_in(entry)
         if sorted(deps) == want_deps and params == want_params:
             continue
+        entry = body(entry)
         keep = [d for d in entry.get("deps", []) if not (isinstance(d, str) and d.startswith("lib/"))]
         notebook = [d for d in keep if str(d).startswith("notebooks/")]
         other = [d for d in keep if d not in notebook]

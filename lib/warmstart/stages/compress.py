@@ -40,7 +40,7 @@ from warmstart.stages import declared, write_headline
 from warmstart.study import bpb_table, corpus_file, fresh_dir, launch, merge_logs, read_run, summarize_log
 
 _COMMON = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-           "vocab_swap.methods", "base.trust_remote_code", "compress.teacher")  # fmt: skip
+           "vocab_swap.methods", "study.arms", "base.trust_remote_code", "compress.teacher")  # fmt: skip
 PARAMS = {
     "compress_prep": (*_COMMON, "pretrain.seq_len", "compress.calibration", "compress.masking_fraction",
                       "compress.eval_bytes"),

@@ -39,7 +39,7 @@ from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
 from warmstart.study import fresh_dir, launch, merge_logs, read_run, summarize_log
 
-_COMMON = ("shared.seed", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "vocab_swap.methods",
+_COMMON = ("shared.seed", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.arms",
            "pretrain.seq_len", "base.trust_remote_code")  # fmt: skip
 PARAMS = {
     "context_testbed": ("shared.seed", "shared.data_dir", "shared.reports_dir", "context.testbed"),

@@ -35,7 +35,7 @@ from warmstart.stages import declared, write_headline
 
 PARAMS = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.trust_remote_code", "vocab_swap.methods", "pretrain.seq_len", "evaluate",
+    "base.trust_remote_code", "vocab_swap.methods", "study.arms", "pretrain.seq_len", "evaluate",
 )  # fmt: skip
 
 
@@ -73,7 +73,7 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         figs.append({"path": str(lp), "caption": "Training loss per logged step (nats per token of each run's own "
                      "tokenizer, so levels are comparable only between runs with the same tokenizer). Dotted: "
                      "phase 1 (embeddings only) → phase 2 (full model); dashed red: corpus hot-swaps."})  # fmt: skip
-    ints = intervals(res["doc_nll"], fin, seed=sh.seed)
+    ints = intervals(res["doc_nll"], fin, seed=sh.seed, pairs={n: a.init for n, a in params.study.arms.items()})
     metrics = metrics_json(res, init, ints)
     write_json(out / "eval.json", metrics)
     study = swap_study(init)
@@ -99,6 +99,11 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     vs = metrics.get("vs_lowest") or {}
     comp_rows = [[name, fmt_ci(d["diff"], d.get("ci"), 3), {True: "yes", False: "no", None: "–"}[d.get("distinguishable")]]
                  for name, d in (vs.get("runs") or {}).items()]  # fmt: skip
+    arm_rows = [[name, d["reference"], fmt_ci(d["target"]["diff"], d["target"].get("ci"), 3),
+                 fmt_ci(d["source"]["diff"], d["source"].get("ci"), 3) if "source" in d else "–",
+                 *(fmt_ci(ev_runs[n]["masked_acc"], ci(n, "masked_acc"), 3) if "masked_acc" in ev_runs.get(n, {}) else "–"
+                   for n in (name, d["reference"]))]
+                for name, d in (metrics.get("arms") or {}).items()]  # fmt: skip
     per_ck = [[r["run"], r["step"], r["phase"], f"{r['bytes'] / 1e6:.3f}", fmt_num(r["bpb_target"]),
                fmt_num(r["bpb_source"])] for _, r in ck.iterrows()]  # fmt: skip
     flops_rows = [[r["run"], r["params"], r["flops_per_token"], r["tokens"], fmt_flops(r["train_flops"], per_s=False),
@@ -136,12 +141,18 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         table(final_rows, "Final checkpoints: held-out bits per byte [95% bootstrap intervals].",
               columns=["run", lab.column("bpb_target"), lab.column("bpb_source")]),
         table(probe_rows, f"Final checkpoints: probes [95% intervals]; cloze chance level {chance or 0.25:.2f}, "
-              "chrF on a 0–100 scale, masked-token accuracy only for runs trained with the hybrid objective.",
+              "chrF on a 0–100 scale, masked-token accuracy when a run of the study trains with the hybrid objective.",
               columns=["run", *(lab.column(k) for k in probe_keys)]),
         *([table(comp_rows, f"Difference in final {tgt} bits per byte to the lowest run ({vs.get('reference')}), "
                  "paired bootstrap over the same held-out texts [95% interval]; distinguishable: the interval "
                  "excludes 0 (evaluation-text noise only, not seed noise).",
                  columns=["run", "difference (bits/byte)", "distinguishable"])] if comp_rows else []),
+        *([table(arm_rows, "Study arms against the run they start from (study.arms: the same model and schedule, "
+                 "some pretrain settings changed): paired difference in final bits per byte (arm minus reference, "
+                 "bootstrap over the same held-out texts) and masked-token accuracy of both "
+                 "[95% intervals, Wilson over the masked tokens].",
+                 columns=["arm", "reference", f"Δ {tgt} bits/byte", f"Δ {src} bits/byte", "masked-token acc., arm",
+                          "masked-token acc., reference"])] if arm_rows else []),
         table(per_ck, "Bits per byte at every evaluated checkpoint.",
               columns=["run", "step", "phase", "MB seen", lab.column("bpb_target"), lab.column("bpb_source")],
               appendix=True),
@@ -152,6 +163,8 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     ]  # fmt: skip
     numbers = {f"bpb_target.{k}": v.get("bpb_target") for k, v in ev_runs.items()}
     numbers.update({f"bpb_source.{k}": v.get("bpb_source") for k, v in ev_runs.items()})
+    for name, d in (metrics.get("arms") or {}).items():
+        numbers[f"arm_bpb_diff.{name}"] = d["target"]["diff"]
     if best:
         numbers["best"] = best
     write_fragment(params.shared.reports_dir, "evaluate", 60, "Evaluation", paras, tables, figs, numbers,

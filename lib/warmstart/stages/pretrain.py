@@ -1,4 +1,8 @@
-"""Stages ``scratch``, ``pretrain@<method>`` and ``original``: one study run each, ``data/runs/<name>``.
+"""Stages ``scratch``, ``pretrain@<method>``, ``original`` and ``arm@<name>``: one study run each, ``data/runs/<name>``.
+
+An arm (``study.arms``) is a swap method's model trained with some ``pretrain`` settings changed.
+:func:`run` with a ``seed`` trains the same run with that seed into ``data/seeds/s<seed>`` and writes
+no report (``python -m warmstart.seeds``).
 
 Every study run has the same two phases (NorMistral's stage 2.2 then 2.3):
 phase 1 trains only ``pretrain.phase1_train_only`` (embeddings and LM head)
@@ -39,14 +43,14 @@ from warmstart.train import TrainConfig, list_checkpoints
 
 _COMMON = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.trust_remote_code", "vocab_swap.methods", "vocab_swap.eval_bytes", "pretrain",
+    "base.trust_remote_code", "vocab_swap.methods", "vocab_swap.eval_bytes", "pretrain", "study.arms",
 )  # fmt: skip
 # scratch alone builds a model, padded like the swapped ones
-PARAMS = {"scratch": (*_COMMON, "vocab_swap.pad_multiple"), "pretrain": _COMMON, "original": _COMMON}
+PARAMS = {"scratch": (*_COMMON, "vocab_swap.pad_multiple"), "pretrain": _COMMON, "original": _COMMON, "arm": _COMMON}
 
 
-def build_scratch(params: Any, out: Path) -> Path:
-    """The base architecture with the target tokenizer, randomly initialised (seeded)."""
+def build_scratch(params: Any, out: Path, seed: int) -> Path:
+    """The base architecture with the target tokenizer, randomly initialised with ``seed``."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from warmstart.model import save_model
@@ -57,7 +61,7 @@ def build_scratch(params: Any, out: Path) -> Path:
     config.vocab_size = padded_size(len(tok), params.vocab_swap.pad_multiple)
     for role in ("bos", "eos", "pad"):
         setattr(config, f"{role}_token_id", getattr(tok, f"{role}_token_id"))
-    torch.manual_seed(params.shared.seed)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     return save_model(model, tok, out)
 
@@ -79,17 +83,21 @@ def _checkpoints(init: Path, out: Path, log: list[dict], table: list[dict]) -> l
     return checkpoints
 
 
-def run(params: Any, name: str) -> dict[str, Any]:
-    """One study run (``scratch``, ``original`` or a swap method): both phases, log, ``run.json``, metrics."""
+def run(params: Any, name: str, seed: int | None = None) -> dict[str, Any]:
+    """One study run (``scratch``, ``original``, a swap method or an arm): both phases, log, ``run.json``,
+    metrics. With ``seed``: the run trained with that seed in its own directories, ``run.json`` only."""
     from transformers import AutoTokenizer
 
-    stage = name if name in PARAMS else "pretrain"
+    stage = name if name in PARAMS else "arm" if name in params.study.arms else "pretrain"
     params = declared(params, stage, PARAMS[stage])
     t0 = time.perf_counter()
-    p = params.pretrain
     r = get_run(params, name)
+    if seed is not None:
+        r = r.at_seed(seed)
+    p = params.pretrain.model_copy(update=dict(r.overrides)) if r.overrides else params.pretrain
+    seed = params.shared.seed if seed is None else seed
     out = fresh_dir(r.dir(params))
-    init = build_scratch(params, out / "init") if r.kind == "scratch" else r.init_dir(params)
+    init = build_scratch(params, out / "init", seed) if r.kind == "scratch" else r.init_dir(params)
     if not (Path(init) / "config.json").is_file():
         raise FileNotFoundError(f"run {name!r} starts from {init}, which is not a model dir (run its stage first)")
     tok = AutoTokenizer.from_pretrained(init)
@@ -102,7 +110,7 @@ def run(params: Any, name: str) -> dict[str, Any]:
     common = dict(
         tokenizer_path=str(init), train_files={"target": [corpus_file(params, target)]}, seq_len=p.seq_len,
         micro_batch=p.micro_batch, grad_accum=p.grad_accum, masked_share=p.masked_share, doc_mask=p.doc_mask,
-        log_every=p.log_every, signals_every=p.signals_every, z_loss=p.z_loss, precision=p.precision, seed=params.shared.seed, keep_last=1,
+        log_every=p.log_every, signals_every=p.signals_every, z_loss=p.z_loss, precision=p.precision, seed=seed, keep_last=1,
         trust_remote_code=params.base.trust_remote_code,
     )  # fmt: skip
     phases = []
@@ -123,12 +131,14 @@ def run(params: Any, name: str) -> dict[str, Any]:
         "name": name, "kind": r.kind, "method": r.method, "tokenizer": str(init),
         "init": str(init), "checkpoints": _checkpoints(Path(init), out, log, table), "phases": table,
         "final": str(start), "log": str(r.log(params)), "masked_share": p.masked_share, "seq_len": p.seq_len,
-        "step_scale": scale, "params_count": count_params(final), "vocab_size": len(tok),
+        "seed": seed, "overrides": dict(r.overrides), "step_scale": scale, "params_count": count_params(final), "vocab_size": len(tok),
         "model_config": json.loads(final.config.to_json_string()), "flops_per_token": flops_per_token(final.config, p.seq_len),
         **summarize_log(log), "tokens": log[-1]["tokens"] if log else 0, "bytes": log[-1]["bytes"] if log else 0,
         "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     write_json(r.record(params), info)
+    if r.seed is not None:
+        return info
     bpb = bpb_table(final, tok, params, p.seq_len, params.vocab_swap.eval_bytes)
     keep = ("name", "kind", "step_scale", "tokens", "bytes", "final_loss", "mean_tokens_per_s", "mean_mfu", "seconds")
     write_json(params.report_path("pretrain", f"{name}.json"), {k: info[k] for k in keep} | {"final_bits_per_byte": bpb})

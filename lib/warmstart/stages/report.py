@@ -27,6 +27,7 @@ from warmstart.fragments import read_fragments
 from warmstart.io import write_text
 from warmstart.labels import Labels
 from warmstart.model_card import model_card
+from warmstart.seeds import spread_section
 from warmstart.report import (
     PARAMS,
     check_pages,
@@ -97,6 +98,10 @@ def _run(params: Any, root: str | Path, tmp: Path) -> dict[str, Any]:
     labels = Labels(params.shared.source_lang, params.shared.target_lang)
     sections = [overview_section(params, base, sources, runs=list(logs) or summary.ranking["order"]),
                 *_with_heatmap(frags, params, tmp)]
+    seeds = spread_section(params)  # after the evaluation: the run-to-run spread its comparisons lack
+    if seeds:
+        at = next((i + 1 for i, f in enumerate(sections) if f.get("stage") == "evaluate"), len(sections))
+        sections.insert(at, seeds)
     if logs:
         sections.append(throughput_section(tp, logs))
     pdf = render_pdf(sections, params.report_path("report.pdf"), title, params.report.author, prov,

@@ -12,7 +12,7 @@ from typing import Any
 from warmstart.spikes.analysis import run_stage
 from warmstart.stages import declared, write_headline
 
-PARAMS = ("shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "spikes")
+PARAMS = ("shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.arms", "spikes")
 
 
 def run(params: Any, show: bool = False) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from warmstart.bpb import held_out_texts
 from warmstart.data.corpus import load_texts
 from warmstart.io import write_json
 from warmstart.model import load_model
-from warmstart.runs import base_model_dir, get_run, swap_model_dir
+from warmstart.runs import base_model_dir, swap_model_dir
 from warmstart.stages import declared, write_headline
 from warmstart.study import bpb_table, read_run
 
@@ -59,7 +59,7 @@ def run(params: Any, method: str) -> dict[str, Any]:
     out = swap_model_dir(params, method)
     report = vs.swap_model_dir(
         base_model_dir(params), params.path("tokenizer", "target"), out, method,
-        donor_dir=read_run(params, get_run(params, "scratch").name)["final"] if method == "omp" else None,
+        donor_dir=read_run(params, "scratch")["final"] if method == "omp" else None,
         seed=params.shared.seed, pad_multiple=v.pad_multiple, omp_k=v.omp_k,
         texts=load_texts(params, target, "train") if method == "focus" else None,
         fasttext=vs.FastTextOptions(dim=v.fasttext_dim, epochs=v.fasttext_epochs, min_count=3),
