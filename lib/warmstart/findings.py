@@ -196,9 +196,17 @@ def ranking_sentence(rk: Mapping[str, Any], tgt: str, spread: Mapping | None, se
         return ""
     if rk["seed_measured"]:
         n = len(spread["seeds"]) if spread and spread.get("seeds") else "several"
-        if tied:
-            return (f"{join_words(tied)} {'is' if len(tied) == 1 else 'are'} within run-to-run noise of {low} "
-                    f"(seed spread of {n} seeds, {seed_file}): their order is not established.")  # fmt: skip
+        if tied:  # say which check ties each run: the seed spread, or (beyond it) the test text
+            by_seed = [r for r in tied if (rk["by_seed"].get(r) or {}).get("within")]
+            by_text = [r for r in tied if r not in by_seed]
+            parts = []
+            if by_seed:
+                parts.append(f"{join_words(by_seed)} {'is' if len(by_seed) == 1 else 'are'} within run-to-run noise of "
+                             f"{low} (seed spread of {n} seeds, {seed_file})")  # fmt: skip
+            if by_text:
+                parts.append(f"{join_words(by_text)} {'is' if len(by_text) == 1 else 'are'} beyond run-to-run noise but "
+                             f"cannot be told from {low} on this test text (paired bootstrap)")  # fmt: skip
+            return "; ".join(parts) + ": their order is not established."
         return f"{low} is distinguishable from every other run beyond run-to-run noise ({n} seeds, {seed_file})."
     text_tied = [r for r in rk["order"][1:] if (rk["by_text"].get(r) or {}).get("distinguishable") is False]
     out = (f"Run-to-run (seed) spread not available ({seed_file}): with one seed per run, no run is shown to "
