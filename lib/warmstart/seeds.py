@@ -105,42 +105,48 @@ def spread_section(params: Any) -> dict[str, Any] | None:
             "figures": [], "numbers": {}, "seconds": None}  # fmt: skip
 
 
-def final_bpb(params: Any, record: dict[str, Any]) -> float:
-    """A run's final target bits per byte on the evaluation's text (as :mod:`warmstart.evaluate` measures it)."""
+def final_bpb(params: Any, record: dict[str, Any], texts: list[str]) -> float:
+    """A run's final target bits per byte on ``texts``, the evaluation's text (as :mod:`warmstart.evaluate`
+    measures it)."""
     from transformers import AutoTokenizer
 
-    from warmstart.bpb import bits_per_byte, held_out_texts
+    from warmstart.bpb import bits_per_byte
     from warmstart.model import load_model
 
-    texts = held_out_texts(params, params.shared.target_lang, "test", params.evaluate.eval_bytes)
     tok = AutoTokenizer.from_pretrained(record["tokenizer"])
     model = load_model(record["final"], trust_remote_code=params.base.trust_remote_code).eval()
     return float(bits_per_byte(model, tok, texts, seq_len=params.pretrain.seq_len,
                                batch_size=params.evaluate.batch_size)["bits_per_byte"])  # fmt: skip
 
 
-def _record(params: Any, name: str, seed: int) -> dict[str, Any] | None:
-    """The trained run's ``run.json`` for this seed and configuration, or None."""
+def _record_path(params: Any, name: str, seed: int) -> Path:
+    """``run.json`` of ``name`` at ``seed``: the DVC study's own for shared.seed, else the seed-spread run's."""
     from warmstart.runs import get_run
 
     r = get_run(params, name)
-    path = (r if seed == params.shared.seed else r.at_seed(seed)).record(params)
+    return (r if seed == params.shared.seed else r.at_seed(seed)).record(params)
+
+
+def _record(params: Any, name: str, seed: int, fp: str) -> dict[str, Any] | None:
+    """The trained run's ``run.json`` for this seed and configuration (fingerprint ``fp``), or None."""
+    path = _record_path(params, name, seed)
     if not path.is_file():
         return None
     rec = json.loads(path.read_text(encoding="utf-8"))
-    if seed != params.shared.seed and rec.get("fingerprint") != fingerprint(params):
+    if seed != params.shared.seed and rec.get("fingerprint") != fp:
         return None  # trained for another configuration: train again
     return rec
 
 
 def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: Any = print) -> dict[str, Any]:
     """Train what is missing, measure every (run, seed), write and return the spread record."""
+    import torch
+
+    from warmstart.bpb import held_out_texts
     from warmstart.flops import device_name
     from warmstart.io import write_json
     from warmstart.runs import run_names
     from warmstart.stages import pretrain
-
-    import torch
 
     if len(seeds) < 2:
         raise ValueError(f"a seed spread needs at least two seeds, got {seeds} (study.seeds or --seeds)")
@@ -150,21 +156,19 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
         raise ValueError(f"unknown runs {unknown}; the study's runs are {run_names(params)}")
     t0 = time.perf_counter()
     fp = fingerprint(params)
+    texts = held_out_texts(params, params.shared.target_lang, "test", params.evaluate.eval_bytes)
     values: dict[str, list[float]] = {n: [] for n in names}
     for seed in seeds:
         for name in names:
-            rec = _record(params, name, seed)
+            rec = _record(params, name, seed, fp)
             if rec is None:
                 if seed == params.shared.seed:
                     raise FileNotFoundError(f"run {name!r} of the DVC study (shared.seed {seed}) is not trained: "
                                             "run `dvc repro` first")  # fmt: skip
                 log(f"seed {seed}: training {name}")
-                rec = pretrain.run(params, name, seed=seed)
-                rec["fingerprint"] = fp
-                from warmstart.runs import get_run
-
-                write_json(get_run(params, name).at_seed(seed).record(params), rec)
-            values[name].append(final_bpb(params, rec))
+                rec = pretrain.run(params, name, seed=seed) | {"fingerprint": fp}
+                write_json(_record_path(params, name, seed), rec)
+            values[name].append(final_bpb(params, rec, texts))
             log(f"seed {seed}: {name} final {params.shared.target_lang} bits per byte {values[name][-1]:.4f}")
     out_runs = {n: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v), "n": len(v),
                     "values": v} for n, v in values.items()}  # fmt: skip
