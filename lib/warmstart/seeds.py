@@ -75,11 +75,10 @@ def spread_for(params: Any) -> tuple[dict[str, Any] | None, str]:
     spread = seed_spread(params.shared.reports_dir)
     if spread is None:
         return None, f"no run-to-run spread is recorded ({path}: make seed-spread)"
-    raw = json.loads(path.read_text(encoding="utf-8"))
     want = fingerprint(params)
-    if raw.get("fingerprint") != want:
+    if spread["fingerprint"] != want:
         return None, (f"the run-to-run spread in {path} was measured for another configuration (fingerprint "
-                      f"{raw.get('fingerprint')}, this study's is {want}); it is not used")  # fmt: skip
+                      f"{spread['fingerprint']}, this study's is {want}); it is not used")  # fmt: skip
     return spread, ""
 
 
@@ -89,12 +88,10 @@ def spread_section(params: Any) -> dict[str, Any] | None:
     spread, _ = spread_for(params)
     if spread is None:
         return None
-    raw = json.loads(spread_path(params).read_text(encoding="utf-8"))
-    seeds = raw.get("seeds") or []
     rows = [[name, ", ".join(f"{v:.3f}" for v in r.get("values", [])), f"{r['mean']:.3f}", f"{r['std']:.4f}",
-             f"{r['min']:.3f}–{r['max']:.3f}"] for name, r in (raw.get("runs") or {}).items()]  # fmt: skip
-    paras = [f"Every study run trained again with seeds {', '.join(map(str, seeds))} ({raw.get('metric')}; "
-             f"python -m warmstart.seeds, {raw.get('seconds', 0) / 60:.0f} min on {raw.get('hardware', '?')}). The seed "
+             f"{r['min']:.3f}–{r['max']:.3f}"] for name, r in spread["runs"].items()]  # fmt: skip
+    paras = [f"Every study run trained again with seeds {', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
+             f"python -m warmstart.seeds, {(spread['seconds'] or 0) / 60:.0f} min on {spread['hardware'] or '?'}). The seed "
              "changes the order of the training batches (and scratch's initial weights); everything else is the "
              "study's configuration."]  # fmt: skip
     paras.append("This is the spread the summary's ranking uses: two runs whose difference is within twice "

@@ -190,7 +190,8 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
                   ...}}
 
     ``std`` is the sample standard deviation (ddof 1). Returns ``{"runs": {run: {mean, std, min, max, n,
-    values}}, "seeds": [...], "metric": str, "path": str}``; runs without a usable std are left out.
+    values}}, "seeds": [...], "metric": str, "path": str, "fingerprint", "seconds", "hardware"}`` (the last
+    three as recorded, or None; :mod:`warmstart.seeds`); runs without a usable std are left out.
     """
     path = Path(reports_dir, *SEED_SPREAD_FILE)
     if not path.is_file():
@@ -203,7 +204,8 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
     if not runs:
         raise ValueError(f"{path}: no run with a std (expected {{'runs': {{name: {{'mean', 'std', ...}}}}}})")
     return {"runs": runs, "seeds": list(raw.get("seeds") or []), "path": str(path),
-            "metric": str(raw.get("metric") or "final target bits per byte")}  # fmt: skip
+            "metric": str(raw.get("metric") or "final target bits per byte"),
+            "fingerprint": raw.get("fingerprint"), "seconds": raw.get("seconds"), "hardware": raw.get("hardware")}  # fmt: skip
 
 
 def pooled_std(spread: Mapping[str, Any]) -> float:
