@@ -366,7 +366,7 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     fin = ev["runs"]["random"]
     for key in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_source", "chrf", "masked_acc"):
         assert key in fin, key
-    assert "masked_acc" in ev["runs"]["scratch"]  # one run trains with the hybrid objective: every run gets the probe
+    assert "masked_acc" not in ev["runs"]["scratch"]  # the probe runs on hybrid-objective runs and their arms' references only
     assert 0 <= fin["cloze_acc_target"] <= 1 and ev["cloze_items"] == {"target": 6, "source": 6}
     ck = pd.read_csv(tmp_path / "reports/evaluate/checkpoints.csv")
     assert len(ck) == 6 and list(ck[ck.run == "random"]["step"]) == [0, 4, 8]

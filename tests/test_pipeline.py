@@ -127,6 +127,7 @@ def test_report_pdf_and_model_card(smoke_project):
     arm = evaluation["arms"]["fvt-hybrid"]
     assert arm["reference"] == "fvt" and arm["target"]["ci"][0] <= arm["target"]["diff"] <= arm["target"]["ci"][1]
     assert {"masked_acc", "masked_acc_ci"} <= set(evaluation["runs"]["fvt-hybrid"]) and "masked_acc" in evaluation["runs"]["fvt"]
+    assert "masked_acc" not in evaluation["runs"]["omp"]  # the probe answers the arm's question only
     hybrid = json.loads((dst / "data/logs/fvt-hybrid/run.json").read_text())
     assert hybrid["masked_share"] == 0.1 and hybrid["overrides"] == {"masked_share": 0.1} and hybrid["init"].endswith("swap-fvt")
     card = (dst / "reports/model_card/README.md").read_text()
