@@ -335,6 +335,15 @@ def test_testbed_smoke(tmp_path):
     assert ft["rope_parameters"]["rope_type"] == "yarn" and ft["context_extension"]["trained_len"] == 64
 
 
+def test_testbed_result_does_not_depend_on_workers(tmp_path):
+    # the jobs run with the same threads, files and seeds in this process or in spawned workers
+    cfg = dict(methods=["none", "yarn"], finetune_methods=["yarn"])
+    one = run_testbed(TestbedConfig.smoke(workers=1, **cfg), tmp_path / "one")
+    two = run_testbed(TestbedConfig.smoke(workers=2, **cfg), tmp_path / "two")
+    assert list(two["zero_shot"]) == ["none", "yarn"] and list(two["finetuned"]) == ["yarn"]
+    assert one["zero_shot"] == two["zero_shot"] and one["finetuned"] == two["finetuned"] and one["loss"] == two["loss"]
+
+
 def test_alfred_claims_verdicts():
     from warmstart.context.testbed import alfred_claims
 

@@ -22,6 +22,10 @@
    and short data, so that extending does not cost the trained length),
    reloaded from disk with plain ``from_pretrained`` and scored again.
 
+Steps 3 and 4 are one job per method, spread over ``workers`` spawned
+processes of ``threads`` torch threads each; the result does not depend on
+``workers`` (a test holds it).
+
 Scoring is exact match of the whole answer, under teacher forcing: an item
 counts as correct iff every answer token is the argmax given the prompt and
 the answer tokens before it. That is exactly greedy decoding's exact match
@@ -49,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from warmstart.context import tasks as T
 from warmstart.context.methods import METHODS, check_factor, check_method, extend, extend_dir
 from warmstart.context.stats import accuracy_cell
+from warmstart.pool import process_pool
 
 # fine-tuning every method does not fit the 4-minute budget on 2 cores: Alfred's comparison (YaRN against the
 # NTK family) is kept
@@ -98,7 +103,10 @@ class TestbedConfig(BaseModel):
     finetune_mix: list[tuple[float, float]] = [(1.0, 0.25), (2.0, 0.25), (4.0, 0.5)]
     # execution
     eval_batch: int = Field(default=32, ge=1)
-    threads: int = Field(default=1, ge=1)
+    threads: int = Field(default=1, ge=1)  # torch threads per process
+    # processes the zero-shot scoring and the fine-tunes are spread over (spawned; 1: in this one). Every job
+    # runs with `threads` threads from the same files and seeds, so the result does not depend on it.
+    workers: int = Field(default=2, ge=1)
     seed: int = 0
 
     @field_validator("methods", "finetune_methods")
@@ -325,8 +333,6 @@ def run_testbed(cfg: TestbedConfig | dict | None = None, out_dir: str | Path = "
     ``loss`` (``base`` and ``finetune/<method>`` curves, ``[[step, loss]]``);
     ``seconds`` per phase; ``summary`` (the issue's targets, measured).
     """
-    from warmstart.model import load_model
-
     cfg = cfg if isinstance(cfg, TestbedConfig) else TestbedConfig.model_validate(cfg or {})
     out_dir = Path(out_dir)
     seconds: dict[str, float] = {}
@@ -334,7 +340,6 @@ def run_testbed(cfg: TestbedConfig | dict | None = None, out_dir: str | Path = "
     with _threads(cfg.threads):
         t = time.perf_counter()
         data = write_data(cfg, out_dir)
-        evals = eval_items(cfg)
         seconds["data"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -342,24 +347,25 @@ def run_testbed(cfg: TestbedConfig | dict | None = None, out_dir: str | Path = "
         seconds["train"] = time.perf_counter() - t
         loss = {"base": loss_curve(out_dir / "runs" / "base" / "log.jsonl")}
 
+        # every method: zero-shot scoring, and for finetune_methods a fine-tune then scoring again; the
+        # fine-tunes (the longest jobs) first, spread over `workers` processes
         t = time.perf_counter()
-        base = load_model(base_dir)
+        jobs = [("finetune", m) for m in cfg.finetune_methods] + [("zero_shot", m) for m in cfg.methods]
+        args = [(cfg.model_dump(mode="json"), kind, m, str(base_dir), data, str(out_dir)) for kind, m in jobs]
+        with process_pool(_job, cfg.workers) as run_all:
+            done = run_all(args)
+        seconds["extend_wall"] = time.perf_counter() - t
         zero: dict[str, Any] = {}
-        for m in cfg.methods:
-            opts = cfg.method_opts.get(m, {})
-            zero[m] = score_model(None, evals, cfg, fresh=lambda m=m, o=opts: extend(base, m, cfg.factor, cfg.trained_len, **o))
-        seconds["zero_shot"] = time.perf_counter() - t
-
         tuned: dict[str, Any] = {}
-        seconds["finetune"] = seconds["finetuned_eval"] = 0.0
-        for m in cfg.finetune_methods:
-            t = time.perf_counter()
-            ft_dir = finetune(cfg, m, base_dir, data, out_dir / "runs" / f"ft-{m}")
-            seconds["finetune"] += time.perf_counter() - t
-            loss[f"finetune/{m}"] = loss_curve(out_dir / "runs" / f"ft-{m}" / "run" / "log.jsonl")
-            t = time.perf_counter()
-            tuned[m] = score_model(None, evals, cfg, fresh=lambda d=ft_dir: load_model(d))
-            seconds["finetuned_eval"] += time.perf_counter() - t
+        seconds["zero_shot"] = seconds["finetune"] = seconds["finetuned_eval"] = 0.0  # summed over jobs
+        for (kind, m), r in zip(jobs, done):
+            (zero if kind == "zero_shot" else tuned)[m] = r["scores"]
+            for k, v in r["seconds"].items():
+                seconds[k] += v
+            if kind == "finetune":
+                loss[f"finetune/{m}"] = loss_curve(out_dir / "runs" / f"ft-{m}" / "run" / "log.jsonl")
+        zero = {m: zero[m] for m in cfg.methods}  # the configured order
+        tuned = {m: tuned[m] for m in cfg.finetune_methods}
     seconds["total"] = time.perf_counter() - t_all
     result = {
         "config": cfg.model_dump(mode="json"),
@@ -372,6 +378,31 @@ def run_testbed(cfg: TestbedConfig | dict | None = None, out_dir: str | Path = "
     result["summary"] = summary(result, cfg)
     (out_dir / "testbed.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def _job(args: tuple) -> dict[str, Any]:
+    """One method's zero-shot scoring, or its fine-tune then scoring (a picklable unit of :func:`process_pool`)."""
+    from warmstart.model import load_model
+
+    cfg_json, kind, method, base_dir, data, out_dir = args
+    cfg = TestbedConfig.model_validate(cfg_json)
+    evals = eval_items(cfg)
+    seconds: dict[str, float] = {}
+    with _threads(cfg.threads):
+        if kind == "zero_shot":
+            t = time.perf_counter()
+            base = load_model(base_dir)
+            opts = cfg.method_opts.get(method, {})
+            scores = score_model(None, evals, cfg, fresh=lambda: extend(base, method, cfg.factor, cfg.trained_len, **opts))
+            seconds["zero_shot"] = time.perf_counter() - t
+        else:
+            t = time.perf_counter()
+            ft_dir = finetune(cfg, method, Path(base_dir), data, Path(out_dir) / "runs" / f"ft-{method}")
+            seconds["finetune"] = time.perf_counter() - t
+            t = time.perf_counter()
+            scores = score_model(None, evals, cfg, fresh=lambda: load_model(ft_dir))
+            seconds["finetuned_eval"] = time.perf_counter() - t
+    return {"scores": scores, "seconds": seconds}
 
 
 def _compare(a: dict, b: dict) -> str:

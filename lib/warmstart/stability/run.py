@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart import instability as A
+from warmstart.pool import process_pool
 from warmstart.stability.config import VARIANTS, StabilityConfig
 
 DATA_KEYS = ("source_train", "target_train", "target_val", "source_tokenizer", "target_tokenizer")
@@ -282,19 +283,6 @@ def _f(x: Any) -> str:
     return f"{x:.3f}" if A.finite(x) else "n/a"
 
 
-@contextlib.contextmanager
-def _pool(workers: int):
-    """``run_all(jobs) -> results`` (in order): in this process, or over ``workers`` spawned processes."""
-    if workers <= 1:
-        yield lambda jobs: [_task(j) for j in jobs]
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        yield lambda jobs: list(ex.map(_task, jobs))
-
-
 def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/stability", data: dict | None = None,
               log=None) -> dict:
     """Run the whole study under ``out_dir``; returns the JSON-serialisable result (see the package docstring).
@@ -328,7 +316,7 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
                 jobs.append((ind.variant, ind.init, ind.lr, None, "induced-control"))
             jobs += [(ind.variant, ind.init, ind.lr, extra, name) for name, extra in induced_tasks(cfg)]
         say(f"{len(archs)} base(s) ({', '.join(archs)}), {len(jobs)} runs, {cfg.workers} worker process(es)")
-        with _pool(cfg.workers) as run_all:
+        with process_pool(_task, cfg.workers) as run_all:
             bases = dict(zip(archs, run_all([("base", cfg, data, a, out / "bases") for a in archs])))
             secs["bases"] = time.perf_counter() - t0
             t0 = time.perf_counter()
