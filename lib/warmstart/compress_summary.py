@@ -1,6 +1,6 @@
 """The ``compress`` stage's collection: every variant against the teacher and scratch.
 
-Reads ``reports/compress/prep.json`` (teacher, importance, the masking check)
+Reads ``reports/compress/prep.json`` (teacher, its correction, importance, the masking check)
 and ``reports/compress/<variant>.json`` (each student's bits-per-byte curve
 against training bytes), and writes ``reports/metrics/compress.json``, figures
 under ``reports/figures/compress/``, the report fragment and the compressed
@@ -12,6 +12,9 @@ per byte at least 0.05 better), against the teacher (within 5%), and the
 bytes-to-reach speed-up over scratch (at least 5x: scratch's bytes over the
 bytes ``width_kd`` needs to reach scratch's final bits per byte); width against
 depth and distillation against cross-entropy, compared with Minitron's findings.
+When the teacher was corrected (``compress.teacher_correction.steps > 0``) every
+teacher number is the corrected teacher's and says so; the report and the card
+state whether it was, and with how many steps.
 """
 
 from __future__ import annotations
@@ -48,6 +51,30 @@ def _load(params: Any) -> tuple[dict, dict[str, dict]]:
     return prep, runs
 
 
+def teacher_label(s: dict) -> str:
+    """The teacher's row and legend label: its run, and its correction steps when it was corrected."""
+    c = s["teacher_correction"]
+    return f"teacher ({s['teacher']}, corrected: {c['steps']} steps)" if c["corrected"] else f"teacher ({s['teacher']})"
+
+
+def teacher_word(s: dict) -> str:
+    return "the corrected teacher" if s["teacher_correction"]["corrected"] else "the teacher"
+
+
+def correction_sentence(params: Any, s: dict) -> str:
+    """Whether the teacher was corrected, and what correction did to its bits per byte."""
+    c, tgt, src = s["teacher_correction"], params.shared.target_lang, params.shared.source_lang
+    if not c["corrected"]:
+        return (f"The teacher is `{s['teacher']}` as trained, with no teacher correction (compress.teacher_correction.steps "
+                "is 0): the students' distillation text is the target training text the teacher was trained on.")  # fmt: skip
+    b, a = c["bpb_before"], c["bpb_after"]
+    return (f"The teacher was corrected first (Minitron's teacher correction): `{s['teacher']}` fine-tuned for {c['steps']} "
+            f"steps ({c['bytes']:,} bytes) on the students' target training text, which moved its target bits per byte "
+            f"from {b[tgt]:.3f} to {a[tgt]:.3f} and its source bits per byte from {b[src]:.3f} to {a[src]:.3f}; every "
+            "student was pruned from and distilled from the corrected teacher, and every teacher number here is the corrected "
+            "teacher's.")  # fmt: skip
+
+
 def _curve(run: dict, lang: str) -> pd.DataFrame:
     return pd.DataFrame([{"bytes": p["bytes"], "bpb": p[f"bpb_{lang}"]} for p in run["curve"]])
 
@@ -80,7 +107,8 @@ def summarise(params: Any, prep: dict, runs: dict[str, dict]) -> dict[str, Any]:
         goals["width_kd_within_5pct_of_teacher"] = bool(w["gap_to_teacher_pct"] <= 5.0)
         goals["width_kd_speedup_at_least_5"] = None if w["speedup_vs_scratch"] is None else bool(w["speedup_vs_scratch"] >= 5)
     return {"teacher": prep["teacher"], "teacher_bpb": teacher_bpb, "teacher_params": prep["teacher_params"],
-            "teacher_bytes": prep.get("teacher_bytes"), "masking": m, "variants": rows, "goals": goals}  # fmt: skip
+            "teacher_bytes": prep.get("teacher_bytes"), "masking": m, "variants": rows, "goals": goals,
+            "teacher_correction": prep.get("teacher_correction", {"steps": 0, "corrected": False})}  # fmt: skip
 
 
 def _fmt(v: Any, f: str = "{:.3f}") -> str:
@@ -105,7 +133,7 @@ def findings(params: Any, s: dict) -> list[str]:
     """Sentences with the numbers, for the report (whichever way each comparison falls)."""
     tgt = params.shared.target_lang
     v, t = s["variants"], s["teacher_bpb"][tgt]
-    out = []
+    out = [correction_sentence(params, s)]
     m = s["masking"]
     for unit in ("neurons", "heads"):
         u = m.get(unit)
@@ -119,7 +147,7 @@ def findings(params: Any, s: dict) -> list[str]:
             f"The width-pruned, distilled student ({w['non_embedding_params']:,} non-embedding parameters, "
             f"{w['total_params']:,} in all) reaches {w['bpb_target']:.3f} target bits per byte after {w['bytes']:,} bytes; "
             f"scratch of the same shape on the same bytes {sc['bpb_target']:.3f} (difference {sc['bpb_target'] - w['bpb_target']:+.3f}, "
-            f"goal at least 0.05), the teacher {t:.3f} (gap {w['gap_to_teacher_pct']:+.1f}%, goal within 5%); {reach(w)} (goal: "
+            f"goal at least 0.05), {teacher_word(s)} {t:.3f} (gap {w['gap_to_teacher_pct']:+.1f}%, goal within 5%); {reach(w)} (goal: "
             f"at least 5x fewer bytes than scratch)."
         )  # fmt: skip
     if "width_kd" in v and "depth_kd" in v:
@@ -147,6 +175,15 @@ LABELS_NUMBERS = {
 }  # fmt: skip
 
 
+def number_labels(s: dict) -> dict[str, str]:
+    """:data:`LABELS_NUMBERS`, the teacher's marked as the corrected teacher's when it was corrected."""
+    if not s["teacher_correction"]["corrected"]:
+        return LABELS_NUMBERS
+    return {**LABELS_NUMBERS, "teacher": f"teacher (the adapted run, corrected: {s['teacher_correction']['steps']} steps)",
+            "teacher_bpb": "corrected teacher's target bits per byte",
+            "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the corrected teacher (%)"}  # fmt: skip
+
+
 def page_findings(params: Any, s: dict) -> list[str]:
     """At most four short sentences for the report's first page."""
     v, t, out = s["variants"], s["teacher_bpb"][params.shared.target_lang], []
@@ -158,7 +195,7 @@ def page_findings(params: Any, s: dict) -> list[str]:
     if "width_kd" in v and "scratch" in v:
         w, sc = v["width_kd"], v["scratch"]
         out.append(f"Width-pruned + distilled at {w['non_embedding_params']:,} non-embedding parameters: {w['bpb_target']:.3f} "
-                   f"bits per byte against scratch {sc['bpb_target']:.3f} and the teacher {t:.3f} ({w['gap_to_teacher_pct']:+.1f}%); "
+                   f"bits per byte against scratch {sc['bpb_target']:.3f} and {teacher_word(s)} {t:.3f} ({w['gap_to_teacher_pct']:+.1f}%); "
                    f"{reach(w)}.")  # fmt: skip
     if "width_kd" in v and "depth_kd" in v:
         out.append(f"Width against depth pruning: {v['width_kd']['bpb_target']:.3f} against {v['depth_kd']['bpb_target']:.3f} bits per byte.")
@@ -193,12 +230,12 @@ def _figures(params: Any, prep: dict, runs: dict[str, dict], s: dict) -> list[di
     for v, r in runs.items():
         c = _curve(r, tgt)
         ax.plot(c["bytes"], c["bpb"], marker="o", ms=3, label=LABELS[v])
-    ax.axhline(s["teacher_bpb"][tgt], color="black", ls="--", lw=1, label=f"teacher ({s['teacher']})")
+    ax.axhline(s["teacher_bpb"][tgt], color="black", ls="--", lw=1, label=teacher_label(s))
     ax.set(xlabel="target training bytes seen by the student", ylabel=f"{tgt} bits per byte (test)",
            title="Students against bytes: prune + distil vs scratch")  # fmt: skip
     ax.legend(fontsize=7)
     figs.append({"path": str(save_figure(fig, fig_dir / "bpb_vs_bytes.png")),
-                 "caption": "Target bits per byte of each student against the bytes it trained on; dashed: the teacher."})  # fmt: skip
+                 "caption": f"Target bits per byte of each student against the bytes it trained on; dashed: {teacher_word(s)}."})  # fmt: skip
     imp = prep["importance"]
     heads = imp.get("heads")
     if heads:
@@ -231,10 +268,10 @@ def card(params: Any, s: dict, runs: dict[str, dict]) -> str:
         f"{cfg.get('num_attention_heads')} heads ({cfg.get('num_key_value_heads')} KV), MLP {cfg.get('intermediate_size')}. "
         f"Ranking: Minitron's activation importance; retraining: "
         f"{'logit distillation (forward KL) from the frozen teacher' if r['distilled'] else 'cross-entropy'} on {v['bytes']:,} "
-        f"bytes of {tgt} text.", "",
+        f"bytes of {tgt} text.", "", correction_sentence(params, s), "",
         "| | target bits per byte | source bits per byte |", "|---|---|---|",
         f"| this model | {v['bpb_target']:.3f} | {v['bpb_source']:.3f} |",
-        f"| teacher | {s['teacher_bpb'][tgt]:.3f} | {s['teacher_bpb'][params.shared.source_lang]:.3f} |", "",
+        f"| {teacher_label(s)} | {s['teacher_bpb'][tgt]:.3f} | {s['teacher_bpb'][params.shared.source_lang]:.3f} |", "",
         f"Load: `AutoModelForCausalLM.from_pretrained(\"{r['final']}\")` (safetensors; the tokenizer is beside it).", "",
         "Limitations: a research artefact of a tiny study (one seed, CPU scale); not for use beyond it.",
     ]  # fmt: skip
@@ -251,7 +288,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
              _fmt(r["init_bpb_target"]), _fmt(r["bpb_target"]), _fmt(r["bpb_source"]), _fmt(r["speedup_vs_scratch"], "{:.1f}x"),
              f"{r['gap_to_teacher_pct']:+.1f}%"] for r in s["variants"].values()]  # fmt: skip
     tp = s["teacher_params"]
-    rows.append([f"teacher ({s['teacher']})", f"{tp['total']:,}", f"{tp['non_embedding']:,}", _fmt(s["teacher_bytes"], "{:,}"),
+    rows.append([teacher_label(s), f"{tp['total']:,}", f"{tp['non_embedding']:,}", _fmt(s["teacher_bytes"], "{:,}"),
                  "—", _fmt(s["teacher_bpb"][tgt]), _fmt(s["teacher_bpb"][params.shared.source_lang]), "—", "0.0%"])  # fmt: skip
     cols = ["variant", "parameters", "non-embedding", "training bytes", "bits/byte after pruning", "target bits/byte",
             "source bits/byte", "speed-up vs scratch", "gap to teacher"]  # fmt: skip
@@ -271,7 +308,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
         head["width_kd_gap_to_teacher_pct"] = s["variants"]["width_kd"]["gap_to_teacher_pct"]
     head["teacher_bpb"] = s["teacher_bpb"][tgt]
     write_fragment(params.shared.reports_dir, "compress", 85, "Prune and distil (Minitron)", found, tables, figs,
-                   {"goals": s["goals"], **head}, findings=page_findings(params, s), labels=LABELS_NUMBERS)  # fmt: skip
+                   {"goals": s["goals"], **head}, findings=page_findings(params, s), labels=number_labels(s))  # fmt: skip
     out = params.report_path("cards", "compress")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "MODEL_CARD.md", card(params, s, runs))

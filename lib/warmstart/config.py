@@ -406,8 +406,17 @@ class Distillation(_Section):
     top_k: int | None = Field(default=None, ge=1)  # only the teacher's top-k logits (memory); None: all
 
 
+class TeacherCorrection(Optim):
+    """Minitron's teacher correction: the teacher fine-tuned on the distillation text before it is pruned and
+    distilled from (helps when that text differs from the teacher's own). ``steps: 0`` (the default) is off."""
+
+    steps: int = Field(default=0, ge=0)
+    lr: float = Field(default=0.0005, gt=0, le=1.0)  # a quarter of the students' default lr
+
+
 class Compress(_Section):
     teacher: str = "best"  # best (the evaluation's best run) | a study run name
+    teacher_correction: TeacherCorrection = TeacherCorrection()  # off unless steps > 0
     variants: list[Literal[COMPRESS_VARIANTS]] = Field(min_length=1)  # type: ignore[valid-type]
     non_embedding_ratio: float = Field(default=0.5, gt=0, lt=1)  # students' size: this share of the teacher's non-embedding parameters
     calibration: Calibration = Calibration()

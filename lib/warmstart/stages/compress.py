@@ -4,12 +4,21 @@ Minitron-8B came from Nemotron-4 15B by pruning embedding channels, attention
 heads and MLP width ranked by activation importance on a small calibration
 set, then logit distillation from the teacher on under 3% of its data. Here
 the teacher is the study's adapted model (``compress.teacher``: the
-evaluation's best run, or a named run), and every variant lands near
+evaluation's best run, or a named run), optionally teacher-corrected
+(``compress.teacher_correction``), and every variant lands near
 ``compress.non_embedding_ratio`` of its *non-embedding* parameters (the tiny
 default's 8,192-row embeddings and head are most of the model; both counts are
 reported):
 
 ``compress_prep``
+    Teacher correction, when ``compress.teacher_correction.steps > 0`` (Minitron's later recipe, Sreenivas
+    et al. 2024: the teacher briefly fine-tuned on the distillation text, which helps when that text differs
+    from the teacher's own): the adapted model trained by the project's trainer on the students' target
+    training text into ``data/compress/prep/teacher/final``, its bits per byte recorded before and after.
+    That corrected model is then *the teacher* of everything below: importance is measured on it, the
+    variants are pruned from it and distilled from it, and the report's teacher numbers are its own.
+    With ``steps: 0`` (the default study: its students train on the teacher's own phase-2 text) the
+    adapted model is the teacher, and ``prep.json`` records that correction was off.
     Activation importance on ``compress.calibration`` samples of target
     training text (and a random ranking, the ablation), and the masking check:
     target bits per byte with the 25% least important MLP neurons (then heads)
@@ -37,15 +46,16 @@ from typing import Any
 from warmstart.io import write_json, write_jsonl
 from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
-from warmstart.study import bpb_table, corpus_file, fresh_dir, launch, merge_logs, read_run, summarize_log
+from warmstart.study import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, read_run, summarize_log
 
 _COMMON = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
            "vocab_swap.methods", "study.arms", "base.trust_remote_code", "compress.teacher")  # fmt: skip
 PARAMS = {
-    "compress_prep": (*_COMMON, "pretrain.seq_len", "compress.calibration", "compress.masking_fraction",
-                      "compress.eval_bytes"),
-    "compress_run": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.non_embedding_ratio",
-                     "compress.train", "compress.kd", "compress.tag_every", "compress.eval_bytes"),
+    "compress_prep": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction",
+                      "compress.calibration", "compress.masking_fraction", "compress.eval_bytes"),
+    "compress_run": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction.steps",
+                     "compress.non_embedding_ratio", "compress.train", "compress.kd", "compress.tag_every",
+                     "compress.eval_bytes"),
     "compress": (*_COMMON, "compress.variants", "compress.non_embedding_ratio"),
 }  # fmt: skip
 VARIANTS = {  # variant -> (axis, importance, distilled)
@@ -57,10 +67,65 @@ VARIANTS = {  # variant -> (axis, importance, distilled)
 }
 
 
-def teacher_dir(params: Any) -> tuple[str, Path]:
-    """The teacher's run name and final model dir."""
+def adapted_teacher(params: Any) -> tuple[str, Path]:
+    """The adapted run the teacher is (before any correction): its name and final model dir."""
     run = adapted_run(params, params.compress.teacher)
     return run.name, Path(read_run(params, run.name)["final"])
+
+
+def corrected_dir(params: Any) -> Path:
+    """Where ``compress_prep`` trains the corrected teacher (the trainer's out dir; the model is its ``final``)."""
+    return params.path("compress", "prep", "teacher")
+
+
+def teacher_dir(params: Any) -> tuple[str, Path]:
+    """The teacher's run name and the model dir the variants are pruned and distilled from: the adapted run's
+    final model, or its corrected copy when ``compress.teacher_correction.steps > 0``."""
+    name, path = adapted_teacher(params)
+    steps = params.compress.teacher_correction.steps
+    if steps == 0:
+        return name, path
+    final = corrected_dir(params) / "final"
+    if not (final / "config.json").is_file():
+        raise FileNotFoundError(f"{final} is missing: compress.teacher_correction.steps is {steps}, so the corrected "
+                                "teacher comes from the compress_prep stage: run it first")  # fmt: skip
+    return name, final
+
+
+def _train_config(params: Any, model_path: Path, out_dir: Path, optim: Any, **kw: Any) -> Any:
+    """A run of ``model_path`` on the target training text (the students' and the correction's)."""
+    from warmstart.train import TrainConfig
+
+    return TrainConfig(
+        model_path=str(model_path), train_files={"target": [corpus_file(params, params.shared.target_lang)]},
+        seq_len=params.pretrain.seq_len, micro_batch=params.pretrain.micro_batch, **optim_fields(optim),
+        out_dir=str(out_dir), log_every=5, seed=params.shared.seed, keep_last=1,
+        trust_remote_code=params.base.trust_remote_code, **kw,
+    )  # fmt: skip
+
+
+def correct_teacher(params: Any, original: Path, tok: Any) -> tuple[Path, dict[str, Any]]:
+    """Minitron's teacher correction: the teacher's model dir to use, and the record for ``prep.json``.
+
+    ``steps: 0``: ``original``, and a record saying correction was off. Otherwise ``original`` fine-tuned
+    for ``steps`` on the target training text into :func:`corrected_dir` (``bpb_before``: the original's
+    test bits per byte; the stage adds ``bpb_after``).
+    """
+    from warmstart.model import load_model
+
+    tc = params.compress.teacher_correction
+    if tc.steps == 0:
+        return original, {"steps": 0, "corrected": False}
+    t0 = time.perf_counter()
+    out = corrected_dir(params)
+    launch(_train_config(params, original, out, tc))
+    log, _ = merge_logs([("correction", out)])
+    before = bpb_table(load_model(original), tok, params, params.pretrain.seq_len, params.compress.eval_bytes)
+    return out / "final", {
+        "steps": tc.steps, "corrected": True, "lr": tc.lr, "from": str(original), "dir": str(out / "final"),
+        "bytes": log[-1]["bytes"] if log else 0, "tokens": log[-1]["tokens"] if log else 0,
+        "final_loss": summarize_log(log)["final_loss"], "bpb_before": before, "seconds": round(time.perf_counter() - t0, 1),
+    }  # fmt: skip
 
 
 def _calibration(params: Any, tok: Any) -> list:
@@ -93,10 +158,11 @@ def run_prep(params: Any) -> dict[str, Any]:
     params = declared(params, "compress_prep", PARAMS["compress_prep"])
     t0 = time.perf_counter()
     c = params.compress
-    name, path = teacher_dir(params)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = load_model(path)
+    name, original = adapted_teacher(params)
+    tok = AutoTokenizer.from_pretrained(original)
     out = fresh_dir(params.path("compress", "prep"))
+    path, correction = correct_teacher(params, original, tok)
+    model = load_model(path)
     imp = estimate_importance(model, _calibration(params, tok), seq_agg=c.calibration.seq_agg, batch_agg=c.calibration.batch_agg)
     rnd = random_importance(model, params.shared.seed)
     write_json(out / "importance.json", imp.to_json())
@@ -109,14 +175,22 @@ def run_prep(params: Any) -> dict[str, Any]:
 
     check = masking_check(model, None, imp, fraction=c.masking_fraction, seed=params.shared.seed, eval_fn=eval_fn)
     record = read_run(params, name)
-    detail = {
+    teacher_bpb = bpb_table(model, tok, params, seq, c.eval_bytes)
+    if correction["corrected"]:
+        correction["bpb_after"] = teacher_bpb
+    detail = {  # the teacher's bytes and tokens: its run's, plus the correction's
         "teacher": name, "teacher_dir": str(path), "masking": check, "importance": imp.to_json(),
-        "teacher_params": count_params(model), "teacher_bytes": record.get("bytes"), "teacher_tokens": record.get("tokens"),
-        "teacher_phases": record.get("phases"), "teacher_init": record.get("init"),
-        "teacher_bpb": bpb_table(model, tok, params, seq, c.eval_bytes), "seconds": round(time.perf_counter() - t0, 1),
+        "teacher_params": count_params(model), "teacher_bytes": _plus(record.get("bytes"), correction.get("bytes", 0)),
+        "teacher_tokens": _plus(record.get("tokens"), correction.get("tokens", 0)), "teacher_phases": record.get("phases"),
+        "teacher_init": record.get("init"), "teacher_correction": correction, "teacher_bpb": teacher_bpb,
+        "seconds": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
     write_json(params.report_path("compress", "prep.json"), detail)
     return check
+
+
+def _plus(a: int | None, b: int) -> int | None:
+    return a if a is None or not b else a + b
 
 
 def _target(params: Any, model: Any, axis: str) -> Any:
@@ -154,7 +228,7 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
     from warmstart.model import count_params as n_params
     from warmstart.model import load_model
     from warmstart.prune import count_params
-    from warmstart.train import TrainConfig, list_checkpoints
+    from warmstart.train import list_checkpoints
 
     params = declared(params, "compress_run", PARAMS["compress_run"])
     if variant not in VARIANTS:
@@ -166,18 +240,9 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
     out = fresh_dir(r.dir(params))
     init = build_student(params, variant, r.init_dir(params))
     _, _, distil = VARIANTS[variant]
-    t = c.train
     kd = dict(teacher_path=str(teacher), kd_temperature=c.kd.temperature, kd_ce_share=c.kd.ce_share,
               kd_top_k=c.kd.top_k) if distil else {}  # fmt: skip
-    cfg = TrainConfig(
-        model_path=str(init), train_files={"target": [corpus_file(params, params.shared.target_lang)]},
-        seq_len=params.pretrain.seq_len, micro_batch=params.pretrain.micro_batch, steps=t.steps, lr=t.lr,
-        warmup_steps=t.warmup_steps, lr_schedule=t.lr_schedule, min_lr_ratio=t.min_lr_ratio,
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, out_dir=str(out / "train"),
-        tag_every=c.tag_every, log_every=5, seed=params.shared.seed, keep_last=1,
-        trust_remote_code=params.base.trust_remote_code, **kd,
-    )  # fmt: skip
-    launch(cfg)
+    launch(_train_config(params, init, out / "train", c.train, tag_every=c.tag_every, **kd))
     log, _ = merge_logs([("train", out / "train")])
     fresh_dir(r.record_dir(params))
     write_jsonl(r.log(params), log)
