@@ -72,3 +72,21 @@ def test_every_stage_runs_its_notebook_with_papermill(root):
     assert set(used) == nb_names, f"notebooks without a stage: {sorted(nb_names - set(used))}"
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
     assert "-k warmstart" in nb_var and "--log-output" in nb_var
+
+
+def test_notebook_runner_is_papermill_without_the_slow_import(root, tmp_path):
+    # dvc.yaml runs every notebook through warmstart.run_notebook: papermill's CLI, minus the IRI format checker
+    import subprocess
+    import sys
+
+    nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
+    assert nb_var.startswith("python -m warmstart.run_notebook ")
+    code = ("import sys, runpy; sys.argv = ['papermill', '--help']\n"
+            "try:\n    runpy.run_module('warmstart.run_notebook', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "import nbformat\n"
+            "nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')]))\n"
+            "assert sys.modules['rfc3987_syntax'] is None and 'papermill.cli' in sys.modules\n")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Usage: papermill" in out.stdout and "--parameters_file" in out.stdout
