@@ -377,10 +377,16 @@ def test_real_scale_plan_for_a_4k_to_16k_mistral_and_its_cpu_dry_run(tmp_path):
     mem = p["memory_per_device"]
     assert mem["params_grads_adam_gib"] == pytest.approx(16 * 12_247_782_400 / 8 / 1024**3, rel=1e-6)  # Mistral-Nemo 12.2B
     assert mem["total_with_recomputation_gib"] < mem["total_gib"] and "GiB" in describe(p)
+    # 12.2B at 16K tokens does not fit an 80 GiB H100 without activation recomputation; with it, it does
+    assert not mem["fits"] and mem["fits_with_recomputation"] and p["run_config"]["activation_checkpointing"] is True
+    assert "fits (the run config sets activation_checkpointing: true)" in describe(p)
+    small = plan(cfg, "yarn", 1.25, 4096, processes=8, micro_batch=1, gpu="H200")
+    assert small["memory_per_device"]["fits"] and small["run_config"]["activation_checkpointing"] is False
     assert p["time"]["seconds_per_step"] == pytest.approx(16384 * 8 * p["time"]["flops_per_token"] / (0.35 * 989e12 * 8))
     with pytest.raises(ValueError, match="gpu"):
         plan(cfg, "yarn", 4, 4096, gpu="TPU")
     with pytest.raises(ValueError, match="factor"):
         plan(cfg, "yarn", 1, 4096)
-    r = dry_run("mistral", "yarn", 4, 16, tmp_path)
+    r = dry_run("mistral", "yarn", 4, 16, tmp_path, activation_checkpointing=True)
     assert r["steps"] == 2 and math.isfinite(r["final_loss"]) and r["plan"]["length"] == 64
+    assert json.loads((tmp_path / "run/train_config.json").read_text())["activation_checkpointing"] is True

@@ -421,3 +421,55 @@ def test_swap_study_numbers_and_goals():
     assert s["goals"] == {"fvt_step0_below_random": True, "focus_step0_below_random": False, "best_speedup_at_least_3": True}
     assert s["runs"]["focus"]["speedup"] is None  # NaN (never reached scratch's final bpb) -> null in JSON
     assert swap_study(init[init["run"] == "scratch"])["goals"]["fvt_step0_below_random"] is None
+
+
+def _seed_rows(runs=("scratch", "random"), steps=(0, 4, 8), seeds=(1, 2)) -> list[dict]:
+    # bpb = 3 - 0.1 step + 0.01 seed (+0.5 for scratch); source = target + 1
+    return [{"run": r, "seed": s, "step": st, "bytes": 100 * st + s, "bpb_target": 3 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch"),
+             "bpb_source": 4 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch")}
+            for r in runs for s in seeds for st in steps]  # fmt: skip
+
+
+def test_seed_summary_means_and_stds_exactly():
+    from warmstart.evaluate import covers, fmt_mean_sd, seed_summary
+
+    df = pd.DataFrame(_seed_rows())
+    s = seed_summary(df).set_index(["run", "step"])
+    r = s.loc[("random", 8)]
+    assert r["n"] == 2 and r["bytes"] == pytest.approx(801.5)
+    assert r["bpb_target"] == pytest.approx(3 - 0.8 + 0.015) and r["bpb_target_std"] == pytest.approx(0.01 / math.sqrt(2))
+    assert s.loc[("scratch", 0)]["bpb_source"] == pytest.approx(4.515)
+    ck = pd.DataFrame({"run": ["random", "random"], "step": [0, 8]})
+    assert covers(df, ck) and not covers(df[df.step != 8], ck) and not covers(None, ck)
+    assert fmt_mean_sd(1.84321, 0.00234) == "1.843 ± 0.002" and fmt_mean_sd(float("nan"), 0.1) == "–"
+    assert fmt_mean_sd(1.5, float("nan")) == "1.500"
+
+
+def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
+    from warmstart.config import load_params
+    from warmstart.fragments import read_fragments
+    from warmstart.io import write_json
+    from warmstart.seeds import fingerprint
+    from warmstart.stages import evaluate as stage
+
+    params = load_params(root / "params.yaml", overrides=make_study(tmp_path))
+    rows = _seed_rows()
+    write_json(tmp_path / "reports/metrics/seed_spread.json", {
+        "metric": "final target bits per byte", "seeds": [1, 2], "fingerprint": fingerprint(params), "checkpoints": rows,
+        "runs": {r: {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 2, "values": [0.99, 1.01]} for r in ("scratch", "random")}})  # fmt: skip
+    stage.run(params, progress=False)
+    (frag,) = read_fragments(tmp_path / "reports")
+    final = next(t for t in frag["tables"] if t["caption"].startswith("Final checkpoints: held-out"))
+    assert final["columns"][2].endswith("mean ± std over 2 seeds") and "seeds 1, 2" in final["caption"]
+    row = next(r for r in final["rows"] if r[0] == "random")
+    assert row[2] == "2.215 ± 0.007" and row[4] == "3.215 ± 0.007"  # step 8: 3 - 0.8 + 0.015, std 0.01/sqrt(2)
+    per_ck = next(t for t in frag["tables"] if t["caption"].startswith("Bits per byte at every"))
+    assert [r[5] for r in per_ck["rows"] if r[0] == "scratch"] == ["3.515 ± 0.007", "3.115 ± 0.007", "2.715 ± 0.007"]
+    assert "Mean over 2 seeds" in frag["figures"][0]["caption"] and "each cell also prints" in frag["figures"][1]["caption"]
+    # another configuration's spread: one seed, no extra columns
+    write_json(tmp_path / "reports/metrics/seed_spread.json", json.loads((tmp_path / "reports/metrics/seed_spread.json").read_text())
+               | {"fingerprint": "0" * 16})  # fmt: skip
+    stage.run(params, progress=False)
+    (frag,) = read_fragments(tmp_path / "reports")
+    final = next(t for t in frag["tables"] if t["caption"].startswith("Final checkpoints: held-out"))
+    assert len(final["columns"]) == 3 and "One seed" in frag["figures"][0]["caption"]

@@ -569,3 +569,15 @@ def test_ddp_signals_and_distillation_match_one_process(assets, tmp_path):
             assert abs(a[key] - b[key]) <= 1e-4, (key, a, b)
         for key in ("attn_logit_max", "update_ratio") if signals else ():
             assert b[key] == pytest.approx(a[key], rel=1e-4), (key, a, b)
+
+
+def test_activation_checkpointing_recomputes_the_same_training(assets, tmp_path):
+    # each decoder layer keeps its input and recomputes its activations in backward: the same updates
+    plain = train(TrainConfig(**make_cfg(assets, tmp_path / "plain", steps=4)))
+    ckpt = train(TrainConfig(**make_cfg(assets, tmp_path / "ckpt", steps=4, activation_checkpointing=True)))
+    la, lb = read_log(tmp_path / "plain"), read_log(tmp_path / "ckpt")
+    assert [r["loss"] for r in lb] == pytest.approx([r["loss"] for r in la], abs=1e-6)
+    wa, wb = weights(plain.export_dir), weights(ckpt.export_dir)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+    tr = Trainer(TrainConfig(**make_cfg(assets, tmp_path / "flag", steps=2, activation_checkpointing=True)))
+    assert tr.unwrapped.is_gradient_checkpointing and tr.unwrapped.config.use_cache is False

@@ -439,17 +439,51 @@ def marker_steps(log_df: pd.DataFrame) -> dict[str, list[int]]:
 # ---------------------------------------------------------------- figures
 
 
-def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str) -> Path:
-    """Target and source bpb against training bytes seen, one curve per run."""
+def seed_summary(seed_ck: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, step) over seeds: ``n`` seeds, mean ``bytes``, mean and std (ddof 1) of target and source bits
+    per byte (``bpb_target``, ``bpb_target_std``, ...), in the table's run order."""
+    g = seed_ck.groupby(["run", "step"], sort=False)
+    return g.agg(n=("seed", "nunique"), bytes=("bytes", "mean"), bpb_target=("bpb_target", "mean"),
+                 bpb_target_std=("bpb_target", "std"), bpb_source=("bpb_source", "mean"),
+                 bpb_source_std=("bpb_source", "std")).reset_index()  # fmt: skip
+
+
+def covers(seed_ck: pd.DataFrame | None, ck: pd.DataFrame) -> bool:
+    """Whether a seed table has every run and checkpoint step of the evaluation (then tables and curves use it)."""
+    if seed_ck is None or seed_ck.empty:
+        return False
+    have = set(zip(seed_ck["run"], seed_ck["step"]))
+    return all((r, int(s)) in have for r, s in zip(ck["run"], ck["step"]))
+
+
+def fmt_mean_sd(mean: Any, sd: Any, digits: int = 3) -> str:
+    """``1.843 ± 0.002`` (``–`` when the mean is missing)."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None and np.isfinite(sd) else f"{mean:.{digits}f}"
+
+
+def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
+                    seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+    """Target and source bpb against training bytes seen, one curve per run. With ``seeds`` (a per-seed
+    checkpoint table, :func:`warmstart.seeds.seed_checkpoints`): the mean over seeds, a band of ± 1 std."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    df = ck.assign(mb=ck["bytes"] / 1e6)
+    runs = list(dict.fromkeys(ck["run"]))
+    df = seed_summary(seeds[seeds["run"].isin(runs)]) if seeds is not None else ck
+    df = df.assign(mb=df["bytes"] / 1e6)
+    palette = dict(zip(runs, sns.color_palette(n_colors=len(runs))))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, role, lang in ((axes[0], "target", tgt_lang), (axes[1], "source", src_lang)):
         sns.lineplot(data=df, x="mb", y=f"bpb_{role}", hue="run", style="run", markers=True, dashes=False, ax=ax,
-                     legend=role == "target")  # fmt: skip
+                     legend=role == "target", palette=palette, hue_order=runs, style_order=runs)  # fmt: skip
+        if seeds is not None:  # mean over seeds, band: ± 1 std
+            for run, g in df.groupby("run", sort=False):
+                sd = g[f"bpb_{role}_std"].fillna(0.0)
+                ax.fill_between(g["mb"], g[f"bpb_{role}"] - sd, g[f"bpb_{role}"] + sd, color=palette[run], alpha=0.2,
+                                linewidth=0)  # fmt: skip
         zero = df[df["step"] == 0]
         if len(zero):  # step 0: the initialised model, before any training
             ax.scatter(zero["mb"], zero[f"bpb_{role}"], marker="*", s=110, facecolor="none", edgecolor="black",
@@ -479,12 +513,15 @@ def checkpoint_grid(ck: pd.DataFrame, value: str) -> pd.DataFrame:
     return grid.reindex([r for r in order if r in grid.index])
 
 
-def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str) -> Path:
-    """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen."""
+def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
+                     seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+    """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen.
+    With ``seeds``: colours and numbers are the mean over seeds, each cell also prints ± 1 std."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    grids = [(checkpoint_grid(ck, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
+    src = seed_summary(seeds[seeds["run"].isin(set(ck["run"]))]) if seeds is not None else ck
+    grids = [(checkpoint_grid(src, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
     n_runs, n_ck = grids[0][0].shape
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_runs + 1.6))
     for ax, (grid, lang, role) in zip(axes, grids):
@@ -496,8 +533,15 @@ def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang
         allv = grid.to_numpy(float)
         below, above = bool(vmin is not None and np.nanmin(allv) < vmin), bool(vmax is not None and np.nanmax(allv) > vmax)
         extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
-        sns.heatmap(grid, annot=True, fmt=".2f", cmap="viridis_r", vmin=vmin, vmax=vmax, linewidths=0.5, ax=ax,
-                    cbar_kws={"label": f"{lang} bits per byte", "extend": extend}, annot_kws={"size": 8})  # fmt: skip
+        if seeds is not None:
+            sd = checkpoint_grid(src, f"bpb_{role}_std").reindex(index=grid.index).to_numpy(float)
+            annot: Any = np.array([[f"{m:.2f}\n±{d:.3f}" if np.isfinite(m) else "" for m, d in zip(mr, dr)]
+                                   for mr, dr in zip(grid.to_numpy(float), sd)])  # fmt: skip
+            fmt, size = "", 6.5
+        else:
+            annot, fmt, size = True, ".2f", 8
+        sns.heatmap(grid, annot=annot, fmt=fmt, cmap="viridis_r", vmin=vmin, vmax=vmax, linewidths=0.5, ax=ax,
+                    cbar_kws={"label": f"{lang} bits per byte", "extend": extend}, annot_kws={"size": size})  # fmt: skip
         ax.set(xlabel="training text seen (MB of UTF-8, checkpoint)", ylabel="" if role == "source" else "run",
                title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
         ax.tick_params(axis="y", rotation=0)

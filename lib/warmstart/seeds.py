@@ -17,6 +17,8 @@ The file (read by :func:`warmstart.stats.seed_spread` and the report, a dep of
 the report stage; not a DVC output, so a one-seed study never overwrites it)::
 
     {"metric", "seeds", "runs": {run: {mean, std (ddof 1), min, max, n, values}},
+     "checkpoints": [{run, seed, step, bytes, bpb_target, bpb_source}, ...]   (every checkpoint of every
+                    (run, seed): the evaluation's curves and tables show their mean and spread),
      "fingerprint": the configuration it was measured for (:func:`fingerprint`),
      "seconds", "hardware", "torch"}
 
@@ -102,18 +104,41 @@ def spread_section(params: Any) -> dict[str, Any] | None:
             "figures": [], "numbers": {}, "seconds": None}  # fmt: skip
 
 
+def _bpb(params: Any, tok: Any, model_dir: str, texts: list[str]) -> float:
+    from warmstart.bpb import bits_per_byte
+    from warmstart.model import load_model
+
+    model = load_model(model_dir, trust_remote_code=params.base.trust_remote_code).eval()
+    return float(bits_per_byte(model, tok, texts, seq_len=params.pretrain.seq_len,
+                               batch_size=params.evaluate.batch_size)["bits_per_byte"])  # fmt: skip
+
+
 def final_bpb(params: Any, record: dict[str, Any], texts: list[str]) -> float:
     """A run's final target bits per byte on ``texts``, the evaluation's text (as :mod:`warmstart.evaluate`
     measures it)."""
     from transformers import AutoTokenizer
 
-    from warmstart.bpb import bits_per_byte
-    from warmstart.model import load_model
+    return _bpb(params, AutoTokenizer.from_pretrained(record["tokenizer"]), record["final"], texts)
+
+
+def checkpoint_bpb(params: Any, record: dict[str, Any], texts: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Target and source bits per byte at every checkpoint of a run's record (step 0 included), as the evaluate
+    stage measures them: ``[{step, bytes, bpb_target, bpb_source}]``."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(record["tokenizer"])
-    model = load_model(record["final"], trust_remote_code=params.base.trust_remote_code).eval()
-    return float(bits_per_byte(model, tok, texts, seq_len=params.pretrain.seq_len,
-                               batch_size=params.evaluate.batch_size)["bits_per_byte"])  # fmt: skip
+    return [{"step": int(c["step"]), "bytes": int(c["bytes"]),
+             **{f"bpb_{role}": _bpb(params, tok, c["path"], t) for role, t in texts.items()}}
+            for c in sorted(record["checkpoints"], key=lambda c: c["step"])]  # fmt: skip
+
+
+def seed_checkpoints(spread: dict[str, Any] | None) -> Any:
+    """The spread's per-seed checkpoint table (``run, seed, step, bytes, bpb_target, bpb_source``) as a
+    DataFrame, or None when the spread has none (measured before curves were recorded)."""
+    import pandas as pd
+
+    rows = (spread or {}).get("checkpoints") or []
+    return pd.DataFrame(rows) if rows else None
 
 
 def _record_path(params: Any, name: str, seed: int) -> Path:
@@ -154,7 +179,9 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     t0 = time.perf_counter()
     fp = fingerprint(params)
     texts = held_out_texts(params, params.shared.target_lang, "test", params.evaluate.eval_bytes)
+    both = {"target": texts, "source": held_out_texts(params, params.shared.source_lang, "test", params.evaluate.eval_bytes)}
     values: dict[str, list[float]] = {n: [] for n in names}
+    curves: list[dict[str, Any]] = []
     for seed in seeds:
         for name in names:
             rec = _record(params, name, seed, fp)
@@ -166,12 +193,14 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
                 rec = pretrain.run(params, name, seed=seed) | {"fingerprint": fp}
                 write_json(_record_path(params, name, seed), rec)
             values[name].append(final_bpb(params, rec, texts))
+            curves += [{"run": name, "seed": seed, **c} for c in checkpoint_bpb(params, rec, both)]
             log(f"seed {seed}: {name} final {params.shared.target_lang} bits per byte {values[name][-1]:.4f}")
     out_runs = {n: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v), "n": len(v),
                     "values": v} for n, v in values.items()}  # fmt: skip
     record = {
         "metric": f"final {params.shared.target_lang} bits per byte (first {params.evaluate.eval_bytes:,} test bytes)",
-        "seeds": list(seeds), "runs": out_runs, "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 1),
+        "seeds": list(seeds), "runs": out_runs, "checkpoints": curves, "fingerprint": fp,
+        "seconds": round(time.perf_counter() - t0, 1),
         "hardware": device_name("cuda" if torch.cuda.is_available() else "cpu"), "torch": torch.__version__,
     }  # fmt: skip
     write_json(spread_path(params), record)

@@ -190,8 +190,8 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
                   ...}}
 
     ``std`` is the sample standard deviation (ddof 1). Returns ``{"runs": {run: {mean, std, min, max, n,
-    values}}, "seeds": [...], "metric": str, "path": str, "fingerprint", "seconds", "hardware"}`` (the last
-    three as recorded, or None; :mod:`warmstart.seeds`); runs without a usable std are left out.
+    values}}, "seeds": [...], "metric": str, "path": str, "fingerprint", "seconds", "hardware", "checkpoints"}``
+    (the last four as recorded, or None / []; :mod:`warmstart.seeds`); runs without a usable std are left out.
     """
     path = Path(reports_dir, *SEED_SPREAD_FILE)
     if not path.is_file():
@@ -205,7 +205,8 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
         raise ValueError(f"{path}: no run with a std (expected {{'runs': {{name: {{'mean', 'std', ...}}}}}})")
     return {"runs": runs, "seeds": list(raw.get("seeds") or []), "path": str(path),
             "metric": str(raw.get("metric") or "final target bits per byte"),
-            "fingerprint": raw.get("fingerprint"), "seconds": raw.get("seconds"), "hardware": raw.get("hardware")}  # fmt: skip
+            "fingerprint": raw.get("fingerprint"), "seconds": raw.get("seconds"), "hardware": raw.get("hardware"),
+            "checkpoints": list(raw.get("checkpoints") or [])}  # fmt: skip
 
 
 def pooled_std(spread: Mapping[str, Any]) -> float:

@@ -156,6 +156,11 @@ class Trainer:
             model.set_attn_implementation(cfg.attn_implementation)
         if len(self.tokenizer) > model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size is {model.config.vocab_size}")
+        if cfg.activation_checkpointing:
+            if not getattr(model, "supports_gradient_checkpointing", False):
+                raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
         self.mask_id = resolve_mask_id(cfg.mask_token_id, self.tokenizer, cfg.masked_share)
 
         named = self._apply_freeze(model)

@@ -15,7 +15,10 @@ returns what the run needs and costs:
   Recomputation": ``s b h (34 + 5 a s / h)`` bytes per layer in 16-bit, whose
   ``5 a s / h`` term, the attention matrix, SDPA and FlashAttention never
   materialise) and the logits (fp32, ``s b V`` times 4 bytes, twice for the
-  loss), each stated separately because they are estimates;
+  loss), each stated separately because they are estimates; when they do not
+  fit, with activation recomputation (the trainer's ``activation_checkpointing``:
+  layer inputs kept, one layer's activations live), which the run config then
+  turns on;
 * time: training FLOPs per token (:func:`warmstart.flops.flops_per_token`, with
   the attention term at the new length) over an assumed MFU of the GPU's
   datasheet peak (``assumed_mfu``, stated in the output, never measured here).
@@ -112,13 +115,18 @@ def plan(
         "warmup_steps": max(1, steps // 50), "lr_schedule": "cosine", "weight_decay": 0.0, "doc_mask": True,
         "attn_implementation": attention, "precision": "bf16", "out_dir": out_dir, "checkpoint_every": max(1, steps // 10),
     }  # fmt: skip
+    mem = memory(cfg, length, micro_batch, processes, attention)
+    device = GPU_MEMORY_GIB.get(gpu, 0)
+    # activation recomputation only when the run does not fit without it (it costs about one more forward)
+    run["activation_checkpointing"] = bool(mem["total_gib"] > device and mem["total_with_recomputation_gib"] <= device)
     launcher = ACCELERATE_CONFIGS.get(processes, "configs/accelerate/fsdp2_8gpu.yaml")
     return {
         "method": method, "trained_len": trained_len, "length": length, "factor": factor, **fields,
         "run_config": run, "launch": f"accelerate launch --config_file {launcher} --num_processes {processes} "
                                      f"-m warmstart.train --config run.yaml",
-        "memory_per_device": {**(mem := memory(cfg, length, micro_batch, processes, attention)),
-                              "device_gib": GPU_MEMORY_GIB.get(gpu), "fits": mem["total_gib"] <= GPU_MEMORY_GIB.get(gpu, 0)},
+        "memory_per_device": {**mem, "device_gib": GPU_MEMORY_GIB.get(gpu), "fits": mem["total_gib"] <= device,
+                              "fits_with_recomputation": mem["total_with_recomputation_gib"] <= device,
+                              "activation_checkpointing": run["activation_checkpointing"]},
         "time": {"tokens_per_step": tokens_per_step, "flops_per_token": fpt, "gpu": gpu, "datasheet_peak_bf16": peak,
                  "assumed_mfu": assumed_mfu, "seconds_per_step": step_s, "hours_total": step_s * steps / 3600,
                  "note": "an estimate at the assumed MFU, not a measurement"},  # fmt: skip
@@ -132,17 +140,20 @@ def describe(p: dict[str, Any]) -> str:
         f"{p['method']}: {p['trained_len']} -> {p['length']} tokens; rope_parameters {json.dumps(p['rope_parameters'])}",
         f"memory per device (estimate): states {m['params_grads_adam_gib']:.1f} GiB + activations {m['activations_gib']:.1f} GiB"
         f" + logits {m['logits_gib']:.1f} GiB = {m['total_gib']:.1f} GiB of {m['device_gib']} GiB: "
-        + ("fits" if m["fits"] else f"does not fit; with activation recomputation (not in warmstart.train yet) "
-           f"{m['total_with_recomputation_gib']:.1f} GiB, or more processes / a shorter micro-batch"),
+        + ("fits" if m["fits"] else f"does not fit; with activation recomputation {m['total_with_recomputation_gib']:.1f} GiB: "
+           + ("fits (the run config sets activation_checkpointing: true)" if m["fits_with_recomputation"]
+              else "still does not fit: more processes or a shorter micro-batch")),
         f"time (estimate at {t['assumed_mfu']:.0%} MFU of {t['gpu']}'s {t['datasheet_peak_bf16'] / 1e12:.0f} TFLOP/s bf16): "
         f"{t['seconds_per_step']:.2f} s/step, {t['hours_total']:.1f} h for {p['run_config']['steps']} steps",
         f"launch: {p['launch']}",
     ])  # fmt: skip
 
 
-def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, steps: int = 2, **opts: Any) -> dict:
+def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, steps: int = 2,
+            activation_checkpointing: bool | None = None, **opts: Any) -> dict:  # fmt: skip
     """Extend a tiny ``arch`` model and fine-tune it ``steps`` steps at the new length on CPU, through the
-    real path (:func:`~warmstart.context.methods.extend_dir`, :func:`plan`'s run config, the trainer)."""
+    real path (:func:`~warmstart.context.methods.extend_dir`, :func:`plan`'s run config, the trainer).
+    ``activation_checkpointing`` overrides the plan's choice (a tiny model always fits)."""
     from warmstart.context.methods import extend_dir
     from warmstart.context.tasks import save_tokenizer
     from warmstart.io import write_jsonl
@@ -163,5 +174,7 @@ def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, 
     write_jsonl(out / "long.jsonl", [{"text": " ".join([words] * 40)} for _ in range(8)])
     run = {**p["run_config"], "model_path": str(dst), "precision": "fp32", "log_every": 1, "tensorboard": False,
            "progress": False, "checkpoint_every": 0}  # fmt: skip
+    if activation_checkpointing is not None:
+        run["activation_checkpointing"] = activation_checkpointing
     result = train(TrainConfig(**run))
     return {"plan": p, "final_loss": result.last_loss, "steps": result.step, "out": str(out)}

@@ -15,8 +15,10 @@ import pandas as pd
 from warmstart import stats
 from warmstart.describe import fmt_ci, fmt_flops, fmt_num
 from warmstart.evaluate import (
+    covers,
     evaluate_runs,
     flops_table,
+    fmt_mean_sd,
     fmt_speedup_ci,
     init_table,
     intervals,
@@ -26,16 +28,20 @@ from warmstart.evaluate import (
     plot_bpb_heatmap,
     plot_loss,
     read_log,
+    seed_summary,
     swap_study,
 )
 from warmstart.fragments import table, write_fragment
 from warmstart.labels import Labels
 from warmstart.io import write_json
+from warmstart.seeds import seed_checkpoints, spread_for
 from warmstart.stages import declared, write_headline
 
+# corpus ... pretrain whole: the seed spread's fingerprint (warmstart.seeds) reads them, to use the spread only
+# when it was measured for this configuration
 PARAMS = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.trust_remote_code", "vocab_swap.methods", "study.arms", "pretrain.seq_len", "evaluate",
+    "corpus", "tokenizer", "base", "vocab_swap", "pretrain", "study.arms", "evaluate",
 )  # fmt: skip
 
 
@@ -60,14 +66,22 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     logs = pd.concat([read_log(r) for r in runs], ignore_index=True) if runs else pd.DataFrame()
     sh = params.shared
     src, tgt = sh.source_lang, sh.target_lang
-    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", src, tgt)),
+    # more than one seed measured for this configuration (make seed-spread): curves and tables show mean and spread
+    spread, _ = spread_for(params)
+    seed_ck = seed_checkpoints(spread)
+    seed_ck = seed_ck if covers(seed_ck, ck) else None
+    seeds_note = (f" Mean over {len(spread['seeds'])} seeds ({', '.join(map(str, spread['seeds']))}; make seed-spread), "
+                  "band ± 1 standard deviation." if seed_ck is not None else " One seed (shared.seed).")  # fmt: skip
+    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", src, tgt, seeds=seed_ck)),
              "caption": "Held-out bits per byte against UTF-8 bytes of training text seen, one curve per run "
                         "(markers: evaluated checkpoints; step 0 is the initialised model). Bytes, not tokens, so "
-                        "runs with different tokenizers share the x axis. Right: source language (forgetting)."},
-            {"path": str(plot_bpb_heatmap(ck, out / "bpb_heatmap.png", src, tgt)),
+                        "runs with different tokenizers share the x axis. Right: source language (forgetting)."
+                        + seeds_note},
+            {"path": str(plot_bpb_heatmap(ck, out / "bpb_heatmap.png", src, tgt, seeds=seed_ck)),
              "caption": "Bits per byte at every evaluated checkpoint (lower is better): one row per run, one column "
                         "per checkpoint, labelled by the MB of training text seen; the colours span the trained "
-                        "checkpoints (step 0 saturates). The full table is in the appendix."}]  # fmt: skip
+                        "checkpoints (step 0 saturates). The full table is in the appendix."
+                        + (seeds_note.replace("band", "each cell also prints") if seed_ck is not None else seeds_note)}]  # fmt: skip
     lp = plot_loss(logs, out / "loss.png")
     if lp:
         figs.append({"path": str(lp), "caption": "Training loss per logged step (nats per token of each run's own "
@@ -85,12 +99,24 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         return (ev_runs.get(run) or {}).get(f"{key}_ci")
 
     count = {c: [f"{int(v):,}" if pd.notna(v) else "–" for v in init[c]] for c in ("aligned", "decomposed", "random")}
+    # over seeds (when measured): every (run, step) and each run's final checkpoint
+    by_step = seed_summary(seed_ck).set_index(["run", "step"]) if seed_ck is not None else None
+    final_step = ck.groupby("run")["step"].max()
+
+    def over_seeds(run: str, role: str, step: Any = None) -> list[str]:
+        if by_step is None:
+            return []
+        r = by_step.loc[(run, int(final_step[run] if step is None else step))]
+        return [fmt_mean_sd(r[f"bpb_{role}"], r[f"bpb_{role}_std"])]
+
+    n_seeds = f"{len(spread['seeds'])} seeds" if seed_ck is not None else ""
     init_rows = [[r["run"], *(count[c][i] for c in ("aligned", "decomposed", "random")), fmt_num(r["bpb_step0"]),
-                  fmt_ci(r["bpb_final"], ci(r["run"], "bpb_target")),
+                  fmt_ci(r["bpb_final"], ci(r["run"], "bpb_target")), *over_seeds(r["run"], "target"),
                   fmt_speedup_ci(r["speedup"], ci(r["run"], "speedup_vs_scratch"))]
                  for i, r in init.reset_index(drop=True).iterrows()]  # fmt: skip
-    final_rows = [[r["run"], fmt_ci(r["bpb_target"], ci(r["run"], "bpb_target")),
-                   fmt_ci(r["bpb_source"], ci(r["run"], "bpb_source"))] for _, r in fin.iterrows()]  # fmt: skip
+    final_rows = [[r["run"], fmt_ci(r["bpb_target"], ci(r["run"], "bpb_target")), *over_seeds(r["run"], "target"),
+                   fmt_ci(r["bpb_source"], ci(r["run"], "bpb_source")), *over_seeds(r["run"], "source")]
+                  for _, r in fin.iterrows()]  # fmt: skip
     probe_keys = [k for k in ("cloze_acc_target", "cloze_acc_norm_target", "cloze_acc_source", "cloze_acc_norm_source",
                               "chrf", "masked_acc") if k in fin]  # fmt: skip
     probe_rows = [[r["run"], *(fmt_ci(r[k], ci(r["run"], k), 1 if k == "chrf" else 3) if pd.notna(r[k]) else "–"
@@ -105,7 +131,8 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
                    for n in (name, d["reference"]))]
                 for name, d in (metrics.get("arms") or {}).items()]  # fmt: skip
     per_ck = [[r["run"], r["step"], r["phase"], f"{r['bytes'] / 1e6:.3f}", fmt_num(r["bpb_target"]),
-               fmt_num(r["bpb_source"])] for _, r in ck.iterrows()]  # fmt: skip
+               *over_seeds(r["run"], "target", r["step"]), fmt_num(r["bpb_source"]),
+               *over_seeds(r["run"], "source", r["step"])] for _, r in ck.iterrows()]  # fmt: skip
     flops_rows = [[r["run"], r["params"], r["flops_per_token"], r["tokens"], fmt_flops(r["train_flops"], per_s=False),
                    fmt_num(r["seconds"], 1), fmt_num(r["tokens_per_s"], 0), fmt_flops(r["achieved_flops"])]
                   for _, r in flops.iterrows()]  # fmt: skip
@@ -133,15 +160,24 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     if best:
         paras.append(f"Lowest final {tgt} bits per byte: {best} ({fmt_ci(ev_runs[best]['bpb_target'], ci(best, 'bpb_target'))}); "
                      "the comparison table says which runs are distinguishable from it on this text.")  # fmt: skip
+    def seed_col(key: str) -> list[str]:
+        return [f"{lab.column(key)}, mean ± std over {n_seeds}"] if n_seeds else []
+
+    seed_caption = (f" Mean ± std over {n_seeds}: the same run trained with seeds {', '.join(map(str, spread['seeds']))} "
+                    "(make seed-spread); the bracketed values are seed {sh.seed}'s." if n_seeds else "")  # fmt: skip
+    seed_caption = seed_caption.replace("{sh.seed}", str(sh.seed))
     cols_init = ["run", lab.column("aligned"), lab.column("decomposed"), lab.column("random"), lab.column("bpb_step0"),
-                 lab.column("bpb_final"), lab.column("speedup")]  # fmt: skip
+                 lab.column("bpb_final"), *seed_col("bpb_final"), lab.column("speedup")]  # fmt: skip
     tables = [
         table(init_rows, "Initialisation methods: aligned/decomposed/random rows of the new embedding matrix, target "
-              "bits per byte at step 0 and after training, speed-up against scratch [95% intervals].", columns=cols_init),
-        table(final_rows, "Final checkpoints: held-out bits per byte [95% bootstrap intervals].",
-              columns=["run", lab.column("bpb_target"), lab.column("bpb_source")]),
+              "bits per byte at step 0 and after training, speed-up against scratch [95% intervals]." + seed_caption,
+              columns=cols_init),
+        table(final_rows, "Final checkpoints: held-out bits per byte [95% bootstrap intervals]." + seed_caption,
+              columns=["run", lab.column("bpb_target"), *seed_col("bpb_target"), lab.column("bpb_source"),
+                       *seed_col("bpb_source")]),
         table(probe_rows, f"Final checkpoints: probes [95% intervals]; cloze chance level {chance or 0.25:.2f}, "
-              "chrF on a 0–100 scale, masked-token accuracy when a run of the study trains with the hybrid objective.",
+              "chrF on a 0–100 scale, masked-token accuracy of the runs that train with the hybrid objective and "
+              "of the runs they start from." + (f" Probes are measured for seed {sh.seed} only." if n_seeds else ""),
               columns=["run", *(lab.column(k) for k in probe_keys)]),
         *([table(comp_rows, f"Difference in final {tgt} bits per byte to the lowest run ({vs.get('reference')}), "
                  "paired bootstrap over the same held-out texts [95% interval]; distinguishable: the interval "
@@ -153,9 +189,9 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
                  "[95% intervals, Wilson over the masked tokens].",
                  columns=["arm", "reference", f"Δ {tgt} bits/byte", f"Δ {src} bits/byte", "masked-token acc., arm",
                           "masked-token acc., reference"])] if arm_rows else []),
-        table(per_ck, "Bits per byte at every evaluated checkpoint.",
-              columns=["run", "step", "phase", "MB seen", lab.column("bpb_target"), lab.column("bpb_source")],
-              appendix=True),
+        table(per_ck, "Bits per byte at every evaluated checkpoint." + seed_caption.replace("bracketed values", "single values"),
+              columns=["run", "step", "phase", "MB seen", lab.column("bpb_target"), *seed_col("bpb_target"),
+                       lab.column("bpb_source"), *seed_col("bpb_source")], appendix=True),
         table(flops_rows, "Theoretical training FLOPs (FLOPs per token × tokens, 6N + 12LHQT), wall time, median "
               "tokens/s of the step log and the achieved FLOP/s. MFU needs a stated peak: see the report's "
               "throughput section.", columns=["run", "parameters", "FLOPs per token", "tokens", "training FLOPs",
