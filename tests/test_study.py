@@ -197,3 +197,14 @@ def test_params_view_refuses_undeclared_keys(tmp_path):
         view.base.model.model_dump()  # a method of an undeclared section reads all of it
     with pytest.raises(AttributeError, match="read-only"):
         view.shared = None
+
+
+def test_read_records_of_a_matrix_name_the_missing_stage(tmp_path):
+    from warmstart.stages import read_records
+
+    params = _params(tmp_path)
+    params.report_path("context").mkdir(parents=True)
+    params.report_path("context", "yarn.json").write_text(json.dumps({"method": "yarn"}))
+    assert read_records(params, "context", ["yarn"], "context_run") == {"yarn": {"method": "yarn"}}
+    with pytest.raises(FileNotFoundError, match=r"context/pi.json is missing: run the context_run@pi stage first"):
+        read_records(params, "context", ["yarn", "pi"], "context_run")

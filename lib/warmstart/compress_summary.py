@@ -29,7 +29,7 @@ import pandas as pd
 from warmstart.evaluate import bytes_to_reach, speedup
 from warmstart.fragments import table, write_fragment
 from warmstart.io import write_text
-from warmstart.stages import save_figure, write_headline
+from warmstart.stages import read_records, save_figure, write_headline
 
 LABELS = {
     "width_kd": "width-pruned, distilled",
@@ -42,13 +42,7 @@ LABELS = {
 
 def _load(params: Any) -> tuple[dict, dict[str, dict]]:
     prep = json.loads(params.report_path("compress", "prep.json").read_text())
-    runs = {}
-    for v in params.compress.variants:
-        path = params.report_path("compress", f"{v}.json")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run the compress_run@{v} stage first")
-        runs[v] = json.loads(path.read_text())
-    return prep, runs
+    return prep, read_records(params, "compress", params.compress.variants, "compress_run")
 
 
 def teacher_label(s: dict) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from warmstart.fragments import table, write_fragment
 from warmstart.io import read_jsonl, write_text
-from warmstart.stages import save_figure, write_headline
+from warmstart.stages import read_records, save_figure, write_headline
 
 SHORT = "short"
 
@@ -69,13 +69,7 @@ def _testbed_table(tb: dict) -> dict:
 
 
 def _runs(params: Any) -> dict[str, dict]:
-    out = {}
-    for m in params.context.methods:
-        path = params.report_path("context", f"{m}.json")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run the context_run@{m} stage first")
-        out[m] = json.loads(path.read_text())
-    return out
+    return read_records(params, "context", params.context.methods, "context_run")
 
 
 def _figures(params: Any, tb: dict | None, runs: dict[str, dict]) -> list[dict]:

@@ -211,6 +211,18 @@ def code_deps(module: str, root: str | Path = ".") -> list[str]:
 # ---------------------------------------------------------------- outputs
 
 
+def read_records(params: Any, section: str, names: Any, stage: str) -> dict[str, dict]:
+    """``reports/<section>/<name>.json`` of each item of a DVC matrix, by name; a missing one names the
+    stage that writes it (``<stage>@<name>``)."""
+    out = {}
+    for name in names:
+        path = params.report_path(section, f"{name}.json")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the {stage}@{name} stage first")
+        out[name] = json.loads(path.read_text())
+    return out
+
+
 def save_figure(fig: Any, path: Path) -> Path:
     """Write a report figure (its folder made) and free it: stages run headless, many figures per process."""
     import matplotlib.pyplot as plt
