@@ -173,7 +173,7 @@ class TestbedConfig(BaseModel):
         base = dict(trained_len=64, items=24, train_steps=40, train_items=200, micro_batch=8, warmup_steps=4,
                     methods=["none", "pi", "dynamic", "yarn", "ntk_yarn"], finetune_methods=["yarn"],
                     curriculum=[(0.0, 0.5), (0.5, 1.0)],
-                    finetune_steps=4, finetune_items=40, finetune_micro_batch=2, depth_buckets=4, eval_batch=24)  # fmt: skip
+                    finetune_steps=4, finetune_items=40, finetune_micro_batch=2, depth_buckets=4, eval_batch=24, workers=1)  # fmt: skip
         return cls(**{**base, **overrides})
 
 
