@@ -20,7 +20,8 @@ the report stage; not a DVC output, so a one-seed study never overwrites it)::
      "checkpoints": [{run, seed, step, bytes, bpb_target, bpb_source}, ...]   (every checkpoint of every
                     (run, seed): the evaluation's curves and tables show their mean and spread),
      "fingerprint": the configuration it was measured for (:func:`fingerprint`),
-     "seconds", "hardware", "torch"}
+     "train_seconds": the extra seeds' training (their run records), "seconds": this measurement's wall time,
+     "hardware", "torch"}
 
 The report uses it only when its fingerprint is the current configuration's
 (:func:`spread_for`); otherwise it says the spread is for another one.
@@ -93,7 +94,8 @@ def spread_section(params: Any) -> dict[str, Any] | None:
     rows = [[name, ", ".join(f"{v:.3f}" for v in r.get("values", [])), f"{r['mean']:.3f}", f"{r['std']:.4f}",
              f"{r['min']:.3f}–{r['max']:.3f}"] for name, r in spread["runs"].items()]  # fmt: skip
     paras = [f"Every study run trained again with seeds {', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
-             f"python -m warmstart.seeds, {(spread['seconds'] or 0) / 60:.0f} min on {spread['hardware'] or '?'}). The seed "
+             f"python -m warmstart.seeds, {(spread.get('train_seconds') or spread['seconds'] or 0) / 60:.0f} min of "
+             f"training on {spread['hardware'] or '?'}). The seed "
              "changes the order of the training batches (and scratch's initial weights); everything else is the "
              "study's configuration."]  # fmt: skip
     paras.append("This is the spread the summary's ranking uses: two runs whose difference is within twice "
@@ -182,6 +184,7 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     both = {"target": texts, "source": held_out_texts(params, params.shared.source_lang, "test", params.evaluate.eval_bytes)}
     values: dict[str, list[float]] = {n: [] for n in names}
     curves: list[dict[str, Any]] = []
+    train_seconds = 0.0
     for seed in seeds:
         for name in names:
             rec = _record(params, name, seed, fp)
@@ -192,6 +195,8 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
                 log(f"seed {seed}: training {name}")
                 rec = pretrain.run(params, name, seed=seed) | {"fingerprint": fp}
                 write_json(_record_path(params, name, seed), rec)
+            if seed != params.shared.seed:
+                train_seconds += float(rec.get("seconds") or 0)
             values[name].append(final_bpb(params, rec, texts))
             curves += [{"run": name, "seed": seed, **c} for c in checkpoint_bpb(params, rec, both)]
             log(f"seed {seed}: {name} final {params.shared.target_lang} bits per byte {values[name][-1]:.4f}")
@@ -200,7 +205,7 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     record = {
         "metric": f"final {params.shared.target_lang} bits per byte (first {params.evaluate.eval_bytes:,} test bytes)",
         "seeds": list(seeds), "runs": out_runs, "checkpoints": curves, "fingerprint": fp,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - t0, 1),
         "hardware": device_name("cuda" if torch.cuda.is_available() else "cpu"), "torch": torch.__version__,
     }  # fmt: skip
     write_json(spread_path(params), record)

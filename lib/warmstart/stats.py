@@ -206,7 +206,7 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
     return {"runs": runs, "seeds": list(raw.get("seeds") or []), "path": str(path),
             "metric": str(raw.get("metric") or "final target bits per byte"),
             "fingerprint": raw.get("fingerprint"), "seconds": raw.get("seconds"), "hardware": raw.get("hardware"),
-            "checkpoints": list(raw.get("checkpoints") or [])}  # fmt: skip
+            "checkpoints": list(raw.get("checkpoints") or []), "train_seconds": raw.get("train_seconds")}  # fmt: skip
 
 
 def pooled_std(spread: Mapping[str, Any]) -> float:
