@@ -580,4 +580,4 @@ def test_activation_checkpointing_recomputes_the_same_training(assets, tmp_path)
     wa, wb = weights(plain.export_dir), weights(ckpt.export_dir)
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
     tr = Trainer(TrainConfig(**make_cfg(assets, tmp_path / "flag", steps=2, activation_checkpointing=True)))
-    assert tr.unwrapped.is_gradient_checkpointing and tr.unwrapped.config.use_cache is False
+    assert tr.unwrapped.is_activation_checkpointing and tr.unwrapped.config.use_cache is False

@@ -175,7 +175,10 @@ def save_checkpoint(
     state_dict = acc.get_state_dict(model) if sharded else None  # collective when sharded: full weights on main
     if sharded:  # each rank writes its model and optimizer shards
         acc.save_state(str(tmp / SHARDED_DIR))
-        acc.wait_for_everyone()  # save_state ends with each rank's own RNG file: all written before the rename below
+    # every rank's files (its RNG state; with sharding its shards and accelerate's RNG file) are written before
+    # the main process renames the directory below (without this barrier a slow rank wrote into a directory that
+    # had just been renamed: seen under CPU contention in the two-process test)
+    acc.wait_for_everyone()
     if acc.is_main_process:
         from transformers.utils import logging as hf_logging
 

@@ -159,7 +159,7 @@ class Trainer:
         if cfg.activation_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.mask_id = resolve_mask_id(cfg.mask_token_id, self.tokenizer, cfg.masked_share)
 

@@ -103,7 +103,7 @@ class TrainConfig(BaseModel):
     train_only: list[str] = []  # regexes: if set, everything else is frozen
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on cuda, fp32 on cpu
     compile: bool = False
-    # activation recomputation (transformers' gradient checkpointing, non-reentrant): each decoder layer keeps
+    # activation recomputation (transformers' activation checkpointing, non-reentrant): each decoder layer keeps
     # only its input and recomputes its activations in the backward pass; long-context runs that do not fit
     activation_checkpointing: bool = False
     # hybrid masked-causal objective (NorMistral)
