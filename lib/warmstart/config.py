@@ -423,7 +423,7 @@ class Compress(_Section):
     masking_fraction: float = Field(default=0.25, gt=0, lt=1)  # the masking check: least important vs random units
     train: Optim  # the students' run (no more bytes than the teacher's phase 2)
     kd: Distillation = Distillation()
-    tag_every: int = Field(default=20, ge=1)  # step-tagged checkpoints: bits per byte against bytes
+    tag_every: int = Field(default=10, ge=1)  # step-tagged checkpoints: bits per byte against bytes
     eval_bytes: int = Field(default=16_000, ge=1000)  # test (and calibration-check val) text per language
 
     @model_validator(mode="after")
