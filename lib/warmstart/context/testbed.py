@@ -25,8 +25,9 @@
 Step 2 runs alone with ``train_threads`` torch threads; steps 3 and 4 are
 one job per method, spread over ``workers`` spawned processes of ``threads``
 torch threads each. The result does not depend on ``workers`` (a test holds
-it); it does depend on the thread counts (the float reductions' order), so
-they are part of the configuration.
+it); thread counts can change float reductions' order, so they are part of
+the configuration (going from 1 to 2 training threads left the default
+testbed's results unchanged).
 
 Scoring is exact match of the whole answer, under teacher forcing: an item
 counts as correct iff every answer token is the argmax given the prompt and
