@@ -465,15 +465,14 @@ def fmt_mean_sd(mean: Any, sd: Any, digits: int = 3) -> str:
 
 def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
                     seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
-    """Target and source bpb against training bytes seen, one curve per run. With ``seeds`` (a per-seed
-    checkpoint table, :func:`warmstart.seeds.seed_checkpoints`): the mean over seeds, a band of ± 1 std."""
+    """Target and source bpb against training bytes seen, one curve per run. With ``seeds`` (the
+    :func:`seed_summary` of the evaluation's runs): the mean over seeds, a band of ± 1 std."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     runs = list(dict.fromkeys(ck["run"]))
-    df = seed_summary(seeds[seeds["run"].isin(runs)]) if seeds is not None else ck
-    df = df.assign(mb=df["bytes"] / 1e6)
+    df = (seeds if seeds is not None else ck).assign(mb=lambda d: d["bytes"] / 1e6)
     palette = dict(zip(runs, sns.color_palette(n_colors=len(runs))))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, role, lang in ((axes[0], "target", tgt_lang), (axes[1], "source", src_lang)):
@@ -516,12 +515,13 @@ def checkpoint_grid(ck: pd.DataFrame, value: str) -> pd.DataFrame:
 def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
                      seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
     """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen.
-    With ``seeds``: colours and numbers are the mean over seeds, each cell also prints ± 1 std."""
+    With ``seeds`` (the :func:`seed_summary` of the evaluation's runs): colours and numbers are the mean over
+    seeds, each cell also prints ± 1 std."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    src = seed_summary(seeds[seeds["run"].isin(set(ck["run"]))]) if seeds is not None else ck
-    grids = [(checkpoint_grid(src, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
+    values = seeds if seeds is not None else ck
+    grids = [(checkpoint_grid(values, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
     n_runs, n_ck = grids[0][0].shape
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_runs + 1.6))
     for ax, (grid, lang, role) in zip(axes, grids):
@@ -534,7 +534,7 @@ def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang
         below, above = bool(vmin is not None and np.nanmin(allv) < vmin), bool(vmax is not None and np.nanmax(allv) > vmax)
         extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
         if seeds is not None:
-            sd = checkpoint_grid(src, f"bpb_{role}_std").reindex(index=grid.index).to_numpy(float)
+            sd = checkpoint_grid(values, f"bpb_{role}_std").reindex(index=grid.index).to_numpy(float)
             annot: Any = np.array([[f"{m:.2f}\n±{d:.3f}" if np.isfinite(m) else "" for m, d in zip(mr, dr)]
                                    for mr, dr in zip(grid.to_numpy(float), sd)])  # fmt: skip
             fmt, size = "", 6.5

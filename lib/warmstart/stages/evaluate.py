@@ -69,19 +69,20 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     # more than one seed measured for this configuration (make seed-spread): curves and tables show mean and spread
     spread, _ = spread_for(params)
     seed_ck = seed_checkpoints(spread)
-    seed_ck = seed_ck if covers(seed_ck, ck) else None
+    # per (run, step) over seeds, for the evaluation's runs: one summary for the figures and the tables
+    over = seed_summary(seed_ck[seed_ck["run"].isin(set(ck["run"]))]) if covers(seed_ck, ck) else None
     seeds_note = (f" Mean over {len(spread['seeds'])} seeds ({', '.join(map(str, spread['seeds']))}; make seed-spread), "
-                  "band ± 1 standard deviation." if seed_ck is not None else " One seed (shared.seed).")  # fmt: skip
-    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", src, tgt, seeds=seed_ck)),
+                  "band ± 1 standard deviation." if over is not None else " One seed (shared.seed).")  # fmt: skip
+    figs = [{"path": str(plot_bpb_curves(ck, out / "bpb_curves.png", src, tgt, seeds=over)),
              "caption": "Held-out bits per byte against UTF-8 bytes of training text seen, one curve per run "
                         "(markers: evaluated checkpoints; step 0 is the initialised model). Bytes, not tokens, so "
                         "runs with different tokenizers share the x axis. Right: source language (forgetting)."
                         + seeds_note},
-            {"path": str(plot_bpb_heatmap(ck, out / "bpb_heatmap.png", src, tgt, seeds=seed_ck)),
+            {"path": str(plot_bpb_heatmap(ck, out / "bpb_heatmap.png", src, tgt, seeds=over)),
              "caption": "Bits per byte at every evaluated checkpoint (lower is better): one row per run, one column "
                         "per checkpoint, labelled by the MB of training text seen; the colours span the trained "
                         "checkpoints (step 0 saturates). The full table is in the appendix."
-                        + (seeds_note.replace("band", "each cell also prints") if seed_ck is not None else seeds_note)}]  # fmt: skip
+                        + (seeds_note.replace("band", "each cell also prints") if over is not None else seeds_note)}]  # fmt: skip
     lp = plot_loss(logs, out / "loss.png")
     if lp:
         figs.append({"path": str(lp), "caption": "Training loss per logged step (nats per token of each run's own "
@@ -100,7 +101,7 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
 
     count = {c: [f"{int(v):,}" if pd.notna(v) else "–" for v in init[c]] for c in ("aligned", "decomposed", "random")}
     # over seeds (when measured): every (run, step) and each run's final checkpoint
-    by_step = seed_summary(seed_ck).set_index(["run", "step"]) if seed_ck is not None else None
+    by_step = over.set_index(["run", "step"]) if over is not None else None
     final_step = ck.groupby("run")["step"].max()
 
     def over_seeds(run: str, role: str, step: Any = None) -> list[str]:
@@ -109,7 +110,7 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         r = by_step.loc[(run, int(final_step[run] if step is None else step))]
         return [fmt_mean_sd(r[f"bpb_{role}"], r[f"bpb_{role}_std"])]
 
-    n_seeds = f"{len(spread['seeds'])} seeds" if seed_ck is not None else ""
+    n_seeds = f"{len(spread['seeds'])} seeds" if over is not None else ""
     init_rows = [[r["run"], *(count[c][i] for c in ("aligned", "decomposed", "random")), fmt_num(r["bpb_step0"]),
                   fmt_ci(r["bpb_final"], ci(r["run"], "bpb_target")), *over_seeds(r["run"], "target"),
                   fmt_speedup_ci(r["speedup"], ci(r["run"], "speedup_vs_scratch"))]
