@@ -82,11 +82,13 @@ def test_installed_environment_is_the_lock(root):
 
 @pytest.mark.parametrize("gpu, locks", [("", ["cpu.txt"]), ("1", ["gpu.txt", "flash-attn.txt"])])
 def test_make_env_installs_only_from_the_lock(root, tmp_path, gpu, locks):
-    """`make env` (dry run, every step forced) installs hashed lock files without resolving anything."""
-    out = subprocess.run(["make", "-n", "-B", "env", f"VENV={tmp_path / 'v'}", f"GPU={gpu}"], cwd=root,
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
-    installs = [ln for ln in out.splitlines() if " -m pip install " in ln]
-    assert [ln.split(" -r ")[1] for ln in installs if " -r " in ln] == [f"requirements/{f}" for f in locks]
+    """`make env` (dry run, every step forced) installs hashed lock files without resolving anything: uv
+    from requirements/uv.txt (into the tools venv), then the lock with that uv, then the project."""
+    out = subprocess.run(["make", "-n", "-B", "env", f"VENV={tmp_path / 'v'}", f"TOOLS={tmp_path / 't'}", f"GPU={gpu}"],
+                         cwd=root, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    installs = [ln for ln in out.replace("\\\n", " ").splitlines() if " pip install " in ln]
+    assert [ln.split(" -r ")[1].split()[0] for ln in installs if " -r " in ln] == ["requirements/uv.txt", *(f"requirements/{f}" for f in locks)]
+    assert installs[1].startswith(f"{tmp_path / 't'}/bin/uv pip install ") and f"--python {tmp_path / 'v'}/bin/python" in installs[1]
     for ln in installs:
         assert "--no-deps" in ln, f"an install that may resolve on its own: {ln}"
         assert ("--require-hashes" in ln) != ln.endswith(" -e ."), ln

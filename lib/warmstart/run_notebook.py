@@ -17,6 +17,9 @@ import sys
 
 
 def main() -> None:
+    from warmstart.kernel import tune_gc
+
+    tune_gc()
     sys.modules.setdefault("rfc3987_syntax", None)  # None in sys.modules: `import rfc3987_syntax` raises ImportError
     from papermill.cli import papermill
 
