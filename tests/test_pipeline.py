@@ -182,6 +182,8 @@ def test_derived_stages_products(smoke_project):
         assert set(detail["after"]["bpb_by_length"]) == {"64", "128", "256"}
     assert "claim_yarn_best_zero_shot" in ctx or "testbed_best_zero_shot" in ctx
     comp = json.loads((dst / "reports/metrics/compress.json").read_text())
+    masking = json.loads((dst / "reports/compress/prep.json").read_text())["masking"]
+    assert [len(masking[u]["random"]) for u in ("neurons", "heads")] == [3, 3]  # the smoke profile's compress.masking_draws
     for v in SMOKE_COMPRESS:
         rec = json.loads((dst / "data/compress/logs" / v / "run.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(dst / rec["final"])

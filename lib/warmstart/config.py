@@ -421,6 +421,7 @@ class Compress(_Section):
     non_embedding_ratio: float = Field(default=0.5, gt=0, lt=1)  # students' size: this share of the teacher's non-embedding parameters
     calibration: Calibration = Calibration()
     masking_fraction: float = Field(default=0.25, gt=0, lt=1)  # the masking check: least important vs random units
+    masking_draws: int = Field(default=16, ge=1)  # random masks of the same size the least important one is compared with
     train: Optim  # the students' run (no more bytes than the teacher's phase 2)
     kd: Distillation = Distillation()
     tag_every: int = Field(default=10, ge=1)  # step-tagged checkpoints: bits per byte against bytes

@@ -52,7 +52,7 @@ _COMMON = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.da
            "vocab_swap.methods", "study.arms", "base.trust_remote_code", "compress.teacher")  # fmt: skip
 PARAMS = {
     "compress_prep": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction",
-                      "compress.calibration", "compress.masking_fraction", "compress.eval_bytes"),
+                      "compress.calibration", "compress.masking_fraction", "compress.masking_draws", "compress.eval_bytes"),
     "compress_run": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction.steps",
                      "compress.non_embedding_ratio", "compress.train", "compress.kd", "compress.tag_every",
                      "compress.eval_bytes"),
@@ -173,7 +173,8 @@ def run_prep(params: Any) -> dict[str, Any]:
     def eval_fn(m: Any) -> float:
         return bits_per_byte(m, tok, texts, seq)["bits_per_byte"]
 
-    check = masking_check(model, None, imp, fraction=c.masking_fraction, seed=params.shared.seed, eval_fn=eval_fn)
+    check = masking_check(model, None, imp, fraction=c.masking_fraction, seed=params.shared.seed, eval_fn=eval_fn,
+                          n_random=c.masking_draws)
     record = read_run(params, name)
     teacher_bpb = bpb_table(model, tok, params, seq, c.eval_bytes)
     if correction["corrected"]:
