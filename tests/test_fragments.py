@@ -128,3 +128,22 @@ def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
     Path("empty.png").write_bytes(b"")
     with pytest.raises(FragmentError, match="is empty"):
         write_fragment("r", "x", 80, "X", figures=[{"path": "empty.png", "caption": ""}])
+
+
+def test_nested_numbers_are_spread_into_labelled_dotted_keys(tmp_path):
+    """A stage's goals dict becomes one number per goal (it was printed as a Python dict in the report)."""
+    from warmstart.fragments import flat_numbers
+    from warmstart.labels import Labels, looks_raw
+
+    assert flat_numbers({"a": 1, "goals": {"x": True, "y": {"z": 2.0}}, "empty": {}}) == {"a": 1, "goals.x": True, "goals.y.z": 2.0}
+    goals = {"width_kd_within_5pct_of_teacher": True, "best_zero_shot>=0.70": False}
+    path = write_fragment(tmp_path / "reports", "compress", 85, "Compress", numbers={"goals": goals, "teacher": "focus"},
+                          root=tmp_path)  # fmt: skip
+    nums = json.loads(path.read_text())["numbers"]
+    assert nums == {"goals.width_kd_within_5pct_of_teacher": True, "goals.best_zero_shot>=0.70": False, "teacher": "focus"}
+    lab = Labels("en-US", "nb-NO")
+    assert lab.number("goals.width_kd_within_5pct_of_teacher") == "goal met: width-pruned + distilled within 5% of the teacher's bits per byte"
+    assert lab.number("goals.best_zero_shot>=0.70").startswith("goal met: testbed: the best method at least 0.70 zero-shot")
+    assert not lab.unknown and not looks_raw(lab.number("goals.best_zero_shot>=0.70"))
+    lab.number("goals.not_a_goal")
+    assert lab.unknown == {"goals.not_a_goal"}

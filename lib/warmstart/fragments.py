@@ -207,6 +207,21 @@ def fragment_path(reports_dir: str | Path, order: int, stage: str) -> Path:
     return Path(reports_dir, *FRAGMENT_DIR, f"{order:02d}_{stage}.json")
 
 
+def flat_numbers(numbers: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``numbers`` with nested mappings spread into dotted keys (``{"goals": {"a": True}}`` -> ``{"goals.a": True}``):
+    a fragment's numbers are flat scalars, each with its own label and cell in the report."""
+    out: dict[str, Any] = {}
+    for k, v in numbers.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            if not v:
+                continue
+            out.update(flat_numbers(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
 def write_fragment(
     reports_dir: str | Path,
     stage: str,
@@ -247,7 +262,7 @@ def write_fragment(
         "paragraphs": [str(p) for p in paragraphs],
         "tables": list(tables),
         "figures": [{"path": str(f["path"]), "caption": str(f.get("caption", ""))} for f in figures],
-        "numbers": {k: _cell(v) for k, v in (numbers or {}).items()},
+        "numbers": {k: _cell(v) for k, v in flat_numbers(numbers or {}).items()},
         **({"labels": {str(k): v for k, v in labels.items()}} if labels else {}),
         **({"findings": found} if found else {}),
         "seconds": None if seconds is None else round(float(seconds), 2),

@@ -67,6 +67,22 @@ COLUMNS = {
 # Fragment ``numbers`` keys: (pattern, label); groups: lang, split, run ({src}/{tgt} as above).
 _LANG = r"(?P<lang>[A-Za-z]{2,3}(?:-[A-Za-z0-9]+)*)"
 _RUN = r"(?P<run>[\w-]+)"
+# the stages' goals (a fragment's ``goals.<name>`` numbers, yes/no), in words
+GOALS = {
+    # prune and distil (warmstart.compress_summary)
+    "masking_neurons_least_below_half_random": "masking the least important MLP neurons costs less than half a random mask",
+    "masking_heads_least_below_half_random": "masking the least important attention heads costs less than half a random mask",
+    "width_kd_0.05_better_than_scratch": "width-pruned + distilled ends at least 0.05 bits per byte below scratch",
+    "width_kd_within_5pct_of_teacher": "width-pruned + distilled within 5% of the teacher's bits per byte",
+    "width_kd_speedup_at_least_5": "width-pruned + distilled reaches scratch's final bits per byte with 5x fewer bytes",
+    # context extension testbed (warmstart.context.testbed)
+    "none_at_L>=0.90": "testbed: passkey exact match at L at least 0.90",
+    "none_zero_shot_at_factor_L<=0.10": "testbed: no extension (none) at most 0.10 zero-shot at the extended length",
+    "best_zero_shot>=0.70": "testbed: the best method at least 0.70 zero-shot at the extended length",
+    "best_finetuned>=0.95": "testbed: the best method at least 0.95 after fine-tuning at the extended length",
+    "best_finetuned_within_2pt_of_its_L": "testbed: the best fine-tuned method within 2 points of its own accuracy at L",
+}
+
 NUMBERS = [
     (rf"bytes\.{_LANG}\.(?P<split>train|val|test)", "{split} text {lang} (bytes)"),
     (rf"ratio_tokens_per_word\.{_LANG}", "tokens per word, target ÷ source tokenizer, {lang}"),
@@ -120,6 +136,8 @@ class Labels:
         for d in (extra or {}, self.extra):
             if key in d:
                 return d[key]
+        if key.startswith("goals.") and key[len("goals.") :] in GOALS:
+            return f"goal met: {GOALS[key[len('goals.') :]]}"
         for pattern, template in NUMBERS:
             m = re.fullmatch(pattern, key)
             if m:
