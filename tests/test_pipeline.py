@@ -6,6 +6,7 @@ exactly as `make repro` does, on a profile small enough for CI.
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,6 +198,29 @@ def test_derived_stages_products(smoke_project):
     assert json.loads((dst / "reports/metrics/stability.json").read_text())
     for card in ("context", "compress"):
         assert "AutoModelForCausalLM" in (dst / "reports/cards" / card / "MODEL_CARD.md").read_text()
+
+
+def test_head_mask_bound_on_the_smoke_teacher(smoke_project, tmp_path, monkeypatch):
+    """``python -m warmstart.prune bound`` scores every head mask of the masking check's shape on the study's
+    teacher: the importance ranking's mask costs exactly what the masking check measured for it."""
+    import math
+
+    from warmstart.config import load_params
+    from warmstart.stages.compress import head_bound
+
+    dst, env = smoke_project[:2]
+    prep = json.loads((dst / "reports/compress/prep.json").read_text())["masking"]["heads"]
+    monkeypatch.chdir(dst)
+    res = head_bound(load_params("params.yaml"))
+    cfg = json.loads((dst / res["teacher_dir"] / "config.json").read_text())
+    k = res["heads_masked_per_layer"]
+    assert k == prep["masked"]
+    assert res["masks"] == math.comb(cfg["num_attention_heads"], k) ** cfg["num_hidden_layers"]
+    assert res["ranked_increase"] == pytest.approx(prep["least_increase"], abs=1e-9)
+    assert res["best_increase"] <= min(res["ranked_increase"], *(r - prep["least"] + prep["least_increase"] for r in prep["random"])) + 1e-9
+    out = tmp_path / "bound.md"
+    log = run_checked([sys.executable, "-m", "warmstart.prune", "bound", "--report", str(out)], dst, env)
+    assert f"All {res['masks']:,} masks" in out.read_text() and f"{res['best_ratio']:.2f}" in log
 
 
 def test_second_repro_is_a_noop(smoke_project):

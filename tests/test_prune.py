@@ -366,6 +366,57 @@ def test_masking_check_least_important_costs_nothing():
     assert default["neurons"]["least_increase"] == pytest.approx(0.0, abs=1e-6)
 
 
+def _additive_metric(m, cost):
+    """A metric that adds ``cost[layer][head]`` for every head whose ``o_proj`` columns are all zero (masked)."""
+    hd = m.config.hidden_size // m.config.num_attention_heads
+
+    def eval_fn(model):
+        total = 0.0
+        for i, layer in enumerate(model.model.layers):
+            w = layer.self_attn.o_proj.weight
+            total += sum(c for h, c in enumerate(cost[i]) if not w[:, h * hd:(h + 1) * hd].any())
+        return total
+
+    return eval_fn
+
+
+def test_head_mask_bound_scores_every_mask_exactly():
+    """On a metric that adds a known cost per masked head, the bound is exact: the mean of all 16 masks is the sum
+    of the per-layer means, the cheapest mask is each layer's cheapest head, and the ranking's mask is placed."""
+    from warmstart.prune.masking import head_mask_bound
+
+    m = build_model(vocab_size=VOCAB, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=96, seed=1)
+    cost = [[0.4, 0.1, 0.3, 0.2], [0.5, 0.6, 0.05, 0.7]]
+    imp = random_importance(m, 0)
+    imp.heads = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.9, 0.9, 0.1, 0.9]])  # ranks head 3, then head 2, least
+    calls = []
+    metric = _additive_metric(m, cost)
+    res = head_mask_bound(m, imp, lambda model: calls.append(1) or metric(model), 0.25)
+    assert len(calls) == 1 + 16 and res["masks"] == 16 and res["heads_masked_per_layer"] == 1
+    assert res["baseline"] == 0.0
+    assert res["mean_increase"] == pytest.approx(0.25 + 0.4625)
+    assert res["best_increase"] == pytest.approx(0.15) and res["best_mask"] == [[1], [2]]
+    assert res["worst_increase"] == pytest.approx(1.1)
+    assert res["best_ratio"] == pytest.approx(0.15 / 0.7125)
+    assert res["ranked_mask"] == [[3], [2]] and res["ranked_increase"] == pytest.approx(0.25)
+    assert res["ranked_rank"] == 1  # only the cheapest mask (0.15) beats it
+    # two heads of four per layer: C(4, 2) ** 2 = 36 masks
+    assert head_mask_bound(m, imp, metric, 0.5)["masks"] == 36
+
+
+def test_head_mask_bound_bad_input():
+    from warmstart.prune.masking import head_mask_bound
+
+    m = build_model(vocab_size=VOCAB, hidden=64, layers=3, heads=4, kv_heads=2, intermediate=96, seed=1)
+    imp = random_importance(m, 0)
+    with pytest.raises(ValueError, match=r"64 head masks \(C\(4, 1\) \*\* 3 layers\) exceed max_masks 10"):
+        head_mask_bound(m, imp, lambda model: 0.0, 0.25, max_masks=10)
+    with pytest.raises(ValueError, match=r"fraction 0.1 of 4 heads rounds to 0 heads"):
+        head_mask_bound(m, imp, lambda model: 0.0, 0.1)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\)"):
+        head_mask_bound(m, imp, lambda model: 0.0, 1.0)
+
+
 # --------------------------------------------------------------------------- save and reload
 
 

@@ -188,3 +188,37 @@ def format_report(res: dict, command: str) -> str:
         f"Pruned model forward finite: {res['pruned_forward_finite']}.",
     ]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def format_bound(res: dict, command: str, commit: str | None = None) -> str:
+    """The Markdown record of :func:`warmstart.stages.compress.head_bound` (the exhaustive head-mask bound)."""
+    import transformers
+
+    pct = lambda v: f"{v:+.4f}"  # noqa: E731
+    k = res["heads_masked_per_layer"]
+    lines = [
+        f"# Head-masking bound: every mask of {k} head(s) per layer of the {res['teacher']} teacher",
+        "",
+        f"- date: {dt.date.today().isoformat()}; commit: {commit or 'unknown'}",
+        f"- command: `{command}`",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores visible; {res['seconds']:.0f} s",
+        f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- teacher: `{res['teacher_dir']}`; metric: target bits per byte on the masking check's held-out text "
+        f"(baseline {res['baseline']:.4f}); importance: {res['importance']['method']} "
+        f"({res['importance']['seq_agg']} over the sequence, {res['importance']['batch_agg']} over samples)",
+        "",
+        f"All {res['masks']:,} masks that drop {k} head(s) in every layer (the masking check's shape), scored:",
+        "",
+        "| mask | bits per byte increase | / mean of all masks |",
+        "|---|---:|---:|",
+        f"| mean of all masks (what a random draw estimates) | {pct(res['mean_increase'])} | 1.00 |",
+        f"| median | {pct(res['median_increase'])} | {res['median_increase'] / res['mean_increase']:.2f} |",
+        f"| cheapest, {res['best_mask']} | {pct(res['best_increase'])} | {res['best_ratio']:.2f} |",
+        f"| the importance ranking's, {res['ranked_mask']} | {pct(res['ranked_increase'])} | {res['ranked_ratio']:.2f} |",
+        f"| costliest | {pct(res['worst_increase'])} | {res['worst_increase'] / res['mean_increase']:.2f} |",
+        "",
+        f"The ranking's mask is beaten by {res['ranked_rank']} of {res['masks']:,} masks. No head ranking can report a "
+        f"least/random ratio below {res['best_ratio']:.2f} on this model "
+        f"({'so the goal of < 0.5 is out of reach here' if res['best_ratio'] >= 0.5 else 'the goal of < 0.5 is reachable'}).",
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ plain ``*ForCausalLM``:
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterable
 
@@ -130,21 +131,24 @@ def lm_loss(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> float:
     return total / n
 
 
+def _kept_plan(dims, *, method: str = "mask", neurons: torch.Tensor | None = None,
+               heads: torch.Tensor | None = None) -> PrunePlan:
+    """A plan that keeps every unit but the ``[layers, kept]`` neurons or heads given (masking needs no valid shape)."""
+    L = dims.layers
+    return PrunePlan(dims=dims, new_dims=dims, hidden=torch.arange(dims.hidden),
+                     neurons=torch.arange(dims.intermediate).repeat(L, 1) if neurons is None else neurons,
+                     heads=torch.arange(dims.heads).repeat(L, 1) if heads is None else heads,
+                     kv_heads=torch.arange(dims.kv_heads).repeat(L, 1), layers=list(range(L)), method=method)  # fmt: skip
+
+
 def _fraction_plan(dims, importance: Importance, axis: str, fraction: float) -> PrunePlan:
     """Drop ``fraction`` of every layer's neurons or heads (heads ranked per layer, no GQA constraint:
     masking needs no valid shape)."""
-    L = dims.layers
-    heads = torch.arange(dims.heads).repeat(L, 1)
-    neurons = torch.arange(dims.intermediate).repeat(L, 1)
-    if axis == "neurons":
-        keep = dims.intermediate - round(fraction * dims.intermediate)
-        neurons = torch.stack([_top(importance.neurons[i], keep) for i in range(L)])
-    else:
-        keep = dims.heads - round(fraction * dims.heads)
-        heads = torch.stack([_top(importance.heads[i], keep) for i in range(L)])
-    return PrunePlan(dims=dims, new_dims=dims, hidden=torch.arange(dims.hidden), neurons=neurons, heads=heads,
-                     kv_heads=torch.arange(dims.kv_heads).repeat(L, 1), layers=list(range(L)),
-                     method=importance.method)  # fmt: skip
+    n = dims.intermediate if axis == "neurons" else dims.heads
+    keep = n - round(fraction * n)
+    scores = importance.neurons if axis == "neurons" else importance.heads
+    kept = torch.stack([_top(scores[i], keep) for i in range(dims.layers)])
+    return _kept_plan(dims, method=importance.method, **{axis: kept})
 
 
 def masking_check(
@@ -198,3 +202,56 @@ def masking_check(
             "pass": inc_rand > 0 and inc_least < 0.5 * inc_rand,
         }
     return out
+
+
+def head_mask_bound(
+    model: torch.nn.Module,
+    importance: Importance,
+    eval_fn: Callable[[torch.nn.Module], float],
+    fraction: float = 0.25,
+    *,
+    max_masks: int = 4096,
+) -> dict:
+    """Every head mask the masking check could draw, scored: the best ratio any head ranking can reach.
+
+    The masking check drops the same ``round(fraction x heads)`` heads in
+    every layer, so there are ``C(heads, k) ** layers`` possible masks; its
+    random draws sample them uniformly, and the importance ranking picks
+    one. Scoring all of them (only for small models: at most ``max_masks``)
+    gives the exact mean a random draw estimates, the cheapest mask, and so
+    the lowest ``least / random`` ratio *any* ranking could report: when
+    that bound is above the goal's 0.5, no importance measure can meet it
+    on this model. Also where the ranking's own mask falls (``rank``: how
+    many masks cost strictly less).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    dims = check_model(model)
+    importance.check_against(dims)
+    k = round(fraction * dims.heads)
+    if k == 0:
+        raise ValueError(f"fraction {fraction} of {dims.heads} heads rounds to 0 heads: nothing to mask")
+    n_masks = math.comb(dims.heads, k) ** dims.layers
+    if n_masks > max_masks:
+        raise ValueError(f"{n_masks:,} head masks (C({dims.heads}, {k}) ** {dims.layers} layers) exceed max_masks "
+                         f"{max_masks:,}: the exhaustive bound is for small models")  # fmt: skip
+    base = float(eval_fn(model))
+    ranked = tuple(tuple(sorted(set(range(dims.heads)) - set(_top(importance.heads[i], dims.heads - k).tolist())))
+                   for i in range(dims.layers))  # fmt: skip
+    costs: dict[tuple, float] = {}
+    for dropped in itertools.product(itertools.combinations(range(dims.heads), k), repeat=dims.layers):
+        kept = torch.stack([_drop(dims.heads, list(d)) for d in dropped])
+        costs[dropped] = float(eval_fn(apply_mask(copy.deepcopy(model), _kept_plan(dims, heads=kept)))) - base
+    vals = sorted(costs.values())
+    mean = sum(vals) / len(vals)
+    best = min(costs, key=costs.get)
+    return {
+        "baseline": base, "fraction": fraction, "heads_masked_per_layer": k, "masks": n_masks,
+        "mean_increase": mean, "median_increase": vals[len(vals) // 2],
+        "best_increase": costs[best], "best_mask": [list(d) for d in best],
+        "worst_increase": vals[-1], "best_ratio": costs[best] / mean if mean > 0 else float("inf"),
+        "ranked_mask": [list(d) for d in ranked], "ranked_increase": costs[ranked],
+        "ranked_ratio": costs[ranked] / mean if mean > 0 else float("inf"),
+        "ranked_rank": sum(v < costs[ranked] for v in vals),
+        "importance": {"method": importance.method, "seq_agg": importance.seq_agg, "batch_agg": importance.batch_agg},
+    }  # fmt: skip

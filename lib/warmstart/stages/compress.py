@@ -147,11 +147,38 @@ def _calibration(params: Any, tok: Any) -> list:
     return list(rows.split(c.batch_size))
 
 
+def masking_metric(params: Any, tok: Any) -> Any:
+    """The masking check's metric: ``model -> target bits per byte`` on ``compress.eval_bytes`` of held-out text."""
+    from warmstart.bpb import bits_per_byte, held_out_texts
+
+    texts = held_out_texts(params, params.shared.target_lang, "val", params.compress.eval_bytes)
+    return lambda m: bits_per_byte(m, tok, texts, params.pretrain.seq_len)["bits_per_byte"]
+
+
+def head_bound(params: Any, max_masks: int = 4096) -> dict[str, Any]:
+    """:func:`warmstart.prune.masking.head_mask_bound` on the study's teacher, with ``compress_prep``'s importance
+    (``data/compress/prep/importance.json``) and the masking check's metric and fraction."""
+    from transformers import AutoTokenizer
+
+    from warmstart.model import load_model
+    from warmstart.prune.importance import Importance
+    from warmstart.prune.masking import head_mask_bound
+
+    name, path = teacher_dir(params)
+    imp_file = params.path("compress", "prep") / "importance.json"
+    if not imp_file.is_file():
+        raise FileNotFoundError(f"{imp_file} is missing: run the compress_prep stage first (dvc repro compress_prep)")
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(path)
+    res = head_mask_bound(load_model(path), Importance.from_json(imp_file.read_text()), masking_metric(params, tok),
+                          params.compress.masking_fraction, max_masks=max_masks)  # fmt: skip
+    return {"teacher": name, "teacher_dir": str(path), **res, "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def run_prep(params: Any) -> dict[str, Any]:
     """Importance (activation and random) and the masking check; ``data/compress/``, ``reports/compress/prep.json``."""
     from transformers import AutoTokenizer
 
-    from warmstart.bpb import bits_per_byte, held_out_texts
     from warmstart.model import load_model
     from warmstart.prune import count_params, estimate_importance, masking_check, random_importance
 
@@ -167,12 +194,8 @@ def run_prep(params: Any) -> dict[str, Any]:
     rnd = random_importance(model, params.shared.seed)
     write_json(out / "importance.json", imp.to_json())
     write_json(out / "random_importance.json", rnd.to_json())
-    texts = held_out_texts(params, params.shared.target_lang, "val", c.eval_bytes)
     seq = params.pretrain.seq_len
-
-    def eval_fn(m: Any) -> float:
-        return bits_per_byte(m, tok, texts, seq)["bits_per_byte"]
-
+    eval_fn = masking_metric(params, tok)
     check = masking_check(model, None, imp, fraction=c.masking_fraction, seed=params.shared.seed, eval_fn=eval_fn,
                           n_random=c.masking_draws)
     record = read_run(params, name)
