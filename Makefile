@@ -30,12 +30,13 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 PIP_LOCKED := --require-hashes --no-deps
 
-.PHONY: help env deb repro test seed-spread kernel lock test-latest clean-env
+.PHONY: help env deb repro test seed-spread testbed-seeds kernel lock test-latest clean-env
 
 help:
 	@echo "make repro        run the whole study (dvc repro) -> reports/report.pdf"
 	@echo "make test         run the test suite"
 	@echo "make seed-spread  after repro: every run per seed (SEEDS) -> reports/metrics/seed_spread.json"
+	@echo "make testbed-seeds  the context testbed per seed (TESTBED_SEEDS) -> reports/metrics/testbed_seeds.json"
 	@echo "make env          create .venv from $(LOCK) only (GPU=1: the CUDA set)"
 	@echo "make lock         regenerate requirements/*.txt and environment.yml from pyproject.toml"
 	@echo "make test-latest  canary: tests in a throwaway env at the newest allowed versions"
@@ -86,6 +87,13 @@ test: env deb
 SEEDS ?= 1337 1338 1339
 seed-spread: env deb
 	PATH="$(BIN):$$PATH" $(BIN)/python -m warmstart.seeds --seeds $(SEEDS)
+
+# The context-extension testbed once per training seed (~2 min per extra seed on 2 CPU cores; the study seed's
+# is the context_testbed stage's own), reports/metrics/testbed_seeds.json; then `make repro` reruns the context
+# collection and the report.
+TESTBED_SEEDS ?= 1337 1338 1339 1340 1341
+testbed-seeds: env deb
+	PATH="$(BIN):$$PATH" $(BIN)/python -m warmstart.context seeds --seeds $(TESTBED_SEEDS)
 
 # uv, pinned with its hashes (requirements/uv.txt), resolves the lock and installs it: it fetches and
 # unpacks wheels in parallel and compiles their bytecode on both cores (the env in ~1 min instead of

@@ -390,3 +390,29 @@ def test_real_scale_plan_for_a_4k_to_16k_mistral_and_its_cpu_dry_run(tmp_path):
     r = dry_run("mistral", "yarn", 4, 16, tmp_path, activation_checkpointing=True)
     assert r["steps"] == 2 and math.isfinite(r["final_loss"]) and r["plan"]["length"] == 64
     assert json.loads((tmp_path / "run/train_config.json").read_text())["activation_checkpointing"] is True
+
+
+def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
+    """The record of the testbed across seeds is tied to the testbed configuration: the seed and the worker count
+    (which the result does not depend on) are left out of the fingerprint, anything else is in it."""
+    import json
+
+    from pathlib import Path
+
+    from warmstart.config import load_params
+    from warmstart.context.seeds import fingerprint, seeds_for, testbed_config
+
+    fp = fingerprint(TestbedConfig())
+    assert fp == fingerprint(TestbedConfig(seed=5, workers=1)) and len(fp) == 16
+    assert fp != fingerprint(TestbedConfig(train_steps=1201)) and fp != fingerprint(TestbedConfig(threads=2))
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}, "context": {"testbed": {"items": 50}}})
+    assert testbed_config(params, 3).seed == 3 and testbed_config(params, 3).items == 50
+    rec, why = seeds_for(params)
+    assert rec is None and "testbed_seeds.json is absent (make testbed-seeds measures it)" in why
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps({"fingerprint": fp}))
+    rec, why = seeds_for(params)
+    assert rec is None and f"measured for another configuration (fingerprint {fp}" in why
+    (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps({"fingerprint": fingerprint(TestbedConfig(items=50))}))
+    assert seeds_for(params) == ({"fingerprint": fingerprint(TestbedConfig(items=50))}, None)

@@ -229,3 +229,29 @@ def test_second_repro_is_a_noop(smoke_project):
     out = run_checked(["dvc", "repro"], dst, env)
     print(f"no-op dvc repro: {time.time() - t0:.1f} s")
     assert "didn't change, skipping" in out and "Running stage" not in out
+
+
+def test_testbed_across_seeds_reaches_the_report(smoke_project):
+    """``python -m warmstart.context seeds`` reuses the stage's testbed for the study seed and trains the others; the
+    context section shows them once the record was measured for this configuration (the committed record is the
+    default study's). Last in the module: it changes a dep of the ``context`` stage."""
+    import yaml
+
+    dst, env = smoke_project[:2]
+    frag = dst / "reports/fragments/80_context.json"
+    assert "The testbed across training seeds is not shown" in frag.read_text()
+    seed = yaml.safe_load((dst / "params.yaml").read_text())["shared"]["seed"]
+    cmd = [sys.executable, "-m", "warmstart.context", "seeds", "--seeds", str(seed), "7"]
+    log = run_checked(cmd, dst, env)
+    assert f"testbed seed {seed}: reused" in log and "testbed seed 7: training and scoring" in log
+    rec = json.loads((dst / "reports/metrics/testbed_seeds.json").read_text())
+    tb = json.loads((dst / "reports/context/testbed.json").read_text())["summary"]
+    assert rec["seeds"] == [seed, 7] and rec["per_seed"][str(seed)]["zero_shot_at_factor_L"] == tb["zero_shot_at_factor_L"]
+    for t, n in rec["targets_met"].items():
+        assert n == sum(r["targets"][t] for r in rec["per_seed"].values())
+    yarn = [r["zero_shot_at_factor_L"]["yarn"] for r in rec["per_seed"].values()]
+    assert rec["across"]["zero_shot_at_factor_L"]["yarn"] == {"mean": sum(yarn) / 2, "min": min(yarn), "max": max(yarn)}
+    assert "testbed seed 7: reused" in run_checked(cmd, dst, env)  # measured once per seed and configuration
+    assert "Running stage 'context'" in run_checked(["dvc", "repro", "context"], dst, env)
+    text = frag.read_text()
+    assert f"once per seed (2 seeds: {seed}, 7;" in text and "not shown" not in text

@@ -1,4 +1,8 @@
-"""``python -m warmstart.context plan``: plan a real-scale context extension (see :mod:`warmstart.context.plan`)."""
+"""``python -m warmstart.context plan``: plan a real-scale context extension (see :mod:`warmstart.context.plan`).
+
+``python -m warmstart.context seeds``: the study's retrieval testbed once per training seed
+(:mod:`warmstart.context.seeds`, ``make testbed-seeds``), ``reports/metrics/testbed_seeds.json``.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the run config (YAML) here")
     p.add_argument("--dry-run", metavar="DIR", help="instead: extend a tiny model of --arch and train 2 steps on CPU")
     p.add_argument("--arch", default="mistral")
+    sd = sub.add_parser("seeds", help="the study's testbed once per training seed -> reports/metrics/testbed_seeds.json")
+    sd.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339, 1340, 1341])
+    sd.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
+    if args.cmd == "seeds":
+        from warmstart.config import load_params
+        from warmstart.context.seeds import measure
+
+        rec = measure(load_params(args.params), args.seeds)
+        zs = ", ".join(f"{s}: {b} {r['zero_shot_at_factor_L'][b]:.2f}" if (b := r["best_zero_shot"]) else f"{s}: none"
+                       for s, r in rec["per_seed"].items())  # fmt: skip
+        print(f"best zero-shot at {rec['extended_len']} per seed: {zs}")
+        print("targets met (seeds of " + str(len(rec["seeds"])) + "): " + json.dumps(rec["targets_met"]))
+        return 0
     from warmstart.context.plan import describe, dry_run, plan
 
     if args.dry_run:

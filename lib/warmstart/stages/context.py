@@ -45,7 +45,7 @@ PARAMS = {
     "context_testbed": ("shared.seed", "shared.data_dir", "shared.reports_dir", "context.testbed"),
     "context_run": (*_COMMON, "context.run", "context.factor", "context.options", "context.finetune",
                     "context.eval_bytes", "context.position_buckets", "context.suite"),
-    "context": (*_COMMON, "context.run", "context.methods", "context.factor"),
+    "context": (*_COMMON, "context.run", "context.methods", "context.factor", "context.testbed"),
 }  # fmt: skip
 SHORT = "short"  # the pseudo-method: fine-tune at the trained length, nothing extended (Alfred's 2K baseline)
 
