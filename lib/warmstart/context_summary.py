@@ -93,7 +93,8 @@ def seeds_section(rec: dict) -> tuple[list[str], dict]:
     para = (f"The same testbed trained once per seed ({n} seeds: {', '.join(seeds)}; {rec['hardware']}, torch "
             f"{rec['torch']}): the best method zero-shot at {top} tokens reaches 0.70 at {count('best_zero_shot>=0.70')} "
             f"seeds, and the control (none) stays at or below 0.10 at {count('none_zero_shot_at_factor_L<=0.10')}. "
-            + (f"YaRN zero-shot averages {span(zs_all['yarn'])}, none {span(zs_all['none'])}. " if "yarn" in zs_all and "none" in zs_all else "")
+            + (f"YaRN is the best method zero-shot at {sum(r['best_zero_shot'] == 'yarn' for r in seeds.values())} of {n} "
+               f"seeds and averages {span(zs_all['yarn'])}, none {span(zs_all['none'])}. " if "yarn" in zs_all and "none" in zs_all else "")
             + (f"After the fine-tune the best method reaches 0.95 at {count('best_finetuned>=0.95')} seeds ({best_ft} "
                f"averages {span(ft_all[best_ft])}). " if best_ft else "")
             + "Whether a model this small extrapolates depends on its training seed as much as on the method "
