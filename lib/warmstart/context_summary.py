@@ -95,8 +95,8 @@ def seeds_section(rec: dict) -> tuple[list[str], dict]:
             f"seeds, and the control (none) stays at or below 0.10 at {count('none_zero_shot_at_factor_L<=0.10')}. "
             + (f"YaRN is the best method zero-shot at {sum(r['best_zero_shot'] == 'yarn' for r in seeds.values())} of {n} "
                f"seeds and averages {span(zs_all['yarn'])}, none {span(zs_all['none'])}. " if "yarn" in zs_all and "none" in zs_all else "")
-            + (f"After the fine-tune the best method reaches 0.95 at {count('best_finetuned>=0.95')} seeds ({best_ft} "
-               f"averages {span(ft_all[best_ft])}). " if best_ft else "")
+            + (f"After the fine-tune the best method reaches 0.95 at {count('best_finetuned>=0.95')} seeds; {best_ft} "
+               f"averages {span(ft_all[best_ft])}. " if best_ft else "")
             + "Whether a model this small extrapolates depends on its training seed as much as on the method "
             "(Zhou et al. 2024); the study's own testbed above is one of these draws.")  # fmt: skip
     return [para], t
@@ -203,7 +203,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
                  "at this scale; the testbed is where the methods separate.")  # fmt: skip
     figs = _figures(params, tb, runs)
     write_fragment(params.shared.reports_dir, "context", 80, "Context extension", paras, tables, figs,
-                   {"goals": verdicts.get("goals", {}), **head}, findings=page_findings(tb, runs, head, L), labels=_labels(head))  # fmt: skip
+                   {"goals": verdicts.get("goals", {}), **head}, findings=page_findings(tb, runs, head, L, spread), labels=_labels(head))  # fmt: skip
     out = params.report_path("cards", "context")
     out.mkdir(parents=True, exist_ok=True)
     if best:
@@ -229,8 +229,8 @@ def _labels(head: dict) -> dict[str, str]:
     return out
 
 
-def page_findings(tb: dict | None, runs: dict[str, dict], head: dict, L: int) -> list[str]:
-    """At most four short sentences for the report's first page."""
+def page_findings(tb: dict | None, runs: dict[str, dict], head: dict, L: int, spread: dict | None = None) -> list[str]:
+    """At most four short sentences for the report's first page (``spread``: the testbed across seeds, if measured)."""
     out = []
     if tb:
         s = tb["summary"]
@@ -239,8 +239,11 @@ def page_findings(tb: dict | None, runs: dict[str, dict], head: dict, L: int) ->
         if best:
             c = tb["zero_shot"][best][task][top]
             none = tb["zero_shot"].get("none", {}).get(task, {}).get(top)
+            z = (spread or {}).get("across", {}).get("zero_shot_at_factor_L", {}).get(best)
             out.append(f"Testbed ({task}): zero-shot at {top} tokens, {best} is best with {_cell(c)}"
-                       + (f", none {_cell(none)}" if none and best != "none" else "") + ".")  # fmt: skip
+                       + (f", none {_cell(none)}" if none and best != "none" else "")
+                       + (f"; over {len(spread['seeds'])} training seeds {best} averages {z['mean']:.2f} "
+                          f"({z['min']:.2f}–{z['max']:.2f})" if z else "") + ".")  # fmt: skip
         if bft:
             out.append(f"Testbed after a fine-tune at {top}: {bft} {_cell(tb['finetuned'][bft][task][top])}.")
         a = s.get("alfred", {}).get(task, {})
