@@ -208,3 +208,20 @@ def test_read_records_of_a_matrix_name_the_missing_stage(tmp_path):
     assert read_records(params, "context", ["yarn"], "context_run") == {"yarn": {"method": "yarn"}}
     with pytest.raises(FileNotFoundError, match=r"context/pi.json is missing: run the context_run@pi stage first"):
         read_records(params, "context", ["yarn", "pi"], "context_run")
+
+
+def test_headline_metrics_are_flat_finite_scalars(tmp_path):
+    """A headline file is strict JSON: a non-finite number (which json writes as Infinity or NaN) is refused by
+    name before anything is written, as is a nested value or a thirteenth key."""
+    from warmstart.config import load_params
+    from warmstart.stages import write_headline
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}})
+    with pytest.raises(ValueError, match=r"must be finite numbers \(or null\); not finite: \['a', 'c'\]"):
+        write_headline(params, "x", {"a": float("inf"), "b": 1.0, "c": float("nan")})
+    with pytest.raises(TypeError, match=r"must be flat scalars; not: \{'d': 'dict'\}"):
+        write_headline(params, "x", {"d": {"e": 1}})
+    with pytest.raises(ValueError, match=r"have 13 keys \(at most 12\)"):
+        write_headline(params, "x", {f"k{i}": i for i in range(13)})
+    assert not (tmp_path / "metrics").exists()
+    assert write_headline(params, "x", {"a": 1.5, "b": None, "c": "focus", "d": True}) == json.loads((tmp_path / "metrics/x.json").read_text())

@@ -148,3 +148,29 @@ def test_report_says_when_the_teacher_was_not_corrected():
     assert teacher_label(s) == "teacher (fvt, corrected: 5 steps)" and teacher_word(s) == "the corrected teacher"
     assert "target bits per byte from 1.500 to 1.400 and its source bits per byte from 2.000 to 2.100" in correction_sentence(params, s)
     assert number_labels(s)["teacher_bpb"] == "corrected teacher's target bits per byte"
+
+
+def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
+    """A student that starts below scratch's final bits per byte needs 0 bytes and has no finite speed-up: the
+    headline gives the 0 and leaves the speed-up out (strict JSON); one that crosses later gets both."""
+    from warmstart.compress_summary import headline, summarise
+    from warmstart.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+
+    def run(curve):
+        return {"params": {"total": 10, "non_embedding": 4}, "bytes": curve[-1][0],
+                "curve": [{"bytes": b, "bpb_nb-NO": y, "bpb_en-US": 3.0} for b, y in curve]}  # fmt: skip
+
+    prep = {"teacher": "fvt", "teacher_bpb": {"nb-NO": 1.8, "en-US": 2.5}, "teacher_params": {}, "masking": {}}
+    scratch = run([(0, 9.0), (100, 3.0), (200, 2.0)])
+    s = summarise(params, prep, {"width_kd": run([(0, 1.9), (200, 1.85)]), "scratch": scratch})
+    w = s["variants"]["width_kd"]
+    assert w["bytes_to_scratch_final"] == 0.0 and w["speedup_vs_scratch"] == float("inf")
+    head = headline(s, "nb-NO")
+    assert head["width_kd_bytes_to_scratch_final"] == 0.0 and "width_kd_speedup_vs_scratch" not in head
+    assert head["bpb_width_kd"] == 1.85 and head["bpb_scratch"] == 2.0 and head["teacher_bpb"] == 1.8
+    # crossing 2.0 halfway between 0 (2.4) and 100 bytes (1.6): 50 bytes, scratch needs 200: 4x
+    s = summarise(params, prep, {"width_kd": run([(0, 2.4), (100, 1.6), (200, 1.5)]), "scratch": scratch})
+    head = headline(s, "nb-NO")
+    assert head["width_kd_bytes_to_scratch_final"] == pytest.approx(50.0) and head["width_kd_speedup_vs_scratch"] == pytest.approx(4.0)

@@ -496,3 +496,11 @@ def test_mixed_texts_trains_a_tokenizer():
     assert sorted(texts) == sorted(TRAIN)
     tok = train_tokenizer(texts, cfg("byte_bpe"))
     assert len(tok.tokenize(" på")) == 1
+
+
+def test_target_mix_in_words():
+    """The report says the target tokenizer's training mix in shares, not as a Python dict."""
+    from warmstart.stages.tokenizer import _mix
+
+    assert _mix({"nb-NO": 1.0}) == "nb-NO 100%"
+    assert _mix({"nb-NO": 3.0, "da-DK": 1.0}) == "nb-NO 75%, da-DK 25%"

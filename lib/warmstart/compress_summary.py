@@ -81,13 +81,15 @@ def summarise(params: Any, prep: dict, runs: dict[str, dict]) -> dict[str, Any]:
     rows = {}
     for v, r in runs.items():
         c = _curve(r, tgt)
-        sp = speedup(c, scratch) if scratch is not None and v != "scratch" else None
+        other = scratch is not None and v != "scratch"
+        sp = speedup(c, scratch) if other else None
         rows[v] = {
             "label": LABELS[v], "total_params": r["params"]["total"], "non_embedding_params": r["params"]["non_embedding"],
             "bytes": r["bytes"], "init_bpb_target": r["curve"][0][f"bpb_{tgt}"], "bpb_target": r["curve"][-1][f"bpb_{tgt}"],
             "bpb_source": r["curve"][-1][f"bpb_{src}"], "speedup_vs_scratch": sp,
             "gap_to_teacher_pct": 100 * (r["curve"][-1][f"bpb_{tgt}"] / teacher_bpb[tgt] - 1),
             "bytes_to_teacher_plus_5pct": bytes_to_reach(c, 1.05 * teacher_bpb[tgt]),
+            "bytes_to_scratch_final": bytes_to_reach(c, float(scratch.sort_values("bytes")["bpb"].iloc[-1])) if other else None,
         }  # fmt: skip
     m = prep["masking"]
     goals: dict[str, Any] = {}
@@ -166,6 +168,7 @@ LABELS_NUMBERS = {
     "teacher": "teacher (the adapted run)", "teacher_bpb": "teacher's target bits per byte",
     **{f"bpb_{v}": f"{label}: target bits per byte" for v, label in LABELS.items()},
     "width_kd_speedup_vs_scratch": "width-pruned, distilled: speed-up over scratch in bytes (x)",
+    "width_kd_bytes_to_scratch_final": "width-pruned, distilled: training bytes to reach scratch's final bits per byte (0: below it when pruned)",
     "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the teacher (%)",
 }  # fmt: skip
 
@@ -177,6 +180,24 @@ def number_labels(s: dict) -> dict[str, str]:
     return {**LABELS_NUMBERS, "teacher": f"teacher (the adapted run, corrected: {s['teacher_correction']['steps']} steps)",
             "teacher_bpb": "corrected teacher's target bits per byte",
             "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the corrected teacher (%)"}  # fmt: skip
+
+
+def headline(s: dict, tgt: str) -> dict[str, Any]:
+    """The stage's flat headline numbers from :func:`summarise`'s result (finite numbers only: a student that
+    starts below scratch's final bits per byte has 0 bytes to reach it and no finite speed-up, so none is given)."""
+    head = {"teacher": s["teacher"]}
+    for v in ("width_kd", "depth_kd", "width_ce", "random_kd", "scratch"):
+        if v in s["variants"]:
+            head[f"bpb_{v}"] = s["variants"][v]["bpb_target"]
+    if "width_kd" in s["variants"]:
+        w = s["variants"]["width_kd"]
+        if w["bytes_to_scratch_final"] is not None:
+            head["width_kd_bytes_to_scratch_final"] = w["bytes_to_scratch_final"]
+        if w["speedup_vs_scratch"] is not None and math.isfinite(w["speedup_vs_scratch"]):
+            head["width_kd_speedup_vs_scratch"] = w["speedup_vs_scratch"]
+        head["width_kd_gap_to_teacher_pct"] = w["gap_to_teacher_pct"]
+    head["teacher_bpb"] = s["teacher_bpb"][tgt]
+    return head
 
 
 def page_findings(params: Any, s: dict) -> list[str]:
@@ -294,14 +315,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
                             columns=["variant", "layers dropped", "heads dropped per layer", "MLP neurons dropped per layer",
                                      "hidden channels dropped"]))  # fmt: skip
     found = findings(params, s)
-    head = {"teacher": s["teacher"]}
-    for v in ("width_kd", "depth_kd", "width_ce", "random_kd", "scratch"):
-        if v in s["variants"]:
-            head[f"bpb_{v}"] = s["variants"][v]["bpb_target"]
-    if "width_kd" in s["variants"]:
-        head["width_kd_speedup_vs_scratch"] = s["variants"]["width_kd"]["speedup_vs_scratch"]
-        head["width_kd_gap_to_teacher_pct"] = s["variants"]["width_kd"]["gap_to_teacher_pct"]
-    head["teacher_bpb"] = s["teacher_bpb"][tgt]
+    head = headline(s, tgt)
     write_fragment(params.shared.reports_dir, "compress", 85, "Prune and distil (Minitron)", found, tables, figs,
                    {"goals": s["goals"], **head}, findings=page_findings(params, s), labels=number_labels(s))  # fmt: skip
     out = params.report_path("cards", "compress")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -241,6 +242,9 @@ def write_headline(params: Any, stage: str, metrics: dict[str, Any], max_keys: i
     bad = {k: type(v).__name__ for k, v in metrics.items() if not isinstance(v, (int, float, str, bool, type(None)))}
     if bad:
         raise TypeError(f"headline metrics of {stage!r} must be flat scalars; not: {bad}")
+    odd = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if odd:  # json would write Infinity / NaN, which strict JSON readers (jq, JavaScript, DVC's plots) reject
+        raise ValueError(f"headline metrics of {stage!r} must be finite numbers (or null); not finite: {odd}")
     if len(metrics) > max_keys:
         raise ValueError(f"headline metrics of {stage!r} have {len(metrics)} keys (at most {max_keys}): {sorted(metrics)}")
     write_json(params.report_path("metrics", f"{stage}.json"), metrics)

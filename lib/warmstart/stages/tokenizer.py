@@ -42,6 +42,12 @@ def plot(table, vocab_size: int, kind: str, path) -> None:
     save_figure(fig, path)
 
 
+def _mix(weights: dict[str, float]) -> str:
+    """``{"nb-NO": 0.8, "da-DK": 0.2}`` as "nb-NO 80%, da-DK 20%" (the shares normalised to 100%)."""
+    total = sum(weights.values())
+    return ", ".join(f"{lang} {w / total:.0%}" for lang, w in weights.items())
+
+
 def run(params: Any) -> dict[str, Any]:
     """Train both tokenizers, measure fertility; write details, headline, figure and fragment."""
     params = declared(params, "tokenizer", PARAMS)
@@ -83,7 +89,7 @@ def run(params: Any) -> dict[str, Any]:
     fragments.write_fragment(
         params.shared.reports_dir, "tokenizer", 20, "Tokenizers and fertility",
         paragraphs=[f"Both tokenizers are {cfg.kind} with {cfg.vocab_size:,} tokens; the target one is trained on "
-                    f"{details['target_training_bytes']:,} bytes of the target mix {weights}. Fertility is measured "
+                    f"{details['target_training_bytes']:,} bytes of text mixed as {_mix(weights)}. Fertility is measured "
                     "on each language's test split (tokens per whitespace word; lower is better)."],
         tables=[fragments.table(table, "Fertility of the source and target tokenizers"),
                 fragments.table([[k, v] for k, v in ratios.items()], "Tokens per word, target over source tokenizer",
