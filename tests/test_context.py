@@ -404,6 +404,12 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
 
     fp = fingerprint(TestbedConfig())
     assert fp == fingerprint(TestbedConfig(seed=5, workers=1)) and len(fp) == 16
+    # the code is in it too: the testbed's whole import closure, the trainer included
+    import warmstart
+    from warmstart.stages import import_closure
+
+    lib = Path(warmstart.__file__).resolve().parents[1]
+    assert {"warmstart.train", "warmstart.context.methods", "warmstart.context.tasks"} <= import_closure("warmstart.context.testbed", lib)
     assert fp != fingerprint(TestbedConfig(train_steps=1201)) and fp != fingerprint(TestbedConfig(threads=2))
     root = Path(__file__).resolve().parents[1]
     params = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}, "context": {"testbed": {"items": 50}}})
@@ -413,6 +419,23 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps({"fingerprint": fp}))
     rec, why = seeds_for(params)
-    assert rec is None and f"measured for another configuration (fingerprint {fp}" in why
-    (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps({"fingerprint": fingerprint(TestbedConfig(items=50))}))
-    assert seeds_for(params) == ({"fingerprint": fingerprint(TestbedConfig(items=50))}, None)
+    assert rec is None and f"measured for another configuration or code (fingerprint {fp}" in why
+    good = {"fingerprint": fingerprint(TestbedConfig(items=50)), "per_seed": {"1337": {"zero_shot_at_factor_L": {"yarn": 0.5}}}}
+    (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps(good))
+    assert seeds_for(params) == (good, None)  # no stage result to compare with
+    (tmp_path / "context").mkdir()
+    (tmp_path / "context/testbed.json").write_text(json.dumps({"summary": {"zero_shot_at_factor_L": {"yarn": 0.6}}}))
+    rec, why = seeds_for(params)
+    assert rec is None and "its seed-1337 row differs from the context_testbed stage's result" in why
+    (tmp_path / "context/testbed.json").write_text(json.dumps({"summary": {"zero_shot_at_factor_L": {"yarn": 0.5}}}))
+    assert seeds_for(params) == (good, None)
+    # the targets are measured at factor x L: a testbed that does not score there is refused before any training
+    from warmstart.context.seeds import measure
+
+    bad = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path), "data_dir": str(tmp_path / "data")},
+                                             "context": {"testbed": {"eval_factors": [1.0, 2.0]}}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"eval_factors \[1.0, 2.0\] must include factor 4.0"):
+        measure(bad, [1, 2])
+    with pytest.raises(ValueError, match=r"--seeds: give distinct seeds"):
+        measure(params, [1, 1])
+    assert not (tmp_path / "data").exists()

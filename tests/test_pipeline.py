@@ -218,6 +218,8 @@ def test_head_mask_bound_on_the_smoke_teacher(smoke_project, tmp_path, monkeypat
     assert res["masks"] == math.comb(cfg["num_attention_heads"], k) ** cfg["num_hidden_layers"]
     assert res["ranked_increase"] == pytest.approx(prep["least_increase"], abs=1e-9)
     assert res["best_increase"] <= min(res["ranked_increase"], *(r - prep["least"] + prep["least_increase"] for r in prep["random"])) + 1e-9
+    with pytest.raises(ValueError, match=r"prep.json is for teacher .* and masking fraction 0.25, the params now give .* and 0.5"):
+        head_bound(load_params("params.yaml", {"compress": {"masking_fraction": 0.5}}))
     out = tmp_path / "bound.md"
     log = run_checked([sys.executable, "-m", "warmstart.prune", "bound", "--report", str(out)], dst, env)
     assert f"All {res['masks']:,} masks" in out.read_text() and f"{res['best_ratio']:.2f}" in log

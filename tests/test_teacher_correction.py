@@ -153,7 +153,7 @@ def test_report_says_when_the_teacher_was_not_corrected():
 def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
     """A student that starts below scratch's final bits per byte needs 0 bytes and has no finite speed-up: the
     headline gives the 0 and leaves the speed-up out (strict JSON); one that crosses later gets both."""
-    from warmstart.compress_summary import headline, summarise
+    from warmstart.compress_summary import _finite, headline, summarise
     from warmstart.config import load_params
 
     params = load_params(ROOT / "params.yaml")
@@ -170,6 +170,8 @@ def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
     head = headline(s, "nb-NO")
     assert head["width_kd_bytes_to_scratch_final"] == 0.0 and "width_kd_speedup_vs_scratch" not in head
     assert head["bpb_width_kd"] == 1.85 and head["bpb_scratch"] == 2.0 and head["teacher_bpb"] == 1.8
+    strict = json.loads(json.dumps(_finite(s), allow_nan=False))  # the card's summary.json: null, not Infinity
+    assert strict["variants"]["width_kd"]["speedup_vs_scratch"] is None and strict["variants"]["width_kd"]["bytes_to_scratch_final"] == 0.0
     # crossing 2.0 halfway between 0 (2.4) and 100 bytes (1.6): 50 bytes, scratch needs 200: 4x
     s = summarise(params, prep, {"width_kd": run([(0, 2.4), (100, 1.6), (200, 1.5)]), "scratch": scratch})
     head = headline(s, "nb-NO")

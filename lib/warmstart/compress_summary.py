@@ -182,6 +182,17 @@ def number_labels(s: dict) -> dict[str, str]:
             "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the corrected teacher (%)"}  # fmt: skip
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (nested dicts and lists)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def headline(s: dict, tgt: str) -> dict[str, Any]:
     """The stage's flat headline numbers from :func:`summarise`'s result (finite numbers only: a student that
     starts below scratch's final bits per byte has 0 bytes to reach it and no finite speed-up, so none is given)."""
@@ -321,5 +332,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
     out = params.report_path("cards", "compress")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "MODEL_CARD.md", card(params, s, runs))
-    (Path(out) / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n")
+    # strict JSON: an infinite speed-up (a student below scratch's final when pruned) is null there, with its
+    # bytes_to_scratch_final of 0 saying why
+    (Path(out) / "summary.json").write_text(json.dumps(_finite(s), indent=2, default=str, allow_nan=False) + "\n")
     return write_headline(params, "compress", head)

@@ -69,7 +69,7 @@ def _testbed_table(tb: dict) -> dict:
                  columns=["method", "when", *[f"{n} tokens" for n in lengths]])  # fmt: skip
 
 
-def seeds_section(rec: dict) -> tuple[list[str], dict]:
+def seeds_section(rec: dict, study_seed: int | None = None) -> tuple[list[str], dict]:
     """The testbed once per training seed (:mod:`warmstart.context.seeds`): a paragraph and a table."""
     seeds, rows = rec["per_seed"], []
     n, top, met = len(rec["per_seed"]), rec["extended_len"], rec["targets_met"]
@@ -80,7 +80,7 @@ def seeds_section(rec: dict) -> tuple[list[str], dict]:
                      f"{b} {zs[b]:.2f} [{r['best_zero_shot_ci'][0]:.2f}, {r['best_zero_shot_ci'][1]:.2f}]" if b else "—",
                      f"{zs['yarn']:.2f}" if "yarn" in zs else "—",
                      f"{bft} {r['finetuned_at_factor_L'][bft]:.2f}" if bft else "—",
-                     f"{sum(r['targets'].values())} of {len(r['targets'])}"])  # fmt: skip
+                     f"{sum(v is True for v in r['targets'].values())} of {sum(v is not None for v in r['targets'].values())}"])  # fmt: skip
     zs_all, ft_all = rec["across"]["zero_shot_at_factor_L"], rec["across"]["finetuned_at_factor_L"]
     span = lambda a: f"{a['mean']:.2f} ({a['min']:.2f}–{a['max']:.2f})"  # noqa: E731
     rows.append(["mean (range)", span(zs_all["none"]) if "none" in zs_all else "—", "",
@@ -98,7 +98,7 @@ def seeds_section(rec: dict) -> tuple[list[str], dict]:
             + (f"After the fine-tune the best method reaches 0.95 at {count('best_finetuned>=0.95')} seeds; {best_ft} "
                f"averages {span(ft_all[best_ft])}. " if best_ft else "")
             + "Whether a model this small extrapolates depends on its training seed as much as on the method "
-            "(Zhou et al. 2024); the study's own testbed above is one of these draws.")  # fmt: skip
+            "(Zhou et al. 2024)" + ("; the study's own testbed above is one of these draws." if str(study_seed) in seeds else "."))  # fmt: skip
     return [para], t
 
 
@@ -169,7 +169,7 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
                      "testbed_best_zero_shot_acc": tb["zero_shot"][verdicts["best_zero_shot"]][task][top]["acc"]}  # fmt: skip
     spread, why = seeds_for(params)
     if spread:
-        p, t = seeds_section(spread)
+        p, t = seeds_section(spread, params.shared.seed)
         paras += p
         tables.append(t)
     elif tb:

@@ -12,7 +12,7 @@ seed, into ``data/context/testbed_seeds/s<seed>`` (the study seed's is the
 ``context_testbed`` stage's own ``reports/context/testbed.json``, reused
 when its configuration matches; so is a seed already measured), and writes::
 
-    {"seeds", "fingerprint" (the testbed configuration, seed aside: :func:`fingerprint`),
+    {"seeds", "fingerprint" (the testbed configuration, seed aside, and its code: :func:`fingerprint`),
      "task", "trained_len", "extended_len",
      "per_seed": {seed: {zero_shot_at_factor_L, zero_shot_at_L, finetuned_at_factor_L, finetuned_at_L: {method: acc},
                          best_zero_shot, best_zero_shot_ci, best_finetuned, targets: {name: bool}, seconds}},
@@ -21,7 +21,9 @@ when its configuration matches; so is a seed already measured), and writes::
 
 Not a DVC output (a one-seed study never overwrites it) but a dep of the
 ``context`` stage, whose report section shows it when its fingerprint is the
-current configuration's (:func:`seeds_for`).
+current configuration's and code's, and its study-seed row is the stage's
+current result (:func:`seeds_for`). A seed's own run is reused only when its
+``fingerprint`` file matches.
 """
 
 from __future__ import annotations
@@ -45,9 +47,28 @@ def testbed_config(params: Any, seed: int) -> Any:
     return TestbedConfig(**{**params.context.testbed, "seed": seed})
 
 
+def _result_config(cfg: Any) -> dict[str, Any]:
+    return {k: v for k, v in (cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")).items() if k not in _NOT_RESULT}
+
+
+def code_hash() -> str:
+    """16 hex digits of sha256 over the source of :mod:`warmstart.context.testbed`'s import closure (the trainer,
+    the methods, the tasks...): a record measured by other code is not this code's."""
+    import warmstart
+    from warmstart.stages import _module_file, import_closure
+
+    lib = Path(warmstart.__file__).resolve().parents[1]
+    files = sorted(f for f in (_module_file(m, lib) for m in import_closure("warmstart.context.testbed", lib)) if f)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(lib)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def fingerprint(cfg: Any) -> str:
-    """16 hex digits of sha256 over the testbed configuration's canonical JSON, the seed and workers left out."""
-    d = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_RESULT}
+    """16 hex digits of sha256 over the testbed configuration's canonical JSON (the seed and workers left out) and
+    :func:`code_hash`."""
+    d = {"config": _result_config(cfg), "code": code_hash()}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,13 +94,19 @@ def _across(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def _reuse(cfg: Any, paths: list[Path]) -> dict | None:
-    want = cfg.model_dump(mode="json")
-    for p in paths:
-        if p.is_file():
-            r = json.loads(p.read_text())
-            if r.get("config") == want:
-                return r
+def _reuse(cfg: Any, seed_dir: Path, stage_file: Path, fp: str) -> dict | None:
+    """A result already measured for this configuration: the seed's own run when its fingerprint file says it
+    was measured by this code, or the ``context_testbed`` stage's (DVC keeps that one current)."""
+    want = _result_config(cfg)
+    own = seed_dir / "testbed.json"
+    if own.is_file() and (seed_dir / "fingerprint").is_file() and (seed_dir / "fingerprint").read_text().strip() == fp:
+        r = json.loads(own.read_text())
+        if _result_config(r["config"]) == want and r["config"]["seed"] == cfg.seed:
+            return r
+    if stage_file.is_file():
+        r = json.loads(stage_file.read_text())
+        if _result_config(r["config"]) == want and r["config"]["seed"] == cfg.seed:
+            return r
     return None
 
 
@@ -93,15 +120,20 @@ def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds: give distinct seeds, got {seeds}")
     cfgs = {s: testbed_config(params, s) for s in seeds}  # every configuration validated before anything runs
-    fp = fingerprint(cfgs[seeds[0]])
+    cfg0 = cfgs[seeds[0]]
+    if cfg0.finetune_len() not in cfg0.lengths():
+        raise ValueError(f"context.testbed: eval_factors {cfg0.eval_factors} must include factor {cfg0.factor}: the "
+                         "testbed's targets are measured at factor x L")  # fmt: skip
+    fp = fingerprint(cfg0)
     t0 = time.perf_counter()
     rows, first = {}, None
     for s, cfg in cfgs.items():
         out = params.path("context", "testbed_seeds", f"s{s}")
-        result = _reuse(cfg, [out / "testbed.json", params.report_path("context", "testbed.json")])
+        result = _reuse(cfg, out, params.report_path("context", "testbed.json"), fp)
         if result is None:
             print(f"testbed seed {s}: training and scoring into {out}", flush=True)
             result = run_testbed(cfg, fresh_dir(out))
+            (out / "fingerprint").write_text(fp + "\n")
         else:
             print(f"testbed seed {s}: reused", flush=True)
         first = first or result["summary"]
@@ -112,7 +144,7 @@ def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
         "seeds": list(seeds), "fingerprint": fp, "task": first["task"], "trained_len": first["trained_len"],
         "extended_len": first["extended_len"], "per_seed": rows,
         "across": {k: _across(listed, k) for k in ("zero_shot_at_factor_L", "finetuned_at_factor_L")},
-        "targets_met": {t: sum(r["targets"][t] for r in listed) for t in listed[0]["targets"]},
+        "targets_met": {t: sum(r["targets"][t] is True for r in listed) for t in listed[0]["targets"]},
         "seconds": round(time.perf_counter() - t0, 1), "hardware": f"{prov['cpu']} ({prov['cpu_count']} cores)",
         "torch": prov["packages"].get("torch"),
     }  # fmt: skip
@@ -129,6 +161,13 @@ def seeds_for(params: Any) -> tuple[dict | None, str | None]:
     record = json.loads(path.read_text())
     want = fingerprint(testbed_config(params, params.shared.seed))
     if record.get("fingerprint") != want:
-        return None, (f"the testbed across seeds in {path} was measured for another configuration (fingerprint "
+        return None, (f"the testbed across seeds in {path} was measured for another configuration or code (fingerprint "
                       f"{record.get('fingerprint')}, this study's is {want}); it is not used")  # fmt: skip
+    stage = params.report_path("context", "testbed.json")
+    row = record.get("per_seed", {}).get(str(params.shared.seed))
+    if row and stage.is_file():
+        now = json.loads(stage.read_text())["summary"].get("zero_shot_at_factor_L")
+        if now != row["zero_shot_at_factor_L"]:
+            return None, (f"its seed-{params.shared.seed} row differs from the context_testbed stage's result in {stage} "
+                          "(rerun make testbed-seeds); it is not used")  # fmt: skip
     return record, None

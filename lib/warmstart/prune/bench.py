@@ -195,6 +195,7 @@ def format_bound(res: dict, command: str, commit: str | None = None) -> str:
     import transformers
 
     pct = lambda v: f"{v:+.4f}"  # noqa: E731
+    rel = lambda v: f"{v / res['mean_increase']:.2f}" if res["mean_increase"] > 0 else "—"  # noqa: E731
     k = res["heads_masked_per_layer"]
     lines = [
         f"# Head-masking bound: every mask of {k} head(s) per layer of the {res['teacher']} teacher",
@@ -212,10 +213,10 @@ def format_bound(res: dict, command: str, commit: str | None = None) -> str:
         "| mask | bits per byte increase | / mean of all masks |",
         "|---|---:|---:|",
         f"| mean of all masks (what a random draw estimates) | {pct(res['mean_increase'])} | 1.00 |",
-        f"| median | {pct(res['median_increase'])} | {res['median_increase'] / res['mean_increase']:.2f} |",
-        f"| cheapest, {res['best_mask']} | {pct(res['best_increase'])} | {res['best_ratio']:.2f} |",
-        f"| the importance ranking's, {res['ranked_mask']} | {pct(res['ranked_increase'])} | {res['ranked_ratio']:.2f} |",
-        f"| costliest | {pct(res['worst_increase'])} | {res['worst_increase'] / res['mean_increase']:.2f} |",
+        f"| median | {pct(res['median_increase'])} | {rel(res['median_increase'])} |",
+        f"| cheapest, {res['best_mask']} | {pct(res['best_increase'])} | {rel(res['best_increase'])} |",
+        f"| the importance ranking's, {res['ranked_mask']} | {pct(res['ranked_increase'])} | {rel(res['ranked_increase'])} |",
+        f"| costliest | {pct(res['worst_increase'])} | {rel(res['worst_increase'])} |",
         "",
         f"The ranking's mask is beaten by {res['ranked_rank']} of {res['masks']:,} masks. No head ranking can report a "
         f"least/random ratio below {res['best_ratio']:.2f} on this model "

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import statistics
 from collections.abc import Callable, Iterable
 
 import torch
@@ -247,7 +248,7 @@ def head_mask_bound(
     best = min(costs, key=costs.get)
     return {
         "baseline": base, "fraction": fraction, "heads_masked_per_layer": k, "masks": n_masks,
-        "mean_increase": mean, "median_increase": vals[len(vals) // 2],
+        "mean_increase": mean, "median_increase": statistics.median(vals),
         "best_increase": costs[best], "best_mask": [list(d) for d in best],
         "worst_increase": vals[-1], "best_ratio": costs[best] / mean if mean > 0 else float("inf"),
         "ranked_mask": [list(d) for d in ranked], "ranked_increase": costs[ranked],

@@ -166,8 +166,15 @@ def head_bound(params: Any, max_masks: int = 4096) -> dict[str, Any]:
 
     name, path = teacher_dir(params)
     imp_file = params.path("compress", "prep") / "importance.json"
-    if not imp_file.is_file():
-        raise FileNotFoundError(f"{imp_file} is missing: run the compress_prep stage first (dvc repro compress_prep)")
+    prep_file = params.report_path("compress", "prep.json")
+    if not imp_file.is_file() or not prep_file.is_file():
+        raise FileNotFoundError(f"{imp_file} or {prep_file} is missing: run the compress_prep stage first "
+                                "(dvc repro compress_prep)")  # fmt: skip
+    prep = json.loads(prep_file.read_text())
+    if prep.get("teacher_dir") != str(path) or prep["masking"].get("fraction") != params.compress.masking_fraction:
+        raise ValueError(f"{prep_file} is for teacher {prep.get('teacher_dir')} and masking fraction "
+                         f"{prep['masking'].get('fraction')}, the params now give {path} and "
+                         f"{params.compress.masking_fraction}: rerun compress_prep (dvc repro compress_prep)")  # fmt: skip
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(path)
     res = head_mask_bound(load_model(path), Importance.from_json(imp_file.read_text()), masking_metric(params, tok),
