@@ -98,15 +98,13 @@ def _reuse(cfg: Any, seed_dir: Path, stage_file: Path, fp: str) -> dict | None:
     """A result already measured for this configuration: the seed's own run when its fingerprint file says it
     was measured by this code, or the ``context_testbed`` stage's (DVC keeps that one current)."""
     want = _result_config(cfg)
-    own = seed_dir / "testbed.json"
-    if own.is_file() and (seed_dir / "fingerprint").is_file() and (seed_dir / "fingerprint").read_text().strip() == fp:
-        r = json.loads(own.read_text())
-        if _result_config(r["config"]) == want and r["config"]["seed"] == cfg.seed:
-            return r
-    if stage_file.is_file():
-        r = json.loads(stage_file.read_text())
-        if _result_config(r["config"]) == want and r["config"]["seed"] == cfg.seed:
-            return r
+    stamp = seed_dir / "fingerprint"
+    own = [seed_dir / "testbed.json"] if stamp.is_file() and stamp.read_text().strip() == fp else []
+    for path in [*own, stage_file]:
+        if path.is_file():
+            r = json.loads(path.read_text())
+            if _result_config(r["config"]) == want and r["config"]["seed"] == cfg.seed:
+                return r
     return None
 
 

@@ -48,14 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         prov = provenance_record()
         commit = f"{prov['commit']}{' (uncommitted changes)' if prov['dirty'] else ''}" if prov["commit"] else None
         text = format_bound(res, "python -m warmstart.prune " + shlex.join(argv), commit)
-        print(text)
-        if args.report:
-            from warmstart.io import write_text
-
-            write_text(args.report, text)
-        return 0
-    res = run_bench(args.shape, args.samples, args.seq_len, args.batch_size, args.seed)
-    text = format_report(res, "python -m warmstart.prune " + shlex.join(argv))
+    else:
+        res = run_bench(args.shape, args.samples, args.seq_len, args.batch_size, args.seed)
+        text = format_report(res, "python -m warmstart.prune " + shlex.join(argv))
     print(text)
     if args.report:
         from warmstart.io import write_text

@@ -148,9 +148,14 @@ def _load(t) -> str:
     return ", ".join(f"{x:.2f}" for x in t)
 
 
-def format_report(res: dict, command: str) -> str:
+def _versions() -> str:
+    """The records' software line."""
     import transformers
 
+    return f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+def format_report(res: dict, command: str) -> str:
     ratio = lambda k: res[k] / res["model_bytes"]  # noqa: E731
     ok_t = res["total_s"] <= GOAL_SECONDS
     ok_m = res["peak_ratio"] <= GOAL_RATIO
@@ -161,7 +166,7 @@ def format_report(res: dict, command: str) -> str:
         f"- date: {dt.date.today().isoformat()}",
         f"- command: `{command}`",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores visible, torch threads {res['threads']}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        _versions(),
         f"- calibration: {res['samples']} sequences x {res['seq_len']} tokens, batches of {res['batch_size']}",
         f"- half-width target: {res['target']} (KV heads kept)",
         f"- parameters: {p['total']:,} ({p['non_embedding']:,} non-embedding) -> {q['total']:,} "
@@ -192,8 +197,6 @@ def format_report(res: dict, command: str) -> str:
 
 def format_bound(res: dict, command: str, commit: str | None = None) -> str:
     """The Markdown record of :func:`warmstart.stages.compress.head_bound` (the exhaustive head-mask bound)."""
-    import transformers
-
     pct = lambda v: f"{v:+.4f}"  # noqa: E731
     rel = lambda v: f"{v / res['mean_increase']:.2f}" if res["mean_increase"] > 0 else "—"  # noqa: E731
     k = res["heads_masked_per_layer"]
@@ -203,7 +206,7 @@ def format_bound(res: dict, command: str, commit: str | None = None) -> str:
         f"- date: {dt.date.today().isoformat()}; commit: {commit or 'unknown'}",
         f"- command: `{command}`",
         f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores visible; {res['seconds']:.0f} s",
-        f"- python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        _versions(),
         f"- teacher: `{res['teacher_dir']}`; metric: target bits per byte on the masking check's held-out text "
         f"(baseline {res['baseline']:.4f}); importance: {res['importance']['method']} "
         f"({res['importance']['seq_agg']} over the sequence, {res['importance']['batch_agg']} over samples)",

@@ -237,8 +237,7 @@ def head_mask_bound(
         raise ValueError(f"{n_masks:,} head masks (C({dims.heads}, {k}) ** {dims.layers} layers) exceed max_masks "
                          f"{max_masks:,}: the exhaustive bound is for small models")  # fmt: skip
     base = float(eval_fn(model))
-    ranked = tuple(tuple(sorted(set(range(dims.heads)) - set(_top(importance.heads[i], dims.heads - k).tolist())))
-                   for i in range(dims.layers))  # fmt: skip
+    ranked = tuple(tuple(_drop(dims.heads, _top(importance.heads[i], dims.heads - k)).tolist()) for i in range(dims.layers))
     costs: dict[tuple, float] = {}
     for dropped in itertools.product(itertools.combinations(range(dims.heads), k), repeat=dims.layers):
         kept = torch.stack([_drop(dims.heads, list(d)) for d in dropped])
