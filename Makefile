@@ -56,12 +56,12 @@ $(STAMP): $(LOCK) pyproject.toml | $(UV)
 	$(if $(GPU),$(BIN)/python -m pip install -q --require-hashes --no-deps --no-build-isolation -r requirements/flash-attn.txt)
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
-	$(BIN)/python -m warmstart.kernel install --name $(KERNEL) >/dev/null
+	$(BIN)/python -m warmstart.notebook.kernel install --name $(KERNEL) >/dev/null
 	$(BIN)/nbstripout --install --attributes .gitattributes 2>/dev/null || true
 	@touch $@
 
 kernel: env
-	$(BIN)/python -m warmstart.kernel install --name $(KERNEL)
+	$(BIN)/python -m warmstart.notebook.kernel install --name $(KERNEL)
 
 # Debian packages: installed only when missing; without root, say what to run.
 deb:
@@ -86,7 +86,7 @@ test: env deb
 # seed on 2 CPU cores), reports/metrics/seed_spread.json; then `make repro` reruns only the report.
 SEEDS ?= 1337 1338 1339
 seed-spread: env deb
-	PATH="$(BIN):$$PATH" $(BIN)/python -m warmstart.seeds --seeds $(SEEDS)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m warmstart.evaluate.seed_spread --seeds $(SEEDS)
 
 # The context-extension testbed once per training seed (~2 min per extra seed on 2 CPU cores; the study seed's
 # is the context_testbed stage's own), reports/metrics/testbed_seeds.json; then `make repro` reruns the context
@@ -120,7 +120,7 @@ test-latest: $(UV) deb
 	$(PYTHON) -m venv $(CANARY)/venv
 	$(CANARY)/venv/bin/python -m pip install -q --no-deps --find-links $(TORCH_WHEELS) -r $(CANARY)/latest.txt
 	$(CANARY)/venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
-	$(CANARY)/venv/bin/python -m warmstart.kernel install --name $(KERNEL) >/dev/null
+	$(CANARY)/venv/bin/python -m warmstart.notebook.kernel install --name $(KERNEL) >/dev/null
 	@diff <(grep -oE '^[A-Za-z0-9._-]+==[^ ]+' requirements/cpu.txt) <(grep -oE '^[A-Za-z0-9._-]+==[^ ]+' $(CANARY)/latest.txt) \
 	  | grep -E '^[<>]' | sed 's/^</  locked:/; s/^>/  latest:/' || echo "  (the newest versions are the locked ones)"
 	PATH="$(CANARY)/venv/bin:$$PATH" $(CANARY)/venv/bin/python -m pytest $(CANARY_ARGS)

@@ -1,4 +1,4 @@
-"""Loss-spike ablations (warmstart.ablations) at a size that runs in seconds."""
+"""Loss-spike ablations (warmstart.stability.ablations) at a size that runs in seconds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from warmstart import ablations as A
+from warmstart.stability import ablations as A
 
 SPEC = dict(hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, max_pos=32, seed=0)
 

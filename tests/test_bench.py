@@ -2,7 +2,7 @@
 
 import pytest
 
-from warmstart import bench
+from warmstart.kernels import bench
 from warmstart.model import build_model
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from warmstart.context import methods as M
+from warmstart.context import rope_scaling as M
 from warmstart.context import tasks as T
 from warmstart.context import traps
 from warmstart.context.measure import bpb_by_length, bpb_by_position
@@ -284,7 +284,7 @@ def test_wilson_interval():
 
 
 def test_bits_per_byte_by_length_and_position(model, tmp_path):
-    from warmstart.bpb import bits_per_byte
+    from warmstart.evaluate.bpb import bits_per_byte
 
     tok = T.make_tokenizer()
     rng = np.random.default_rng(0)
@@ -400,7 +400,7 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     from pathlib import Path
 
     from warmstart.config import load_params
-    from warmstart.context.seeds import fingerprint, seeds_for, testbed_config
+    from warmstart.context.testbed_seeds import fingerprint, seeds_for, testbed_config
 
     fp = fingerprint(TestbedConfig())
     assert fp == fingerprint(TestbedConfig(seed=5, workers=1)) and len(fp) == 16
@@ -409,7 +409,7 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     from warmstart.stages import import_closure
 
     lib = Path(warmstart.__file__).resolve().parents[1]
-    assert {"warmstart.train", "warmstart.context.methods", "warmstart.context.tasks"} <= import_closure("warmstart.context.testbed", lib)
+    assert {"warmstart.train.loop", "warmstart.context.rope_scaling", "warmstart.context.tasks"} <= import_closure("warmstart.context.testbed", lib)
     assert fp != fingerprint(TestbedConfig(train_steps=1201)) and fp != fingerprint(TestbedConfig(threads=2))
     root = Path(__file__).resolve().parents[1]
     params = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}, "context": {"testbed": {"items": 50}}})
@@ -430,7 +430,7 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     (tmp_path / "context/testbed.json").write_text(json.dumps({"summary": {"zero_shot_at_factor_L": {"yarn": 0.5}}}))
     assert seeds_for(params) == (good, None)
     # the targets are measured at factor x L: a testbed that does not score there is refused before any training
-    from warmstart.context.seeds import measure
+    from warmstart.context.testbed_seeds import measure
 
     bad = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path), "data_dir": str(tmp_path / "data")},
                                              "context": {"testbed": {"eval_factors": [1.0, 2.0]}}})  # fmt: skip

@@ -1,4 +1,4 @@
-"""Logit distillation (warmstart.distil): the KL loss by hand, top-k and padding, and distillation runs of the trainer."""
+"""Logit distillation (warmstart.train.distil): the KL loss by hand, top-k and padding, and distillation runs of the trainer."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import SPEC, assert_same_weights, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
-from warmstart.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
+from warmstart.train.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
 from warmstart.flops import flops_per_token
 from warmstart.model import build_model, load_model, save_model
-from warmstart.train import TrainConfig, Trainer, train
+from warmstart.train.loop import TrainConfig, Trainer, train
 
 
 def _softmax(xs: list[float]) -> list[float]:

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from warmstart.bpb import bits_per_byte
-from warmstart.evaluate import bytes_to_reach, load_run, select_checkpoints, speedup
-from warmstart.probes import (
+from warmstart.evaluate.bpb import bits_per_byte
+from warmstart.evaluate.runs import bytes_to_reach, load_run, select_checkpoints, speedup
+from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,
     cloze_accuracy,
@@ -161,7 +161,7 @@ def test_bits_per_byte_keeps_each_texts_loss_and_the_same_total():
     alone = bits_per_byte(model, tok, [texts[2]], seq_len=16)
     assert alone["doc_nll_nats"][0] == pytest.approx(r["doc_nll_nats"][2], rel=1e-5)
     # the total is bit-for-bit what the previous implementation (cross_entropy, sum per batch) summed
-    from warmstart.bpb import _windows
+    from warmstart.evaluate.bpb import _windows
 
     windows, _ = _windows(texts, tok, 16)
     windows.sort(key=lambda w: len(w[0]))
@@ -267,7 +267,7 @@ def test_masked_probe_matches_bidirectional_hand_computation():
             logits = model(input_ids=x, attention_mask=full).logits[0]
         correct += sum(int(logits[p - 1].argmax()) == ids[p] for p in pos)
         total += len(pos)
-    from warmstart.stats import wilson
+    from warmstart.evaluate.intervals import wilson
 
     assert got == {"masked_acc": correct / total, "masked_tokens": total, "items": 2,
                    "masked_acc_ci": list(wilson(correct, total))}  # fmt: skip
@@ -355,8 +355,8 @@ def test_run_json_errors_name_the_problem(tmp_path):
 
 def test_stage_on_a_tiny_study(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.evaluate import best_run
-    from warmstart.fragments import read_fragments
+    from warmstart.evaluate.runs import best_run
+    from warmstart.report.fragments import read_fragments
     from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path, with_masked=True))
@@ -377,7 +377,7 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     assert [t["caption"].split(":")[0] for t in frag["tables"]][:2] == ["Initialisation methods", "Final checkpoints"]
     per_ck = next(t for t in frag["tables"] if t["caption"].startswith("Bits per byte at every"))
     assert per_ck["appendix"] is True and len(per_ck["rows"]) == 6
-    from warmstart.labels import looks_raw
+    from warmstart.report.labels import looks_raw
 
     for t in frag["tables"]:  # human column labels, and no MFU without a stated peak
         assert not [c for c in t["columns"] if looks_raw(c)], t["columns"]
@@ -407,7 +407,7 @@ def test_stage_on_a_tiny_study(tmp_path, root):
 
 
 def test_swap_study_numbers_and_goals():
-    from warmstart.evaluate import swap_study
+    from warmstart.evaluate.runs import swap_study
 
     init = pd.DataFrame([
         {"run": "scratch", "aligned": None, "bpb_step0": 8.0, "bpb_final": 3.0, "speedup": 1.0},
@@ -431,7 +431,7 @@ def _seed_rows(runs=("scratch", "random"), steps=(0, 4, 8), seeds=(1, 2)) -> lis
 
 
 def test_seed_summary_means_and_stds_exactly():
-    from warmstart.evaluate import covers, fmt_mean_sd, seed_summary
+    from warmstart.evaluate.runs import covers, fmt_mean_sd, seed_summary
 
     df = pd.DataFrame(_seed_rows())
     s = seed_summary(df).set_index(["run", "step"])
@@ -447,9 +447,9 @@ def test_seed_summary_means_and_stds_exactly():
 
 def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.fragments import read_fragments
+    from warmstart.report.fragments import read_fragments
     from warmstart.io import write_json
-    from warmstart.seeds import fingerprint
+    from warmstart.evaluate.seed_spread import fingerprint
     from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path))

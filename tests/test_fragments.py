@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from warmstart.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
+from warmstart.report.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
 
 KEYS = {"commit", "dirty", "dirty_files", "timestamp", "seconds", "python", "platform", "cpu", "cpu_count",
         "memory_gib", "gpus", "packages"}  # fmt: skip
@@ -87,7 +87,7 @@ def test_renamed_and_spaced_paths_are_listed_by_their_new_name(checkout):
 
 
 def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
-    from warmstart.fragments import table
+    from warmstart.report.fragments import table
 
     monkeypatch.chdir(tmp_path)
     long = table([[i, 0.5 * i] for i in range(3)], "Every checkpoint.", columns=["step", "bpb_target"], appendix=True)
@@ -111,14 +111,14 @@ def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
     (["a", "b", "c", "d", "e"], "at most 4"),
 ])  # fmt: skip
 def test_bad_findings_are_refused(tmp_path, findings, match):
-    from warmstart.fragments import FragmentError
+    from warmstart.report.fragments import FragmentError
 
     with pytest.raises(FragmentError, match=match):
         write_fragment(tmp_path, "x", 80, "X", findings=findings)
 
 
 def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
-    from warmstart.fragments import FragmentError
+    from warmstart.report.fragments import FragmentError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FragmentError, match="may have appendix"):
@@ -132,8 +132,8 @@ def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
 
 def test_nested_numbers_are_spread_into_labelled_dotted_keys(tmp_path):
     """A stage's goals dict becomes one number per goal (it was printed as a Python dict in the report)."""
-    from warmstart.fragments import flat_numbers
-    from warmstart.labels import Labels, looks_raw
+    from warmstart.report.fragments import flat_numbers
+    from warmstart.report.labels import Labels, looks_raw
 
     assert flat_numbers({"a": 1, "goals": {"x": True, "y": {"z": 2.0}}, "empty": {}}) == {"a": 1, "goals.x": True, "goals.y.z": 2.0}
     goals = {"width_kd_within_5pct_of_teacher": True, "best_zero_shot>=0.70": False}

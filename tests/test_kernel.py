@@ -1,4 +1,4 @@
-"""The stage kernel (warmstart.kernel): collector thresholds, the exit freeze, the kernel spec it installs."""
+"""The stage kernel (warmstart.notebook.kernel): collector thresholds, the exit freeze, the kernel spec it installs."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import textwrap
 import nbformat
 import pytest
 
-from warmstart.kernel import GEN0_THRESHOLD, install, tune_gc
+from warmstart.notebook.kernel import GEN0_THRESHOLD, install, tune_gc
 
 CYCLE = textwrap.dedent("""
     import sys
     if sys.argv[1] == "tuned":
-        from warmstart.kernel import tune_gc
+        from warmstart.notebook.kernel import tune_gc
         tune_gc()
     class Node:
         def __del__(self):
@@ -56,7 +56,7 @@ def test_installed_spec_starts_this_module_and_the_kernel_runs_tuned(tmp_path):
     spec_dir = install(name="ws-test", display_name="ws test", prefix=str(tmp_path))
     spec = json.loads((spec_dir / "kernel.json").read_text())
     argv = spec["argv"]
-    assert argv[argv.index("-m") + 1] == "warmstart.kernel" and "ipykernel_launcher" not in argv
+    assert argv[argv.index("-m") + 1] == "warmstart.notebook.kernel" and "ipykernel_launcher" not in argv
     assert argv[-2:] == ["-f", "{connection_file}"] and spec["display_name"] == "ws test"
 
     nb = nbformat.v4.new_notebook()
@@ -64,7 +64,7 @@ def test_installed_spec_starts_this_module_and_the_kernel_runs_tuned(tmp_path):
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
-    subprocess.run([sys.executable, "-m", "warmstart.run_notebook", "-k", "ws-test", "--no-progress-bar", str(src), str(dst)],
+    subprocess.run([sys.executable, "-m", "warmstart.notebook.run", "-k", "ws-test", "--no-progress-bar", str(src), str(dst)],
                    env=env, capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
     outputs = nbformat.read(dst, as_version=4).cells[0].outputs
     assert [o.get("text") for o in outputs] == [f"{GEN0_THRESHOLD} True\n"]

@@ -1,4 +1,4 @@
-"""The long-context text suite (warmstart.longctx): builders at any length, determinism, one answer per
+"""The long-context text suite (warmstart.context.retrieval): builders at any length, determinism, one answer per
 prompt, errors on short lengths, greedy exact-match scoring on hand-made generations, the aggregates."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from warmstart.longctx import (
+from warmstart.context.retrieval import (
     TASKS,
     alfred_normalised_mean,
     build_suite,

@@ -53,7 +53,7 @@ def test_parameters_cell_mirrors_params_yaml(path, root, params_dict):
         assert section in params_dict, f"{path.name}: {section} is not a params.yaml section nor a `-p` matrix item"
         assert value == params_dict[section], (
             f"{path.name}: parameters cell section {section!r} drifted from params.yaml "
-            "(fix: python -m warmstart.notebook sync)"
+            "(fix: python -m warmstart.notebook.setup sync)"
         )
 
 
@@ -75,14 +75,14 @@ def test_every_stage_runs_its_notebook_with_papermill(root):
 
 
 def test_notebook_runner_is_papermill_without_the_slow_import(root, tmp_path):
-    # dvc.yaml runs every notebook through warmstart.run_notebook: papermill's CLI, minus the IRI format checker
+    # dvc.yaml runs every notebook through warmstart.notebook.run: papermill's CLI, minus the IRI format checker
     import subprocess
     import sys
 
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
-    assert nb_var.startswith("python -m warmstart.run_notebook ")
+    assert nb_var.startswith("python -m warmstart.notebook.run ")
     code = ("import sys, runpy; sys.argv = ['papermill', '--help']\n"
-            "try:\n    runpy.run_module('warmstart.run_notebook', run_name='__main__')\n"
+            "try:\n    runpy.run_module('warmstart.notebook.run', run_name='__main__')\n"
             "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
             "import nbformat\n"
             "nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')]))\n"

@@ -104,8 +104,8 @@ def test_report_pdf_and_model_card(smoke_project):
     frags = [json.loads(p.read_text()) for p in sorted((dst / "reports/fragments").glob("*.json"))]
     assert {f["stage"] for f in frags} >= {"corpus", "tokenizer", "base", "evaluate", "spikes"}
     flat = " ".join(text.split())
-    from warmstart.labels import Labels, looks_raw
-    from warmstart.report import fmt
+    from warmstart.report.labels import Labels, looks_raw
+    from warmstart.report.build import fmt
 
     assert {f["stage"] for f in frags} >= {"stability", "context", "compress"}
     for f in frags:
@@ -142,8 +142,8 @@ def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
     """Page 1 (the findings) prints numbers read from the records, and they are the records' values."""
     dst = smoke_project[0]
     from warmstart.config import load_params
-    from warmstart.findings import format_value, resolve, study_summary
-    from warmstart.fragments import read_fragments
+    from warmstart.report.findings import format_value, resolve, study_summary
+    from warmstart.report.fragments import read_fragments
 
     params = load_params(dst / "params.yaml", overrides={"shared": {"reports_dir": str(dst / "reports"), "data_dir": str(dst / "data")}})
     summary = study_summary(params, read_fragments(dst / "reports"))

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmstart.fragments import table, write_fragment
-from warmstart.describe import (
+from warmstart.report.fragments import table, write_fragment
+from warmstart.report.describe import (
     CorpusSource,
     Language,
     ReportError,
@@ -25,8 +25,8 @@ from warmstart.describe import (
     report_title,
     size_label,
 )
-from warmstart.model_card import example_from_card, model_card
-from warmstart.report import provenance, provenance_section, render_pdf
+from warmstart.report.model_card import example_from_card, model_card
+from warmstart.report.build import provenance, provenance_section, render_pdf
 from warmstart.stages.report import run as run_stage
 
 
@@ -65,7 +65,7 @@ def fragments(tmp_path, monkeypatch):
     write_fragment(rep, "spikes", 70, "Loss spikes", ["Two spikes, both recovered."],
                    [table([[120, 4.5678, "yes"]], "Detected spikes.", columns=["step", "loss", "recovered"])],
                    numbers={"spikes.scratch": 2}, seconds=1.0)  # fmt: skip
-    from warmstart.fragments import read_fragments
+    from warmstart.report.fragments import read_fragments
 
     return read_fragments(rep)
 
@@ -276,7 +276,7 @@ def test_corpus_sources_and_licences(tmp_path, root):
 
 def test_model_card_of_a_czech_study(tmp_path, root):
     params, ev = _study(tmp_path, root)
-    from warmstart.evaluate import load_run
+    from warmstart.evaluate.runs import load_run
 
     card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
     assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - cs\n  - en\nlibrary_name: transformers\n")
@@ -295,7 +295,7 @@ def test_model_card_of_a_czech_study(tmp_path, root):
 
 def test_model_card_of_the_scratch_baseline(tmp_path, root):
     params, ev = _study(tmp_path, root)
-    from warmstart.evaluate import load_run
+    from warmstart.evaluate.runs import load_run
 
     run = dict(load_run(tmp_path / "data" / "logs" / "fvt"), name="scratch", kind="scratch", method=None)
     card = model_card(params, run, ev)
@@ -308,7 +308,7 @@ def test_model_card_of_the_scratch_baseline(tmp_path, root):
 
 def test_model_card_of_a_loaded_base(tmp_path, root):
     params, ev = _study(tmp_path, root, hf=True)
-    from warmstart.evaluate import load_run
+    from warmstart.evaluate.runs import load_run
 
     card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
     assert card.startswith(f"---\nlicense: other\nlicense_name: base-model-license\n"
@@ -412,7 +412,7 @@ def _reference_study(tmp: Path, root: Path, figures: bool = False):
 
 
 def _numbers_hold(summary, reports: Path) -> int:
-    from warmstart.findings import format_value, resolve
+    from warmstart.report.findings import format_value, resolve
 
     n = 0
     for finding, num in summary.numbers():
@@ -424,8 +424,8 @@ def _numbers_hold(summary, reports: Path) -> int:
 
 def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
     """Every number on the summary page is read from a metrics file, and printed as that file's value."""
-    from warmstart.findings import study_summary
-    from warmstart.fragments import read_fragments
+    from warmstart.report.findings import study_summary
+    from warmstart.report.fragments import read_fragments
 
     params = _reference_study(tmp_path, root)
     reports = tmp_path / "reports"
@@ -456,10 +456,10 @@ def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
 def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
     """Runs within 2 sqrt(sd_a^2 + sd_b^2) of the lowest are tied with it; a spread measured for another
     configuration (its fingerprint) is not used at all."""
-    from warmstart.findings import study_summary
+    from warmstart.report.findings import study_summary
     from warmstart.io import write_json
-    from warmstart.seeds import fingerprint
-    from warmstart.stats import SEED_K
+    from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.evaluate.intervals import SEED_K
 
     params = _reference_study(tmp_path, root)
     ev = json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())
@@ -488,12 +488,12 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
 def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, root, monkeypatch):
     """The committed reference study typeset (placeholder figures): page 1 is the summary, no raw metric key or
     logged MFU is printed, long tables are in the appendix, every page renders, and Typst does not warn."""
-    from warmstart.fragments import read_fragments
-    from warmstart.report import check_pages, page_text
+    from warmstart.report.fragments import read_fragments
+    from warmstart.report.build import check_pages, page_text
 
     monkeypatch.chdir(tmp_path)
     params = _reference_study(tmp_path, root, figures=True)
-    from warmstart.fragments import write_fragment
+    from warmstart.report.fragments import write_fragment
 
     write_fragment(params.shared.reports_dir, "context", 80, "Long context", ["A later stage."],
                    findings=["Position interpolation keeps 0.12 bits per byte at four times the context."])  # fmt: skip
@@ -519,7 +519,7 @@ def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, ro
 
 
 def test_page_check_names_what_fails(fragments, tmp_path):
-    from warmstart.report import check_pages
+    from warmstart.report.build import check_pages
 
     pdf = render_pdf(fragments, tmp_path / "r.pdf", "A tiny study", "tester")
     with pytest.raises(ReportError, match="pages, expected 10–40"):
@@ -530,7 +530,7 @@ def test_page_check_names_what_fails(fragments, tmp_path):
 
 def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.report import reproduce_box
+    from warmstart.report.build import reproduce_box
 
     env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
@@ -549,14 +549,14 @@ def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
 
 def test_model_card_calls_a_run_best_only_when_the_seed_spread_shows_it(tmp_path, root):
     params, ev = _study(tmp_path, root)
-    from warmstart.evaluate import load_run
+    from warmstart.evaluate.runs import load_run
     from warmstart.io import write_json
 
     run = load_run(tmp_path / "data" / "logs" / "fvt")
     card = model_card(params, run, ev)
     assert "it is the study's best run" not in card and "not shown to be the best" in card
     assert "| MFU | not stated: " in card and "%" not in card.split("| MFU |")[1].split("\n")[0]
-    from warmstart.seeds import fingerprint
+    from warmstart.evaluate.seed_spread import fingerprint
 
     fp = fingerprint(params)  # the spread counts only for the configuration it was measured for
     write_json(tmp_path / "reports/metrics/seed_spread.json",
@@ -576,7 +576,7 @@ def test_committed_seed_spread_is_for_the_committed_params(root):
     to what a run trains on needs `make seed-spread` again, or the report says the spread is not used)."""
     from warmstart.config import load_params
     from warmstart.runs import run_names
-    from warmstart.seeds import spread_for
+    from warmstart.evaluate.seed_spread import spread_for
 
     params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(root / "reports")}})
     spread, why = spread_for(params)

@@ -1,4 +1,4 @@
-"""Instability signals (warmstart.signals), z-loss and the qk-norm architectures, on hand-built models and tiny runs."""
+"""Instability signals (warmstart.train.signals), z-loss and the qk-norm architectures, on hand-built models and tiny runs."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from test_train import SPEC, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
 from warmstart.model import build_model
-from warmstart.objectives import Objective
-from warmstart.signals import Signals, label_positions, log_partition, max_attention_logit, probe_mask
-from warmstart.train import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig, train
+from warmstart.train.objectives import Objective
+from warmstart.train.signals import Signals, label_positions, log_partition, max_attention_logit, probe_mask
+from warmstart.train.loop import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig, train
 
 # ---------------------------------------------------------------- a hand-built attention
 #
@@ -187,7 +187,7 @@ def test_signals_on_a_skipped_step(assets, tmp_path):  # noqa: F811
 def test_qk_norm_architectures_train_save_reload(assets, tmp_path, arch):  # noqa: F811
     from transformers import AutoModelForCausalLM
 
-    from warmstart.train import load_model
+    from warmstart.train.loop import load_model
 
     res = train(make_cfg(assets, tmp_path / arch, model=dict(SPEC, arch=arch), steps=2, signals_every=1, z_loss=1e-4))
     m = AutoModelForCausalLM.from_pretrained(res.export_dir)
@@ -214,7 +214,7 @@ def test_stability_config_errors(assets, tmp_path):  # noqa: F811
 
 def test_benchmark_signals_report(assets, tmp_path):  # noqa: F811
     """The report's contract only (timings on a shared CPU say nothing): the ratio is the documented formula."""
-    from warmstart.bench_trainer import benchmark_signals
+    from warmstart.train.bench import benchmark_signals
 
     out = benchmark_signals(TrainConfig(**make_cfg(assets, tmp_path / "b")), every=2, blocks=2)
     m, b = out["median_step_s"], out["block_s"]

@@ -483,7 +483,7 @@ def test_cli_reads_the_trainer_log_and_its_tensorboard(tmp_path, capsys):
     import test_train as T
 
     assets = T.assets.__wrapped__(type("F", (), {"mktemp": lambda self, n: (tmp_path / n).mkdir() or tmp_path / n})())
-    from warmstart.train import train
+    from warmstart.train.loop import train
 
     train(T.make_cfg(assets, tmp_path / "run", steps=12, tensorboard=True, export_final=False))
     a = S.load_log(tmp_path / "run/log.jsonl")

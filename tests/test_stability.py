@@ -8,7 +8,7 @@ import math
 import pytest
 
 from warmstart import stability as ST
-from warmstart import instability as A
+from warmstart.stability import analysis as A
 
 
 # ---------------------------------------------------------------- LR sensitivity
@@ -191,7 +191,7 @@ def test_smoke_reporting(smoke):
 def test_real_files_with_two_tokenizers_swap_the_warm_base(tmp_path):
     """data=...: jsonl files and two tokenizers; the warm start's base is pretrained with the source tokenizer
     and its vocabulary swapped to the target's (warmstart.vocab_swap)."""
-    from warmstart.ablations import make_assets
+    from warmstart.stability.ablations import make_assets
 
     src, tgt = make_assets(tmp_path / "a", 0, 512), make_assets(tmp_path / "b", 1, 400)
     data = {"source_train": src["files"]["source"], "target_train": tgt["files"]["target"],

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from warmstart import stats
+from warmstart.evaluate import intervals as stats
 
 
 def test_wilson_known_values():

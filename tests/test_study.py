@@ -62,7 +62,7 @@ def test_base_params_name_the_missing_model_id(tmp_path):
 
 
 def test_merge_logs_offsets_steps_and_counters(tmp_path):
-    from warmstart.study import merge_logs
+    from warmstart.train.launch import merge_logs
 
     for name, steps, recs in (("phase1", 4, [(2, 100, 400), (4, 200, 800)]), ("phase2", 6, [(3, 150, 600), (6, 300, 1200)])):
         d = tmp_path / name
@@ -80,9 +80,9 @@ def test_launch_with_two_processes_runs_ddp(tmp_path, monkeypatch):
     """`pretrain.num_processes: 2` goes through `accelerate launch` (gloo on CPU): both ranks train, rank 0 logs."""
     from warmstart.config import Tokenizer as TokCfg
     from warmstart.model import ModelSpec
-    from warmstart.study import launch
+    from warmstart.train.launch import launch
     from warmstart.tokenizer import train_tokenizer
-    from warmstart.train import TrainConfig, list_checkpoints
+    from warmstart.train.loop import TrainConfig, list_checkpoints
 
     for k in [k for k in __import__("os").environ if k.startswith("ACCELERATE_")]:
         monkeypatch.delenv(k)
@@ -149,11 +149,11 @@ def test_study_params_name_what_is_wrong(tmp_path, study, message):
 
 def test_seed_spread_is_used_only_for_its_own_configuration(tmp_path):
     from warmstart.config import load_params
-    from warmstart.seeds import fingerprint, measure, spread_for, spread_path, spread_section
+    from warmstart.evaluate.seed_spread import fingerprint, measure, spread_for, spread_path, spread_section
 
     params = _params(tmp_path)
     fp = fingerprint(params)
-    from warmstart.report import PARAMS as REPORT_PARAMS
+    from warmstart.report.build import PARAMS as REPORT_PARAMS
     from warmstart.stages import declared
 
     assert fingerprint(declared(params, "report", REPORT_PARAMS)) == fp  # the report stage reads it key by key

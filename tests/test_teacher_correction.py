@@ -135,7 +135,7 @@ def test_corrected_teacher_is_trained_used_and_reported(project):
 
 
 def test_report_says_when_the_teacher_was_not_corrected():
-    from warmstart.compress_summary import correction_sentence, number_labels, teacher_label, teacher_word
+    from warmstart.prune.summary import correction_sentence, number_labels, teacher_label, teacher_word
     from warmstart.config import load_params
 
     params = load_params(ROOT / "params.yaml")
@@ -153,7 +153,7 @@ def test_report_says_when_the_teacher_was_not_corrected():
 def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
     """A student that starts below scratch's final bits per byte needs 0 bytes and has no finite speed-up: the
     headline gives the 0 and leaves the speed-up out (strict JSON); one that crosses later gets both."""
-    from warmstart.compress_summary import _finite, headline, summarise
+    from warmstart.prune.summary import _finite, headline, summarise
     from warmstart.config import load_params
 
     params = load_params(ROOT / "params.yaml")

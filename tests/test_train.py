@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from warmstart.kernels.masks import document_attention_mask
 from warmstart.model import ModelSpec, load_model
-from warmstart.train import (
+from warmstart.train.loop import (
     LOG_FIELDS,
     TrainConfig,
     Trainer,
@@ -176,7 +176,7 @@ def test_run_log_checkpoints_export(assets, tmp_path):
     assert load_model(out).config.vocab_size == model.config.vocab_size == 300
     with pytest.raises(FileExistsError):
         train(cfg)  # an out_dir with checkpoints needs resume=True
-    from warmstart.train import main
+    from warmstart.train.loop import main
 
     assert main(["--export", str(tmp_path / "run/checkpoints/step0000004"), "--out", str(tmp_path / "exp4")]) == 0
     assert_same_weights(tmp_path / "exp4", tmp_path / "run/checkpoints/step0000004")
@@ -184,7 +184,7 @@ def test_run_log_checkpoints_export(assets, tmp_path):
 
 def test_benchmark_overhead_report(assets, tmp_path):
     """The report's contract only: timings on a shared CPU say nothing (speed ratios belong in benchmarks)."""
-    from warmstart.bench_trainer import benchmark_overhead
+    from warmstart.train.bench import benchmark_overhead
 
     cfg = TrainConfig(**make_cfg(assets, tmp_path / "b"))
     for steps, warmup in ((8, 8), (10, 4)):  # steps must be a larger multiple of warmup
@@ -445,7 +445,7 @@ def test_masked_share_learns_masked_prediction(assets, tmp_path):
     better (masked-token loss lower by > 0.1 nat; observed ~0.35) than a causal-only one."""
     from transformers import AutoTokenizer
 
-    from warmstart.train import build_stream
+    from warmstart.train.loop import build_stream
 
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(WORDS_A, 40, seed=7)))

@@ -183,7 +183,7 @@ class TinyModel(_Section):
 
 
 class Optim(_Section):
-    """One training phase's schedule and optimiser (see warmstart.train.TrainConfig)."""
+    """One training phase's schedule and optimiser (see warmstart.train.loop.TrainConfig)."""
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0, le=1.0)
@@ -285,7 +285,7 @@ class Arm(_Section):
 
 class Study(_Section):
     """The study's training seeds and its runs beyond one per swap method (:mod:`warmstart.runs`). The DVC
-    study trains with shared.seed; `make seed-spread` (:mod:`warmstart.seeds`) trains every run per seed."""
+    study trains with shared.seed; `make seed-spread` (:mod:`warmstart.evaluate.seed_spread`) trains every run per seed."""
 
     seeds: list[int] = Field(default=[1337], min_length=1)
     arms: dict[str, Arm]
@@ -330,7 +330,7 @@ class Spikes(_Section):
         if self.score_min_periods > self.score_window:
             raise ValueError(f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})")
         if self.method == "robust":
-            from warmstart.robust_params import RobustParams  # the detector's parameters, no detector
+            from warmstart.spikes.robust_params import RobustParams  # the detector's parameters, no detector
 
             try:
                 RobustParams.from_kwargs(dict(self.params))
@@ -361,7 +361,7 @@ class ContextFinetune(Optim):
 
 
 class ContextSuite(_Section):
-    """The text retrieval suite (warmstart.longctx) at L, 2L, .. factor x L."""
+    """The text retrieval suite (warmstart.context.retrieval) at L, 2L, .. factor x L."""
 
     tasks: list[Literal["passkey", "kv_uuid", "topic", "line", "multidoc"]] = Field(default=list(LONGCTX_TASKS), min_length=1)
     items: int = Field(default=20, ge=1)  # per task and length

@@ -4,7 +4,7 @@ Small models use one or two CPU threads poorly; two processes of one thread
 each keep both cores busy. Workers are *spawned* (a fresh interpreter: no
 forked torch thread pools), each job is a picklable argument to a module-level
 function, and results come back in the order of the jobs. Each worker tunes its garbage collector
-as the stage kernels do (:func:`warmstart.kernel.tune_gc`).
+as the stage kernels do (:func:`warmstart.notebook.kernel.tune_gc`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def process_pool(fn: Callable[[Any], Any], workers: int) -> Iterator[Callable[[S
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from warmstart.kernel import tune_gc  # workers import torch and transformers too (see warmstart.kernel)
+    from warmstart.notebook.kernel import tune_gc  # workers import torch and transformers too (see warmstart.notebook.kernel)
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=tune_gc) as ex:
         yield lambda jobs: list(ex.map(fn, jobs))

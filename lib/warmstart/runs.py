@@ -23,7 +23,7 @@ Kinds:
     ``study.arms`` (``fvt-hybrid``: NorMistral's hybrid objective). Its :attr:`Run.overrides`.
 
 Seeded runs (:meth:`Run.at_seed`): the same run trained with another seed, for the run-to-run spread
-(``python -m warmstart.seeds``), under ``data/seeds/s<seed>/{runs,logs}/<name>``: the DVC study's
+(``python -m warmstart.evaluate.seed_spread``), under ``data/seeds/s<seed>/{runs,logs}/<name>``: the DVC study's
 directories never hold them.
 
 Derived runs start from the *adapted* model (:func:`adapted_run`: the evaluation's best run, or one

@@ -2,15 +2,15 @@
 
 Kept light (nothing is imported here); the modules are:
 
-:mod:`warmstart.context.methods`
+:mod:`warmstart.context.rope_scaling`
     The registry of extension methods (``none``, ``pi``, ``ntk``,
     ``ntk_margin``, ``dynamic``, ``ntk_parts``, ``yarn``, ``ntk_yarn``,
     ``llama3``, ``theta``), each expressed as transformers' native
-    ``rope_parameters``: :func:`~warmstart.context.methods.rope_config`,
-    :func:`~warmstart.context.methods.extend` (a new model whose rotary
-    embeddings are rebuilt), :func:`~warmstart.context.methods.extend_dir`
+    ``rope_parameters``: :func:`~warmstart.context.rope_scaling.rope_config`,
+    :func:`~warmstart.context.rope_scaling.extend` (a new model whose rotary
+    embeddings are rebuilt), :func:`~warmstart.context.rope_scaling.extend_dir`
     (a model dir, loadable by plain ``AutoModelForCausalLM``) and
-    :func:`~warmstart.context.methods.closed_form` (each method's frequencies
+    :func:`~warmstart.context.rope_scaling.closed_form` (each method's frequencies
     and attention scaling computed from the published formulas, in float64).
 :mod:`warmstart.context.traps`
     The measured pitfalls of RoPE extension (config edits that change
@@ -27,5 +27,5 @@ Kept light (nothing is imported here); the modules are:
 :mod:`warmstart.context.stats`
     Wilson intervals.
 
-The text suite for real models is :mod:`warmstart.longctx`.
+The text suite for real models is :mod:`warmstart.context.retrieval`.
 """

@@ -1,7 +1,7 @@
 """``python -m warmstart.context plan``: plan a real-scale context extension (see :mod:`warmstart.context.plan`).
 
 ``python -m warmstart.context seeds``: the study's retrieval testbed once per training seed
-(:mod:`warmstart.context.seeds`, ``make testbed-seeds``), ``reports/metrics/testbed_seeds.json``.
+(:mod:`warmstart.context.testbed_seeds`, ``make testbed-seeds``), ``reports/metrics/testbed_seeds.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "seeds":
         from warmstart.config import load_params
-        from warmstart.context.seeds import measure
+        from warmstart.context.testbed_seeds import measure
 
         rec = measure(load_params(args.params), args.seeds)
         zs = ", ".join(f"{s}: {b} {r['zero_shot_at_factor_L'][b]:.2f}" if (b := r["best_zero_shot"]) else f"{s}: none"

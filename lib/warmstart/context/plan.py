@@ -5,8 +5,8 @@ real Mistral-family checkpoint, for instance from 4K to 16K tokens, on a GPU
 node. :func:`plan` reads only the checkpoint's ``config.json`` (no weights) and
 returns what the run needs and costs:
 
-* the extended ``rope_parameters`` (:func:`warmstart.context.methods.rope_config`);
-* a :class:`warmstart.train.TrainConfig` for the fine-tune (attention through
+* the extended ``rope_parameters`` (:func:`warmstart.context.rope_scaling.rope_config`);
+* a :class:`warmstart.train.loop.TrainConfig` for the fine-tune (attention through
   SDPA or FlashAttention-2, bf16 autocast, document-packed long rows) and the
   ``accelerate launch`` command for FSDP2 over ``processes`` devices;
 * per-device memory: parameters, gradients and AdamW states (fp32 master
@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from warmstart.context.methods import rope_config
+from warmstart.context.rope_scaling import rope_config
 from warmstart.flops import GPU_PEAK, flops_per_token, shape
 
 GIB = 1024**3
@@ -152,13 +152,13 @@ def describe(p: dict[str, Any]) -> str:
 def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, steps: int = 2,
             activation_checkpointing: bool | None = None, **opts: Any) -> dict:  # fmt: skip
     """Extend a tiny ``arch`` model and fine-tune it ``steps`` steps at the new length on CPU, through the
-    real path (:func:`~warmstart.context.methods.extend_dir`, :func:`plan`'s run config, the trainer).
+    real path (:func:`~warmstart.context.rope_scaling.extend_dir`, :func:`plan`'s run config, the trainer).
     ``activation_checkpointing`` overrides the plan's choice (a tiny model always fits)."""
-    from warmstart.context.methods import extend_dir
+    from warmstart.context.rope_scaling import extend_dir
     from warmstart.context.tasks import save_tokenizer
     from warmstart.io import write_jsonl
     from warmstart.model import build_model, save_model
-    from warmstart.train import TrainConfig, train
+    from warmstart.train.loop import TrainConfig, train
 
     out = Path(out)
     tok_dir = save_tokenizer(out / "tokenizer")

@@ -1,8 +1,8 @@
-"""Binomial intervals for exact-match accuracies (Wilson 1927, the score interval; :func:`warmstart.stats.wilson`)."""
+"""Binomial intervals for exact-match accuracies (Wilson 1927, the score interval; :func:`warmstart.evaluate.intervals.wilson`)."""
 
 from __future__ import annotations
 
-from warmstart.stats import wilson as _wilson
+from warmstart.evaluate.intervals import wilson as _wilson
 
 
 def wilson(successes: int, n: int) -> tuple[float, float]:

@@ -10,13 +10,13 @@
    holds the tasks that fit in it) and fine-tune corpora at ``L``, ``2L``
    and ``factor x L`` packed into rows of ``factor x L``.
 2. **train**: a fresh small Llama (``max_position_embeddings = L``) trained
-   at ``seq_len = L`` through the project's trainer (:func:`warmstart.train.train`),
+   at ``seq_len = L`` through the project's trainer (:func:`warmstart.train.loop.train`),
    the curriculum as its ``corpus_schedule``.
 3. **zero-shot**: every method of ``methods`` applied to it
-   (:func:`~warmstart.context.methods.extend`) and scored at each length
+   (:func:`~warmstart.context.rope_scaling.extend`) and scored at each length
    of ``eval_factors x L``.
 4. **fine-tune**: each method of ``finetune_methods`` written as a model dir
-   (:func:`~warmstart.context.methods.extend_dir`), trained
+   (:func:`~warmstart.context.rope_scaling.extend_dir`), trained
    ``finetune_steps`` more through the trainer on rows of ``factor x L``
    (``finetune_mix``: long items and packed short ones, as Alfred mixed long
    and short data, so that extending does not cost the trained length),
@@ -54,7 +54,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from warmstart.context import tasks as T
-from warmstart.context.methods import METHODS, check_factor, check_method, extend, extend_dir
+from warmstart.context.rope_scaling import METHODS, check_factor, check_method, extend, extend_dir
 from warmstart.context.stats import accuracy_cell
 from warmstart.pool import process_pool
 
@@ -88,7 +88,7 @@ class TestbedConfig(BaseModel):
     layers: int = Field(default=2, ge=1)
     heads: int = Field(default=2, ge=1)
     rope_theta: float = Field(default=10000.0, gt=0)
-    # training at L (through warmstart.train)
+    # training at L (through warmstart.train.loop)
     train_steps: int = Field(default=1200, ge=1)
     # (share of steps, item length as a share of L): items shorter than L are packed several per row, document-masked
     curriculum: list[tuple[float, float]] = [(0.0, 1 / 8), (0.1, 1 / 4), (0.2, 1 / 2), (0.3, 1.0)]
@@ -279,9 +279,9 @@ def _train_common(cfg: TestbedConfig) -> dict[str, Any]:
 
 
 def train_base(cfg: TestbedConfig, data: dict[str, Any], out_dir: Path) -> Path:
-    """The small Llama trained at ``L`` through :func:`warmstart.train.train`; returns its exported model dir."""
+    """The small Llama trained at ``L`` through :func:`warmstart.train.loop.train`; returns its exported model dir."""
     from warmstart.model import ModelSpec
-    from warmstart.train import TrainConfig, train
+    from warmstart.train.loop import TrainConfig, train
 
     spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, max_pos=cfg.trained_len,
                      rope_theta=cfg.rope_theta, seed=cfg.seed)  # fmt: skip
@@ -296,7 +296,7 @@ def train_base(cfg: TestbedConfig, data: dict[str, Any], out_dir: Path) -> Path:
 
 def finetune(cfg: TestbedConfig, method: str, base_dir: Path, data: dict[str, Any], out_dir: Path) -> Path:
     """``method`` applied to the trained model on disk, fine-tuned at ``factor x L``; returns the exported dir."""
-    from warmstart.train import TrainConfig, train
+    from warmstart.train.loop import TrainConfig, train
 
     ext = extend_dir(base_dir, out_dir / "extended", method, cfg.factor, cfg.trained_len,
                      **cfg.method_opts.get(method, {}))  # fmt: skip

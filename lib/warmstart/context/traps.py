@@ -4,7 +4,7 @@ Each function returns a number a test (and the report) can hold on to:
 
 * :func:`config_edit_gap`: editing ``model.config`` of a built model changes
   no logit (``inv_freq`` was computed at construction), while
-  :func:`~warmstart.context.methods.extend` does.
+  :func:`~warmstart.context.rope_scaling.extend` does.
 * :func:`missing_original_gap`: YaRN/llama3 frequencies when
   ``original_max_position_embeddings`` is left out and transformers fills
   in ``max_position_embeddings`` (the new length) instead of the trained one.
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from warmstart.context.methods import _apply_fields, extend, head_dim, model_rope, ntk_base, rope_config
+from warmstart.context.rope_scaling import _apply_fields, extend, head_dim, model_rope, ntk_base, rope_config
 
 
 @torch.no_grad()

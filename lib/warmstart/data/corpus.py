@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..config import Params
-from ..io import atomic_dir, read_jsonl, write_jsonl
-from .clean import Deduplicator, LanguageFilter, utf8_len, words
-from .sources import Document, SourceReport, iter_documents
-from .split import SPLITS, assign_splits
+from warmstart.config import Params
+from warmstart.io import atomic_dir, read_jsonl, write_jsonl
+from warmstart.data.clean import Deduplicator, LanguageFilter, utf8_len, words
+from warmstart.data.sources import Document, SourceReport, iter_documents
+from warmstart.data.split import SPLITS, assign_splits
 
 FILTERS = ("code", "min_chars", "langid", "exact_dup", "near_dup")
 

@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import HandbookSource, HFSource, LocalSource, Params, check_languages
-from . import handbook
-from .handbook import Paragraph
+from warmstart.config import HandbookSource, HFSource, LocalSource, Params, check_languages
+from warmstart.data import handbook
+from warmstart.data.handbook import Paragraph
 
 _PARA_SPLIT = re.compile(r"\n\s*\n")
 _WS = re.compile(r"\s+")

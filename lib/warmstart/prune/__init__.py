@@ -21,37 +21,12 @@ Modules (each imports only those above it):
 * ``slicing``: ``prune_model``, ``save_pruned``, ``pruned_config``, ``sliced_state_dict``;
 * ``masking``: ``mask_model``, ``apply_mask``, ``masking_check``, ``lm_loss``;
 * ``bench``: the 1B-shape CPU benchmark (``python -m warmstart.prune bench``; not re-exported).
-
-Light: importing the package runs no submodule; each name is imported on
-first use (module ``__getattr__``). The same names are imported statically
-under ``TYPE_CHECKING``, so type checkers and ``warmstart.stages``' static
-import closure (the DVC deps of a stage that does ``from warmstart.prune
-import ...``) see the modules that actually run; a test keeps both lists equal.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from warmstart.lazy import lazy_exports
-
-if TYPE_CHECKING:  # never executed: for type checkers and the static DVC dependency closure
-    from warmstart.prune.arch import SUPPORTED, Dims, check_model, count_params, dims_of, params_of
-    from warmstart.prune.importance import Importance, estimate_importance, random_importance
-    from warmstart.prune.masking import apply_mask, lm_loss, mask_model, masking_check
-    from warmstart.prune.plan import PrunePlan, PruneTarget, make_plan, resolve_target, target_for_budget
-    from warmstart.prune.slicing import prune_model, pruned_config, save_pruned, sliced_state_dict
-
-_NAMES = {
-    "SUPPORTED": "arch", "Dims": "arch", "check_model": "arch", "count_params": "arch", "dims_of": "arch",
-    "params_of": "arch",
-    "Importance": "importance", "estimate_importance": "importance", "random_importance": "importance",
-    "apply_mask": "masking", "lm_loss": "masking", "mask_model": "masking", "masking_check": "masking",
-    "PrunePlan": "plan", "PruneTarget": "plan", "make_plan": "plan", "resolve_target": "plan",
-    "target_for_budget": "plan",
-    "prune_model": "slicing", "pruned_config": "slicing", "save_pruned": "slicing", "sliced_state_dict": "slicing",
-}  # fmt: skip
-__all__ = sorted(_NAMES)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
+from warmstart.prune.arch import SUPPORTED, Dims, check_model, count_params, dims_of, params_of
+from warmstart.prune.importance import Importance, estimate_importance, random_importance
+from warmstart.prune.masking import apply_mask, lm_loss, mask_model, masking_check
+from warmstart.prune.plan import PrunePlan, PruneTarget, make_plan, resolve_target, target_for_budget
+from warmstart.prune.slicing import prune_model, pruned_config, save_pruned, sliced_state_dict

@@ -70,9 +70,9 @@ def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto
 
 def event_context(records: list[dict], events: Any) -> list[dict | None]:
     """Per event, which instability signal (attention logit, log Z, update ratio; logged by the trainer with
-    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.instability.moved_first`);
+    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.stability.analysis.moved_first`);
     None per event when the log has no signals."""
-    from warmstart.instability import SIGNALS, moved_first, trajectory
+    from warmstart.stability.analysis import SIGNALS, moved_first, trajectory
 
     if not any(k in r for r in records for k in SIGNALS if k != "grad_norm"):  # grad_norm is in every log
         return [None for _ in events]
@@ -89,7 +89,7 @@ def run_stage(params, show: bool = True) -> dict:
     """The spikes stage: detection on every study run, figures, tables, metrics and the report fragment."""
     import time
 
-    from warmstart.fragments import table, write_fragment
+    from warmstart.report.fragments import table, write_fragment
     from warmstart.io import write_json
 
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def run_stage(params, show: bool = True) -> dict:
     short = [r["run"] for r in rows if r["armed_from"] is None]
     if short:
         paras.append("Too few log records for the detector to arm in: " + ", ".join(short) + ".")
-    from warmstart.labels import COLUMNS
+    from warmstart.report.labels import COLUMNS
 
     human = {c: COLUMNS.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
     tables = [table(runs.rename(columns=human), "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []

@@ -6,7 +6,7 @@ Transformer training instabilities", arXiv 2309.14322) reproduce
 attention-logit growth and output-logit divergence in small models at high
 learning rates, mitigated by qk-layernorm and z-loss, and summarise a sweep
 by its *LR sensitivity*. This package generalises the opt-in
-:mod:`warmstart.ablations` (LR sweep, induced spike, rollback) into the
+:mod:`warmstart.stability.ablations` (LR sweep, induced spike, rollback) into the
 default pipeline's ``stability`` stage::
 
     from warmstart.stability import StabilityConfig, run_study, plots, findings, table_rows
@@ -14,9 +14,9 @@ default pipeline's ``stability`` stage::
     figs = plots(result, Path("reports/figures/stability"))          # [{"path", "caption"}]
     paragraphs, rows = findings(result), table_rows(result)
 
-What runs (every run through the project's trainer, :mod:`warmstart.train`,
+What runs (every run through the project's trainer, :mod:`warmstart.train.loop`,
 in this process, with ``signals_every`` so the log carries the instability
-signals of :mod:`warmstart.signals`):
+signals of :mod:`warmstart.train.signals`):
 
 1. One **base** per architecture the warm starts need (``llama`` for the
    baseline and z-loss, ``qwen3`` for qk-norm), pretrained on the source
@@ -30,9 +30,9 @@ signals of :mod:`warmstart.signals`):
    Per run: held-out loss before and after (the **final loss is the held-out
    cross-entropy** on ``eval_rows`` rows of the target's held-out documents,
    not the last training loss, which is also kept as ``final_train_loss``),
-   ``diverged`` (:func:`warmstart.instability.diverged`), the spike detector's events, the
+   ``diverged`` (:func:`warmstart.stability.analysis.diverged`), the spike detector's events, the
    signals' summary and trajectory, and for a run that spiked or diverged
-   which signal moved first before the loss (:mod:`warmstart.instability`).
+   which signal moved first before the loss (:mod:`warmstart.stability.analysis`).
 3. **LR sensitivity** per (variant, init), clipped at the runs' own initial
    held-out loss (Wortsman's definition) and at ln|V| (a clip common to warm
    and scratch: a warm start whose new vocabulary rows were never trained
@@ -55,7 +55,7 @@ sweep runs (hidden 64, 2 layers, 8 x 64 tokens per step) a step costs ~55 ms
 on one core (the LM head dominates) against ~12 ms with the toy pair's 512
 tokens, i.e. ~8 minutes for the sweep alone; and a warm start needs a base
 pretrained on the source language plus a vocabulary swap. The synthetic pair
-of :mod:`warmstart.ablations` (one random bigram grammar over two disjoint
+of :mod:`warmstart.stability.ablations` (one random bigram grammar over two disjoint
 made-up vocabularies, one BPE tokenizer over both) shares structure by
 construction, so the warm start has something to transfer (it beats scratch
 at low learning rates), and the sweep fits. ``run_study(..., data=...)``
@@ -99,7 +99,7 @@ seed 1337 | seed 0:
   to the checkpoint 10 steps earlier; final held-out loss 1.699 unmitigated,
   1.691 mitigated, 1.690 clean | 1.839, 1.841, 1.833.
 
-Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`warmstart.instability` (pure, shared with the spikes stage:
+Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`warmstart.stability.analysis` (pure, shared with the spikes stage:
 :func:`lr_sensitivity`, :func:`moved_first`, ...), :mod:`.run`
 (:func:`run_study`), :mod:`.report` (:func:`findings`, :func:`table_rows`,
 :func:`plots`, :func:`headline`).
@@ -107,34 +107,15 @@ Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`warmstart.instability`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from warmstart.lazy import lazy_exports
-
-# Light: importing the package runs no submodule (its pure analysis is warmstart.instability);
-# names load on first use. The same imports, statically, for type checkers and the DVC import closure.
-if TYPE_CHECKING:
-    from warmstart.instability import (
-        diverged,
-        first_crossing,
-        first_move,
-        loss_onset,
-        lr_sensitivity,
-        moved_first,
-        trajectory,
-    )
-    from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
-    from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
-    from warmstart.stability.run import run_study, sensitivities
-
-_NAMES = {
-    **dict.fromkeys(("diverged", "first_crossing", "first_move", "loss_onset", "lr_sensitivity", "moved_first",
-                     "trajectory"), "warmstart.instability"),
-    **dict.fromkeys(("VARIANTS", "InducedSpike", "ModelShape", "MovedRule", "StabilityConfig"), "config"),
-    **dict.fromkeys(("findings", "headline", "plots", "sensitivity_rows", "table_rows"), "report"),
-    **dict.fromkeys(("run_study", "sensitivities"), "run"),
-}  # fmt: skip
-__all__ = sorted(_NAMES)
-
-
-__getattr__, __dir__ = lazy_exports(__name__, _NAMES)
+from warmstart.stability.analysis import (
+    diverged,
+    first_crossing,
+    first_move,
+    loss_onset,
+    lr_sensitivity,
+    moved_first,
+    trajectory,
+)
+from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
+from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
+from warmstart.stability.run import run_study, sensitivities

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from warmstart.instability import WORTSMAN_SIGNALS, finite, sensitivity_reduction_pct
+from warmstart.stability.analysis import WORTSMAN_SIGNALS, finite, sensitivity_reduction_pct
 
 LABELS = {"baseline": "baseline (Llama)", "qk_norm": "qk-norm (Qwen3)", "z_loss": "z-loss",
           "qk_norm+z_loss": "qk-norm + z-loss"}  # fmt: skip

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from warmstart import instability as A
+from warmstart.stability import analysis as A
 from warmstart.pool import process_pool
 from warmstart.stability.config import VARIANTS, StabilityConfig
 
@@ -22,9 +22,9 @@ DATA_KEYS = ("source_train", "target_train", "target_val", "source_tokenizer", "
 
 
 def toy_data(root: Path, cfg: StabilityConfig) -> dict[str, Any]:
-    """The synthetic language pair of :mod:`warmstart.ablations` (one BPE tokenizer over both languages), the
+    """The synthetic language pair of :mod:`warmstart.stability.ablations` (one BPE tokenizer over both languages), the
     target's last ``val_docs`` documents held out."""
-    from warmstart.ablations import make_assets
+    from warmstart.stability.ablations import make_assets
 
     assets = make_assets(Path(root), cfg.seed, cfg.toy_vocab_size)
     lines = Path(assets["files"]["target"][0]).read_text().splitlines()
@@ -132,7 +132,7 @@ def detect_events(log_path: Path, records: list[dict], cfg: StabilityConfig) -> 
 
 def _run(cfg: StabilityConfig, tc: dict, rows) -> tuple[Any, float | None, float | None, list[dict], float, float]:
     """Train one run in this process; (result, held-out loss before, after, log records, seconds, CPU seconds)."""
-    from warmstart.train import Trainer, TrainConfig
+    from warmstart.train.loop import Trainer, TrainConfig
 
     t0, c0 = time.perf_counter(), time.process_time()
     shutil.rmtree(tc["out_dir"], ignore_errors=True)
@@ -149,7 +149,7 @@ def _run(cfg: StabilityConfig, tc: dict, rows) -> tuple[Any, float | None, float
 def train_base(cfg: StabilityConfig, data: dict, arch: str, out: Path) -> dict:
     """Pretrain the ``arch`` base on the source language; swap its vocabulary to the target tokenizer if the
     two differ. Returns the warm start's model dir and the base's record."""
-    from warmstart.train import train
+    from warmstart.train.loop import train
 
     t0, c0 = time.perf_counter(), time.process_time()
     d = out / f"base-{arch}"

@@ -46,7 +46,7 @@ from typing import Any
 from warmstart.io import write_json, write_jsonl
 from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
-from warmstart.study import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, read_run, summarize_log
+from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, read_run, summarize_log
 
 _COMMON = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
            "vocab_swap.methods", "study.arms", "base.trust_remote_code", "compress.teacher")  # fmt: skip
@@ -94,7 +94,7 @@ def teacher_dir(params: Any) -> tuple[str, Path]:
 
 def _train_config(params: Any, model_path: Path, out_dir: Path, optim: Any, **kw: Any) -> Any:
     """A run of ``model_path`` on the target training text (the students' and the correction's)."""
-    from warmstart.train import TrainConfig
+    from warmstart.train.loop import TrainConfig
 
     return TrainConfig(
         model_path=str(model_path), train_files={"target": [corpus_file(params, params.shared.target_lang)]},
@@ -149,7 +149,7 @@ def _calibration(params: Any, tok: Any) -> list:
 
 def masking_metric(params: Any, tok: Any) -> Any:
     """The masking check's metric: ``model -> target bits per byte`` on ``compress.eval_bytes`` of held-out text."""
-    from warmstart.bpb import bits_per_byte, held_out_texts
+    from warmstart.evaluate.bpb import bits_per_byte, held_out_texts
 
     texts = held_out_texts(params, params.shared.target_lang, "val", params.compress.eval_bytes)
     return lambda m: bits_per_byte(m, tok, texts, params.pretrain.seq_len)["bits_per_byte"]
@@ -259,7 +259,7 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
     from warmstart.model import count_params as n_params
     from warmstart.model import load_model
     from warmstart.prune import count_params
-    from warmstart.train import list_checkpoints
+    from warmstart.train.loop import list_checkpoints
 
     params = declared(params, "compress_run", PARAMS["compress_run"])
     if variant not in VARIANTS:
@@ -308,7 +308,7 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
 
 def run(params: Any, show: bool = False) -> dict[str, Any]:
     """Collect every variant against the teacher and scratch: metrics, figures, fragment and card."""
-    from warmstart.compress_summary import collect
+    from warmstart.prune.summary import collect
 
     params = declared(params, "compress", PARAMS["compress"])
     return collect(params, show=show)

@@ -17,7 +17,7 @@ kinds of stage bring that comparison into the study (:mod:`warmstart.context`):
     "2K baseline": the same fine-tune tokens at the original length, nothing
     extended, which measures what the extension costs at short context. Before
     and after the fine-tune: long-document bits per byte at ``L, 2L, ..``, by
-    position, and the text retrieval suite (:mod:`warmstart.longctx`). Details:
+    position, and the text retrieval suite (:mod:`warmstart.context.retrieval`). Details:
     ``reports/context/<method>.json``; the run's log and ``run.json`` under
     ``data/logs/context-<method>``.
 ``context``
@@ -37,7 +37,7 @@ from typing import Any
 from warmstart.io import read_jsonl, write_json, write_jsonl
 from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
-from warmstart.study import fresh_dir, launch, merge_logs, read_run, summarize_log
+from warmstart.train.launch import fresh_dir, launch, merge_logs, read_run, summarize_log
 
 _COMMON = ("shared.seed", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.arms",
            "pretrain.seq_len", "base.trust_remote_code")  # fmt: skip
@@ -72,7 +72,7 @@ def run_testbed(params: Any) -> dict[str, Any]:
 
 def _measure(model: Any, tok: Any, params: Any, lengths: list[int], texts: list[str], suite: list | None) -> dict:
     from warmstart.context.measure import bpb_by_length, bpb_by_position
-    from warmstart.longctx import score_suite
+    from warmstart.context.retrieval import score_suite
 
     c = params.context
     # up to 4 windows of the longest length (fewer when the test text is short, e.g. the smoke profile)
@@ -93,11 +93,11 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     """Extend the adapted model with ``method`` (or ``short``), measure, fine-tune, measure again."""
     from transformers import AutoTokenizer
 
-    from warmstart.bpb import first_bytes
-    from warmstart.context.methods import METHODS, extend_dir
-    from warmstart.longctx import build_suite
+    from warmstart.evaluate.bpb import first_bytes
+    from warmstart.context.rope_scaling import METHODS, extend_dir
+    from warmstart.context.retrieval import build_suite
     from warmstart.model import load_model
-    from warmstart.train import TrainConfig
+    from warmstart.train.loop import TrainConfig
 
     params = declared(params, "context_run", PARAMS["context_run"])
     if method != SHORT and method not in METHODS:
@@ -158,7 +158,7 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
 
 def run(params: Any, show: bool = False) -> dict[str, Any]:
     """Collect the testbed and the per-method runs: metrics, figures, fragment and card."""
-    from warmstart.context_summary import collect
+    from warmstart.context.summary import collect
 
     params = declared(params, "context", PARAMS["context"])
     return collect(params, show=show)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmstart import fragments
-from warmstart.describe import corpus_sources
+from warmstart.report import fragments
+from warmstart.report.describe import corpus_sources
 from warmstart.data.corpus import build_corpus, corpus_table, filter_table
 from warmstart.io import write_json
 from warmstart.stages import declared, save_figure, write_headline

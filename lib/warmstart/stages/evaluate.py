@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: every run of the study at every step-tagged checkpoint (:mod:`warmstart.evaluate`).
+"""Stage ``evaluate``: every run of the study at every step-tagged checkpoint (:mod:`warmstart.evaluate.runs`).
 
 Details: ``reports/evaluate/`` (``eval.json`` with 95% intervals, ``swap_study.json``,
 per-checkpoint and final tables, ``doc_nll.json`` (per-text NLL), figures); headline: ``reports/metrics/evaluate.json`` (final
@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from warmstart import stats
-from warmstart.describe import fmt_ci, fmt_flops, fmt_num
-from warmstart.evaluate import (
+from warmstart.evaluate import intervals as stats
+from warmstart.report.describe import fmt_ci, fmt_flops, fmt_num
+from warmstart.evaluate.runs import (
     covers,
     evaluate_runs,
     flops_table,
@@ -31,13 +31,13 @@ from warmstart.evaluate import (
     seed_summary,
     swap_study,
 )
-from warmstart.fragments import table, write_fragment
-from warmstart.labels import Labels
+from warmstart.report.fragments import table, write_fragment
+from warmstart.report.labels import Labels
 from warmstart.io import write_json
-from warmstart.seeds import seed_checkpoints, spread_for
+from warmstart.evaluate.seed_spread import seed_checkpoints, spread_for
 from warmstart.stages import declared, write_headline
 
-# corpus ... pretrain whole: the seed spread's fingerprint (warmstart.seeds) reads them, to use the spread only
+# corpus ... pretrain whole: the seed spread's fingerprint (warmstart.evaluate.seed_spread) reads them, to use the spread only
 # when it was measured for this configuration
 PARAMS = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",

@@ -2,7 +2,7 @@
 
 An arm (``study.arms``) is a swap method's model trained with some ``pretrain`` settings changed.
 :func:`run` with a ``seed`` trains the same run with that seed into ``data/seeds/s<seed>`` and writes
-no report (``python -m warmstart.seeds``).
+no report (``python -m warmstart.evaluate.seed_spread``).
 
 Every study run has the same two phases (NorMistral's stage 2.2 then 2.3):
 phase 1 trains only ``pretrain.phase1_train_only`` (embeddings and LM head)
@@ -30,16 +30,16 @@ from typing import Any
 
 import torch
 
-from warmstart.bpb import first_bytes
+from warmstart.evaluate.bpb import first_bytes
 from warmstart.data.corpus import load_texts
 from warmstart.flops import flops_per_token
 from warmstart.io import write_json, write_jsonl
 from warmstart.model import count_params, load_model
 from warmstart.runs import base_model_dir, get_run
 from warmstart.stages import declared, write_headline
-from warmstart.study import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
+from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
 from warmstart.tokenizer import fertility
-from warmstart.train import TrainConfig, list_checkpoints
+from warmstart.train.loop import TrainConfig, list_checkpoints
 
 _COMMON = (
     "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",

@@ -5,11 +5,11 @@ Reads the fragments, the metrics files and the stages' small records
 when it exists) and the runs' records and step logs (``data/logs``); never a
 checkpoint. Measures the device's peak FLOP/s (:func:`warmstart.flops.peak_record`:
 a GPU's datasheet, or a robust CPU matmul measurement recorded in the
-provenance) for the throughput section. Typesetting: :mod:`warmstart.report`;
-the summary: :mod:`warmstart.findings`; the card: :mod:`warmstart.model_card`;
-the words for the run: :mod:`warmstart.describe`; labels: :mod:`warmstart.labels`.
+provenance) for the throughput section. Typesetting: :mod:`warmstart.report.build`;
+the summary: :mod:`warmstart.report.findings`; the card: :mod:`warmstart.report.model_card`;
+the words for the run: :mod:`warmstart.report.describe`; labels: :mod:`warmstart.report.labels`.
 After writing the PDF it renders every page and checks the invariants
-(:func:`warmstart.report.check_pages`; skipped, and said so, without ``pdftoppm``).
+(:func:`warmstart.report.build.check_pages`; skipped, and said so, without ``pdftoppm``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.describe import ReportError, base_model, corpus_sources, report_title, stage_record
-from warmstart.evaluate import best_run, load_run
-from warmstart.findings import study_summary
-from warmstart.fragments import read_fragments
+from warmstart.report.describe import ReportError, base_model, corpus_sources, report_title, stage_record
+from warmstart.evaluate.runs import best_run, load_run
+from warmstart.report.findings import study_summary
+from warmstart.report.fragments import read_fragments
 from warmstart.io import write_text
-from warmstart.labels import Labels
-from warmstart.model_card import model_card
-from warmstart.seeds import spread_section
-from warmstart.report import (
+from warmstart.report.labels import Labels
+from warmstart.report.model_card import model_card
+from warmstart.evaluate.seed_spread import spread_section
+from warmstart.report.build import (
     PARAMS,
     check_pages,
     overview_section,
@@ -38,7 +38,7 @@ from warmstart.report import (
     run_logs,
 )
 from warmstart.stages import declared
-from warmstart.throughput import throughput_analysis, throughput_section
+from warmstart.report.throughput import throughput_analysis, throughput_section
 
 __all__ = ["PARAMS", "run"]
 
@@ -61,7 +61,7 @@ def _with_heatmap(frags: list[dict], params: Any, tmp: Path) -> list[dict]:
                 not any(Path(g["path"]).name == "bpb_heatmap.png" for g in f.get("figures", [])):  # fmt: skip
             import pandas as pd
 
-            from warmstart.evaluate import plot_bpb_heatmap
+            from warmstart.evaluate.runs import plot_bpb_heatmap
 
             sh = params.shared
             fig = plot_bpb_heatmap(pd.read_csv(ck_path), tmp / "bpb_heatmap.png", sh.source_lang, sh.target_lang)

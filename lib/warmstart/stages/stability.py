@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from warmstart.fragments import table, write_fragment
+from warmstart.report.fragments import table, write_fragment
 from warmstart.io import write_json
 from warmstart.stages import declared, write_headline
 
@@ -28,7 +28,7 @@ PARAMS = ("shared.seed", "shared.data_dir", "shared.reports_dir", "spikes", "sta
 def run(params: Any, show: bool = False) -> dict[str, Any]:
     """Run the study; write details, figures, fragment and headline; return the headline."""
     from warmstart.stability import StabilityConfig, findings, plots, run_study, table_rows
-    from warmstart.study import fresh_dir
+    from warmstart.train.launch import fresh_dir
 
     params = declared(params, "stability", PARAMS)
     sp = params.spikes

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from warmstart import fragments
+from warmstart.report import fragments
 from warmstart.data.corpus import load_texts
 from warmstart.io import write_json
 from warmstart.stages import declared, save_figure, write_headline

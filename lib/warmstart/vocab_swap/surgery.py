@@ -2,7 +2,7 @@
 
 :func:`swap_embeddings` works on plain tensors and tokenizers, so a
 131072 x 5120 matrix is swapped without building a model
-(``python -m warmstart.bench_swap``). :func:`swap_model` applies it to a
+(``python -m warmstart.vocab_swap.bench``). :func:`swap_model` applies it to a
 model in memory (embeddings, head and its bias, tied weights, config and
 generation config), :func:`swap_model_dir` to a model directory.
 """

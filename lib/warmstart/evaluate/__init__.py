@@ -1,0 +1,9 @@
+"""Measurement: bits per byte, every checkpoint of every run, probes, intervals and the seed spread.
+
+* ``bpb``: bits per byte, the loss that compares models with different tokenizers;
+* ``runs``: every run of the study at every step-tagged checkpoint (the evaluate stage's work);
+* ``tables``: the evaluation's tables and figures;
+* ``probes``: cloze, translation and masked-token probes of what a model can do in each language;
+* ``intervals``: Wilson intervals, bootstraps and paired differences (through ``scipy.stats``);
+* ``seed_spread``: every study run trained again per seed (``python -m warmstart.evaluate.seed_spread``).
+"""

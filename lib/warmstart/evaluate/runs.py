@@ -1,0 +1,648 @@
+"""The evaluate stage: every run of the study, every step-tagged checkpoint.
+
+What is measured (:mod:`warmstart.stages.evaluate` runs it; the notebook only shows it):
+
+* **bits per byte** (:func:`warmstart.evaluate.bpb.bits_per_byte`) on the first
+  ``evaluate.eval_bytes`` of held-out *target* text and of held-out *source*
+  text, at every checkpoint of ``run.json`` (step 0 = the initialised model).
+  Source bpb going up is forgetting.
+* the probes of :mod:`warmstart.evaluate.probes` (cloze, translation, masked token).
+* **intervals** (:mod:`warmstart.evaluate.intervals`): every bits-per-byte number is a
+  ratio of sums over the held-out texts (paragraphs), and the stage keeps each
+  text's NLL at every evaluated checkpoint (``doc_nll.json``), so it
+  bootstraps over texts: the final bits per byte of each run, the speed-up
+  over scratch (whole curves resampled together) and each run's difference to
+  the lowest run (paired: the same texts). Probe accuracies get 95% Wilson
+  intervals and their chance level; chrF a bootstrap over the pairs. These
+  intervals are evaluation-text noise only: run-to-run (seed) noise needs
+  repeated training (``reports/metrics/seed_spread.json``, read by the report).
+
+The probes run on the final checkpoint of each run by default
+(``evaluate.probe_checkpoints: final``) to stay within the CPU budget; bits
+per byte runs at every tagged checkpoint (``evaluate.checkpoints: tagged``).
+
+Outputs: ``reports/evaluate/`` (``eval.json`` with intervals, ``swap_study.json``,
+``checkpoints.csv`` long table for ``dvc plots``, ``final.csv``, ``doc_nll.json``,
+figures, the cloze tasks), ``reports/metrics/evaluate.json`` (headline),
+``reports/fragments/60_evaluate.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from warmstart.evaluate import intervals as stats
+from warmstart.evaluate.bpb import bits_per_byte, first_bytes, held_out_texts
+from warmstart.runs import run_names
+from warmstart.evaluate.probes import (
+    EvalError,
+    build_cloze_items,
+    cloze_accuracy,
+    masked_token_accuracy,
+    translation_pairs,
+    translation_probe,
+    write_cloze_task,
+)
+
+log = logging.getLogger(__name__)
+
+
+
+# ---------------------------------------------------------------- runs
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """``data/logs/<name>/run.json``, checked for the fields the evaluation needs."""
+    path = Path(run_dir, "run.json")
+    if not path.is_file():
+        raise EvalError(f"no run.json in {run_dir} (run the pretrain stage for this run)")
+    run = json.loads(path.read_text(encoding="utf-8"))
+    missing = [k for k in ("name", "kind", "tokenizer", "checkpoints", "final") if k not in run]
+    if missing:
+        raise EvalError(f"{path}: missing keys {missing}")
+    if not run["checkpoints"]:
+        raise EvalError(f"{path}: 'checkpoints' is empty (expected step 0 and the tagged checkpoints)")
+    for c in run["checkpoints"]:
+        for k in ("step", "bytes", "path"):
+            if k not in c:
+                raise EvalError(f"{path}: a checkpoint lacks {k!r}: {c}")
+    return run
+
+
+def load_runs(params: Any, names: Sequence[str] | None = None) -> list[dict]:
+    """The runs that exist under ``data/runs`` (at least one, else an error naming what is missing)."""
+    names = list(names or run_names(params))
+    runs = [load_run(params.path("logs", n)) for n in names if params.path("logs", n, "run.json").is_file()]
+    if not runs:
+        raise EvalError(f"no run.json under {params.path('logs')} for any of {names} (run the pretrain stages)")
+    return runs
+
+
+def select_checkpoints(run: dict, mode: str) -> list[dict]:
+    """Every checkpoint (``tagged``) or the last one only (``final``), in step order."""
+    ckpts = sorted(run["checkpoints"], key=lambda c: c["step"])
+    if mode == "tagged":
+        return ckpts
+    if mode == "final":
+        return ckpts[-1:]
+    raise EvalError(f"checkpoints mode must be 'tagged' or 'final', got {mode!r}")
+
+
+# ---------------------------------------------------------------- speed-up and tables
+
+
+def bytes_to_reach(curve: pd.DataFrame, target: float) -> float | None:
+    """Training bytes at which a bpb curve (columns ``bytes``, ``bpb``) first reaches ``target``.
+
+    Linear interpolation between checkpoints; 0 when step 0 is already at or
+    below ``target``; ``None`` when the curve never reaches it.
+    """
+    c = curve.sort_values("bytes")
+    b, y = c["bytes"].to_numpy(float), c["bpb"].to_numpy(float)
+    if not len(y):
+        return None
+    if y[0] <= target:
+        return 0.0
+    for i in range(1, len(y)):
+        if y[i] <= target:
+            return float(b[i - 1] + (y[i - 1] - target) / (y[i - 1] - y[i]) * (b[i] - b[i - 1]))
+    return None
+
+
+def speedup(curve: pd.DataFrame, scratch: pd.DataFrame) -> float | None:
+    """How many times fewer training bytes than scratch a run needs to reach scratch's final target bpb.
+
+    ``bytes(scratch final) / bytes(run reaches that bpb)``; ``inf`` when the
+    run starts there, ``None`` when it never gets there.
+    """
+    s = scratch.sort_values("bytes")
+    target, budget = float(s["bpb"].iloc[-1]), float(s["bytes"].iloc[-1])
+    need = bytes_to_reach(curve, target)
+    if need is None:
+        return None
+    return math.inf if need == 0 else budget / need
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _load(path: str, trust_remote_code: bool = False):
+    from warmstart.model import load_model
+
+    return load_model(path, trust_remote_code=trust_remote_code)
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> dict:
+    """Evaluate every run; returns ``{"checkpoints": DataFrame, "final": DataFrame, "translations": [...], ...}``."""
+    from tqdm.auto import tqdm
+
+    from warmstart.data.corpus import load_split
+
+    ev, sh = params.evaluate, params.shared
+    src_lang, tgt_lang = sh.source_lang, sh.target_lang
+    texts = {"target": held_out_texts(params, tgt_lang, "test", ev.eval_bytes), "source": held_out_texts(params, src_lang, "test", ev.eval_bytes)}
+    # probe items come from every held-out chapter (test, then val): neither is trained on in any language,
+    # and cloze distractors need several documents. Bits per byte uses the test split alone.
+    def held_out(lang: str) -> list[dict]:
+        val = params.path("corpus", lang, "val.jsonl")
+        return load_split(params, lang, "test") + (load_split(params, lang, "val") if val.is_file() else [])
+
+    test_recs = {lang: held_out(lang) for lang in (src_lang, tgt_lang)}
+    # the chapter each bits-per-byte text comes from (held_out_texts keeps the leading non-blank test texts)
+    docs = {}
+    for role, lang in (("target", tgt_lang), ("source", src_lang)):
+        recs = [r for r in load_split(params, lang, "test") if r["text"].strip()][: len(texts[role])]
+        docs[role] = [r.get("doc") for r in recs] if [r["text"] for r in recs] == texts[role] else []
+    cloze_items = {}
+    if ev.cloze_items:
+        for role, lang in (("target", tgt_lang), ("source", src_lang)):
+            cloze_items[role] = build_cloze_items(test_recs[lang], ev.cloze_items, ev.cloze_context_chars,
+                                                  ev.cloze_ending_chars, sh.seed)  # fmt: skip
+            write_cloze_task(cloze_items[role], params.report_path("evaluate", "cloze"), f"cloze_{lang.replace('-', '_')}")
+    pairs = translation_pairs(test_recs[src_lang], test_recs[tgt_lang], ev.translation_pairs, ev.translation_max_chars)
+    masked_texts = first_bytes([t for t in texts["target"]], ev.eval_bytes)
+    seq_len = params.pretrain.seq_len
+
+    rows, finals, translations = [], [], []
+    doc_rows: list[dict] = []
+    doc_bytes: dict[str, list[int]] = {}
+    probe_ci: dict[str, dict] = {}
+    # the masked-token probe on the runs that train with the hybrid objective and on the runs the study
+    # compares them with (an arm's reference, study.arms): what the objective buys. Not on the others (it
+    # costs ~7 s a run on 2 CPU cores and answers no question of the study).
+    hybrid = {r["name"] for r in runs if r.get("masked_share", 0)}
+    masked_runs = hybrid | {a.init for n, a in params.study.arms.items() if n in hybrid}
+    jobs = [(run, c) for run in runs for c in select_checkpoints(run, ev.checkpoints)]
+    final_paths = {run["name"]: sorted(run["checkpoints"], key=lambda c: c["step"])[-1]["path"] for run in runs}
+    bar = tqdm(jobs, desc="evaluate", disable=not progress)
+    tokenizers: dict[str, Any] = {}
+    for run, ck in bar:
+        bar.set_postfix_str(f"{run['name']}@{ck['step']}")
+        tok = tokenizers.setdefault(run["tokenizer"], _tokenizer(run["tokenizer"]))
+        model = _load(ck["path"], trust_remote_code=params.base.trust_remote_code)
+        t0 = time.perf_counter()
+        row = {"run": run["name"], "kind": run.get("kind"), "method": run.get("method"), "step": int(ck["step"]),
+               "phase": ck.get("phase"), "tokens": int(ck.get("tokens", 0)), "bytes": int(ck["bytes"])}  # fmt: skip
+        doc_row = {"run": run["name"], "step": int(ck["step"]), "bytes": int(ck["bytes"])}
+        for role in ("target", "source"):
+            r = bits_per_byte(model, tok, texts[role], seq_len=seq_len, batch_size=ev.batch_size)
+            row[f"bpb_{role}"] = r["bits_per_byte"]
+            row[f"tokens_per_byte_{role}"] = r["tokens_per_byte"]
+            doc_row[role] = r["doc_nll_nats"]
+            doc_bytes.setdefault(role, r["doc_bytes"])
+        doc_rows.append(doc_row)
+        is_final = ck["path"] == final_paths[run["name"]]
+        ci: dict[str, Any] = {}
+        if ev.probe_checkpoints == "tagged" or is_final:
+            for role, items in cloze_items.items():
+                c = cloze_accuracy(model, tok, items, batch_size=ev.batch_size)
+                row[f"cloze_acc_{role}"], row[f"cloze_acc_norm_{role}"] = c["acc"], c["acc_norm"]
+                ci[f"cloze_acc_{role}_ci"], ci[f"cloze_acc_norm_{role}_ci"] = c["acc_ci"], c["acc_norm_ci"]
+            if pairs:
+                t = translation_probe(model, tok, pairs, src_lang, tgt_lang, ev.translation_max_new_tokens,
+                                      n_boot=stats.N_BOOT if is_final else 0, seed=sh.seed)  # fmt: skip
+                row["chrf"] = t["chrf"]
+                ci["chrf_ci"] = t["chrf_ci"]
+                if is_final:
+                    translations += [{"run": run["name"], **e} for e in t["examples"]]
+            if ev.masked_items and run["name"] in masked_runs and tok.mask_token_id is not None:
+                m = masked_token_accuracy(model, tok, masked_texts, ev.masked_items, seq_len, seed=sh.seed)
+                row["masked_acc"] = m["masked_acc"]
+                ci["masked_acc_ci"], ci["masked_tokens"] = m["masked_acc_ci"], m["masked_tokens"]
+        if is_final:
+            probe_ci[run["name"]] = {k: v for k, v in ci.items() if v is not None}
+        row["eval_seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        if is_final:
+            finals.append(row)
+        del model
+    ck = pd.DataFrame(rows)
+    doc_nll = {"unit": "paragraph", "bytes": doc_bytes, "docs": docs, "checkpoints": doc_rows,
+               "languages": {"target": tgt_lang, "source": src_lang}}  # fmt: skip
+    return {"checkpoints": ck, "final": pd.DataFrame(finals), "translations": translations,
+            "cloze_items": {k: len(v) for k, v in cloze_items.items()}, "pairs": len(pairs),
+            "doc_nll": doc_nll, "probe_ci": probe_ci,
+            "cloze_chance": (1 / len(next(iter(cloze_items.values()))[0]["endings"])) if cloze_items else None}  # fmt: skip
+
+
+def _swap_metrics(params: Any, method: str | None) -> dict:
+    if not method:
+        return {}
+    p = params.report_path("vocab_swap", f"{method}.json")  # the swap stage's details
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def init_table(runs: Sequence[dict], ck: pd.DataFrame, params: Any) -> pd.DataFrame:
+    """Initialisation methods: aligned tokens, step-0 and final target bpb, speed-up against scratch."""
+    curves = {n: g.rename(columns={"bpb_target": "bpb"})[["bytes", "bpb"]] for n, g in ck.groupby("run")}
+    scratch = curves.get("scratch")
+    out = []
+    for run in runs:
+        g = ck[ck["run"] == run["name"]].sort_values("step")
+        if g.empty:
+            continue
+        sw = _swap_metrics(params, run.get("method"))
+        sp = speedup(curves[run["name"]], scratch) if scratch is not None and len(scratch) else None
+        out.append({
+            "run": run["name"], "aligned": sw.get("aligned"), "decomposed": sw.get("decomposed"),
+            "random": sw.get("random"), "new_vocab": sw.get("new_vocab"),
+            "bpb_step0": float(g["bpb_target"].iloc[0]) if int(g["step"].iloc[0]) == 0 else None,
+            "bpb_source_step0": float(g["bpb_source"].iloc[0]) if int(g["step"].iloc[0]) == 0 and "bpb_source" in g else None,
+            "bpb_final": float(g["bpb_target"].iloc[-1]), "speedup": sp,
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def swap_study(init: pd.DataFrame) -> dict:
+    """The warm-start study's numbers (``reports/metrics/swap_study.json``) and its goals, as measured.
+
+    ``speedup`` is scratch's total bytes over the bytes the run needed to reach scratch's final target
+    bits per byte (:func:`speedup`); ``goals`` are the issue's targets for the default study, each
+    ``null`` when a run it needs is missing.
+    """
+    rows = {r["run"]: {k: (None if pd.isna(v) else v) for k, v in r.items() if k != "run"} for r in init.to_dict("records")}
+    step0 = {k: v.get("bpb_step0") for k, v in rows.items()}
+    swapped = {k: v for k, v in rows.items() if k not in ("scratch", "original")}
+    best = max(swapped, key=lambda k: swapped[k].get("speedup") or 0.0) if swapped else None
+
+    def below(a: str, b: str) -> bool | None:
+        return None if step0.get(a) is None or step0.get(b) is None else bool(step0[a] < step0[b])
+
+    best_sp = swapped[best].get("speedup") if best else None
+    return {
+        "runs": rows,
+        "best_swapped": best,
+        "best_speedup": best_sp,
+        "goals": {
+            "fvt_step0_below_random": below("fvt", "random"),
+            "focus_step0_below_random": below("focus", "random"),
+            "best_speedup_at_least_3": None if best_sp is None else bool(best_sp >= 3.0),
+        },
+    }
+
+
+# ---------------------------------------------------------------- intervals
+
+
+def _curve_matrix(doc_nll: dict, run: str, role: str = "target") -> tuple[np.ndarray, np.ndarray]:
+    """``(bytes seen per checkpoint, NLL matrix (checkpoints, texts))`` of one run, in step order."""
+    rows = sorted((r for r in doc_nll["checkpoints"] if r["run"] == run), key=lambda r: r["step"])
+    return np.array([r["bytes"] for r in rows], dtype=float), np.array([r[role] for r in rows], dtype=float)
+
+
+def _reach(b: np.ndarray, y: np.ndarray, target: float) -> float | None:
+    """:func:`bytes_to_reach` on arrays sorted by bytes."""
+    if y[0] <= target:
+        return 0.0
+    hit = np.nonzero(y <= target)[0]
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    return float(b[i - 1] + (y[i - 1] - target) / (y[i - 1] - y[i]) * (b[i] - b[i - 1]))
+
+
+def speedup_samples(doc_nll: dict, run: str, weights: np.ndarray, scratch: str = "scratch") -> np.ndarray:
+    """Bootstrap replicates of :func:`speedup` (run vs scratch): every checkpoint of both curves recomputed on
+    the same resampled texts; ``inf`` where the run starts below scratch's final, NaN where it never reaches it."""
+    nbytes = np.asarray(doc_nll["bytes"]["target"], dtype=float)
+    rb, rm = _curve_matrix(doc_nll, run)
+    sb, sm = _curve_matrix(doc_nll, scratch)
+    ry, sy = stats.bpb_samples(rm, nbytes, weights), stats.bpb_samples(sm, nbytes, weights)
+    out = np.empty(len(weights))
+    for k in range(len(weights)):
+        need = _reach(rb, ry[k], float(sy[k, -1]))
+        out[k] = np.nan if need is None else (np.inf if need == 0 else sb[-1] / need)
+    return out
+
+
+def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot: int = stats.N_BOOT,
+              pairs: dict[str, str] | None = None) -> dict:  # fmt: skip
+    """Evaluation-text intervals of the final numbers, from the per-text NLL (:mod:`warmstart.evaluate.intervals`).
+
+    ``{"runs": {run: {"bpb_target_ci", "bpb_source_ci", "speedup_vs_scratch_ci"}}, "vs_lowest": {"reference":
+    run, "runs": {run: {"diff", "ci", "distinguishable"}}}, "pairs": {run: {"reference", "target": {...},
+    "source": {...}}}, "method": {...}}``; ``{}`` without per-text NLL. ``pairs`` maps a run to the run it is
+    compared with (an arm to its init): the paired difference in target and source bits per byte.
+    """
+    if not doc_nll or not doc_nll.get("checkpoints") or finals.empty:
+        return {}
+    by_final = {(r["run"], r["step"]): r for r in doc_nll["checkpoints"]}
+    final = {r["run"]: by_final.get((r["run"], int(r["step"]))) for _, r in finals.iterrows()}
+    final = {k: v for k, v in final.items() if v}
+    out_runs: dict[str, dict] = {}
+    n_texts = {role: len(doc_nll["bytes"].get(role, [])) for role in ("target", "source")}
+    weights = {role: stats.bootstrap_weights(n, n_boot, seed) for role, n in n_texts.items() if n > 1}
+    for name, row in final.items():
+        d = out_runs.setdefault(name, {})
+        for role, w in weights.items():
+            ci = stats.percentile_interval(stats.bpb_samples(row[role], doc_nll["bytes"][role], w))
+            d[f"bpb_{role}_ci"] = list(ci) if ci else None
+        if "scratch" in final and "target" in weights and name != "scratch":
+            sp = speedup_samples(doc_nll, name, weights["target"])
+            finite = np.where(np.isinf(sp), np.nan, sp)
+            ci = stats.percentile_interval(finite)
+            d["speedup_vs_scratch_ci"] = list(ci) if ci else None
+            d["speedup_never_reached_share"] = float(np.isnan(sp).mean())
+    lowest = str(finals.sort_values("bpb_target")["run"].iloc[0])
+    comp = {}
+    if lowest in final and "target" in weights:
+        for name, row in final.items():
+            if name != lowest:
+                comp[name] = stats.paired_difference(row["target"], final[lowest]["target"], doc_nll["bytes"]["target"],
+                                                     n_boot=n_boot, seed=seed)  # fmt: skip
+    paired = {}
+    for name, ref in (pairs or {}).items():
+        if name in final and ref in final:
+            paired[name] = {"reference": ref} | {
+                role: stats.paired_difference(final[name][role], final[ref][role], doc_nll["bytes"][role], n_boot=n_boot,
+                                              seed=seed) for role in weights}  # fmt: skip
+    docs = doc_nll.get("docs") or {}
+    return {
+        "runs": out_runs,
+        "vs_lowest": {"reference": lowest, "runs": comp},
+        "pairs": paired,
+        "method": {"level": stats.LEVEL, "bootstrap_samples": n_boot, "seed": seed, "unit": doc_nll.get("unit", "text"),
+                   "texts": n_texts, "chapters": {k: len(set(v)) for k, v in docs.items() if v},
+                   "note": "evaluation-text noise only (resampled held-out texts); not run-to-run (seed) noise"},
+    }  # fmt: skip
+
+
+def flops_table(runs: Sequence[dict]) -> pd.DataFrame:
+    """Per run: theoretical training FLOPs (flops per token x tokens, :mod:`warmstart.flops`), wall time, median
+    tokens/s of its step log and the achieved FLOP/s (tokens/s x FLOPs per token). No MFU: that needs a stated
+    peak and a reliability check (:func:`warmstart.flops.throughput`), which the report makes."""
+    from warmstart.flops import throughput
+
+    out = []
+    for run in runs:
+        last = sorted(run["checkpoints"], key=lambda c: c["step"])[-1]
+        fpt = run.get("flops_per_token")
+        th = throughput(read_log_records(run), fpt)
+        out.append({
+            "run": run["name"], "params": run.get("params_count"), "flops_per_token": fpt,
+            "tokens": last.get("tokens"), "train_flops": (fpt * last["tokens"]) if fpt and last.get("tokens") else None,
+            "seconds": run.get("seconds"), "tokens_per_s": th["tokens_per_s"] or run.get("mean_tokens_per_s"),
+            "step_spread": th["step_spread"], "achieved_flops": th["achieved_flops"],
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def read_log_records(run: dict) -> list[dict]:
+    p = Path(run.get("log") or "")
+    if not p.is_file():
+        return []
+    from warmstart.io import read_jsonl
+
+    return list(read_jsonl(p))
+
+
+def read_log(run: dict) -> pd.DataFrame:
+    p = Path(run.get("log") or "")
+    if not p.is_file():
+        return pd.DataFrame()
+    from warmstart.io import read_jsonl
+
+    df = pd.DataFrame(read_jsonl(p))
+    df["run"] = run["name"]
+    return df
+
+
+def marker_steps(log_df: pd.DataFrame) -> dict[str, list[int]]:
+    """Steps to mark on a loss curve: the phase-1 -> phase-2 switch and corpus hot-swaps."""
+    from warmstart.spikes.logs import hotswap_steps
+
+    out = {"phase": [], "hotswap": []}
+    if log_df.empty:
+        return out
+    if "phase" in log_df:
+        ph = log_df["phase"]
+        out["phase"] = [int(s) for s in log_df.loc[ph.ne(ph.shift(1)) & ph.shift(1).notna(), "step"]]
+    out["hotswap"] = hotswap_steps(log_df)
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+
+def seed_summary(seed_ck: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, step) over seeds: ``n`` seeds, mean ``bytes``, mean and std (ddof 1) of target and source bits
+    per byte (``bpb_target``, ``bpb_target_std``, ...), in the table's run order."""
+    g = seed_ck.groupby(["run", "step"], sort=False)
+    return g.agg(n=("seed", "nunique"), bytes=("bytes", "mean"), bpb_target=("bpb_target", "mean"),
+                 bpb_target_std=("bpb_target", "std"), bpb_source=("bpb_source", "mean"),
+                 bpb_source_std=("bpb_source", "std")).reset_index()  # fmt: skip
+
+
+def covers(seed_ck: pd.DataFrame | None, ck: pd.DataFrame) -> bool:
+    """Whether a seed table has every run and checkpoint step of the evaluation (then tables and curves use it)."""
+    if seed_ck is None or seed_ck.empty:
+        return False
+    have = set(zip(seed_ck["run"], seed_ck["step"]))
+    return all((r, int(s)) in have for r, s in zip(ck["run"], ck["step"]))
+
+
+def fmt_mean_sd(mean: Any, sd: Any, digits: int = 3) -> str:
+    """``1.843 ± 0.002`` (``–`` when the mean is missing)."""
+    if mean is None or not np.isfinite(mean):
+        return "–"
+    return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None and np.isfinite(sd) else f"{mean:.{digits}f}"
+
+
+def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
+                    seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+    """Target and source bpb against training bytes seen, one curve per run. With ``seeds`` (the
+    :func:`seed_summary` of the evaluation's runs): the mean over seeds, a band of ± 1 std."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    runs = list(dict.fromkeys(ck["run"]))
+    df = (seeds if seeds is not None else ck).assign(mb=lambda d: d["bytes"] / 1e6)
+    palette = dict(zip(runs, sns.color_palette(n_colors=len(runs))))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, role, lang in ((axes[0], "target", tgt_lang), (axes[1], "source", src_lang)):
+        sns.lineplot(data=df, x="mb", y=f"bpb_{role}", hue="run", style="run", markers=True, dashes=False, ax=ax,
+                     legend=role == "target", palette=palette, hue_order=runs, style_order=runs)  # fmt: skip
+        if seeds is not None:  # mean over seeds, band: ± 1 std
+            for run, g in df.groupby("run", sort=False):
+                sd = g[f"bpb_{role}_std"].fillna(0.0)
+                ax.fill_between(g["mb"], g[f"bpb_{role}"] - sd, g[f"bpb_{role}"] + sd, color=palette[run], alpha=0.2,
+                                linewidth=0)  # fmt: skip
+        zero = df[df["step"] == 0]
+        if len(zero):  # step 0: the initialised model, before any training
+            ax.scatter(zero["mb"], zero[f"bpb_{role}"], marker="*", s=110, facecolor="none", edgecolor="black",
+                       linewidth=0.8, zorder=5, label="step 0" if role == "target" else None)  # fmt: skip
+        ax.set(xlabel="training text seen (MB of UTF-8)", ylabel=f"{lang} test bits per byte",
+               title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # few, short tick labels: they never overlap
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    fig.tight_layout()
+    if axes[0].get_legend():  # one legend, below both panels, so it never covers a curve or a label
+        n = df["run"].nunique()
+        sns.move_legend(axes[0], "upper center", bbox_to_anchor=(1.1, -0.2), title=None, frameon=False,
+                        ncol=min(n, 7))  # fmt: skip
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def checkpoint_grid(ck: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Runs x checkpoints (k-th evaluated checkpoint of each run) of one column; the columns are labelled by
+    the median MB of text seen at that checkpoint (runs with another tokenizer see slightly other bytes)."""
+    df = ck.sort_values(["run", "step"]).assign(k=lambda d: d.groupby("run").cumcount())
+    grid = df.pivot(index="run", columns="k", values=value)
+    mb = df.groupby("k")["bytes"].median() / 1e6
+    grid.columns = [f"{mb[k]:.2f}" for k in grid.columns]
+    order = list(dict.fromkeys(ck["run"]))  # the study's run order
+    return grid.reindex([r for r in order if r in grid.index])
+
+
+def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
+                     seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+    """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen.
+    With ``seeds`` (the :func:`seed_summary` of the evaluation's runs): colours and numbers are the mean over
+    seeds, each cell also prints ± 1 std."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    values = seeds if seeds is not None else ck
+    grids = [(checkpoint_grid(values, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
+    n_runs, n_ck = grids[0][0].shape
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_runs + 1.6))
+    for ax, (grid, lang, role) in zip(axes, grids):
+        # the colour scale spans the trained checkpoints (step 0 can be far off and would flatten the rest; it
+        # saturates instead); the numbers are printed in every cell
+        trained = grid.iloc[:, 1:].to_numpy(float) if grid.shape[1] > 1 else grid.to_numpy(float)
+        trained = trained[np.isfinite(trained)]
+        vmin, vmax = (float(trained.min()), float(trained.max())) if trained.size else (None, None)
+        allv = grid.to_numpy(float)
+        below, above = bool(vmin is not None and np.nanmin(allv) < vmin), bool(vmax is not None and np.nanmax(allv) > vmax)
+        extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
+        if seeds is not None:
+            sd = checkpoint_grid(values, f"bpb_{role}_std").reindex(index=grid.index).to_numpy(float)
+            annot: Any = np.array([[f"{m:.2f}\n±{d:.3f}" if np.isfinite(m) else "" for m, d in zip(mr, dr)]
+                                   for mr, dr in zip(grid.to_numpy(float), sd)])  # fmt: skip
+            fmt, size = "", 6.5
+        else:
+            annot, fmt, size = True, ".2f", 8
+        sns.heatmap(grid, annot=annot, fmt=fmt, cmap="viridis_r", vmin=vmin, vmax=vmax, linewidths=0.5, ax=ax,
+                    cbar_kws={"label": f"{lang} bits per byte", "extend": extend}, annot_kws={"size": size})  # fmt: skip
+        ax.set(xlabel="training text seen (MB of UTF-8, checkpoint)", ylabel="" if role == "source" else "run",
+               title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
+        ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_loss(logs: pd.DataFrame, path: str | Path) -> Path | None:
+    """Training loss against step, one curve per run; dotted lines at phase switches, dashed at hot-swaps."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if logs.empty or "loss" not in logs:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    sns.lineplot(data=logs, x="step", y="loss", hue="run", ax=ax, linewidth=1.0)
+    marks = marker_steps(logs[logs["run"] == logs["run"].iloc[0]])
+    for s in marks["phase"]:
+        ax.axvline(s, color="0.3", linestyle=":", linewidth=1.2, label=f"phase 1 → 2 (step {s})")
+    all_swaps = sorted({s for _, g in logs.groupby("run") for s in marker_steps(g)["hotswap"]})
+    for i, s in enumerate(all_swaps):
+        ax.axvline(s, color="tab:red", linestyle="--", linewidth=1.0, label="corpus hot-swap" if i == 0 else None)
+    ax.set(xlabel="optimizer step", ylabel="training loss (nats per token)", title="Training loss")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def metrics_json(res: dict, init: pd.DataFrame, ints: dict | None = None) -> dict:
+    """``eval.json``: per run, the final probes and bpb with their intervals (``<key>_ci``: ``[low, high]``),
+    step-0 bpb and the speed-up; the best (lowest final target bpb) run; the evaluation-text comparison of every
+    run with it (``vs_lowest``), the chance level of the cloze probe and how the intervals were made."""
+    out: dict[str, Any] = {"runs": {}}
+    fin = res["final"]
+    for _, r in fin.iterrows():
+        d = {k: r[k] for k in fin.columns if k not in ("run", "kind", "method", "phase") and pd.notna(r[k])}
+        out["runs"][r["run"]] = d
+    for _, r in init.iterrows():
+        d = out["runs"].setdefault(r["run"], {})
+        if pd.notna(r["bpb_step0"]):
+            d["bpb_target_step0"] = r["bpb_step0"]
+        if r.get("bpb_source_step0") is not None and pd.notna(r.get("bpb_source_step0")):
+            d["bpb_source_step0"] = r["bpb_source_step0"]
+        if r["speedup"] is not None and pd.notna(r["speedup"]):
+            d["speedup_vs_scratch"] = r["speedup"]
+    for name, ci in (res.get("probe_ci") or {}).items():
+        out["runs"].setdefault(name, {}).update(ci)
+    ints = ints or {}
+    for name, ci in (ints.get("runs") or {}).items():
+        out["runs"].setdefault(name, {}).update({k: v for k, v in ci.items() if v is not None})
+    if not fin.empty:
+        out["best"] = str(fin.sort_values("bpb_target")["run"].iloc[0])
+    out["cloze_items"] = res["cloze_items"]
+    out["translation_pairs"] = res["pairs"]
+    if res.get("cloze_chance") is not None:
+        out["chance"] = {"cloze": res["cloze_chance"]}
+    if ints.get("vs_lowest"):
+        out["vs_lowest"] = ints["vs_lowest"]
+        out["intervals"] = ints["method"]
+    if ints.get("pairs"):
+        out["arms"] = ints["pairs"]
+    return _clean(out)
+
+
+def best_run(eval_json: dict) -> str:
+    """The run with the lowest final target bits per byte."""
+    runs = eval_json.get("runs") or {}
+    scored = {n: d["bpb_target"] for n, d in runs.items() if d.get("bpb_target") is not None}
+    if not scored:
+        raise EvalError("eval.json has no run with a final bpb_target")
+    return min(scored, key=scored.get)
+
+
+def fmt_speedup(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "not reached"
+    return "reached at step 0" if math.isinf(v) else f"{v:.2f}×"
+
+
+def fmt_speedup_ci(v: Any, ci: Any = None) -> str:
+    """'2.64× [2.31×, 3.02×]' (the interval only for a finite speed-up)."""
+    s = fmt_speedup(v)
+    if s.endswith("×") and ci and len(ci) == 2 and all(c is not None for c in ci):
+        return f"{s} [{ci[0]:.2f}×, {ci[1]:.2f}×]"
+    return s

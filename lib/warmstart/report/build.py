@@ -1,0 +1,520 @@
+"""The report stage: ``reports/report.pdf`` from the stage fragments, and a model card.
+
+Toolchain: **Typst**, through the ``typst`` package on PyPI (one wheel, a
+self-contained compiler with its fonts embedded: no TeX Live, no browser, no
+root). The fragments and the provenance are written as ``data.json`` next to a
+fixed template (:data:`TEMPLATE`) that reads them with Typst's ``json()``;
+text therefore never passes through Typst markup and needs no escaping.
+Figures are copied into the build directory, so the PDF does not depend on
+where the project lives. Any Typst warning fails the build (``strict``).
+
+The PDF reads like a paper, findings first:
+
+1. **Summary** (page 1, :mod:`warmstart.report.findings`): the question, the setup
+   in one paragraph, the key results with their numbers and 95% intervals,
+   the study goals met or missed, the limitations that follow from the scale.
+   Every number comes from the metrics files; the summary is shrunk (font
+   size) until it fits the first page.
+2. Contents and a **reproduce box** (:func:`reproduce_box`: the commit, the
+   exact ``make``/``dvc`` commands, the params that differ from the commit's
+   ``params.yaml``, the executed notebooks).
+3. The **sections**: an overview of the run (:func:`overview_section`), then
+   every fragment ``reports/fragments/NN_<stage>.json`` in ``(order, stage)``
+   order, with human labels and units for every column (:mod:`warmstart.report.labels`),
+   and the report's own throughput section (:func:`throughput_section`: tokens/s
+   and achieved FLOP/s always, MFU only against a stated, reliable peak).
+4. The **appendix**: long tables (a fragment's tables flagged ``appendix``, or
+   longer than :data:`LONG_TABLE`), every stage's headline numbers (labelled),
+   the provenance (:func:`provenance_section`) and the executed notebooks.
+
+:func:`check_pages` renders every page to PNG (``pdftoppm``) and checks the
+invariants: page count within bounds, no blank page, the summary on page 1.
+
+Nothing here knows which study ran: the title (unless ``report.title`` is
+set), language names (English names of the BCP-47 codes, from Babel's CLDR
+data), the base model (architecture from its ``config.json``, parameter count
+from the base stage's metrics or the model files, trained here or loaded) and
+the training text with its licence (the corpus stage's metrics and
+``corpus.sources``) all come from the run. The model card
+(``reports/model_card/README.md``) is :mod:`warmstart.report.model_card`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from warmstart.config import Params
+from warmstart.report.describe import (
+    CorpusSource,
+    ModelInfo,
+    ReportError,
+    base_model,
+    corpus_sources,
+    duration,
+    fmt,
+    join_words,
+    language,
+)
+from warmstart.report.fragments import PACKAGES, _git, check_findings, provenance_record
+from warmstart.report.labels import RUNS, Labels, arm_legend
+from warmstart.report.template import TEMPLATE
+from warmstart.report.throughput import peak_text
+
+# The params keys the report stage reads: every section, because the reproduce box states the params that differ
+# from the commit's params.yaml (the stage module declares exactly these).
+PARAMS = tuple(Params.model_fields)
+LONG_TABLE = 16  # rows: longer fragment tables go to the appendix
+PAGE_BOUNDS = (3, 40)  # the PDF's page count must lie within these
+SUMMARY_SIZES = (9.5, 9.0, 8.5, 8.0, 7.5)  # pt: the summary's font, shrunk until it fits page 1
+
+def _header(c: str) -> str:
+    return str(c).replace("_", " ")
+
+
+def overview_section(params: Any, base: ModelInfo | None = None, sources: Sequence[CorpusSource] | None = None,
+                     runs: Sequence[str] = ()) -> dict:  # fmt: skip
+    """The run in a paragraph and tables: the run, its training text and licence, and what each of its runs is
+    (``runs``: the study's run names; a fragment-shaped section, first in the body)."""
+    base = base or base_model(params)
+    sources = corpus_sources(params) if sources is None else sources
+    src, tgt = language(params.shared.source_lang), language(params.shared.target_lang)
+    paras = [f"The study adapts {base.describe(src)}, from {src} to {tgt}: its vocabulary is swapped for a "
+             f"{tgt.name} tokenizer under several initialisations of the new embeddings, and training continues on "
+             f"{tgt.name} text; the baselines are a model trained from scratch and the base model with its own "
+             f"tokenizer. Training text: {join_words([s.text for s in sources])}."]  # fmt: skip
+    run = [["source language", str(src)], ["target language", str(tgt)],
+           ["base model", base.name or "trained here"],
+           ["architecture", base.architecture or base.arch], ["parameters", base.params]]  # fmt: skip
+    tables = [{"caption": "The run.", "columns": ["", "value"], "rows": run},
+              {"caption": "Training text and its licence.", "columns": ["source", "licence"],
+               "rows": [[s.text, s.licence] for s in sources]}]  # fmt: skip
+    arms = {n: arm_legend(a) for n, a in params.study.arms.items()}
+    legend = [[r, RUNS.get(r) or arms[r]] for r in runs if r in RUNS or r in arms]
+    if legend:
+        tables.append({"caption": "The study's runs (their names in every table and figure).",
+                       "columns": ["run", "what it is"], "rows": legend})  # fmt: skip
+    return {"stage": "overview", "order": 0, "title": "Overview", "paragraphs": paras, "tables": tables,
+            "figures": [], "numbers": {}, "seconds": None}  # fmt: skip
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def provenance(root: str | Path = ".", fragments: Sequence[Mapping] = (), packages: Sequence[str] = PACKAGES) -> dict:
+    """The report's own :func:`~warmstart.report.fragments.provenance_record`, its ``date``, and under ``stages``
+    the record each fragment's stage wrote (``{"stage", "seconds"}`` only, for a fragment without one)."""
+    prov = provenance_record(root, packages=packages)
+    prov["date"] = _when(prov["timestamp"])
+    prov["stages"] = [{"stage": f["stage"], "seconds": f.get("seconds"), **(f.get("provenance") or {})} for f in fragments]
+    return prov
+
+
+def _when(timestamp: str | None) -> str:
+    if not timestamp:
+        return "–"
+    return dt.datetime.fromisoformat(timestamp).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _commit(c: str | None, short: bool = False) -> str:
+    return "unknown (not a git checkout)" if not c else c[:12] if short else c
+
+
+def _dirty(rec: Mapping) -> str:
+    d = rec.get("dirty")
+    if d is None:
+        return "unknown"
+    files = list(rec.get("dirty_files") or [])
+    return "no" if not d else "yes: " + ", ".join(files[:3]) + (", …" if len(files) > 3 else "")
+
+
+def _hardware(rec: Mapping) -> str:
+    gpus = Counter(rec.get("gpus") or [])
+    gpu = ", ".join(f"{n} × {g}" if n > 1 else g for g, n in gpus.items()) or "no GPU"
+    return f"{rec.get('cpu') or '?'} ({rec.get('cpu_count')} cores), {gpu}"
+
+
+def provenance_section(prov: Mapping) -> dict:
+    """The provenance as a fragment-shaped section (in the appendix)."""
+    env = [["git commit", _commit(prov["commit"])], ["working tree dirty", _dirty(prov)], ["date", prov["date"]],
+           ["python", prov["python"]], ["platform", prov["platform"]], ["hardware", _hardware(prov)],
+           ["memory", fmt(prov.get("memory_gib")) + " GiB"]]  # fmt: skip
+    if prov.get("peak"):
+        env.append(["peak FLOP/s for MFU", peak_text(prov["peak"])])
+    stages = prov.get("stages", [])
+    recorded = [s for s in stages if "timestamp" in s]
+    rows = [[s["stage"], _commit(s.get("commit"), short=True), _dirty(s), _when(s.get("timestamp")),
+             duration(s.get("seconds")) or "–", _hardware(s)] if "timestamp" in s
+            else [s["stage"], "–", "–", "–", duration(s.get("seconds")) or "–", "not recorded"] for s in stages]  # fmt: skip
+    pk = [[k, v, ", ".join(f"{s['stage']}: {s['packages'][k]}" for s in recorded
+                           if s.get("packages", {}).get(k, v) != v) or "–"] for k, v in prov["packages"].items()]  # fmt: skip
+    paras = ["Where, when and with what this report was built, and what each stage recorded in its fragment when "
+             "it ran: commit, working tree, time, wall time and hardware."]  # fmt: skip
+    commits = sorted({_commit(s.get("commit"), short=True) for s in recorded})
+    if len(commits) > 1:
+        paras.append(f"The stages ran at {len(commits)} different commits: {', '.join(commits)}.")
+    elif commits and recorded[0].get("commit"):
+        same = " (the report's)" if recorded[0]["commit"] == prov["commit"] else ""
+        paras.append(f"Every stage that recorded its provenance ran at commit {commits[0]}{same}.")
+    elif commits:
+        paras.append("The stages ran outside a git checkout: no commit recorded.")
+    if len(recorded) < len(stages):
+        missing = [s["stage"] for s in stages if "timestamp" not in s]
+        paras.append(f"No provenance recorded by: {', '.join(missing)} (fragments written before stages recorded it).")
+    return {
+        "stage": "provenance", "order": 1, "title": "Provenance", "paragraphs": paras,
+        "tables": [{"caption": "Environment of the report stage.", "columns": ["item", "value"], "rows": env},
+                   {"caption": "Provenance each stage recorded in its fragment.",
+                    "columns": ["stage", "commit", "dirty", "finished", "wall time", "hardware"], "rows": rows},
+                   {"caption": "Package versions (report stage), and the stages that ran with another version.",
+                    "columns": ["package", "version", "other versions"], "rows": pk}],
+        "figures": [], "numbers": {}, "seconds": None,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------- throughput: MFU only against a stated peak
+
+
+def run_logs(params: Any) -> dict[str, dict]:
+    """Every run's step log and FLOPs per token: the base model's (``reports/base/base.json``) and the study's
+    (``data/logs/<run>/run.json``); ``{name: {"log", "flops_per_token", "seconds", "tokens", "peak"}}``."""
+    from warmstart.io import read_jsonl
+    from warmstart.runs import run_names
+
+    out = {}
+    base = _read_json(params.report_path("base", "base.json"))
+    names = ["base", *run_names(params)]
+    for name in names:
+        log_path = params.path("logs", name, "log.jsonl")
+        if not log_path.is_file():
+            continue
+        rec = base if name == "base" else _read_json(params.path("logs", name, "run.json"))
+        out[name] = {"log": list(read_jsonl(log_path)), "flops_per_token": rec.get("flops_per_token"),
+                     "seconds": rec.get("seconds"), "tokens": rec.get("tokens"), "peak": rec.get("peak")}  # fmt: skip
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def params_dump(params: Any) -> dict[str, Any]:
+    """Every section of the params (through a view that declares them all) as plain data."""
+    return {sec: getattr(params, sec).model_dump(mode="json") for sec in Params.model_fields}
+
+
+def params_diff(params: Any, root: str | Path, commit: str | None) -> list[str] | None:
+    """``key=value`` for every param that differs from the commit's ``params.yaml`` (None: no commit to compare)."""
+    import yaml
+
+    from warmstart.config import validate
+
+    if not commit:
+        return None
+    text = _git(Path(root), "show", f"{commit}:params.yaml")
+    if text is None:
+        return None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    try:
+        committed, common_only = validate(raw, f"{commit[:12]}:params.yaml").model_dump(mode="json"), False
+    except Exception:  # the commit's params predate this code's schema: compare the keys both have
+        committed, common_only = raw, True
+    now, then = _flatten(params_dump(params)), _flatten(committed)
+    keys = (set(now) & set(then)) if common_only else (set(now) | set(then))
+    out = []
+    for k in sorted(keys):
+        if now.get(k) != then.get(k):
+            v = now.get(k)
+            out.append(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+    return out
+
+
+def reproduce_box(params: Any, prov: Mapping, root: str | Path = ".", notebooks: Sequence[str] = ()) -> dict:
+    """The commands that rebuild this report: the commit, ``make repro`` or ``dvc exp run -S ...`` with the params
+    that differ from that commit's ``params.yaml``, and where the executed notebooks are."""
+    commit = prov.get("commit")
+    diff = params_diff(params, root, commit)
+    paras = []
+    if commit:
+        paras.append(f"Commit {commit}" + ("" if not prov.get("dirty") else
+                     f" with uncommitted changes ({', '.join(prov.get('dirty_files') or [])[:200]}): they are not "
+                     "in the commit, so the commands below rebuild the committed state") + ".")  # fmt: skip
+        cmds = [f"git checkout {commit[:12]}"]
+    else:
+        paras.append("Built outside a git checkout: no commit to check out.")
+        cmds = []
+    if diff:
+        cmds.append("make env && " + "dvc exp run " + " ".join(f"-S '{d}'" for d in diff))
+        after = [f"Params that differ from params.yaml at that commit: {', '.join(diff)}."]
+    elif diff is None and commit:
+        cmds.append("make repro")
+        after = ["The commit's params.yaml could not be read; make repro runs the committed params."]
+    else:
+        cmds.append("make repro")
+        after = ["Params: exactly the commit's params.yaml (no difference)."]
+    cmds.append("dvc metrics show   # the headline numbers; dvc metrics diff compares with the committed ones")
+    if notebooks:
+        where = sorted({Path(n).parent.as_posix() for n in notebooks})
+        after.append(f"Every stage's executed notebook, with its full output, is in {join_words(where)} "
+                     f"({len(notebooks)} notebooks, listed in the appendix).")  # fmt: skip
+    return {"paragraphs": paras, "commands": "\n".join(cmds), "after": after, "diff": diff or []}
+
+
+# ---------------------------------------------------------------- the PDF
+
+
+def _check_fragment(f: Mapping) -> None:
+    from warmstart.report.fragments import FragmentError, check_table
+
+    for k in ("stage", "order", "title"):
+        if k not in f:
+            raise ReportError(f"fragment {f.get('stage', '?')!r} lacks {k!r}")
+    try:
+        for t in f.get("tables", []):
+            check_table(f["stage"], t)
+        check_findings(f["stage"], f.get("findings"))
+    except FragmentError as err:
+        raise ReportError(str(err)) from None
+    for t in f.get("tables", []):
+        for r in t["rows"]:
+            if len(r) != len(t["columns"]):
+                raise ReportError(f"fragment {f['stage']!r}, table {t['caption']!r}: a row has {len(r)} cells, "
+                                  f"expected {len(t['columns'])}")  # fmt: skip
+    for fig in f.get("figures", []):
+        p = Path(fig["path"])
+        if not p.is_file():
+            raise ReportError(f"fragment {f['stage']!r}: figure {fig['path']} does not exist")
+        if p.stat().st_size == 0:
+            raise ReportError(f"fragment {f['stage']!r}: figure {fig['path']} is empty")
+
+
+def _drop_mfu(t: Mapping) -> tuple[Mapping, str | None]:
+    """A table without an ``mfu`` column (MFU from logs that divide by a peak measured once on a possibly
+    shared machine is never printed as a fact); the note that says so."""
+    cols = list(t["columns"])
+    if "mfu" not in cols:
+        return t, None
+    i = cols.index("mfu")
+    t = {**t, "columns": cols[:i] + cols[i + 1 :], "rows": [list(r[:i]) + list(r[i + 1 :]) for r in t["rows"]]}
+    return t, (f"An MFU column was removed from “{t['caption'][:60]}…”: it divided by a peak measured once per run; "
+               "see the Throughput section.")  # fmt: skip
+
+
+def _numeric(cell: str) -> bool:
+    """A cell that reads as a number ('1,234', '1.844 [1.80, 1.89]', '2.64×', '44%', '4.68 TFLOP', '–')."""
+    c = cell.strip()
+    return c in ("", "–", "-", "∞") or (c[:1].isdigit() or c[:1] in "+-−.") and any(ch.isdigit() for ch in c[:3])
+
+
+def _table(t: Mapping, labels: Labels) -> dict:
+    rows = [[fmt(c) for c in r] for r in t["rows"]]
+    align = ["left" if i == 0 or not all(_numeric(r[i]) for r in rows) else "right" for i in range(len(t["columns"]))]
+    return {"caption": str(t["caption"]), "columns": [labels.column(c) for c in t["columns"]], "rows": rows,
+            "align": align}  # fmt: skip
+
+
+def _notebook_for(stage: str, notebooks: Sequence[str]) -> str | None:
+    hits = [n for n in notebooks if Path(n).stem.split("_", 1)[-1].split("-")[0] == stage]
+    return hits[0] if len(hits) == 1 else (Path(hits[0]).parent.as_posix() + f"/*_{stage}-*.ipynb" if hits else None)
+
+
+def document_data(fragments: Sequence[Mapping], title: str, author: str, prov: Mapping | None, build_dir: Path,
+                  summary: Mapping | None = None, reproduce: Mapping | None = None, labels: Labels | None = None,
+                  notebooks: Sequence[str] = (), summary_size: float = SUMMARY_SIZES[0]) -> dict:  # fmt: skip
+    """The template's ``data.json``: every cell a string, every figure copied into ``build_dir``; long tables,
+    headline numbers and the provenance in the appendix."""
+    for f in fragments:
+        _check_fragment(f)
+    labels = labels or Labels("source", "target")
+    body, appendix, n_fig = [], [], 0
+    long_tables, number_tables = [], []
+    for f in sorted(fragments, key=lambda f: (f["order"], f["stage"])):
+        flab = Labels(labels.src, labels.tgt, {**labels.extra, **(f.get("labels") or {})})
+        figs = []
+        for fig in f.get("figures", []):
+            dst = f"fig{n_fig:03d}{Path(fig['path']).suffix}"
+            shutil.copyfile(fig["path"], build_dir / dst)
+            figs.append({"path": dst, "caption": str(fig.get("caption", ""))})
+            n_fig += 1
+        tables, notes = [], []
+        for t in f.get("tables", []):
+            t, note = _drop_mfu(t)
+            if note:
+                notes.append(note)
+            if t.get("appendix") or len(t["rows"]) > LONG_TABLE:
+                long_tables.append(_table({**t, "caption": f"{f['title']}: {t['caption']}"}, flab))
+                notes.append(f"Table “{t['caption'][:70]}” ({len(t['rows'])} rows) is in the appendix.")
+            else:
+                tables.append(_table(t, flab))
+        nb = _notebook_for(f["stage"], notebooks)
+        if nb:
+            notes.append(f"Details: the executed notebook {nb}.")
+        nums = f.get("numbers") or {}
+        if nums:
+            number_tables.append(_table({"caption": f"{f['title']}: headline numbers of the stage.",
+                                         "columns": ["quantity", "value"],
+                                         "rows": [[flab.number(k), fmt(v)] for k, v in nums.items()]}, flab))  # fmt: skip
+        labels.unknown |= flab.unknown
+        body.append({"title": str(f["title"]), "paragraphs": [str(p) for p in f.get("paragraphs", [])],
+                     "tables": tables, "figures": figs, "notes": notes, "seconds": duration(f.get("seconds"))})  # fmt: skip
+    if long_tables:
+        appendix.append({"title": "Long tables", "paragraphs": ["The full tables behind the sections' figures."],
+                         "tables": long_tables, "figures": [], "notes": [], "seconds": None})  # fmt: skip
+    if number_tables:
+        appendix.append({"title": "Headline numbers", "paragraphs": [
+            "Each stage's headline numbers as it recorded them in its fragment (the flat files in reports/metrics "
+            "are what `dvc metrics show` prints)."], "tables": number_tables, "figures": [], "notes": [],
+            "seconds": None})  # fmt: skip
+    if prov:
+        ps = provenance_section(prov)
+        appendix.append({"title": ps["title"], "paragraphs": ps["paragraphs"],
+                         "tables": [_table(t, labels) for t in ps["tables"]], "figures": [], "notes": [], "seconds": None})  # fmt: skip
+    if notebooks:
+        appendix.append({"title": "Executed notebooks", "paragraphs": [
+            "Every stage runs a thin notebook through papermill; the executed copies hold the stage's full "
+            "output (tables, figures, logs)."], "tables": [_table({"caption": "Executed notebooks.", "columns": ["notebook"],
+            "rows": [[n] for n in notebooks]}, labels)], "figures": [], "notes": [], "seconds": None})  # fmt: skip
+    date = (prov or {}).get("date") or dt.date.today().isoformat()
+    summ = None
+    if summary:
+        summ = {"size": summary_size, "question": summary["question"], "setup": summary["setup"]["text"],
+                "results": [{"heading": r["heading"], "text": r["text"]} for r in summary["results"]],
+                "goals": [{"status": (g["status"] or "unknown").capitalize(), "text": g["text"]} for g in summary["goals"]],
+                "limitations": [dict(zip(("heading", "text"), _lead(lim))) for lim in summary["limitations"]]}  # fmt: skip
+    return {"title": title, "author": author, "date": date, "summary": summ, "reproduce": reproduce,
+            "sections": body, "appendix": appendix}  # fmt: skip
+
+
+def _lead(sentence: str) -> tuple[str, str]:
+    """'Scale: a 2.8M-parameter model ...' -> ('Scale', 'a 2.8M-parameter model ...'); no lead: ('', sentence)."""
+    head, sep, rest = sentence.partition(": ")
+    if sep and len(head) <= 24 and head[:1].isupper():
+        return head, rest[:1].upper() + rest[1:]
+    return "", sentence
+
+
+def render_pdf(fragments: Sequence[Mapping], out_path: str | Path, title: str, author: str,
+               prov: Mapping | None = None, *, summary: Mapping | None = None, reproduce: Mapping | None = None,
+               labels: Labels | None = None, notebooks: Sequence[str] = (), strict: bool = True) -> Path:  # fmt: skip
+    """Typeset the fragments (with the summary page, the reproduce box and the appendix) into ``out_path``,
+    written atomically. ``strict``: a Typst warning is an error. The summary's font is shrunk
+    (:data:`SUMMARY_SIZES`) until it fits the first page."""
+    import typst
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="report-") as tmp:
+        build = Path(tmp)
+        (build / "main.typ").write_text(TEMPLATE, encoding="utf-8")
+        for size in SUMMARY_SIZES if summary else SUMMARY_SIZES[:1]:
+            data = document_data(fragments, title, author, prov, build, summary, reproduce, labels, notebooks, size)
+            (build / "data.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+            try:
+                pdf, warnings = typst.compile_with_warnings(str(build / "main.typ"), root=str(build))
+            except Exception as err:  # typst raises its own error types; keep the message
+                raise ReportError(f"typst could not compile the report: {err}") from None
+            if strict and warnings:
+                raise ReportError("typst warned: " + "; ".join(str(w) for w in warnings))
+            if not summary or _summary_page(build) == 1:
+                break
+        else:
+            raise ReportError(f"the summary does not fit on page 1 even at {SUMMARY_SIZES[-1]} pt: shorten it "
+                              "(fewer findings per stage)")  # fmt: skip
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out_path.with_name(f".{out_path.name}.tmp")
+    tmp_out.write_bytes(pdf)
+    os.replace(tmp_out, out_path)
+    return out_path
+
+
+def _summary_page(build: Path) -> int:
+    import typst
+
+    pages = json.loads(typst.query(str(build / "main.typ"), "<summary-end>", field="value", root=str(build)))
+    return int(pages[0]) if pages else 0
+
+
+# ---------------------------------------------------------------- looking at the pages
+
+
+def page_count(pdf: str | Path) -> int:
+    out = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    return int(next(line.split()[-1] for line in out.splitlines() if line.startswith("Pages:")))
+
+
+def page_text(pdf: str | Path, first: int | None = None, last: int | None = None) -> str:
+    cmd = ["pdftotext", "-layout"] + (["-f", str(first)] if first else []) + (["-l", str(last)] if last else [])
+    return subprocess.run([*cmd, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def check_pages(pdf: str | Path, out_dir: str | Path | None = None, bounds: tuple[int, int] = PAGE_BOUNDS,
+                summary: bool = True, dpi: int = 40) -> dict[str, Any]:  # fmt: skip
+    """Render every page to PNG (``pdftoppm``, into ``out_dir`` or a temporary dir) and check the invariants:
+    the page count within ``bounds``, one PNG per page, no blank page, and (``summary``) the summary with its
+    limitations on page 1 and nothing else. Raises :class:`ReportError` naming what failed; returns
+    ``{"pages", "pngs"}`` (the PNG paths, when ``out_dir`` keeps them)."""
+    import numpy as np
+    from PIL import Image
+
+    n = page_count(pdf)
+    if not bounds[0] <= n <= bounds[1]:
+        raise ReportError(f"{pdf}: {n} pages, expected {bounds[0]}–{bounds[1]}")
+    with tempfile.TemporaryDirectory(prefix="pages-") as tmp:
+        out = Path(out_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(pdf), str(out / "page")], check=True)
+        pngs = sorted(out.glob("page*.png"))
+        if len(pngs) != n:
+            raise ReportError(f"{pdf}: pdftoppm rendered {len(pngs)} pages of {n}")
+        for p in pngs:
+            if np.asarray(Image.open(p).convert("L")).std() <= 1:
+                raise ReportError(f"{pdf}: {p.name} is blank")
+        kept = [str(p) for p in pngs] if out_dir else []
+    if summary:
+        first = " ".join(page_text(pdf, 1, 1).split())
+        if "Summary" not in first or "Key results" not in first:
+            raise ReportError(f"{pdf}: page 1 is not the summary")
+        if "Contents" in first:
+            raise ReportError(f"{pdf}: the summary does not end on page 1")
+    return {"pages": n, "pngs": kept}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m warmstart.report check reports/report.pdf [--pages DIR]``: the page invariants."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m warmstart.report")
+    ap.add_argument("cmd", choices=["check"])
+    ap.add_argument("pdf")
+    ap.add_argument("--pages", help="keep the page PNGs in this directory")
+    ap.add_argument("--no-summary", action="store_true", help="a PDF without the summary page")
+    a = ap.parse_args(argv)
+    r = check_pages(a.pdf, a.pages, summary=not a.no_summary, dpi=60 if a.pages else 40)
+    print(f"{a.pdf}: {r['pages']} pages, invariants hold" + (f"; PNGs in {a.pages}" if a.pages else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
