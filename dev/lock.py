@@ -52,9 +52,23 @@ def blocks(text: str) -> dict[str, tuple[str, str]]:
 
 
 def compile_(uv: str, out: Path, *extra: str, hashes: bool = True) -> dict[str, tuple[str, str]]:
-    cmd = [uv, "pip", "compile", str(ROOT / "pyproject.toml"), str(REQ / "build.in"), "--quiet",
-           "--config-file", str(REQ / "uv.toml"), "--no-header", "--annotation-style", "line", *TARGET, *extra,
-           "-o", str(out)]  # fmt: skip
+    cmd = [
+        uv,
+        "pip",
+        "compile",
+        str(ROOT / "pyproject.toml"),
+        str(REQ / "build.in"),
+        "--quiet",
+        "--config-file",
+        str(REQ / "uv.toml"),
+        "--no-header",
+        "--annotation-style",
+        "line",
+        *TARGET,
+        *extra,
+        "-o",
+        str(out),
+    ]
     if hashes:
         cmd.append("--generate-hashes")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -85,8 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--uv", required=True, help="the uv executable (make lock installs a pinned one)")
     ap.add_argument("--torch", required=True, help="torch version of both sets, e.g. 2.13.0")
-    ap.add_argument("--torch-wheels", required=True,
-                    help="where the +cpu torch wheel is found: a folder or a find-links/index URL")  # fmt: skip
+    ap.add_argument(
+        "--torch-wheels", required=True, help="where the +cpu torch wheel is found: a folder or a find-links/index URL"
+    )
     ap.add_argument("--latest", type=Path, help="write DIR/latest.txt (newest allowed versions) instead")
     a = ap.parse_args(argv)
     links = ["--find-links", a.torch_wheels]
@@ -95,8 +110,17 @@ def main(argv: list[str] | None = None) -> None:
         if a.latest:
             ov.write_text(f"torch=={a.torch}+cpu\n")
             a.latest.mkdir(parents=True, exist_ok=True)
-            got = compile_(a.uv, a.latest / "latest.txt", "--extra", "dev", "--upgrade", "--override", str(ov), *links,
-                           hashes=False)  # fmt: skip
+            got = compile_(
+                a.uv,
+                a.latest / "latest.txt",
+                "--extra",
+                "dev",
+                "--upgrade",
+                "--override",
+                str(ov),
+                *links,
+                hashes=False,
+            )
             print(f"lock: {len(got)} packages at their newest allowed versions -> {a.latest / 'latest.txt'}")
             return
         ov.write_text(f"torch=={a.torch}\n")
@@ -109,11 +133,18 @@ def main(argv: list[str] | None = None) -> None:
         cons = Path(tmp) / "constraints.txt"
         cons.write_text("".join(f"{k}=={v}\n" for k, (v, _) in gpu.items() if k != "torch"))
         ov.write_text(f"torch=={a.torch}+cpu\n")
-        cpu = compile_(a.uv, Path(tmp) / "cpu.txt", "--extra", "dev", "--constraint", str(cons), "--override", str(ov),
-                       *links)  # fmt: skip
-    write(REQ / "gpu.txt", f"GPU set: torch {a.torch} (CUDA build from PyPI), extras dev + gpu; flash-attn is in flash-attn.txt.", gpu)
+        cpu = compile_(
+            a.uv, Path(tmp) / "cpu.txt", "--extra", "dev", "--constraint", str(cons), "--override", str(ov), *links
+        )
+    write(
+        REQ / "gpu.txt",
+        f"GPU set: torch {a.torch} (CUDA build from PyPI), extras dev + gpu; flash-attn is in flash-attn.txt.",
+        gpu,
+    )
     write(REQ / "flash-attn.txt", "Installed after gpu.txt with --no-build-isolation (it compiles against torch).", fa)
-    write(REQ / "cpu.txt", f"CPU set: torch {a.torch}+cpu, extra dev; every shared package at the GPU set's version.", cpu)
+    write(
+        REQ / "cpu.txt", f"CPU set: torch {a.torch}+cpu, extra dev; every shared package at the GPU set's version.", cpu
+    )
     (ROOT / "environment.yml").write_text(environment_yml(cpu, "https://download.pytorch.org/whl/cpu"))
     print(f"lock: cpu {len(cpu)} packages, gpu {len(gpu)} + flash-attn {fa['flash-attn'][0]}")
 

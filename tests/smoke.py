@@ -25,8 +25,9 @@ def smoke_copy(tmp_path_factory):
     """The project's tracked and unignored files in a fresh git repository, the smoke profile applied and committed."""
     root = Path(__file__).resolve().parents[1]
     dst = tmp_path_factory.mktemp("smoke") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.split()
     for f in files:
         if (root / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
@@ -34,8 +35,16 @@ def smoke_copy(tmp_path_factory):
     bindir = str(Path(sys.executable).parent)
     # one thread per study: the two smoke studies run at once on two cores (tiny models gain nothing from
     # more threads, and oversubscribed OpenMP threads made the pair slower than one after the other)
-    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": bindir + os.pathsep + os.environ["PATH"],
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     run_checked(["git", "init", "-q"], dst, env)
     run_checked([sys.executable, "-m", "warmstart.config", "apply-profile", "smoke"], dst, env)
     run_checked(["git", "add", "-A"], dst, env)

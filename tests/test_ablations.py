@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from warmstart.stability import ablations as A
 
 SPEC = dict(hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, max_pos=32, seed=0)
-
 
 
 def test_toy_corpora_are_deterministic_and_disjoint():
@@ -20,9 +16,23 @@ def test_toy_corpora_are_deterministic_and_disjoint():
 
 
 def test_ablations_end_to_end_and_resume_variants(tmp_path):
-    res = A.run_ablations(tmp_path / "abl", lrs=[1e-3, 3e-1], steps=40, base_steps=20, seq_len=32, micro_batch=4,
-                          every=10, spec=SPEC, log=lambda m: None)
-    assert [(r["init"], r["lr"]) for r in res["sweep"]] == [("warm", 1e-3), ("scratch", 1e-3), ("warm", 0.3), ("scratch", 0.3)]
+    res = A.run_ablations(
+        tmp_path / "abl",
+        lrs=[1e-3, 3e-1],
+        steps=40,
+        base_steps=20,
+        seq_len=32,
+        micro_batch=4,
+        every=10,
+        spec=SPEC,
+        log=lambda m: None,
+    )
+    assert [(r["init"], r["lr"]) for r in res["sweep"]] == [
+        ("warm", 1e-3),
+        ("scratch", 1e-3),
+        ("warm", 0.3),
+        ("scratch", 0.3),
+    ]
     assert all(len(r["loss"]) == 40 and r["eval_loss"] > 0 for r in res["sweep"])
     paths = A.write_outputs(res, tmp_path / "abl", tmp_path / "reports")
     frag = json.loads(paths["fragment"].read_text())
@@ -30,9 +40,22 @@ def test_ablations_end_to_end_and_resume_variants(tmp_path):
     assert json.loads((tmp_path / "abl/ablations.json").read_text())["config"]["lrs"] == [1e-3, 0.3]
     # the resume variants, whether or not a run spiked: kept = an exact replay, reset / new data differ
     run = tmp_path / "abl/runs/warm-lr0.3"
-    cfg = A._cfg(tmp_path / "x", {"files": {"target": [str(tmp_path / "abl/assets/target.jsonl")]},
-                                  "tokenizer": str(tmp_path / "abl/assets/tok")}, "target", 40, 0.3,
-                 seed=0, model_path=str(tmp_path / "abl/runs/base/final"), seq_len=32, micro_batch=4, every=10, spec=SPEC)
+    cfg = A._cfg(
+        tmp_path / "x",
+        {
+            "files": {"target": [str(tmp_path / "abl/assets/target.jsonl")]},
+            "tokenizer": str(tmp_path / "abl/assets/tok"),
+        },
+        "target",
+        40,
+        0.3,
+        seed=0,
+        model_path=str(tmp_path / "abl/runs/base/final"),
+        seq_len=32,
+        micro_batch=4,
+        every=10,
+        spec=SPEC,
+    )
     orig = A.analyse_run(run)["loss"]
     out = {}
     for name, reset, skip in (("kept", False, 0), ("reset", True, 0), ("new", False, 40)):
@@ -46,8 +69,18 @@ def test_induced_spike_drives_the_resume_ablation(tmp_path):
     """No natural spike at toy scale: corrupting batches 80..84 of a warm run makes one. Resumed from the
     checkpoint before it, the spike recurs with the optimizer kept (an exact replay) or reset (same data),
     and not when the resumed run skips past the corrupted stretch."""
-    res = A.run_ablations(tmp_path / "abl", lrs=[3e-3], steps=120, base_steps=20, seq_len=32, micro_batch=4,
-                          every=10, spec=SPEC, induce_spike=80, log=lambda m: None)
+    res = A.run_ablations(
+        tmp_path / "abl",
+        lrs=[3e-3],
+        steps=120,
+        base_steps=20,
+        seq_len=32,
+        micro_batch=4,
+        every=10,
+        spec=SPEC,
+        induce_spike=80,
+        log=lambda m: None,
+    )
     r = res["resume"]
     assert r["induced"] == {"inject_bad_batches": [80, 81, 82, 83, 84]} and r["run"] == "warm-lr0.003-induced"
     assert (r["first_spike"], r["from_step"]) == (80, 70)

@@ -11,24 +11,52 @@ def test_mfu_arithmetic_by_hand():
     cfg = build_model(vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64).config
     assert bench.mfu_of(1000.0, cfg, 32, 1e9) == pytest.approx(1000 * 192768 / 1e9)
     # Llama-3.2-1B shape at T = 4096 (see test_flops): 9_025_093_632 FLOPs/token; 40k tokens/s on an H100
-    big = dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=8192)  # fmt: skip
+    big = dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+    )
     assert bench.mfu_of(40_000.0, big, 4096, 989e12) == pytest.approx(40_000 * 9_025_093_632 / 989e12)  # 36.5%
 
 
 def test_ratios_to_eager():
-    cfg = dict(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-               head_dim=3, intermediate_size=5)  # fmt: skip  (FLOPs/token at T=7: 6*344 + 12*1*2*3*7 = 2568)
-    res = [dict(config="eager", tokens_per_s=100.0, peak_mem_gib=10.0, loss=2.0, model_config=cfg),
-           dict(config="full", tokens_per_s=150.0, peak_mem_gib=5.0, loss=2.002, model_config=cfg)]  # fmt: skip
+    cfg = dict(
+        vocab_size=10,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=3,
+        intermediate_size=5,
+    )  # (FLOPs/token at T=7: 6*344 + 12*1*2*3*7 = 2568)
+    res = [
+        dict(config="eager", tokens_per_s=100.0, peak_mem_gib=10.0, loss=2.0, model_config=cfg),
+        dict(config="full", tokens_per_s=150.0, peak_mem_gib=5.0, loss=2.002, model_config=cfg),
+    ]
     bench.add_ratios(res, 7, 1e6)
     assert res[1]["speedup"] == pytest.approx(1.5) and res[1]["mem_ratio"] == pytest.approx(0.5)
     assert res[1]["loss_rel"] == pytest.approx(0.001) and res[0]["mfu"] == pytest.approx(100 * 2568 / 1e6)
 
 
 def test_tiny_cpu_run_writes_a_record(tmp_path):
-    res = bench.main(["--tiny", "--configs", "eager,kernels", "--steps", "2", "--dtype", "fp32", "--peak", "1e11",
-                      "--out-dir", str(tmp_path)])  # fmt: skip
+    res = bench.main(
+        [
+            "--tiny",
+            "--configs",
+            "eager,kernels",
+            "--steps",
+            "2",
+            "--dtype",
+            "fp32",
+            "--peak",
+            "1e11",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert [r["config"] for r in res] == ["eager", "kernels"]
     assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 and r["loss"] > 0 for r in res)
     # same weights, same batches: the fused (chunked) loss equals the eager one
@@ -36,5 +64,13 @@ def test_tiny_cpu_run_writes_a_record(tmp_path):
     assert res[1]["patched"]["fused_linear_cross_entropy"] in ("torch-chunked", "liger")
     text = (tmp_path / res[0]["path"].split("/")[-1]).read_text()
     assert res[0]["path"].endswith(".md") and "_cpu_" in res[0]["path"]
-    for needle in ("# Training benchmark: tiny", "date:", "versions:", "torch", "| eager |", "| kernels |", "seq_len 128"):
+    for needle in (
+        "# Training benchmark: tiny",
+        "date:",
+        "versions:",
+        "torch",
+        "| eager |",
+        "| kernels |",
+        "seq_len 128",
+    ):
         assert needle in text

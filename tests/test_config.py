@@ -24,7 +24,9 @@ def test_missing_key_is_named(params_dict):
 def test_out_of_range_names_key_and_range(params_dict):
     raw = copy.deepcopy(params_dict)
     raw["corpus"]["langid"]["threshold"] = 1.5
-    with pytest.raises(ParamsError, match=r"corpus\.langid\.threshold: Input should be less than or equal to 1 \(got 1\.5\)"):
+    with pytest.raises(
+        ParamsError, match=r"corpus\.langid\.threshold: Input should be less than or equal to 1 \(got 1\.5\)"
+    ):
         validate(raw)
 
 

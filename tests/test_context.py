@@ -27,8 +27,10 @@ L, S = 64, 4.0
 SHAPES = {"hd32": dict(heads=2, rope_theta=10000.0), "hd16": dict(heads=4, rope_theta=500000.0)}
 
 
-def tiny(heads=2, rope_theta=10000.0, max_pos=L, vocab=len(T.VOCAB)):
-    return build_model(vocab_size=vocab, hidden=64, layers=2, heads=heads, max_pos=max_pos, rope_theta=rope_theta, seed=1)
+def tiny(heads=2, rope_theta=10000.0, max_pos=L, vocab=len(T.VOCAB)):  # noqa: B008
+    return build_model(
+        vocab_size=vocab, hidden=64, layers=2, heads=heads, max_pos=max_pos, rope_theta=rope_theta, seed=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,18 @@ def rel(a, b) -> float:
 
 
 def test_registry_names_and_table():
-    assert tuple(M.METHODS) == ("none", "pi", "ntk", "ntk_margin", "dynamic", "ntk_parts", "yarn", "ntk_yarn", "llama3", "theta")
+    assert tuple(M.METHODS) == (
+        "none",
+        "pi",
+        "ntk",
+        "ntk_margin",
+        "dynamic",
+        "ntk_parts",
+        "yarn",
+        "ntk_yarn",
+        "llama3",
+        "theta",
+    )
     rows = M.method_table()
     assert [r["method"] for r in rows] == list(M.METHODS) and all(r["source"] and r["rope_type"] for r in rows)
     assert {r["rope_type"] for r in rows} <= {"default", "linear", "dynamic", "yarn", "llama3"}  # all native
@@ -94,7 +107,10 @@ def test_rope_config_lengths(model):
         assert f["max_position_embeddings"] == (L if m == "dynamic" else 256)
         if m in ("yarn", "ntk_parts", "llama3"):
             assert rp["original_max_position_embeddings"] == L  # the trained length, not the new one
-    assert M.rope_config("none", model.config, S, L)["rope_parameters"] == {"rope_type": "default", "rope_theta": 10000.0}
+    assert M.rope_config("none", model.config, S, L)["rope_parameters"] == {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+    }
     assert model.config.rope_parameters == {"rope_type": "default", "rope_theta": 10000.0}  # untouched
 
 
@@ -170,7 +186,11 @@ def test_bad_input_is_a_clear_error(model, tmp_path):
         M.extend(gpt2, "yarn", S, L)
     src = tmp_path / "src"
     model.save_pretrained(src)
-    for bad in (dict(method="nope", factor=S), dict(method="yarn", factor=1), dict(method="yarn", factor=S, trained_len=999)):
+    for bad in (
+        dict(method="nope", factor=S),
+        dict(method="yarn", factor=1),
+        dict(method="yarn", factor=S, trained_len=999),
+    ):
         kw = {"trained_len": L, **bad}
         with pytest.raises(ValueError):
             M.extend_dir(src, tmp_path / "dst", **kw)
@@ -207,14 +227,21 @@ def test_round_trip_in_a_fresh_process(model, tmp_path):
         dirs.append(str(d))
         expected.append(traps.logits(M.extend(model, m, S, L), ids).numpy())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    r = subprocess.run([sys.executable, "-c", _LOAD, str(tmp_path / "ids.npy"), str(tmp_path / "out.npz"), *dirs],
-                       env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", _LOAD, str(tmp_path / "ids.npy"), str(tmp_path / "out.npz"), *dirs],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     got = np.load(tmp_path / "out.npz")
     for i, m in enumerate(M.METHODS):
         assert np.abs(got[str(i)] - expected[i]).max() < 1e-5, m
     cfg = json.loads((tmp_path / "yarn" / "config.json").read_text())
-    assert cfg["rope_parameters"]["original_max_position_embeddings"] == L and cfg["context_extension"]["method"] == "yarn"
+    assert (
+        cfg["rope_parameters"]["original_max_position_embeddings"] == L and cfg["context_extension"]["method"] == "yarn"
+    )
 
 
 # ---------------------------------------------------------------- tasks, tokenizer, scoring
@@ -351,15 +378,22 @@ def test_alfred_claims_verdicts():
         return {"acc": acc, "lo": acc - half, "hi": acc + half}
 
     def res(zs, ft):
-        return {"zero_shot": {m: {"passkey": {"512": cell(a)}} for m, a in zs.items()},
-                "finetuned": {m: {"passkey": {"512": cell(a)}} for m, a in ft.items()}}  # fmt: skip
+        return {
+            "zero_shot": {m: {"passkey": {"512": cell(a)}} for m, a in zs.items()},
+            "finetuned": {m: {"passkey": {"512": cell(a)}} for m, a in ft.items()},
+        }
 
-    r = alfred_claims(res({"yarn": 0.9, "ntk": 0.5, "pi": 0.6}, {"yarn": 0.9, "ntk_margin": 0.99, "ntk_yarn": 0.95}), "passkey", "512")
+    r = alfred_claims(
+        res({"yarn": 0.9, "ntk": 0.5, "pi": 0.6}, {"yarn": 0.9, "ntk_margin": 0.99, "ntk_yarn": 0.95}), "passkey", "512"
+    )
     assert r["yarn_best_zero_shot"]["verdict"] == "reproduced" and r["yarn_best_zero_shot"]["runner_up"] == "pi"
     assert r["ntk_family_ge_yarn_finetuned"]["verdict"] == "reproduced"
     assert r["ntk_family_ge_yarn_finetuned"]["best_ntk_family"] == "ntk_margin"
     r = alfred_claims(res({"yarn": 0.5, "ntk": 0.8}, {"yarn": 0.97, "ntk": 0.96}), "passkey", "512")
-    assert r["yarn_best_zero_shot"]["verdict"] == "refuted" and r["ntk_family_ge_yarn_finetuned"]["verdict"] == "unresolved"
+    assert (
+        r["yarn_best_zero_shot"]["verdict"] == "refuted"
+        and r["ntk_family_ge_yarn_finetuned"]["verdict"] == "unresolved"
+    )
 
 
 def test_real_scale_plan_for_a_4k_to_16k_mistral_and_its_cpu_dry_run(tmp_path):
@@ -367,22 +401,35 @@ def test_real_scale_plan_for_a_4k_to_16k_mistral_and_its_cpu_dry_run(tmp_path):
     for two steps at the extended length on a tiny Mistral on CPU."""
     from warmstart.context.plan import describe, dry_run, plan
 
-    cfg = {"model_type": "mistral", "vocab_size": 131072, "hidden_size": 5120, "num_hidden_layers": 40,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 14336,
-           "max_position_embeddings": 4096, "rope_theta": 1000000.0}  # fmt: skip
+    cfg = {
+        "model_type": "mistral",
+        "vocab_size": 131072,
+        "hidden_size": 5120,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 14336,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1000000.0,
+    }
     p = plan(cfg, "yarn", 4, 4096, processes=8, micro_batch=1, steps=1000)
     assert p["length"] == 16384 and p["rope_parameters"]["original_max_position_embeddings"] == 4096
     assert p["rope_parameters"]["attention_factor"] == pytest.approx(0.1 * math.log(4) + 1)
     assert p["run_config"]["seq_len"] == 16384 and p["run_config"]["attn_implementation"] == "flash_attention_2"
     mem = p["memory_per_device"]
-    assert mem["params_grads_adam_gib"] == pytest.approx(16 * 12_247_782_400 / 8 / 1024**3, rel=1e-6)  # Mistral-Nemo 12.2B
+    assert mem["params_grads_adam_gib"] == pytest.approx(
+        16 * 12_247_782_400 / 8 / 1024**3, rel=1e-6
+    )  # Mistral-Nemo 12.2B
     assert mem["total_with_recomputation_gib"] < mem["total_gib"] and "GiB" in describe(p)
     # 12.2B at 16K tokens does not fit an 80 GiB H100 without activation recomputation; with it, it does
     assert not mem["fits"] and mem["fits_with_recomputation"] and p["run_config"]["activation_checkpointing"] is True
     assert "fits (the run config sets activation_checkpointing: true)" in describe(p)
     small = plan(cfg, "yarn", 1.25, 4096, processes=8, micro_batch=1, gpu="H200")
     assert small["memory_per_device"]["fits"] and small["run_config"]["activation_checkpointing"] is False
-    assert p["time"]["seconds_per_step"] == pytest.approx(16384 * 8 * p["time"]["flops_per_token"] / (0.35 * 989e12 * 8))
+    assert p["time"]["seconds_per_step"] == pytest.approx(
+        16384 * 8 * p["time"]["flops_per_token"] / (0.35 * 989e12 * 8)
+    )
     with pytest.raises(ValueError, match="gpu"):
         plan(cfg, "yarn", 4, 4096, gpu="TPU")
     with pytest.raises(ValueError, match="factor"):
@@ -396,7 +443,6 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     """The record of the testbed across seeds is tied to the testbed configuration: the seed and the worker count
     (which the result does not depend on) are left out of the fingerprint, anything else is in it."""
     import json
-
     from pathlib import Path
 
     from warmstart.config import load_params
@@ -409,10 +455,14 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     from warmstart.stages import import_closure
 
     lib = Path(warmstart.__file__).resolve().parents[1]
-    assert {"warmstart.train.loop", "warmstart.context.rope_scaling", "warmstart.context.tasks"} <= import_closure("warmstart.context.testbed", lib)
+    assert {"warmstart.train.loop", "warmstart.context.rope_scaling", "warmstart.context.tasks"} <= import_closure(
+        "warmstart.context.testbed", lib
+    )
     assert fp != fingerprint(TestbedConfig(train_steps=1201)) and fp != fingerprint(TestbedConfig(threads=2))
     root = Path(__file__).resolve().parents[1]
-    params = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}, "context": {"testbed": {"items": 50}}})
+    params = load_params(
+        root / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}, "context": {"testbed": {"items": 50}}}
+    )
     assert testbed_config(params, 3).seed == 3 and testbed_config(params, 3).items == 50
     rec, why = seeds_for(params)
     assert rec is None and "testbed_seeds.json is absent (make testbed-seeds measures it)" in why
@@ -420,7 +470,10 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps({"fingerprint": fp}))
     rec, why = seeds_for(params)
     assert rec is None and f"measured for another configuration or code (fingerprint {fp}" in why
-    good = {"fingerprint": fingerprint(TestbedConfig(items=50)), "per_seed": {"1337": {"zero_shot_at_factor_L": {"yarn": 0.5}}}}
+    good = {
+        "fingerprint": fingerprint(TestbedConfig(items=50)),
+        "per_seed": {"1337": {"zero_shot_at_factor_L": {"yarn": 0.5}}},
+    }
     (tmp_path / "metrics/testbed_seeds.json").write_text(json.dumps(good))
     assert seeds_for(params) == (good, None)  # no stage result to compare with
     (tmp_path / "context").mkdir()
@@ -432,8 +485,13 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     # the targets are measured at factor x L: a testbed that does not score there is refused before any training
     from warmstart.context.testbed_seeds import measure
 
-    bad = load_params(root / "params.yaml", {"shared": {"reports_dir": str(tmp_path), "data_dir": str(tmp_path / "data")},
-                                             "context": {"testbed": {"eval_factors": [1.0, 2.0]}}})  # fmt: skip
+    bad = load_params(
+        root / "params.yaml",
+        {
+            "shared": {"reports_dir": str(tmp_path), "data_dir": str(tmp_path / "data")},
+            "context": {"testbed": {"eval_factors": [1.0, 2.0]}},
+        },
+    )
     with pytest.raises(ValueError, match=r"eval_factors \[1.0, 2.0\] must include factor 4.0"):
         measure(bad, [1, 2])
     with pytest.raises(ValueError, match=r"--seeds: give distinct seeds"):

@@ -143,21 +143,31 @@ def test_bad_files_are_named(tmp_path):
 def _local_params(params_dict, tmp_path, sources, **corpus):
     over = {
         "shared": {"data_dir": str(tmp_path / "data"), "reports_dir": str(tmp_path / "reports")},
-        "corpus": {"sources": sources, "min_chars": 10, "min_train_bytes": 0, "split": {"val_fraction": 0.2, "test_fraction": 0.2}, **corpus},
+        "corpus": {
+            "sources": sources,
+            "min_chars": 10,
+            "min_train_bytes": 0,
+            "split": {"val_fraction": 0.2, "test_fraction": 0.2},
+            **corpus,
+        },
     }
     return validate(deep_merge(params_dict, over))
 
 
-EN = ["The package manager keeps track of installed software on the system.",
-      "Configuration files live in the etc directory and are edited by hand.",
-      "Services are started by the init system when the machine boots up.",
-      "Logs are written by the system journal and can be read with journalctl.",
-      "Users and groups control who may read and write each file on disk."]
-NB = ["Pakkehåndtereren holder styr på installert programvare på systemet.",
-      "Konfigurasjonsfiler ligger i katalogen etc og redigeres for hånd.",
-      "Tjenester startes av init-systemet når maskinen starter opp.",
-      "Logger skrives av systemjournalen og kan leses med journalctl.",
-      "Brukere og grupper styrer hvem som kan lese og skrive hver fil på disken."]
+EN = [
+    "The package manager keeps track of installed software on the system.",
+    "Configuration files live in the etc directory and are edited by hand.",
+    "Services are started by the init system when the machine boots up.",
+    "Logs are written by the system journal and can be read with journalctl.",
+    "Users and groups control who may read and write each file on disk.",
+]
+NB = [
+    "Pakkehåndtereren holder styr på installert programvare på systemet.",
+    "Konfigurasjonsfiler ligger i katalogen etc og redigeres for hånd.",
+    "Tjenester startes av init-systemet når maskinen starter opp.",
+    "Logger skrives av systemjournalen og kan leses med journalctl.",
+    "Brukere og grupper styrer hvem som kan lese og skrive hver fil på disken.",
+]
 
 
 def _write_parallel(tmp_path):
@@ -173,12 +183,19 @@ def test_local_sources_build_a_parallel_split(params_dict, tmp_path):
     from warmstart.data.corpus import build_corpus, load_split
 
     _write_parallel(tmp_path)
-    p = _local_params(params_dict, tmp_path, [
-        {"kind": "local", "lang": "source", "paths": [str(tmp_path / "en")]},
-        {"kind": "local", "lang": "target", "paths": [str(tmp_path / "nb" / "*.txt")]},
-    ], dedup={"near_threshold": None})
+    p = _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "local", "lang": "source", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "target", "paths": [str(tmp_path / "nb" / "*.txt")]},
+        ],
+        dedup={"near_threshold": None},
+    )
     m = build_corpus(p)
-    docs = {lang: {s: {r["doc"] for r in load_split(p, lang, s)} for s in ("train", "val", "test")} for lang in p.languages}
+    docs = {
+        lang: {s: {r["doc"] for r in load_split(p, lang, s)} for s in ("train", "val", "test")} for lang in p.languages
+    }
     assert docs["en-US"] == docs["nb-NO"]  # same held-out documents in both languages
     assert set().union(*docs["en-US"].values()) == {f"doc{i}" for i in range(5)}
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -193,10 +210,15 @@ def test_english_in_target_is_filtered_and_counted(params_dict, tmp_path):
 
     _write_parallel(tmp_path)
     (tmp_path / "nb" / "doc0.txt").write_text(NB[0] + "\n\n" + EN[1] + "\n")
-    p = _local_params(params_dict, tmp_path, [
-        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
-    ], dedup={"near_threshold": None})
+    p = _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
+        ],
+        dedup={"near_threshold": None},
+    )
     m = build_corpus(p)
     assert m["languages"]["nb-NO"]["removed"]["langid"] == 1
     nb_text = sum((load_texts(p, "nb-NO", s) for s in ("train", "val", "test")), [])
@@ -207,11 +229,18 @@ def test_dedup_prefers_held_out_copy(params_dict, tmp_path):
     from warmstart.data.corpus import build_corpus, load_split
 
     _write_parallel(tmp_path)
-    p = _local_params(params_dict, tmp_path, [
-        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
-    ], dedup={"near_threshold": None})
-    test_doc = next(r["doc"] for r in (build_corpus(p, tmp_path / "probe"), load_split(tmp_path / "probe", "en-US", "test"))[1])
+    p = _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
+        ],
+        dedup={"near_threshold": None},
+    )
+    test_doc = next(
+        r["doc"] for r in (build_corpus(p, tmp_path / "probe"), load_split(tmp_path / "probe", "en-US", "test"))[1]
+    )
     shared_para = EN[int(test_doc[-1])]
     # put the held-out paragraph into every training document too
     for i in range(5):
@@ -229,8 +258,10 @@ def test_bad_file_error_or_counted_skip(params_dict, tmp_path):
 
     _write_parallel(tmp_path)
     (tmp_path / "nb" / "broken.txt").write_bytes(b"\xff\xfe\x00garbage")
-    srcs = [{"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]}]
+    srcs = [
+        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
+    ]
     p = _local_params(params_dict, tmp_path, srcs)
     with pytest.raises(BadFileError, match="broken.txt is binary.*on_bad_file: skip"):
         build_corpus(p)
@@ -258,11 +289,16 @@ def test_hf_dataset_source_on_local_data(params_dict, tmp_path):
         ds.to_json(str(tmp_path / f"{lang}.jsonl"))
         (tmp_path / lang).mkdir()
         (tmp_path / f"{lang}.jsonl").rename(tmp_path / lang / "train.jsonl")
-    p = _local_params(params_dict, tmp_path, [
-        {"kind": "hf", "lang": "source", "dataset": str(tmp_path / "en"), "id_field": "id"},
-        {"kind": "hf", "lang": "target", "dataset": "json", "name": None,
-         "split": "train", "id_field": "id"} | {"dataset": str(tmp_path / "nb")},
-    ], dedup={"near_threshold": None})
+    p = _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "hf", "lang": "source", "dataset": str(tmp_path / "en"), "id_field": "id"},
+            {"kind": "hf", "lang": "target", "dataset": "json", "name": None, "split": "train", "id_field": "id"}
+            | {"dataset": str(tmp_path / "nb")},
+        ],
+        dedup={"near_threshold": None},
+    )
     build_corpus(p)
     recs = load_split(p, "nb-NO", "train")
     assert {r["text"] for r in recs} <= set(NB) and all(r["doc"].startswith("d") for r in recs)
@@ -275,10 +311,14 @@ def test_jsonl_records_need_text_field(params_dict, tmp_path):
 
     _write_parallel(tmp_path)
     (tmp_path / "x.jsonl").write_text(json.dumps({"body": "hei"}) + "\n")
-    p = _local_params(params_dict, tmp_path, [
-        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "x.jsonl")]},
-    ])
+    p = _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "x.jsonl")]},
+        ],
+    )
     with pytest.raises(BadFileError, match=r"x.jsonl:1: record has no 'text' field"):
         build_corpus(p)
 
@@ -292,8 +332,10 @@ def test_malformed_jsonl_line_error_or_counted_skip(params_dict, tmp_path):
     lines.insert(2, '{"id": "d9", "text": "unterminated')  # line 3
     lines.insert(4, json.dumps(["not", "an", "object"]))  # line 5
     (tmp_path / "nb.jsonl").write_text("\n".join(lines) + "\n")
-    srcs = [{"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb.jsonl")], "id_field": "id"}]
+    srcs = [
+        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb.jsonl")], "id_field": "id"},
+    ]
     with pytest.raises(BadFileError, match=r"nb.jsonl:3: not valid JSON .*on_bad_file: skip"):
         build_corpus(_local_params(params_dict, tmp_path, srcs))
     assert not (tmp_path / "data" / "corpus").exists()  # nothing half-written
@@ -317,9 +359,13 @@ def test_too_little_target_text_fails_before_writing(params_dict, tmp_path):
         d.mkdir()
         for i, t in enumerate(texts):
             (d / f"doc{i}.txt").write_text(t + "\n\n" + t.replace(".", " again.") + "\n")
-    sources = [{"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-               {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]}]
+    sources = [
+        {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+        {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
+    ]
     params = _local_params(params_dict, tmp_path, sources, min_train_bytes=100)
-    with pytest.raises(ValueError, match=r"nb-NO keeps only 0 bytes of training text .* language ID removed 10 of its 10 paragraphs"):
+    with pytest.raises(
+        ValueError, match=r"nb-NO keeps only 0 bytes of training text .* language ID removed 10 of its 10 paragraphs"
+    ):
         build_corpus(params)
     assert not (tmp_path / "data" / "corpus").exists()

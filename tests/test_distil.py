@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from test_train import SPEC, assert_same_weights, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
-from warmstart.train.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
 from warmstart.flops import flops_per_token
 from warmstart.model import build_model, load_model, save_model
+from warmstart.train.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
 from warmstart.train.loop import TrainConfig, Trainer, train
 
 
@@ -125,8 +125,19 @@ def test_distillation_moves_the_student_towards_the_teacher(assets, tmp_path):  
     teacher = str(_teacher(assets, tmp_path / "teacher"))
     for top_k in (None, 20):
         out = tmp_path / f"kd{top_k}"
-        train(make_cfg(assets, out, steps=12, teacher_path=teacher, kd_top_k=top_k, lr=1e-2, lr_schedule="constant",
-                       warmup_steps=0, tensorboard=True))  # fmt: skip
+        train(
+            make_cfg(
+                assets,
+                out,
+                steps=12,
+                teacher_path=teacher,
+                kd_top_k=top_k,
+                lr=1e-2,
+                lr_schedule="constant",
+                warmup_steps=0,
+                tensorboard=True,
+            )
+        )
         log = read_log(out)
         assert log[-1]["kd_loss"] < 0.7 * log[0]["kd_loss"], [r["kd_loss"] for r in log]
         assert log[0]["loss"] == log[0]["kd_loss"]  # kd_ce_share 0, T 1
@@ -182,5 +193,7 @@ def test_gradient_by_hand_equals_autograd_through_the_formula(top_k, vocab):
 
 def test_kd_benchmark_record_on_a_small_shape():
     rec = benchmark_kd(rows=64, vocab=256, pad=8, rounds=2, top_k=16)
-    assert rec["rounds"] == 2 and rec["top_k"] == 16 and rec["speedup_min"] <= rec["speedup_median"] <= rec["speedup_max"]
+    assert (
+        rec["rounds"] == 2 and rec["top_k"] == 16 and rec["speedup_min"] <= rec["speedup_median"] <= rec["speedup_max"]
+    )
     assert rec["max_abs_grad_diff"] < 1e-7  # the two backward passes agree

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import _env, _free_port, assets, make_cfg, read_log, weights  # noqa: F401  (assets: a fixture)
 
-from warmstart.train.checkpoint import SHARDED_DIR, export_checkpoint, list_checkpoints, read_trainer_state
+from test_train import _env, _free_port, assets, make_cfg, read_log, weights  # noqa: F401  (assets: a fixture)
 from warmstart.model import ModelSpec
+from warmstart.train.checkpoint import SHARDED_DIR, export_checkpoint, list_checkpoints, read_trainer_state
 from warmstart.train.loop import launch_command, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,9 @@ def _launcher(path: Path):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
 
-    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "warmstart.train", "--config", "run.yaml"])
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(path), "-m", "warmstart.train", "--config", "run.yaml"]
+    )
     args, _, _ = _validate_launch_command(args)
     if args.use_fsdp or args.multi_gpu:
         return args, prepare_multi_gpu_env(args)

@@ -73,7 +73,7 @@ def test_no_import_cycle_in_the_package():
         state[n] = 1
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*path[path.index(m):], m]))
+                pytest.fail("import cycle: " + " -> ".join([*path[path.index(m) :], m]))
             if m not in state:
                 visit(m, [*path, m])
         state[n] = 2
@@ -95,10 +95,16 @@ def test_each_stage_notebook_is_thin_and_calls_its_stage(root, stage):
     nb_path = next(d for d in doc["deps"] if str(d).startswith("notebooks/"))
     nb = json.loads((root / nb_path).read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", [])]
-    lines = [ln for c in code for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    lines = [
+        ln for c in code for ln in "".join(c["source"]).splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
     assert len(lines) <= 60, f"{nb_path}: {len(lines)} lines of code outside the parameters cell"
-    imported = {a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
-                for c in code for n in ast.walk(ast.parse("".join(c["source"])))
-                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}  # fmt: skip
+    imported = {
+        a.name if isinstance(n, ast.Import) else f"{n.module}.{a.name}"
+        for c in code
+        for n in ast.walk(ast.parse("".join(c["source"])))
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    }
     assert STAGES[stage] in imported, f"{nb_path} does not import {STAGES[stage]}"
     assert ".run(" in "".join("".join(c["source"]) for c in code)

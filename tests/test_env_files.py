@@ -49,7 +49,9 @@ def test_lock_satisfies_pyproject_ranges_and_sets_agree(root):
         where = gpu if in_gpu_only else cpu
         assert name in where, f"{req} is in pyproject.toml but not in the lock"
         version = where[name][0]
-        assert req.specifier.contains(version.split("+")[0], prereleases=True), f"locked {name}=={version} violates {req}"
+        assert req.specifier.contains(version.split("+")[0], prereleases=True), (
+            f"locked {name}=={version} violates {req}"
+        )
     shared = cpu.keys() & gpu.keys()
     assert {"transformers", "triton", "liger-kernel", "accelerate", "numpy", "torch"} <= shared
     differ = {k: (cpu[k][0], gpu[k][0]) for k in shared if cpu[k][0].split("+")[0] != gpu[k][0].split("+")[0]}
@@ -84,11 +86,22 @@ def test_installed_environment_is_the_lock(root):
 def test_make_env_installs_only_from_the_lock(root, tmp_path, gpu, locks):
     """`make env` (dry run, every step forced) installs hashed lock files without resolving anything: uv
     from requirements/uv.txt (into the tools venv), then the lock with that uv, then the project."""
-    out = subprocess.run(["make", "-n", "-B", "env", f"VENV={tmp_path / 'v'}", f"TOOLS={tmp_path / 't'}", f"GPU={gpu}"],
-                         cwd=root, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["make", "-n", "-B", "env", f"VENV={tmp_path / 'v'}", f"TOOLS={tmp_path / 't'}", f"GPU={gpu}"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     installs = [ln for ln in out.replace("\\\n", " ").splitlines() if " pip install " in ln]
-    assert [ln.split(" -r ")[1].split()[0] for ln in installs if " -r " in ln] == ["requirements/uv.txt", *(f"requirements/{f}" for f in locks)]
-    assert installs[1].startswith(f"{tmp_path / 't'}/bin/uv pip install ") and f"--python {tmp_path / 'v'}/bin/python" in installs[1]
+    assert [ln.split(" -r ")[1].split()[0] for ln in installs if " -r " in ln] == [
+        "requirements/uv.txt",
+        *(f"requirements/{f}" for f in locks),
+    ]
+    assert (
+        installs[1].startswith(f"{tmp_path / 't'}/bin/uv pip install ")
+        and f"--python {tmp_path / 'v'}/bin/python" in installs[1]
+    )
     for ln in installs:
         assert "--no-deps" in ln, f"an install that may resolve on its own: {ln}"
         assert ("--require-hashes" in ln) != ln.endswith(" -e ."), ln

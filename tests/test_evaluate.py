@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import WORDS_EN as EN
+from conftest import WORDS_NB as NB
 from warmstart.evaluate.bpb import bits_per_byte
-from warmstart.evaluate.runs import bytes_to_reach, load_run, select_checkpoints, speedup
 from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,
@@ -23,11 +24,10 @@ from warmstart.evaluate.probes import (
     translation_pairs,
     translation_prompt,
 )
+from warmstart.evaluate.runs import bytes_to_reach, load_run, select_checkpoints, speedup
 from warmstart.model import build_model, save_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
-from conftest import WORDS_EN as EN, WORDS_NB as NB
-
 
 
 def make_tokenizer(texts, vocab_size=300, mask=True):
@@ -39,17 +39,32 @@ def make_tokenizer(texts, vocab_size=300, mask=True):
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     kw = {"mask_token": "<mask>"} if mask else {}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", **kw)  # fmt: skip
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", **kw
+    )
 
 
 def tiny_model(tok, seed=0):
-    return build_model(vocab_size=len(tok), hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=256,
-                       seed=seed, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    return build_model(
+        vocab_size=len(tok),
+        hidden=32,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        intermediate=64,
+        max_pos=256,
+        seed=seed,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
 
 
 def sentences(words, n, seed):
@@ -81,17 +96,44 @@ def test_cloze_items_exact_on_handmade_corpus():
     # 4 documents, one eligible paragraph each: the 3 distractors are forced (the other documents' endings,
     # in corpus order) and the true ending sits at index % 4.
     assert items == [
-        {"id": "a1", "doc": "A", "context": "one two", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 0},
-        {"id": "b1", "doc": "B", "context": "alpha", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 1},
-        {"id": "c1", "doc": "C", "context": "red green", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 2},
-        {"id": "d1", "doc": "D", "context": "north", "endings": ["three four", "beta gamma", "blue cyan", "south east"], "label": 3},
-    ]  # fmt: skip
+        {
+            "id": "a1",
+            "doc": "A",
+            "context": "one two",
+            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
+            "label": 0,
+        },
+        {
+            "id": "b1",
+            "doc": "B",
+            "context": "alpha",
+            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
+            "label": 1,
+        },
+        {
+            "id": "c1",
+            "doc": "C",
+            "context": "red green",
+            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
+            "label": 2,
+        },
+        {
+            "id": "d1",
+            "doc": "D",
+            "context": "north",
+            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
+            "label": 3,
+        },
+    ]
     assert [it["endings"][it["label"]] for it in items] == ["three four", "beta gamma", "blue cyan", "south east"]
 
 
 def test_cloze_items_sampled_are_seeded_and_distractors_from_other_documents():
-    recs = [{"id": f"{d}{i}", "doc": d, "text": f"{d} {i} " + " ".join(EN[(i + j) % len(EN)] for j in range(12))}
-            for d in "ABCDEF" for i in range(5)]  # fmt: skip
+    recs = [
+        {"id": f"{d}{i}", "doc": d, "text": f"{d} {i} " + " ".join(EN[(i + j) % len(EN)] for j in range(12))}
+        for d in "ABCDEF"
+        for i in range(5)
+    ]
     a = build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=3)
     assert a == build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=3)
     assert a != build_cloze_items(recs, n_items=7, context_chars=20, ending_chars=20, seed=4)
@@ -221,21 +263,28 @@ def test_translation_prompt_is_normistrals():
 
 def test_translation_pairs_align_by_doc_page_and_count():
     src = [
-        {"doc": "d1", "page": "p1", "text": "One."}, {"doc": "d1", "page": "p1", "text": "Two  words."},
-        {"doc": "d1", "page": "p2", "text": "Three."}, {"doc": "d1", "page": "p2", "text": "Four."},
+        {"doc": "d1", "page": "p1", "text": "One."},
+        {"doc": "d1", "page": "p1", "text": "Two  words."},
+        {"doc": "d1", "page": "p2", "text": "Three."},
+        {"doc": "d1", "page": "p2", "text": "Four."},
         {"doc": "d2", "page": "p1", "text": "A very long source paragraph indeed."},
-        {"doc": "d3", "page": "p1", "text": "Same."}, {"doc": "d3", "page": "p1", "text": "Six."},
-    ]  # fmt: skip
+        {"doc": "d3", "page": "p1", "text": "Same."},
+        {"doc": "d3", "page": "p1", "text": "Six."},
+    ]
     tgt = [
-        {"doc": "d1", "page": "p1", "text": "En."}, {"doc": "d1", "page": "p1", "text": "To ord."},
+        {"doc": "d1", "page": "p1", "text": "En."},
+        {"doc": "d1", "page": "p1", "text": "To ord."},
         {"doc": "d1", "page": "p2", "text": "Tre."},  # p2 lost a paragraph in the target: skipped
         {"doc": "d2", "page": "p1", "text": "Lang."},
-        {"doc": "d3", "page": "p1", "text": "Same."}, {"doc": "d3", "page": "p1", "text": "Seks."},
-    ]  # fmt: skip
+        {"doc": "d3", "page": "p1", "text": "Same."},
+        {"doc": "d3", "page": "p1", "text": "Seks."},
+    ]
     got = translation_pairs(src, tgt, n=10, max_chars=20)
     assert [(p["doc"], p["page"], p["source"], p["reference"]) for p in got] == [
-        ("d1", "p1", "One.", "En."), ("d1", "p1", "Two words.", "To ord."), ("d3", "p1", "Six.", "Seks."),
-    ]  # fmt: skip  (d2: too long; d3 "Same.": untranslated, skipped)
+        ("d1", "p1", "One.", "En."),
+        ("d1", "p1", "Two words.", "To ord."),
+        ("d3", "p1", "Six.", "Seks."),
+    ]  # (d2: too long; d3 "Same.": untranslated, skipped)
     assert len(translation_pairs(src, tgt, n=1, max_chars=20)) == 1
     with pytest.raises(EvalError, match="n must be >= 0"):
         translation_pairs(src, tgt, n=-1, max_chars=20)
@@ -269,8 +318,12 @@ def test_masked_probe_matches_bidirectional_hand_computation():
         total += len(pos)
     from warmstart.evaluate.intervals import wilson
 
-    assert got == {"masked_acc": correct / total, "masked_tokens": total, "items": 2,
-                   "masked_acc_ci": list(wilson(correct, total))}  # fmt: skip
+    assert got == {
+        "masked_acc": correct / total,
+        "masked_tokens": total,
+        "items": 2,
+        "masked_acc_ci": list(wilson(correct, total)),
+    }
 
 
 def test_masked_probe_needs_a_mask_token():
@@ -309,7 +362,9 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
         for d in range(4):
             for pg in range(2):
                 for i, t in enumerate(sentences(words, 2, 100 * d + 10 * pg)):
-                    recs.append({"id": f"{d}-{pg}-{i}", "doc": f"ch{d}", "page": f"p{pg}", "lang": lang, "kind": "p", "text": t})
+                    recs.append(
+                        {"id": f"{d}-{pg}-{i}", "doc": f"ch{d}", "page": f"p{pg}", "lang": lang, "kind": "p", "text": t}
+                    )
         write_jsonl(data / "corpus" / lang / "test.jsonl", recs)
     tok = make_tokenizer(sentences(EN, 80, 0) + sentences(NB, 80, 1))
     tok.save_pretrained(tmp / "tok")
@@ -319,34 +374,77 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
         for k, step in enumerate((0, 4, 8)):
             path = rd / "checkpoints" / f"step{step:07d}"
             save_model(tiny_model(tok, seed=10 * k + (method is None)), tok, path)
-            ckpts.append({"step": step, "phase": "init" if step == 0 else ("phase1" if step <= 4 else "phase2"),
-                          "tokens": step * 64, "bytes": step * 250 + (0 if method else 0), "path": str(path)})  # fmt: skip
-        log = [{"step": s, "phase": "phase1" if s <= 4 else "phase2", "tokens": s * 64, "bytes": s * 250,
-                "loss": 6.0 - 0.3 * s + (0.1 if method else 0), "corpus": "a" if s < 6 else "b", "mfu": 0.01}
-               for s in range(1, 9)]  # fmt: skip
+            ckpts.append(
+                {
+                    "step": step,
+                    "phase": "init" if step == 0 else ("phase1" if step <= 4 else "phase2"),
+                    "tokens": step * 64,
+                    "bytes": step * 250 + (0 if method else 0),
+                    "path": str(path),
+                }
+            )
+        log = [
+            {
+                "step": s,
+                "phase": "phase1" if s <= 4 else "phase2",
+                "tokens": s * 64,
+                "bytes": s * 250,
+                "loss": 6.0 - 0.3 * s + (0.1 if method else 0),
+                "corpus": "a" if s < 6 else "b",
+                "mfu": 0.01,
+            }
+            for s in range(1, 9)
+        ]
         write_jsonl(rec / "log.jsonl", log)
-        write_json(rec / "run.json", {
-            "name": name, "kind": "swap" if method else "scratch", "method": method, "tokenizer": str(tmp / "tok"),
-            "init": ckpts[0]["path"], "checkpoints": ckpts, "final": ckpts[-1]["path"], "log": str(rec / "log.jsonl"),
-            "masked_share": 0.1 if (with_masked and method) else 0.0, "seq_len": 32, "params_count": 30000,
-            "flops_per_token": 180000, "seconds": 12.5, "mean_mfu": 0.0123, "mean_tokens_per_s": 1000.0,
-        })  # fmt: skip
-    write_json(reports / "vocab_swap" / "random.json",
-               {"method": "random", "aligned": 0, "decomposed": 0, "random": 300, "new_vocab": 300, "bpb_step0": {}})
+        write_json(
+            rec / "run.json",
+            {
+                "name": name,
+                "kind": "swap" if method else "scratch",
+                "method": method,
+                "tokenizer": str(tmp / "tok"),
+                "init": ckpts[0]["path"],
+                "checkpoints": ckpts,
+                "final": ckpts[-1]["path"],
+                "log": str(rec / "log.jsonl"),
+                "masked_share": 0.1 if (with_masked and method) else 0.0,
+                "seq_len": 32,
+                "params_count": 30000,
+                "flops_per_token": 180000,
+                "seconds": 12.5,
+                "mean_mfu": 0.0123,
+                "mean_tokens_per_s": 1000.0,
+            },
+        )
+    write_json(
+        reports / "vocab_swap" / "random.json",
+        {"method": "random", "aligned": 0, "decomposed": 0, "random": 300, "new_vocab": 300, "bpb_step0": {}},
+    )
     return {
         "shared": {"data_dir": str(data), "reports_dir": str(reports)},
-        "vocab_swap": {"methods": ["random"]}, "study": {"arms": {"fvt-hybrid": {"init": "random"}}},  # the arm: untrained here
+        "vocab_swap": {"methods": ["random"]},
+        "study": {"arms": {"fvt-hybrid": {"init": "random"}}},  # the arm: untrained here
         "pretrain": {"seq_len": 32},
-        "evaluate": {"eval_bytes": 1000, "cloze_items": 6, "cloze_context_chars": 40, "cloze_ending_chars": 30,
-                     "translation_pairs": 3, "translation_max_new_tokens": 4, "translation_max_chars": 400,
-                     "masked_items": 3, "batch_size": 8},
-    }  # fmt: skip
+        "evaluate": {
+            "eval_bytes": 1000,
+            "cloze_items": 6,
+            "cloze_context_chars": 40,
+            "cloze_ending_chars": 30,
+            "translation_pairs": 3,
+            "translation_max_new_tokens": 4,
+            "translation_max_chars": 400,
+            "masked_items": 3,
+            "batch_size": 8,
+        },
+    }
 
 
 def test_run_json_errors_name_the_problem(tmp_path):
     with pytest.raises(EvalError, match="no run.json"):
         load_run(tmp_path)
-    (tmp_path / "run.json").write_text(json.dumps({"name": "x", "kind": "scratch", "tokenizer": "t", "final": "f", "checkpoints": []}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({"name": "x", "kind": "scratch", "tokenizer": "t", "final": "f", "checkpoints": []})
+    )
     with pytest.raises(EvalError, match="'checkpoints' is empty"):
         load_run(tmp_path)
     with pytest.raises(EvalError, match="'tagged' or 'final'"):
@@ -366,7 +464,9 @@ def test_stage_on_a_tiny_study(tmp_path, root):
     fin = ev["runs"]["random"]
     for key in ("bpb_target", "bpb_source", "cloze_acc_target", "cloze_acc_norm_source", "chrf", "masked_acc"):
         assert key in fin, key
-    assert "masked_acc" not in ev["runs"]["scratch"]  # the probe runs on hybrid-objective runs and their arms' references only
+    assert (
+        "masked_acc" not in ev["runs"]["scratch"]
+    )  # the probe runs on hybrid-objective runs and their arms' references only
     assert 0 <= fin["cloze_acc_target"] <= 1 and ev["cloze_items"] == {"target": 6, "source": 6}
     ck = pd.read_csv(tmp_path / "reports/evaluate/checkpoints.csv")
     assert len(ck) == 6 and list(ck[ck.run == "random"]["step"]) == [0, 4, 8]
@@ -389,12 +489,16 @@ def test_stage_on_a_tiny_study(tmp_path, root):
             lo, hi = d[f"{key}_ci"]
             assert lo <= d[key] <= hi, (name, key)
     assert ev["chance"] == {"cloze": 0.25} and ev["intervals"]["level"] == 0.95
-    assert ev["intervals"]["texts"]["target"] == len(json.loads((tmp_path / "reports/evaluate/doc_nll.json").read_text())["bytes"]["target"])
+    assert ev["intervals"]["texts"]["target"] == len(
+        json.loads((tmp_path / "reports/evaluate/doc_nll.json").read_text())["bytes"]["target"]
+    )
     low = ev["best"]
     other = "random" if low == "scratch" else "scratch"
     cmp_ = ev["vs_lowest"]
     assert cmp_["reference"] == low and set(cmp_["runs"]) == {other}
-    assert cmp_["runs"][other]["diff"] == pytest.approx(ev["runs"][other]["bpb_target"] - ev["runs"][low]["bpb_target"], abs=1e-6)
+    assert cmp_["runs"][other]["diff"] == pytest.approx(
+        ev["runs"][other]["bpb_target"] - ev["runs"][low]["bpb_target"], abs=1e-6
+    )
     doc = json.loads((tmp_path / "reports/evaluate/doc_nll.json").read_text())
     assert len(doc["checkpoints"]) == 6 and doc["unit"] == "paragraph"
     row = next(r for r in doc["checkpoints"] if r["run"] == "random" and r["step"] == 8)
@@ -409,25 +513,41 @@ def test_stage_on_a_tiny_study(tmp_path, root):
 def test_swap_study_numbers_and_goals():
     from warmstart.evaluate.runs import swap_study
 
-    init = pd.DataFrame([
-        {"run": "scratch", "aligned": None, "bpb_step0": 8.0, "bpb_final": 3.0, "speedup": 1.0},
-        {"run": "original", "aligned": None, "bpb_step0": 6.0, "bpb_final": 2.9, "speedup": 1.5},
-        {"run": "random", "aligned": 0, "bpb_step0": 7.0, "bpb_final": 2.8, "speedup": 2.0},
-        {"run": "fvt", "aligned": 500, "bpb_step0": 5.0, "bpb_final": 2.5, "speedup": 4.0},
-        {"run": "focus", "aligned": 500, "bpb_step0": 7.5, "bpb_final": 2.6, "speedup": float("nan")},
-    ])  # fmt: skip
+    init = pd.DataFrame(
+        [
+            {"run": "scratch", "aligned": None, "bpb_step0": 8.0, "bpb_final": 3.0, "speedup": 1.0},
+            {"run": "original", "aligned": None, "bpb_step0": 6.0, "bpb_final": 2.9, "speedup": 1.5},
+            {"run": "random", "aligned": 0, "bpb_step0": 7.0, "bpb_final": 2.8, "speedup": 2.0},
+            {"run": "fvt", "aligned": 500, "bpb_step0": 5.0, "bpb_final": 2.5, "speedup": 4.0},
+            {"run": "focus", "aligned": 500, "bpb_step0": 7.5, "bpb_final": 2.6, "speedup": float("nan")},
+        ]
+    )
     s = swap_study(init)
     assert s["best_swapped"] == "fvt" and s["best_speedup"] == 4.0  # original is not a swapped run
-    assert s["goals"] == {"fvt_step0_below_random": True, "focus_step0_below_random": False, "best_speedup_at_least_3": True}
+    assert s["goals"] == {
+        "fvt_step0_below_random": True,
+        "focus_step0_below_random": False,
+        "best_speedup_at_least_3": True,
+    }
     assert s["runs"]["focus"]["speedup"] is None  # NaN (never reached scratch's final bpb) -> null in JSON
     assert swap_study(init[init["run"] == "scratch"])["goals"]["fvt_step0_below_random"] is None
 
 
 def _seed_rows(runs=("scratch", "random"), steps=(0, 4, 8), seeds=(1, 2)) -> list[dict]:
     # bpb = 3 - 0.1 step + 0.01 seed (+0.5 for scratch); source = target + 1
-    return [{"run": r, "seed": s, "step": st, "bytes": 100 * st + s, "bpb_target": 3 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch"),
-             "bpb_source": 4 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch")}
-            for r in runs for s in seeds for st in steps]  # fmt: skip
+    return [
+        {
+            "run": r,
+            "seed": s,
+            "step": st,
+            "bytes": 100 * st + s,
+            "bpb_target": 3 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch"),
+            "bpb_source": 4 - 0.1 * st + 0.01 * s + 0.5 * (r == "scratch"),
+        }
+        for r in runs
+        for s in seeds
+        for st in steps
+    ]
 
 
 def test_seed_summary_means_and_stds_exactly():
@@ -437,7 +557,9 @@ def test_seed_summary_means_and_stds_exactly():
     s = seed_summary(df).set_index(["run", "step"])
     r = s.loc[("random", 8)]
     assert r["n"] == 2 and r["bytes"] == pytest.approx(801.5)
-    assert r["bpb_target"] == pytest.approx(3 - 0.8 + 0.015) and r["bpb_target_std"] == pytest.approx(0.01 / math.sqrt(2))
+    assert r["bpb_target"] == pytest.approx(3 - 0.8 + 0.015) and r["bpb_target_std"] == pytest.approx(
+        0.01 / math.sqrt(2)
+    )
     assert s.loc[("scratch", 0)]["bpb_source"] == pytest.approx(4.515)
     ck = pd.DataFrame({"run": ["random", "random"], "step": [0, 8]})
     assert covers(df, ck) and not covers(df[df.step != 8], ck) and not covers(None, ck)
@@ -447,16 +569,26 @@ def test_seed_summary_means_and_stds_exactly():
 
 def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.report.fragments import read_fragments
-    from warmstart.io import write_json
     from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.io import write_json
+    from warmstart.report.fragments import read_fragments
     from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path))
     rows = _seed_rows()
-    write_json(tmp_path / "reports/metrics/seed_spread.json", {
-        "metric": "final target bits per byte", "seeds": [1, 2], "fingerprint": fingerprint(params), "checkpoints": rows,
-        "runs": {r: {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 2, "values": [0.99, 1.01]} for r in ("scratch", "random")}})  # fmt: skip
+    write_json(
+        tmp_path / "reports/metrics/seed_spread.json",
+        {
+            "metric": "final target bits per byte",
+            "seeds": [1, 2],
+            "fingerprint": fingerprint(params),
+            "checkpoints": rows,
+            "runs": {
+                r: {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 2, "values": [0.99, 1.01]}
+                for r in ("scratch", "random")
+            },
+        },
+    )
     stage.run(params, progress=False)
     (frag,) = read_fragments(tmp_path / "reports")
     final = next(t for t in frag["tables"] if t["caption"].startswith("Final checkpoints: held-out"))
@@ -465,10 +597,15 @@ def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
     assert row[2] == "2.215 ± 0.007" and row[4] == "3.215 ± 0.007"  # step 8: 3 - 0.8 + 0.015, std 0.01/sqrt(2)
     per_ck = next(t for t in frag["tables"] if t["caption"].startswith("Bits per byte at every"))
     assert [r[5] for r in per_ck["rows"] if r[0] == "scratch"] == ["3.515 ± 0.007", "3.115 ± 0.007", "2.715 ± 0.007"]
-    assert "Mean over 2 seeds" in frag["figures"][0]["caption"] and "each cell also prints" in frag["figures"][1]["caption"]
+    assert (
+        "Mean over 2 seeds" in frag["figures"][0]["caption"]
+        and "each cell also prints" in frag["figures"][1]["caption"]
+    )
     # another configuration's spread: one seed, no extra columns
-    write_json(tmp_path / "reports/metrics/seed_spread.json", json.loads((tmp_path / "reports/metrics/seed_spread.json").read_text())
-               | {"fingerprint": "0" * 16})  # fmt: skip
+    write_json(
+        tmp_path / "reports/metrics/seed_spread.json",
+        json.loads((tmp_path / "reports/metrics/seed_spread.json").read_text()) | {"fingerprint": "0" * 16},
+    )
     stage.run(params, progress=False)
     (frag,) = read_fragments(tmp_path / "reports")
     final = next(t for t in frag["tables"] if t["caption"].startswith("Final checkpoints: held-out"))

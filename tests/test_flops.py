@@ -31,8 +31,15 @@ def test_tiny_flops_by_hand(tie):
 
 def test_dict_config_and_explicit_head_dim():
     # head_dim need not be hidden / heads (Mistral-Nemo: 5120 / 32 = 160, head_dim 128)
-    cfg = dict(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-               head_dim=3, intermediate_size=5)  # fmt: skip
+    cfg = dict(
+        vocab_size=10,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=3,
+        intermediate_size=5,
+    )
     # q 8*2*3 = 48, k 8*1*3 = 24, v 24, o 2*3*8 = 48, mlp 3*8*5 = 120 -> 264, head 10*8 = 80 -> N = 344
     assert flops.matmul_params(cfg) == 344
     assert flops.flops_per_token(cfg, 7) == 6 * 344 + 12 * 1 * 2 * 3 * 7
@@ -40,8 +47,15 @@ def test_dict_config_and_explicit_head_dim():
 
 def test_normistral_order_of_magnitude():
     """NorMistral-11b-warm: Mistral-Nemo shape, 51200 vocab, 60k steps x 1024 x 4096 tokens; card says 2.0e22 FLOP."""
-    cfg = MistralConfig(vocab_size=51200, hidden_size=5120, num_hidden_layers=40, num_attention_heads=32,
-                        num_key_value_heads=8, head_dim=128, intermediate_size=14336)  # fmt: skip
+    cfg = MistralConfig(
+        vocab_size=51200,
+        hidden_size=5120,
+        num_hidden_layers=40,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=14336,
+    )
     n = flops.matmul_params(cfg)
     assert n == 40 * (5120 * 4096 * 2 + 2 * 5120 * 1024 + 3 * 5120 * 14336) + 51200 * 5120 == 11_167_334_400
     total = flops.run_flops(cfg, 4096, 60_000 * 1024 * 4096)
@@ -59,8 +73,14 @@ def test_mfu_and_peak():
 
 def test_llama_3_2_1b_by_hand():
     """The benchmark's model: Llama-3.2-1B shape (tied head still counted), T = 4096."""
-    cfg = dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=8192)  # fmt: skip
+    cfg = dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+    )
     # per layer: q 2048*2048 = 4194304, k = v = 2048*512 = 1048576, o 4194304, mlp 3*2048*8192 = 50331648
     # -> 60817408; x16 = 973078528; head 128256*2048 = 262668288 -> N = 1235746816
     assert flops.matmul_params(cfg) == 1_235_746_816
@@ -73,8 +93,10 @@ def test_llama_3_2_1b_by_hand():
 
 def _log(tps: list[float], fpt: float = 1e7, peaks: list[float] | None = None) -> list[dict]:
     """Step-log records as the trainer writes them (mfu against ``peaks``, one per record, when given)."""
-    return [{"step": 5 * (i + 1), "tokens_per_s": t, **({"mfu": t * fpt / peaks[i]} if peaks else {})}
-            for i, t in enumerate(tps)]  # fmt: skip
+    return [
+        {"step": 5 * (i + 1), "tokens_per_s": t, **({"mfu": t * fpt / peaks[i]} if peaks else {})}
+        for i, t in enumerate(tps)
+    ]
 
 
 def test_measure_peak_is_a_median_with_its_spread():

@@ -14,12 +14,26 @@ import torch
 
 from warmstart.report.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
 
-KEYS = {"commit", "dirty", "dirty_files", "timestamp", "seconds", "python", "platform", "cpu", "cpu_count",
-        "memory_gib", "gpus", "packages"}  # fmt: skip
+KEYS = {
+    "commit",
+    "dirty",
+    "dirty_files",
+    "timestamp",
+    "seconds",
+    "python",
+    "platform",
+    "cpu",
+    "cpu_count",
+    "memory_gib",
+    "gpus",
+    "packages",
+}
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(
+        os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
+    )
     return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -40,13 +54,13 @@ def _provenance(root: Path, **kw) -> dict:
 
 
 def test_fragment_records_its_provenance(checkout):
-    t0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
     prov = _provenance(checkout)
     assert set(prov) == KEYS
     assert prov["commit"] == _git(checkout, "rev-parse", "HEAD") and len(prov["commit"]) == 40
     assert prov["dirty"] is False and prov["dirty_files"] == []
     assert prov["seconds"] == 12.35
-    assert t0 <= dt.datetime.fromisoformat(prov["timestamp"]) <= dt.datetime.now(dt.timezone.utc)
+    assert t0 <= dt.datetime.fromisoformat(prov["timestamp"]) <= dt.datetime.now(dt.UTC)
     assert prov["packages"] == {p: md.version(p.replace("_", "-")) for p in PACKAGES}
     assert prov["cpu_count"] == len(os.sched_getaffinity(0)) and prov["cpu"]
     assert prov["gpus"] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -72,8 +86,13 @@ def test_callers_keep_their_positional_arguments(tmp_path, monkeypatch):
     write_fragment("reports", "spikes", 70, "Loss spikes", ["Two spikes."], [], [], {"spikes.scratch": 2}, 1.5)
     (frag,) = read_fragments("reports")
     assert {k: frag[k] for k in ("stage", "order", "title", "paragraphs", "numbers", "seconds")} == {
-        "stage": "spikes", "order": 70, "title": "Loss spikes", "paragraphs": ["Two spikes."],
-        "numbers": {"spikes.scratch": 2}, "seconds": 1.5}  # fmt: skip
+        "stage": "spikes",
+        "order": 70,
+        "title": "Loss spikes",
+        "paragraphs": ["Two spikes."],
+        "numbers": {"spikes.scratch": 2},
+        "seconds": 1.5,
+    }
     assert frag["provenance"]["seconds"] == 1.5 and frag["provenance"]["commit"] is None
 
 
@@ -92,9 +111,17 @@ def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     long = table([[i, 0.5 * i] for i in range(3)], "Every checkpoint.", columns=["step", "bpb_target"], appendix=True)
     assert long["appendix"] is True and "appendix" not in table([[1]], "Short.", columns=["x"])
-    write_fragment("reports", "context", 80, "Long context", ["p"], [long], numbers={"gain.nb-NO": 0.12},
-                   findings=["  Position interpolation keeps 0.12 bits per byte\nat 4x the context. "],
-                   labels={"gain.nb-NO": "bits per byte gained at 4x context, nb-NO"})  # fmt: skip
+    write_fragment(
+        "reports",
+        "context",
+        80,
+        "Long context",
+        ["p"],
+        [long],
+        numbers={"gain.nb-NO": 0.12},
+        findings=["  Position interpolation keeps 0.12 bits per byte\nat 4x the context. "],
+        labels={"gain.nb-NO": "bits per byte gained at 4x context, nb-NO"},
+    )
     (frag,) = read_fragments("reports")
     assert frag["findings"] == ["Position interpolation keeps 0.12 bits per byte at 4x the context."]
     assert frag["labels"] == {"gain.nb-NO": "bits per byte gained at 4x context, nb-NO"}
@@ -104,12 +131,15 @@ def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
     assert "findings" not in plain and "labels" not in plain  # optional: absent when not given
 
 
-@pytest.mark.parametrize("findings, match", [
-    ("one sentence", "must be a list"),
-    (["ok", ""], "non-empty string"),
-    (["x" * 401], "at most 400"),
-    (["a", "b", "c", "d", "e"], "at most 4"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "findings, match",
+    [
+        ("one sentence", "must be a list"),
+        (["ok", ""], "non-empty string"),
+        (["x" * 401], "at most 400"),
+        (["a", "b", "c", "d", "e"], "at most 4"),
+    ],
+)
 def test_bad_findings_are_refused(tmp_path, findings, match):
     from warmstart.report.fragments import FragmentError
 
@@ -135,15 +165,29 @@ def test_nested_numbers_are_spread_into_labelled_dotted_keys(tmp_path):
     from warmstart.report.fragments import flat_numbers
     from warmstart.report.labels import Labels, looks_raw
 
-    assert flat_numbers({"a": 1, "goals": {"x": True, "y": {"z": 2.0}}, "empty": {}}) == {"a": 1, "goals.x": True, "goals.y.z": 2.0}
+    assert flat_numbers({"a": 1, "goals": {"x": True, "y": {"z": 2.0}}, "empty": {}}) == {
+        "a": 1,
+        "goals.x": True,
+        "goals.y.z": 2.0,
+    }
     goals = {"width_kd_within_5pct_of_teacher": True, "best_zero_shot>=0.70": False}
-    path = write_fragment(tmp_path / "reports", "compress", 85, "Compress", numbers={"goals": goals, "teacher": "focus"},
-                          root=tmp_path)  # fmt: skip
+    path = write_fragment(
+        tmp_path / "reports", "compress", 85, "Compress", numbers={"goals": goals, "teacher": "focus"}, root=tmp_path
+    )
     nums = json.loads(path.read_text())["numbers"]
-    assert nums == {"goals.width_kd_within_5pct_of_teacher": True, "goals.best_zero_shot>=0.70": False, "teacher": "focus"}
+    assert nums == {
+        "goals.width_kd_within_5pct_of_teacher": True,
+        "goals.best_zero_shot>=0.70": False,
+        "teacher": "focus",
+    }
     lab = Labels("en-US", "nb-NO")
-    assert lab.number("goals.width_kd_within_5pct_of_teacher") == "goal met: width-pruned + distilled within 5% of the teacher's bits per byte"
-    assert lab.number("goals.best_zero_shot>=0.70").startswith("goal met: testbed: the best method at least 0.70 zero-shot")
+    assert (
+        lab.number("goals.width_kd_within_5pct_of_teacher")
+        == "goal met: width-pruned + distilled within 5% of the teacher's bits per byte"
+    )
+    assert lab.number("goals.best_zero_shot>=0.70").startswith(
+        "goal met: testbed: the best method at least 0.70 zero-shot"
+    )
     assert not lab.unknown and not looks_raw(lab.number("goals.best_zero_shot>=0.70"))
     lab.number("goals.not_a_goal")
     assert lab.unknown == {"goals.not_a_goal"}

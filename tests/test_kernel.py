@@ -64,8 +64,14 @@ def test_installed_spec_starts_this_module_and_the_kernel_runs_tuned(tmp_path):
     src, dst = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, src)
     env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "share" / "jupyter")}
-    subprocess.run([sys.executable, "-m", "warmstart.notebook.run", "-k", "ws-test", "--no-progress-bar", str(src), str(dst)],
-                   env=env, capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "warmstart.notebook.run", "-k", "ws-test", "--no-progress-bar", str(src), str(dst)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     outputs = nbformat.read(dst, as_version=4).cells[0].outputs
     assert [o.get("text") for o in outputs] == [f"{GEN0_THRESHOLD} True\n"]
 

@@ -19,7 +19,6 @@ import pytest
 import torch
 from transformers.models.llama import modeling_llama
 
-from warmstart.kernels.masks import additive_mask, document_attention_mask
 from warmstart.kernels import (
     FLEX,
     KernelNotApplied,
@@ -33,6 +32,7 @@ from warmstart.kernels import (
     reference,
 )
 from warmstart.kernels.attention import mask_mod_for
+from warmstart.kernels.masks import additive_mask, document_attention_mask
 from warmstart.model import build_model
 
 TINY = dict(vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64)
@@ -94,8 +94,13 @@ def test_apply_on_cpu_without_triton_keeps_the_model_and_uses_chunked_loss(monke
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(2))
     a, b = build_model(**TINY), build_model(**TINY)
-    assert apply(a, KernelOptions()) == {"attention": "unchanged (sdpa)", "rms_norm": "off", "swiglu": "off",
-                                         "rope": "off", "fused_linear_cross_entropy": "off"}  # fmt: skip
+    assert apply(a, KernelOptions()) == {
+        "attention": "unchanged (sdpa)",
+        "rms_norm": "off",
+        "swiglu": "off",
+        "rope": "off",
+        "fused_linear_cross_entropy": "off",
+    }
     with pytest.warns(KernelNotApplied) as caught:
         rep = apply(b, KernelOptions.all(), device="cpu", dtype=torch.float32)
     assert sorted(str(w.message).split()[1] for w in caught) == ["rms_norm", "rope", "swiglu"]
@@ -119,8 +124,13 @@ def test_every_requested_kernel_binds_on_the_tiny_llama(monkeypatch):
         warnings.simplefilter("error", KernelNotApplied)
         rep = apply(model, KernelOptions.all(attention=None), device="cpu", dtype=torch.float32)
     # 2 layers: 2 x 2 RMSNorms + the final norm; one MLP and one attention per layer
-    assert rep == {"attention": "unchanged (sdpa)", "rms_norm": "liger x5", "swiglu": "liger x2", "rope": "liger x2",
-                   "fused_linear_cross_entropy": "liger"}, rep
+    assert rep == {
+        "attention": "unchanged (sdpa)",
+        "rms_norm": "liger x5",
+        "swiglu": "liger x2",
+        "rope": "liger x2",
+        "fused_linear_cross_entropy": "liger",
+    }, rep
     assert not_applied(rep) == {}
 
 
@@ -210,8 +220,9 @@ def test_mask_mod_equals_document_attention_mask(causal_across):
     assert torch.equal(dense[:, None], document_attention_mask(doc, bidi, causal_across=causal_across))
 
 
-@pytest.mark.parametrize("doc_mask, masked_rows", [(True, [False, False, False]), (True, [True, False, True]),
-                                                   (False, [True, False, False])])  # fmt: skip
+@pytest.mark.parametrize(
+    "doc_mask, masked_rows", [(True, [False, False, False]), (True, [True, False, True]), (False, [True, False, False])]
+)
 def test_flex_path_equals_current_mask_path(doc_mask, masked_rows):
     """Logits with warmstart_flex + attention_inputs == the trainer's _model_inputs path (sdpa and eager)."""
     doc = _doc_ids()

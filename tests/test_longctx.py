@@ -19,9 +19,11 @@ from warmstart.context.retrieval import (
 )
 from warmstart.model import build_model
 
-WORDS = ("system package kernel network file server user debian install archive mirror service daemon "
-         "configure boot module printer mail shell backup security firewall update release source binary "
-         "library editor desktop window process memory device driver partition volume account group").split()  # fmt: skip
+WORDS = (
+    "system package kernel network file server user debian install archive mirror service daemon "
+    "configure boot module printer mail shell backup security firewall update release source binary "
+    "library editor desktop window process memory device driver partition volume account group"
+).split()
 
 
 def _texts(n: int = 40, seed: int = 0) -> list[str]:
@@ -44,8 +46,12 @@ def tok():
     t = Tokenizer(models.BPE(unk_token="<unk>"))
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     t.train_from_iterator(_texts(80, 1), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
@@ -100,7 +106,9 @@ def test_scores_of_hand_made_generations(tok):
     suite = build_suite(_texts(), tok, 768, 4, seed=0)
     right = [f" {it['answer']}." for it in suite]
     res = score_generations(suite, right)
-    assert all(t["acc"] == 1.0 and t["normalised"] == 1.0 for t in res["tasks"].values()) and res["normalised_mean"] == 1.0
+    assert (
+        all(t["acc"] == 1.0 and t["normalised"] == 1.0 for t in res["tasks"].values()) and res["normalised_mean"] == 1.0
+    )
     half = [g if i % 2 else " no" for i, g in enumerate(right)]
     res = score_generations(suite, half)
     for task, t in res["tasks"].items():
@@ -113,8 +121,15 @@ def test_scores_of_hand_made_generations(tok):
 
 def test_score_suite_runs_greedy_generation(tok):
     suite = build_suite(_texts(), tok, 768, 2, seed=0, tasks=["passkey", "line"])
-    model = build_model(vocab_size=len(tok), hidden=32, layers=1, heads=2, max_pos=768,
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = build_model(
+        vocab_size=len(tok),
+        hidden=32,
+        layers=1,
+        heads=2,
+        max_pos=768,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     res = score_suite(model, tok, suite, batch_size=3)
     json.dumps(res)
     assert set(res["tasks"]) == {"passkey", "line"} and len(res["items"]) == 4

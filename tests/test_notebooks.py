@@ -64,11 +64,15 @@ def test_every_stage_runs_its_notebook_with_papermill(root):
     for name, st in stages.items():
         cmd = st["cmd"]
         nb = next(tok for tok in cmd.split() if tok.startswith("notebooks/"))
-        assert "${nb}" in cmd and nb in st["deps"], f"stage {name} runs its notebook through papermill and depends on it"
+        assert "${nb}" in cmd and nb in st["deps"], (
+            f"stage {name} runs its notebook through papermill and depends on it"
+        )
         used.setdefault(nb.split("/")[1], set()).update(p.split(".")[0] for p in st["params"])
     for nb, declared in used.items():  # a notebook several stages run (parts, matrices) mirrors their sections' union
         ns = _parameters_cell(json.loads((root / "notebooks" / nb).read_text()))
-        assert set(ns) - _item_vars(root, nb) == declared, f"{nb}: notebook sections {sorted(ns)} != its stages' dvc.yaml params {sorted(declared)}"
+        assert set(ns) - _item_vars(root, nb) == declared, (
+            f"{nb}: notebook sections {sorted(ns)} != its stages' dvc.yaml params {sorted(declared)}"
+        )
     assert set(used) == nb_names, f"notebooks without a stage: {sorted(nb_names - set(used))}"
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
     assert "-k warmstart" in nb_var and "--log-output" in nb_var
@@ -81,12 +85,14 @@ def test_notebook_runner_is_papermill_without_the_slow_import(root, tmp_path):
 
     nb_var = yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["nb"]
     assert nb_var.startswith("python -m warmstart.notebook.run ")
-    code = ("import sys, runpy; sys.argv = ['papermill', '--help']\n"
-            "try:\n    runpy.run_module('warmstart.notebook.run', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
-            "import nbformat\n"
-            "nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')]))\n"
-            "assert sys.modules['rfc3987_syntax'] is None and 'papermill.cli' in sys.modules\n")  # fmt: skip
+    code = (
+        "import sys, runpy; sys.argv = ['papermill', '--help']\n"
+        "try:\n    runpy.run_module('warmstart.notebook.run', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "import nbformat\n"
+        "nbformat.validate(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')]))\n"
+        "assert sys.modules['rfc3987_syntax'] is None and 'papermill.cli' in sys.modules\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Usage: papermill" in out.stdout and "--parameters_file" in out.stdout

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from smoke import SMOKE_COMPRESS, SMOKE_CONTEXT, run_checked, smoke_copy
 
 pytestmark = pytest.mark.slow
@@ -38,7 +39,7 @@ def test_repro_writes_every_stage_output(smoke_project):
         executed = json.loads(executed_path.read_text())
         errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, executed_path.name
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     for side in ("source", "target"):
         tok = AutoTokenizer.from_pretrained(dst / "data/tokenizer" / side)
@@ -86,10 +87,20 @@ def test_metrics_are_small_flat_headlines(smoke_project):
     files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
     names = {Path(f).relative_to("reports/metrics").as_posix() for f in files}
     methods = ["random", "exact", "fvt", "focus", "omp"]
-    assert names == {"corpus.json", "tokenizer.json", "base.json", "evaluate.json", "spikes.json", "stability.json",
-                     "context.json", "compress.json", *[f"vocab_swap/{m}.json" for m in methods],
-                     *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, "fvt-hybrid"]],
-                     *[f"context/{m}.json" for m in SMOKE_CONTEXT], *[f"compress/{v}.json" for v in SMOKE_COMPRESS]}  # fmt: skip
+    assert names == {
+        "corpus.json",
+        "tokenizer.json",
+        "base.json",
+        "evaluate.json",
+        "spikes.json",
+        "stability.json",
+        "context.json",
+        "compress.json",
+        *[f"vocab_swap/{m}.json" for m in methods],
+        *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, "fvt-hybrid"]],
+        *[f"context/{m}.json" for m in SMOKE_CONTEXT],
+        *[f"compress/{v}.json" for v in SMOKE_COMPRESS],
+    }
     for f, data in files.items():
         assert 0 < len(data) <= 12 and all(not isinstance(v, (dict, list)) for v in data.values()), f
     ev = json.loads((dst / "reports/evaluate/eval.json").read_text())
@@ -104,8 +115,8 @@ def test_report_pdf_and_model_card(smoke_project):
     frags = [json.loads(p.read_text()) for p in sorted((dst / "reports/fragments").glob("*.json"))]
     assert {f["stage"] for f in frags} >= {"corpus", "tokenizer", "base", "evaluate", "spikes"}
     flat = " ".join(text.split())
-    from warmstart.report.labels import Labels, looks_raw
     from warmstart.report.build import fmt
+    from warmstart.report.labels import Labels, looks_raw
 
     assert {f["stage"] for f in frags} >= {"stability", "context", "compress"}
     for f in frags:
@@ -116,7 +127,9 @@ def test_report_pdf_and_model_card(smoke_project):
                 continue
             label = labels.number(key)
             assert not looks_raw(label), f"{f['stage']}: {key} has no human label"
-            assert " ".join(f"{label} {fmt(value)}".split()) in flat, f"{f['stage']}: {label} = {fmt(value)} missing from the PDF"
+            assert " ".join(f"{label} {fmt(value)}".split()) in flat, (
+                f"{f['stage']}: {label} = {fmt(value)} missing from the PDF"
+            )
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a details JSON value, through its fragment
     study = json.loads((dst / "reports/evaluate/swap_study.json").read_text())
@@ -127,10 +140,16 @@ def test_report_pdf_and_model_card(smoke_project):
     # the hybrid-objective arm against fvt: a paired difference and both runs' masked-token accuracy
     arm = evaluation["arms"]["fvt-hybrid"]
     assert arm["reference"] == "fvt" and arm["target"]["ci"][0] <= arm["target"]["diff"] <= arm["target"]["ci"][1]
-    assert {"masked_acc", "masked_acc_ci"} <= set(evaluation["runs"]["fvt-hybrid"]) and "masked_acc" in evaluation["runs"]["fvt"]
+    assert {"masked_acc", "masked_acc_ci"} <= set(evaluation["runs"]["fvt-hybrid"]) and "masked_acc" in evaluation[
+        "runs"
+    ]["fvt"]
     assert "masked_acc" not in evaluation["runs"]["omp"]  # the probe answers the arm's question only
     hybrid = json.loads((dst / "data/logs/fvt-hybrid/run.json").read_text())
-    assert hybrid["masked_share"] == 0.1 and hybrid["overrides"] == {"masked_share": 0.1} and hybrid["init"].endswith("swap-fvt")
+    assert (
+        hybrid["masked_share"] == 0.1
+        and hybrid["overrides"] == {"masked_share": 0.1}
+        and hybrid["init"].endswith("swap-fvt")
+    )
     card = (dst / "reports/model_card/README.md").read_text()
     assert card.startswith("---") and "AutoModelForCausalLM" in card
     assert "Norwegian Bokmål (nb-NO)" in card and "Norwegian Bokmål" in flat and "Czech" not in flat
@@ -145,10 +164,16 @@ def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
     from warmstart.report.findings import format_value, resolve, study_summary
     from warmstart.report.fragments import read_fragments
 
-    params = load_params(dst / "params.yaml", overrides={"shared": {"reports_dir": str(dst / "reports"), "data_dir": str(dst / "data")}})
+    params = load_params(
+        dst / "params.yaml", overrides={"shared": {"reports_dir": str(dst / "reports"), "data_dir": str(dst / "data")}}
+    )
     summary = study_summary(params, read_fragments(dst / "reports"))
-    page1 = subprocess.run(["pdftotext", "-f", "1", "-l", "1", str(dst / "reports/report.pdf"), "-"], capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
+    page1 = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", str(dst / "reports/report.pdf"), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     page1 = " ".join(page1.split())
     n = 0
     for finding, num in summary.numbers():
@@ -162,8 +187,10 @@ def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
     assert "fvt trained with masked_share 0.1" in arm.text and "masked-token accuracy" in arm.text
     # the committed seed spread is the default study's: on the smoke profile it must not be used
     assert not summary.ranking["seed_measured"]
-    assert any(lim.startswith("Seeds: one seed per run and no run-to-run spread for this configuration")
-               for lim in summary.limitations)  # fmt: skip
+    assert any(
+        lim.startswith("Seeds: one seed per run and no run-to-run spread for this configuration")
+        for lim in summary.limitations
+    )
 
 
 def test_derived_stages_products(smoke_project):
@@ -177,20 +204,33 @@ def test_derived_stages_products(smoke_project):
         model = AutoModelForCausalLM.from_pretrained(dst / info["final"])
         rope = model.config.rope_parameters
         if m == "yarn":
-            assert rope["rope_type"] == "yarn" and rope["factor"] == 4 and rope["original_max_position_embeddings"] == 64
+            assert (
+                rope["rope_type"] == "yarn" and rope["factor"] == 4 and rope["original_max_position_embeddings"] == 64
+            )
             assert info["length"] == 256
         detail = json.loads((dst / "reports/context" / f"{m}.json").read_text())
         assert set(detail["after"]["bpb_by_length"]) == {"64", "128", "256"}
     assert "claim_yarn_best_zero_shot" in ctx or "testbed_best_zero_shot" in ctx
     comp = json.loads((dst / "reports/metrics/compress.json").read_text())
     masking = json.loads((dst / "reports/compress/prep.json").read_text())["masking"]
-    assert [len(masking[u]["random"]) for u in ("neurons", "heads")] == [3, 3]  # the smoke profile's compress.masking_draws
+    assert [len(masking[u]["random"]) for u in ("neurons", "heads")] == [
+        3,
+        3,
+    ]  # the smoke profile's compress.masking_draws
     for v in SMOKE_COMPRESS:
         rec = json.loads((dst / "data/compress/logs" / v / "run.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(dst / rec["final"])
-        assert rec["params"]["non_embedding"] < json.loads((dst / "reports/compress/prep.json").read_text())["teacher_params"]["non_embedding"]
-        assert comp[f"bpb_{v}"] == json.loads((dst / "reports/metrics/compress" / f"{v}.json").read_text())["final_bpb_nb-NO"]
-        assert model.config.hidden_size < 64 or model.config.num_hidden_layers < 2 or model.config.intermediate_size < 176
+        assert (
+            rec["params"]["non_embedding"]
+            < json.loads((dst / "reports/compress/prep.json").read_text())["teacher_params"]["non_embedding"]
+        )
+        assert (
+            comp[f"bpb_{v}"]
+            == json.loads((dst / "reports/metrics/compress" / f"{v}.json").read_text())["final_bpb_nb-NO"]
+        )
+        assert (
+            model.config.hidden_size < 64 or model.config.num_hidden_layers < 2 or model.config.intermediate_size < 176
+        )
     stab = json.loads((dst / "reports/stability/stability.json").read_text())
     sweep = stab["sweep"]
     assert sweep and {r["init"] for r in sweep} == {"warm", "scratch"}
@@ -217,8 +257,13 @@ def test_head_mask_bound_on_the_smoke_teacher(smoke_project, tmp_path, monkeypat
     assert k == prep["masked"]
     assert res["masks"] == math.comb(cfg["num_attention_heads"], k) ** cfg["num_hidden_layers"]
     assert res["ranked_increase"] == pytest.approx(prep["least_increase"], abs=1e-9)
-    assert res["best_increase"] <= min(res["ranked_increase"], *(r - prep["least"] + prep["least_increase"] for r in prep["random"])) + 1e-9
-    with pytest.raises(ValueError, match=r"prep.json is for teacher .* and masking fraction 0.25, the params now give .* and 0.5"):
+    assert (
+        res["best_increase"]
+        <= min(res["ranked_increase"], *(r - prep["least"] + prep["least_increase"] for r in prep["random"])) + 1e-9
+    )
+    with pytest.raises(
+        ValueError, match=r"prep.json is for teacher .* and masking fraction 0.25, the params now give .* and 0.5"
+    ):
         head_bound(load_params("params.yaml", {"compress": {"masking_fraction": 0.5}}))
     out = tmp_path / "bound.md"
     log = run_checked([sys.executable, "-m", "warmstart.prune", "bound", "--report", str(out)], dst, env)
@@ -248,7 +293,9 @@ def test_testbed_across_seeds_reaches_the_report(smoke_project):
     assert f"testbed seed {seed}: reused" in log and "testbed seed 7: training and scoring" in log
     rec = json.loads((dst / "reports/metrics/testbed_seeds.json").read_text())
     tb = json.loads((dst / "reports/context/testbed.json").read_text())["summary"]
-    assert rec["seeds"] == [seed, 7] and rec["per_seed"][str(seed)]["zero_shot_at_factor_L"] == tb["zero_shot_at_factor_L"]
+    assert (
+        rec["seeds"] == [seed, 7] and rec["per_seed"][str(seed)]["zero_shot_at_factor_L"] == tb["zero_shot_at_factor_L"]
+    )
     for t, n in rec["targets_met"].items():
         assert n == sum(r["targets"][t] for r in rec["per_seed"].values())
     yarn = [r["zero_shot_at_factor_L"]["yarn"] for r in rec["per_seed"].values()]

@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+
 from smoke import run_checked, smoke_copy
 
 pytestmark = pytest.mark.slow
@@ -27,8 +28,9 @@ def test_switching_target_is_a_params_change(tmp_path_factory):
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert "sv-SE" in fert["ratio_tokens_per_word"] and "nb-NO" not in fert["ratio_tokens_per_word"]
     assert (dst / "data/corpus/sv-SE/test.jsonl").exists()
-    text = subprocess.run(["pdftotext", str(dst / "reports/report.pdf"), "-"], capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    text = subprocess.run(
+        ["pdftotext", str(dst / "reports/report.pdf"), "-"], capture_output=True, text=True, check=True
+    ).stdout
     flat = " ".join(text.split())
     card = (dst / "reports/model_card/README.md").read_text()
     assert "from English to Swedish" in flat and "Swedish (sv-SE)" in card

@@ -45,8 +45,9 @@ def make(kind: str, seed: int = 0):
     """Tiny real HF models: GQA Llama (untied/tied), Llama with biases, Mistral, Qwen3 (q/k norms)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    kw = dict(vocab_size=VOCAB, hidden=64, layers=3, heads=4, kv_heads=2, intermediate=96, seed=seed,
-              initializer_range=0.1)  # fmt: skip
+    kw = dict(
+        vocab_size=VOCAB, hidden=64, layers=3, heads=4, kv_heads=2, intermediate=96, seed=seed, initializer_range=0.1
+    )
     if kind == "llama":
         m = build_model(**kw)
     elif kind == "llama-tied":
@@ -54,15 +55,31 @@ def make(kind: str, seed: int = 0):
     elif kind == "mistral":
         m = build_model(arch="mistral", **kw)
     elif kind == "llama-bias":
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, intermediate_size=96, attention_bias=True, mlp_bias=True,
-                          initializer_range=0.1)  # fmt: skip
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=96,
+            attention_bias=True,
+            mlp_bias=True,
+            initializer_range=0.1,
+        )
         torch.manual_seed(seed)
         m = LlamaForCausalLM(cfg).float()
     elif kind == "qwen3":
-        cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=24, intermediate_size=96, initializer_range=0.1,
-                          tie_word_embeddings=False)  # fmt: skip
+        cfg = Qwen3Config(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=24,
+            intermediate_size=96,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+        )
         torch.manual_seed(seed)
         m = Qwen3ForCausalLM(cfg).float()
     else:
@@ -80,15 +97,16 @@ def calib(n=3, bs=4, T=24, seed=0):
 
 def _dead_model():
     """MHA Llama with known dead units: neurons, heads, hidden channels, and an identity layer."""
-    m = build_model(vocab_size=VOCAB, hidden=64, layers=3, heads=4, kv_heads=4, intermediate=96, seed=3,
-                    initializer_range=0.1)  # fmt: skip
+    m = build_model(
+        vocab_size=VOCAB, hidden=64, layers=3, heads=4, kv_heads=4, intermediate=96, seed=3, initializer_range=0.1
+    )
     dead = {"neurons": [3, 17, 50], "heads": {0: 2, 1: 1, 2: 3}, "hidden": [5, 40], "layer": 1}
     hd = 16
     with torch.no_grad():
         for i, layer in enumerate(m.model.layers):
             layer.mlp.up_proj.weight[dead["neurons"]] = 0  # act(gate) * 0 = 0 enters down_proj
             h = dead["heads"][i]
-            layer.self_attn.v_proj.weight[h * hd:(h + 1) * hd] = 0  # the head's output is 0
+            layer.self_attn.v_proj.weight[h * hd : (h + 1) * hd] = 0  # the head's output is 0
             layer.self_attn.o_proj.weight[dead["hidden"]] = 0
             layer.mlp.down_proj.weight[dead["hidden"]] = 0
         m.model.embed_tokens.weight[:, dead["hidden"]] = 0  # residual channels stay exactly 0
@@ -147,7 +165,9 @@ def test_importance_json_and_random():
     back = Importance.from_json(imp.to_json())
     again = Importance.from_json(json.dumps(imp.to_json()))  # from the file's text too
     for axis in ("neurons", "heads", "hidden", "layers"):
-        assert torch.equal(getattr(back, axis), getattr(imp, axis)) and torch.equal(getattr(again, axis), getattr(imp, axis))
+        assert torch.equal(getattr(back, axis), getattr(imp, axis)) and torch.equal(
+            getattr(again, axis), getattr(imp, axis)
+        )
     assert (back.samples, back.seq_agg, back.batch_agg) == (4, "mean", "l2")
     r0, r0b, r1 = random_importance(m, 0), random_importance(m, 0), random_importance(m, 1)
     assert r0.method == "random" and torch.equal(r0.neurons, r0b.neurons) and not torch.equal(r0.neurons, r1.neurons)
@@ -185,7 +205,8 @@ def test_sliced_equals_masked(kind, axis):
     if axis == "kv_heads":
         want["heads"] = 2  # whole groups dropped
     assert (d.hidden, d.intermediate, d.heads, d.kv_heads, d.layers) == tuple(
-        want[k] for k in ("hidden", "intermediate", "heads", "kv_heads", "layers"))
+        want[k] for k in ("hidden", "intermediate", "heads", "kv_heads", "layers")
+    )
     assert d.head_dim == check_model(m).head_dim and type(small) is type(m)
     assert count_params(small) == params_of(d) and count_params(m) == params_of(check_model(m))
     if kind == "llama-tied":
@@ -227,8 +248,9 @@ def test_gqa_heads_ranked_within_groups():
     assert small.config.num_attention_heads == 1 and small.config.num_key_value_heads == 1
     hd = 16
     assert torch.equal(small.model.layers[1].self_attn.k_proj.weight, m.model.layers[1].self_attn.k_proj.weight[hd:])
-    assert torch.equal(small.model.layers[1].self_attn.q_proj.weight,
-                       m.model.layers[1].self_attn.q_proj.weight[2 * hd:3 * hd])  # fmt: skip
+    assert torch.equal(
+        small.model.layers[1].self_attn.q_proj.weight, m.model.layers[1].self_attn.q_proj.weight[2 * hd : 3 * hd]
+    )
 
 
 # --------------------------------------------------------------------------- budgets
@@ -336,8 +358,9 @@ def test_masking_check_least_important_costs_nothing():
     """
     from warmstart.prune import lm_loss
 
-    m = build_model(vocab_size=VOCAB, hidden=64, layers=2, heads=4, kv_heads=4, intermediate=96, seed=1,
-                    initializer_range=0.2)  # fmt: skip
+    m = build_model(
+        vocab_size=VOCAB, hidden=64, layers=2, heads=4, kv_heads=4, intermediate=96, seed=1, initializer_range=0.2
+    )
     with torch.no_grad():
         for layer in m.model.layers:
             layer.mlp.up_proj.weight[:24] = 0  # 25% of the neurons
@@ -374,7 +397,7 @@ def _additive_metric(m, cost):
         total = 0.0
         for i, layer in enumerate(model.model.layers):
             w = layer.self_attn.o_proj.weight
-            total += sum(c for h, c in enumerate(cost[i]) if not w[:, h * hd:(h + 1) * hd].any())
+            total += sum(c for h, c in enumerate(cost[i]) if not w[:, h * hd : (h + 1) * hd].any())
         return total
 
     return eval_fn
@@ -501,16 +524,28 @@ def test_package_is_lazy_and_its_static_imports_match():
     from warmstart.stages import import_closure
 
     tree = ast.parse(Path(pkg.__file__).read_text())
-    static = {a.name: n.module.rpartition(".")[2] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-              and (n.module or "").startswith("warmstart.prune.") for a in n.names}  # fmt: skip
+    static = {
+        a.name: n.module.rpartition(".")[2]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("warmstart.prune.")
+        for a in n.names
+    }
     assert static == pkg._NAMES
     lib = Path(pkg.__file__).parents[2]
     closure = import_closure("warmstart.prune", lib)
     assert {f"warmstart.prune.{m}" for m in ("arch", "importance", "plan", "slicing", "masking")} <= closure
     assert "warmstart.prune.bench" not in closure
-    out = subprocess.run([sys.executable, "-c", "import sys, warmstart.prune as p; "
-                          "print(sorted(m for m in sys.modules if m.startswith('warmstart.prune.')))"],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, warmstart.prune as p; "
+            "print(sorted(m for m in sys.modules if m.startswith('warmstart.prune.')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "[]"
     for name in pkg.__all__:
         assert getattr(pkg, name) is getattr(importlib.import_module(f"warmstart.prune.{pkg._NAMES[name]}"), name)

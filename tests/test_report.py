@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmstart.report.fragments import table, write_fragment
+from warmstart.report.build import provenance, provenance_section, render_pdf
 from warmstart.report.describe import (
     CorpusSource,
     Language,
@@ -25,8 +25,8 @@ from warmstart.report.describe import (
     report_title,
     size_label,
 )
+from warmstart.report.fragments import table, write_fragment
 from warmstart.report.model_card import example_from_card, model_card
-from warmstart.report.build import provenance, provenance_section, render_pdf
 from warmstart.stages.report import run as run_stage
 
 
@@ -56,15 +56,38 @@ def fragments(tmp_path, monkeypatch):
     rep = Path("reports")
     f1 = _figure(rep / "figures" / "corpus.png", 1)
     f2 = _figure(rep / "figures" / "fertility.png", 2)
-    write_fragment(rep, "corpus", 10, "Corpus", ["Paragraphs kept per language."],
-                   [table(pd.DataFrame({"lang": ["en-US", "nb-NO"], "bytes": [123457, 98765]}), "Corpus size.")],
-                   [{"path": str(f1), "caption": "Corpus size per split."}], {"bytes.nb-NO.train": 37}, seconds=12.5)  # fmt: skip
-    write_fragment(rep, "tokenizer", 20, "Tokenizers", ["Fertility of the two tokenizers."],
-                   [table([["source", 1.79], ["target", 1.22]], "Tokens per word.", columns=["tokenizer", "nb-NO"])],
-                   [{"path": str(f2), "caption": "Fertility."}], {"ratio_tokens_per_word.nb-NO": 0.6816}, seconds=3.25)  # fmt: skip
-    write_fragment(rep, "spikes", 70, "Loss spikes", ["Two spikes, both recovered."],
-                   [table([[120, 4.5678, "yes"]], "Detected spikes.", columns=["step", "loss", "recovered"])],
-                   numbers={"spikes.scratch": 2}, seconds=1.0)  # fmt: skip
+    write_fragment(
+        rep,
+        "corpus",
+        10,
+        "Corpus",
+        ["Paragraphs kept per language."],
+        [table(pd.DataFrame({"lang": ["en-US", "nb-NO"], "bytes": [123457, 98765]}), "Corpus size.")],
+        [{"path": str(f1), "caption": "Corpus size per split."}],
+        {"bytes.nb-NO.train": 37},
+        seconds=12.5,
+    )
+    write_fragment(
+        rep,
+        "tokenizer",
+        20,
+        "Tokenizers",
+        ["Fertility of the two tokenizers."],
+        [table([["source", 1.79], ["target", 1.22]], "Tokens per word.", columns=["tokenizer", "nb-NO"])],
+        [{"path": str(f2), "caption": "Fertility."}],
+        {"ratio_tokens_per_word.nb-NO": 0.6816},
+        seconds=3.25,
+    )
+    write_fragment(
+        rep,
+        "spikes",
+        70,
+        "Loss spikes",
+        ["Two spikes, both recovered."],
+        [table([[120, 4.5678, "yes"]], "Detected spikes.", columns=["step", "loss", "recovered"])],
+        numbers={"spikes.scratch": 2},
+        seconds=1.0,
+    )
     from warmstart.report.fragments import read_fragments
 
     return read_fragments(rep)
@@ -77,7 +100,13 @@ def _pdftext(pdf: Path) -> str:
 def test_fmt_cells():
     assert [fmt(None), fmt(float("nan")), fmt(float("inf")), fmt(True)] == ["–", "–", "∞", "yes"]
     assert [fmt(7), fmt(123457), fmt(1.23456), fmt(4.5678e-5), fmt(2.5e12), fmt("x")] == [
-        "7", "123,457", "1.235", "4.568e-05", "2.500e+12", "x"]  # fmt: skip
+        "7",
+        "123,457",
+        "1.235",
+        "4.568e-05",
+        "2.500e+12",
+        "x",
+    ]
 
 
 def test_pdf_has_every_section_and_number(fragments, tmp_path):
@@ -91,8 +120,12 @@ def test_pdf_has_every_section_and_number(fragments, tmp_path):
     # numbers from the fragments' tables and headline numbers, under human labels (never the raw keys)
     for n in ("123,457", "98,765", "1.79", "1.22", "4.568", "0.6816", "37"):
         assert n in text, n
-    for label in ("train text nb-NO (bytes) 37", "tokens per word, target ÷ source tokenizer, nb-NO 0.6816",
-                  "loss spikes, scratch 2", "bytes (UTF-8)"):  # fmt: skip
+    for label in (
+        "train text nb-NO (bytes) 37",
+        "tokens per word, target ÷ source tokenizer, nb-NO 0.6816",
+        "loss spikes, scratch 2",
+        "bytes (UTF-8)",
+    ):
         assert label in flat, label
     for raw in ("bytes.nb-NO.train", "ratio_tokens_per_word", "spikes.scratch"):
         assert raw not in text, raw
@@ -100,7 +133,9 @@ def test_pdf_has_every_section_and_number(fragments, tmp_path):
     assert "transformers" in text and "12.5 s" in text and "3.2 s" in text
     assert "Provenance each stage recorded in its fragment" in text and "not a git checkout" in text
     assert "A tiny study" in text and "tester" in text
-    assert flat.index("Loss spikes") < flat.index("Appendix") < flat.index("Headline numbers") < flat.rindex("Provenance")
+    assert (
+        flat.index("Loss spikes") < flat.index("Appendix") < flat.index("Headline numbers") < flat.rindex("Provenance")
+    )
 
 
 def test_every_page_renders_and_no_figure_is_blank(fragments, tmp_path):
@@ -111,8 +146,15 @@ def test_every_page_renders_and_no_figure_is_blank(fragments, tmp_path):
     out.mkdir()
     subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(out / "p")], check=True)
     pages = sorted(out.glob("p*.png"))
-    n_pages = int(next(line.split()[-1] for line in subprocess.run(["pdfinfo", str(pdf)], capture_output=True,
-                       text=True, check=True).stdout.splitlines() if line.startswith("Pages:")))  # fmt: skip
+    n_pages = int(
+        next(
+            line.split()[-1]
+            for line in subprocess.run(
+                ["pdfinfo", str(pdf)], capture_output=True, text=True, check=True
+            ).stdout.splitlines()
+            if line.startswith("Pages:")
+        )
+    )
     assert pages and len(pages) == n_pages
     for p in pages:
         assert np.asarray(Image.open(p).convert("L")).std() > 1, f"{p.name} is blank"
@@ -142,8 +184,16 @@ def test_report_bad_input_messages(fragments, tmp_path):
 
 def test_text_with_markup_characters_is_typeset_verbatim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    frag = {"stage": "odd", "order": 5, "title": "Odd #title $x$", "paragraphs": ["a *b* _c_ #let x = 1 [d] @e <f> \\ ]"],
-            "tables": [], "figures": [], "numbers": {"k#": "v$"}, "seconds": None}  # fmt: skip
+    frag = {
+        "stage": "odd",
+        "order": 5,
+        "title": "Odd #title $x$",
+        "paragraphs": ["a *b* _c_ #let x = 1 [d] @e <f> \\ ]"],
+        "tables": [],
+        "figures": [],
+        "numbers": {"k#": "v$"},
+        "seconds": None,
+    }
     text = _pdftext(render_pdf([frag], tmp_path / "o.pdf", "T", "A"))
     assert "Odd #title $x$" in text and "a *b* _c_ #let x = 1 [d] @e <f> \\ ]" in text and "v$" in text
 
@@ -158,8 +208,12 @@ def test_stage_needs_fragments(tmp_path, root):
 
 # ---------------------------------------------------------------- what the report and card say comes from the run
 
-HANDBOOK = {"package": "debian-handbook", "version": "12.0.3", "sha256": "0123456789abcdef" * 4,
-            "file": "debian-handbook_12.0.3_all.deb"}  # fmt: skip
+HANDBOOK = {
+    "package": "debian-handbook",
+    "version": "12.0.3",
+    "sha256": "0123456789abcdef" * 4,
+    "file": "debian-handbook_12.0.3_all.deb",
+}
 HANDBOOK_TEXT = "the Debian Administrator's Handbook (Debian package debian-handbook 12.0.3, sha256 0123456789ab…)"
 NEMO = "mistralai/Mistral-Nemo-Base-2407"
 RUN_WORDS = ("Bokmål", "Norwegian", "nb-NO", "tiny")  # what a Czech study from a base trained here must not say
@@ -174,19 +228,37 @@ def _word_tokenizer(path: Path) -> Path:
     vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", "to", "install", "a", "package"])}
     tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>").save_pretrained(path)  # fmt: skip
+    PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    ).save_pretrained(path)
     return path
 
 
 def _llama_config(arch: str, vocab: int) -> dict:
-    return {"architectures": [f"{arch}ForCausalLM"], "model_type": arch.lower(), "num_hidden_layers": 4,
-            "hidden_size": 128, "intermediate_size": 344, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "vocab_size": vocab, "max_position_embeddings": 1024, "rope_theta": 10000.0, "tie_word_embeddings": False}  # fmt: skip
+    return {
+        "architectures": [f"{arch}ForCausalLM"],
+        "model_type": arch.lower(),
+        "num_hidden_layers": 4,
+        "hidden_size": 128,
+        "intermediate_size": 344,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab,
+        "max_position_embeddings": 1024,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    }
 
 
-def _study(tmp: Path, root: Path, target: str = "cs-CZ", hf: bool = False, title: str | None = None,
-           real_model: bool = False, **extra):  # fmt: skip
+def _study(
+    tmp: Path,
+    root: Path,
+    target: str = "cs-CZ",
+    hf: bool = False,
+    title: str | None = None,
+    real_model: bool = False,
+    **extra,
+):
     """Params and the small files the report reads: base and corpus records, one evaluated run (``real_model``:
     with weights, for running the card's example)."""
     from warmstart.config import load_params
@@ -194,15 +266,25 @@ def _study(tmp: Path, root: Path, target: str = "cs-CZ", hf: bool = False, title
     from warmstart.model import build_model, save_model
 
     data, reports = tmp / "data", tmp / "reports"
-    overrides = {"shared": {"target_lang": target, "data_dir": str(data), "reports_dir": str(reports)},
-                 "report": {"title": title}, **extra}  # fmt: skip
+    overrides = {
+        "shared": {"target_lang": target, "data_dir": str(data), "reports_dir": str(reports)},
+        "report": {"title": title},
+        **extra,
+    }
     if hf:
         overrides["base"] = {"source": "hf", "model_id": NEMO}
     params = load_params(root / "params.yaml", overrides=overrides)
     base_cfg = _llama_config("Mistral" if hf else "Llama", 8192)
-    write_json(reports / "base" / "base.json", {"source": "hf" if hf else "tiny", "model": str(data / "models" / "base"),
-                                                "model_type": base_cfg["model_type"], "architectures": base_cfg["architectures"],
-                                                "params": 12_247_782_400 if hf else 2_826_752})  # fmt: skip
+    write_json(
+        reports / "base" / "base.json",
+        {
+            "source": "hf" if hf else "tiny",
+            "model": str(data / "models" / "base"),
+            "model_type": base_cfg["model_type"],
+            "architectures": base_cfg["architectures"],
+            "params": 12_247_782_400 if hf else 2_826_752,
+        },
+    )
     write_json(reports / "corpus" / "corpus.json", {"sources": {"handbook": HANDBOOK, "skipped_files": []}})
     tok = _word_tokenizer(tmp / "tok")
     final = data / "runs" / "fvt" / "phase2" / "final"
@@ -211,19 +293,43 @@ def _study(tmp: Path, root: Path, target: str = "cs-CZ", hf: bool = False, title
         from transformers import AutoTokenizer
 
         t = AutoTokenizer.from_pretrained(tok)
-        model = build_model(vocab_size=len(t), hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=256,
-                            eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)  # fmt: skip
+        model = build_model(
+            vocab_size=len(t),
+            hidden=32,
+            layers=2,
+            heads=4,
+            kv_heads=2,
+            intermediate=64,
+            max_pos=256,
+            eos_token_id=t.eos_token_id,
+            pad_token_id=t.pad_token_id,
+        )
         save_model(model, t, final)
         final_cfg = model.config.to_dict()
-    write_json(data / "logs" / "fvt" / "run.json", {
-        "name": "fvt", "kind": "swap", "method": "fvt", "tokenizer": str(tok), "final": str(final),
-        "checkpoints": [{"step": 0, "bytes": 0, "tokens": 0, "path": "x"},
-                        {"step": 200, "bytes": 1_500_000, "tokens": 409_600, "path": str(final)}],
-        "params_count": 2_834_944, "seq_len": 128, "seconds": 95.0, "vocab_size": 8,
-        "model_config": final_cfg})  # fmt: skip
+    write_json(
+        data / "logs" / "fvt" / "run.json",
+        {
+            "name": "fvt",
+            "kind": "swap",
+            "method": "fvt",
+            "tokenizer": str(tok),
+            "final": str(final),
+            "checkpoints": [
+                {"step": 0, "bytes": 0, "tokens": 0, "path": "x"},
+                {"step": 200, "bytes": 1_500_000, "tokens": 409_600, "path": str(final)},
+            ],
+            "params_count": 2_834_944,
+            "seq_len": 128,
+            "seconds": 95.0,
+            "vocab_size": 8,
+            "model_config": final_cfg,
+        },
+    )
     ev = {"runs": {"fvt": {"bpb_target": 1.2345, "bpb_source": 2.5}, "scratch": {"bpb_target": 1.5}}, "best": "fvt"}
     write_json(reports / "evaluate" / "eval.json", ev)
-    (reports / "evaluate" / "translations.csv").write_text("run,source,reference\nfvt,To install a package use apt.,x\n")
+    (reports / "evaluate" / "translations.csv").write_text(
+        "run,source,reference\nfvt,To install a package use apt.,x\n"
+    )
     return params, ev
 
 
@@ -236,9 +342,16 @@ def test_language_names_come_from_babel():
 
 def test_sizes_and_articles():
     assert [size_label(n) for n in (999, 3_000_000, 2_826_752, 124_439_808, 8_030_261_248, 12_247_782_400)] == [
-        "999", "3M", "2.8M", "124M", "8B", "12.2B"]  # fmt: skip
-    assert [article(w) for w in ("2.8M-parameter", "8B-parameter", "11M-parameter", "180M-parameter", "Llama", "OLMo")] == [
-        "a", "an", "an", "a", "a", "an"]  # fmt: skip
+        "999",
+        "3M",
+        "2.8M",
+        "124M",
+        "8B",
+        "12.2B",
+    ]
+    assert [
+        article(w) for w in ("2.8M-parameter", "8B-parameter", "11M-parameter", "180M-parameter", "Llama", "OLMo")
+    ] == ["a", "an", "an", "a", "a", "an"]
 
 
 @pytest.mark.parametrize("target, name", [("cs-CZ", "Czech"), ("nb-NO", "Norwegian Bokmål")])
@@ -264,14 +377,20 @@ def test_loaded_base_model_is_named_by_its_id(tmp_path, root):
 def test_corpus_sources_and_licences(tmp_path, root):
     params, _ = _study(tmp_path, root)
     assert corpus_sources(params) == [CorpusSource("handbook", HANDBOOK_TEXT, "GPL-2+ or CC-BY-SA-3.0")]
-    other = [{"kind": "local", "lang": "target", "paths": ["texts/*.txt"]},
-             {"kind": "hf", "lang": "source", "dataset": "HuggingFaceFW/fineweb", "name": "sample-10BT"}]  # fmt: skip
+    other = [
+        {"kind": "local", "lang": "target", "paths": ["texts/*.txt"]},
+        {"kind": "hf", "lang": "source", "dataset": "HuggingFaceFW/fineweb", "name": "sample-10BT"},
+    ]
     params, _ = _study(tmp_path / "other", root, corpus={"sources": other})
     assert corpus_sources(params) == [
         CorpusSource("local", "local Czech files (texts/*.txt)", "see the dataset"),
-        CorpusSource("hf", "the dataset HuggingFaceFW/fineweb (configuration sample-10BT), split train, for English",
-                     "see the dataset", "HuggingFaceFW/fineweb"),
-    ]  # fmt: skip
+        CorpusSource(
+            "hf",
+            "the dataset HuggingFaceFW/fineweb (configuration sample-10BT), split train, for English",
+            "see the dataset",
+            "HuggingFaceFW/fineweb",
+        ),
+    ]
 
 
 def test_model_card_of_a_czech_study(tmp_path, root):
@@ -281,11 +400,13 @@ def test_model_card_of_a_czech_study(tmp_path, root):
     card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
     assert card.startswith("---\nlicense: apache-2.0\nlanguage:\n  - cs\n  - en\nlibrary_name: transformers\n")
     assert "\n# warmstart-cs-fvt\n" in card
-    assert ("warmstart-cs-fvt is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), adapted from "
-            "English (en-US) by the warmstart study; it has the lowest held-out Czech bits per byte of the study's runs "
-            "(1.234); with one seed per run and no measured run-to-run spread, it is not shown to be the best. It starts from a 2.8M-parameter Llama pretrained here, from random weights, on the English text "
-            "of the corpus, with the vocabulary swapped for a Czech tokenizer (`fvt` initialisation of the new "
-            f"embeddings), and was then trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
+    assert (
+        "warmstart-cs-fvt is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), adapted from "
+        "English (en-US) by the warmstart study; it has the lowest held-out Czech bits per byte of the study's runs "
+        "(1.234); with one seed per run and no measured run-to-run spread, it is not shown to be the best. It starts from a 2.8M-parameter Llama pretrained here, from random weights, on the English text "
+        "of the corpus, with the vocabulary swapped for a Czech tokenizer (`fvt` initialisation of the new "
+        f"embeddings), and was then trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}."
+    ) in card
     assert "| run | bpb cs-CZ | bpb en-US |" in card and "To install a package use apt." in example_from_card(card)
     licence = f"## License\n\nApache-2.0 for the weights. Training text: {HANDBOOK_TEXT}: GPL-2+ or CC-BY-SA-3.0.\n"
     assert card.endswith(licence)
@@ -299,10 +420,12 @@ def test_model_card_of_the_scratch_baseline(tmp_path, root):
 
     run = dict(load_run(tmp_path / "data" / "logs" / "fvt"), name="scratch", kind="scratch", method=None)
     card = model_card(params, run, ev)
-    assert ("warmstart-cs-scratch is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), trained from "
-            "scratch by the warmstart study; its held-out Czech bits per byte is 1.500. It is "
-            "the study's baseline, not a warm start: the base architecture with a Czech tokenizer and random weights, "
-            f"trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}.") in card  # fmt: skip
+    assert (
+        "warmstart-cs-scratch is a 2.8M-parameter Llama causal language model for Czech (cs-CZ), trained from "
+        "scratch by the warmstart study; its held-out Czech bits per byte is 1.500. It is "
+        "the study's baseline, not a warm start: the base architecture with a Czech tokenizer and random weights, "
+        f"trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}."
+    ) in card
     assert "| phase 1 (embeddings + head) | skipped (scratch) |" in card
 
 
@@ -311,18 +434,26 @@ def test_model_card_of_a_loaded_base(tmp_path, root):
     from warmstart.evaluate.runs import load_run
 
     card = model_card(params, load_run(tmp_path / "data" / "logs" / "fvt"), ev)
-    assert card.startswith(f"---\nlicense: other\nlicense_name: base-model-license\n"
-                           f"license_link: https://huggingface.co/{NEMO}\n"
-                           f"language:\n  - cs\n  - en\nbase_model:\n  - {NEMO}\n")  # fmt: skip
-    assert f"It starts from {NEMO}, a 12.2B-parameter Mistral loaded from the Hugging Face Hub, with the vocabulary" in card
+    assert card.startswith(
+        f"---\nlicense: other\nlicense_name: base-model-license\n"
+        f"license_link: https://huggingface.co/{NEMO}\n"
+        f"language:\n  - cs\n  - en\nbase_model:\n  - {NEMO}\n"
+    )
+    assert (
+        f"It starts from {NEMO}, a 12.2B-parameter Mistral loaded from the Hugging Face Hub, with the vocabulary"
+        in card
+    )
     assert f"| base model | {NEMO} |" in card and f"The weights derive from {NEMO}: its licence applies." in card
     assert "tiny" not in card and "trained here" not in card
 
 
-@pytest.mark.parametrize("target, absent, present", [
-    ("cs-CZ", RUN_WORDS, ("Czech (cs-CZ)", "from English to Czech")),
-    ("nb-NO", ("Czech", "cs-CZ", "tiny"), ("Norwegian Bokmål (nb-NO)", "from English to Norwegian Bokmål")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "target, absent, present",
+    [
+        ("cs-CZ", RUN_WORDS, ("Czech (cs-CZ)", "from English to Czech")),
+        ("nb-NO", ("Czech", "cs-CZ", "tiny"), ("Norwegian Bokmål (nb-NO)", "from English to Norwegian Bokmål")),
+    ],
+)
 def test_stage_says_the_target_language_everywhere(tmp_path, root, monkeypatch, target, absent, present):
     monkeypatch.chdir(tmp_path)
     params, _ = _study(tmp_path, root, target)
@@ -339,24 +470,55 @@ def test_stage_says_the_target_language_everywhere(tmp_path, root, monkeypatch, 
 
 
 def test_provenance_section_has_a_row_per_stage():
-    stage = {"stage": "corpus", "seconds": 12.5, "commit": "0123456789abcdef" * 2 + "01234567", "dirty": True,
-             "dirty_files": ["params.yaml"], "timestamp": "2025-01-02T03:04:05+00:00", "cpu": "AMD EPYC", "cpu_count": 2,
-             "gpus": ["NVIDIA H200", "NVIDIA H200"], "packages": {"torch": "2.8.0", "typst": "0.15.2"}}  # fmt: skip
-    prov = {"commit": "f" * 40, "dirty": False, "dirty_files": [], "date": "2025-01-02 04:00 UTC", "python": "3.11.7",
-            "platform": "Linux", "cpu": "AMD EPYC", "cpu_count": 2, "memory_gib": 7.8, "gpus": [],
-            "packages": {"torch": "2.9.1", "typst": "0.15.2"}, "stages": [stage, {"stage": "legacy", "seconds": 3.25}]}  # fmt: skip
+    stage = {
+        "stage": "corpus",
+        "seconds": 12.5,
+        "commit": "0123456789abcdef" * 2 + "01234567",
+        "dirty": True,
+        "dirty_files": ["params.yaml"],
+        "timestamp": "2025-01-02T03:04:05+00:00",
+        "cpu": "AMD EPYC",
+        "cpu_count": 2,
+        "gpus": ["NVIDIA H200", "NVIDIA H200"],
+        "packages": {"torch": "2.8.0", "typst": "0.15.2"},
+    }
+    prov = {
+        "commit": "f" * 40,
+        "dirty": False,
+        "dirty_files": [],
+        "date": "2025-01-02 04:00 UTC",
+        "python": "3.11.7",
+        "platform": "Linux",
+        "cpu": "AMD EPYC",
+        "cpu_count": 2,
+        "memory_gib": 7.8,
+        "gpus": [],
+        "packages": {"torch": "2.9.1", "typst": "0.15.2"},
+        "stages": [stage, {"stage": "legacy", "seconds": 3.25}],
+    }
     sec = provenance_section(prov)
     env, stages, packages = (t["rows"] for t in sec["tables"])
     assert ["hardware", "AMD EPYC (2 cores), no GPU"] in env and ["working tree dirty", "no"] in env
-    assert stages == [["corpus", "0123456789ab", "yes: params.yaml", "2025-01-02 03:04 UTC", "12.5 s",
-                       "AMD EPYC (2 cores), 2 × NVIDIA H200"],
-                      ["legacy", "–", "–", "–", "3.2 s", "not recorded"]]  # fmt: skip
+    assert stages == [
+        [
+            "corpus",
+            "0123456789ab",
+            "yes: params.yaml",
+            "2025-01-02 03:04 UTC",
+            "12.5 s",
+            "AMD EPYC (2 cores), 2 × NVIDIA H200",
+        ],
+        ["legacy", "–", "–", "–", "3.2 s", "not recorded"],
+    ]
     assert packages == [["torch", "2.9.1", "corpus: 2.8.0"], ["typst", "0.15.2", "–"]]
-    assert sec["paragraphs"][1:] == ["Every stage that recorded its provenance ran at commit 0123456789ab.",
-                                     "No provenance recorded by: legacy (fragments written before stages recorded it)."]  # fmt: skip
+    assert sec["paragraphs"][1:] == [
+        "Every stage that recorded its provenance ran at commit 0123456789ab.",
+        "No provenance recorded by: legacy (fragments written before stages recorded it).",
+    ]
     later = dict(stage, stage="report", commit="f" * 40)
     assert provenance_section(dict(prov, stages=[stage, later]))["paragraphs"][1] == (
-        "The stages ran at 2 different commits: 0123456789ab, ffffffffffff.")
+        "The stages ran at 2 different commits: 0123456789ab, ffffffffffff."
+    )
 
 
 def test_report_provenance_collects_the_stages_records(fragments, tmp_path):
@@ -380,8 +542,14 @@ def test_stage_writes_pdf_and_a_model_card_whose_example_runs(tmp_path, root, mo
         assert h in card
     assert fmt(ev["runs"]["fvt"]["bpb_target"]) in card
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    r = subprocess.run([sys.executable, "-c", example_from_card(card)], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=300, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", example_from_card(card)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -398,14 +566,32 @@ def _reference_study(tmp: Path, root: Path, figures: bool = False):
     reports = tmp / "reports"
     for d in REFERENCE:
         shutil.copytree(root / "reports" / d, reports / d)
-    params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(reports), "data_dir": str(tmp / "data"),
-                                                                     "source_lang": "en-US", "target_lang": "nb-NO"}})  # fmt: skip
+    params = load_params(
+        root / "params.yaml",
+        overrides={
+            "shared": {
+                "reports_dir": str(reports),
+                "data_dir": str(tmp / "data"),
+                "source_lang": "en-US",
+                "target_lang": "nb-NO",
+            }
+        },
+    )
     from warmstart.io import write_json
 
-    write_json(reports / "base" / "base.json", {"source": "tiny", "model_type": "llama", "architectures": ["LlamaForCausalLM"],
-                                                "params": json.loads((reports / "metrics/base.json").read_text())["params"]})  # fmt: skip
+    write_json(
+        reports / "base" / "base.json",
+        {
+            "source": "tiny",
+            "model_type": "llama",
+            "architectures": ["LlamaForCausalLM"],
+            "params": json.loads((reports / "metrics/base.json").read_text())["params"],
+        },
+    )
     if figures:
-        for frag in json.loads("[" + ",".join(p.read_text() for p in sorted((reports / "fragments").glob("*.json"))) + "]"):
+        for frag in json.loads(
+            "[" + ",".join(p.read_text() for p in sorted((reports / "fragments").glob("*.json"))) + "]"
+        ):
             for i, fig in enumerate(frag["figures"]):
                 _figure(tmp / fig["path"], i)
     return params
@@ -436,11 +622,17 @@ def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
     ev, tok = metrics["metrics/evaluate.json"], metrics["metrics/tokenizer.json"]
     by_heading = {f.heading: f for f in s.results}
     fert = by_heading["Fertility"].text
-    for key in ("tokens_per_word_nb-NO_source_tokenizer", "tokens_per_word_nb-NO_target_tokenizer", "fertility_ratio_nb-NO"):
+    for key in (
+        "tokens_per_word_nb-NO_source_tokenizer",
+        "tokens_per_word_nb-NO_target_tokenizer",
+        "fertility_ratio_nb-NO",
+    ):
         assert f"{tok[key]:.3f}" in fert, key
     final = by_heading["Final bits per byte"].text
     mb = metrics[f"metrics/pretrain/{ev['best_run']}.json"]["training_bytes"] / 1e6  # the committed study's bytes
-    assert final.startswith(f"Lowest final nb-NO bits per byte after {mb:.2f} MB: {ev['best_run']} {ev['final_bpb_' + ev['best_run']]:.3f}")
+    assert final.startswith(
+        f"Lowest final nb-NO bits per byte after {mb:.2f} MB: {ev['best_run']} {ev['final_bpb_' + ev['best_run']]:.3f}"
+    )
     for run in ("scratch", "original", "random", "exact", "fvt", "focus", "omp"):
         assert f"{run} {ev['final_bpb_' + run]:.3f}" in final, run
     assert f"{ev['best_speedup_vs_scratch']:.2f}×" in by_heading["Speed-up over scratch"].text
@@ -456,17 +648,18 @@ def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
 def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
     """Runs within 2 sqrt(sd_a^2 + sd_b^2) of the lowest are tied with it; a spread measured for another
     configuration (its fingerprint) is not used at all."""
-    from warmstart.report.findings import study_summary
-    from warmstart.io import write_json
-    from warmstart.evaluate.seed_spread import fingerprint
     from warmstart.evaluate.intervals import SEED_K
+    from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.io import write_json
+    from warmstart.report.findings import study_summary
 
     params = _reference_study(tmp_path, root)
     ev = json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())
     final = {k.removeprefix("final_bpb_"): v for k, v in ev.items() if k.startswith("final_bpb_")}
     low = min(final, key=final.get)
-    tied = sorted((r for r in final if r != low and final[r] - final[low] <= SEED_K * (2 * std * std) ** 0.5),
-                  key=final.get)  # fmt: skip
+    tied = sorted(
+        (r for r in final if r != low and final[r] - final[low] <= SEED_K * (2 * std * std) ** 0.5), key=final.get
+    )
     runs = {r: {"mean": v, "std": std, "min": v - std, "max": v + std, "n": 3} for r, v in final.items()}
     record = {"seeds": [1, 2, 3], "runs": runs, "fingerprint": fingerprint(params)}
     write_json(tmp_path / "reports/metrics/seed_spread.json", record)
@@ -488,15 +681,21 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
 def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, root, monkeypatch):
     """The committed reference study typeset (placeholder figures): page 1 is the summary, no raw metric key or
     logged MFU is printed, long tables are in the appendix, every page renders, and Typst does not warn."""
-    from warmstart.report.fragments import read_fragments
     from warmstart.report.build import check_pages, page_text
+    from warmstart.report.fragments import read_fragments
 
     monkeypatch.chdir(tmp_path)
     params = _reference_study(tmp_path, root, figures=True)
     from warmstart.report.fragments import write_fragment
 
-    write_fragment(params.shared.reports_dir, "context", 80, "Long context", ["A later stage."],
-                   findings=["Position interpolation keeps 0.12 bits per byte at four times the context."])  # fmt: skip
+    write_fragment(
+        params.shared.reports_dir,
+        "context",
+        80,
+        "Long context",
+        ["A later stage."],
+        findings=["Position interpolation keeps 0.12 bits per byte at four times the context."],
+    )
     out = run_stage(params, root=tmp_path)
     pdf = out["pdf"]
     pages = check_pages(pdf, tmp_path / "pages")  # the page invariants, PNGs kept to look at
@@ -504,16 +703,31 @@ def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, ro
     assert out["unlabelled"] == []  # every key of the reference fragments has a human label
     first = " ".join(page_text(pdf, 1, 1).split())
     speedup = json.loads((tmp_path / "reports/metrics/evaluate.json").read_text())["best_speedup_vs_scratch"]
-    for s in ("Summary", "Question.", "Setup.", "Key results", "Study goals", "Limitations", "Fertility.",
-              "3.157", "1.656", f"{speedup:.2f}×", "Long context. Position interpolation keeps 0.12 bits per byte"):  # fmt: skip
+    for s in (
+        "Summary",
+        "Question.",
+        "Setup.",
+        "Key results",
+        "Study goals",
+        "Limitations",
+        "Fertility.",
+        "3.157",
+        "1.656",
+        f"{speedup:.2f}×",
+        "Long context. Position interpolation keeps 0.12 bits per byte",
+    ):
         assert s in first, s
     nums = out["summary"].numbers()
     assert len(nums) >= 15 and all(n.text in first for _, n in nums)  # every summary number is on page 1
     flat = " ".join(page_text(pdf).split())
     for raw in ("bpb_target.", "ratio_tokens_per_word", "final_bpb_", "bytes.en-US", "spikes.base", "score_loss_%"):
         assert raw not in flat, raw
-    assert not any("mfu" in str(c).lower() for f in read_fragments(params.shared.reports_dir) for t in f["tables"]
-                   for c in t["columns"])  # no fragment table carries a logged MFU column  # fmt: skip
+    assert not any(
+        "mfu" in str(c).lower()
+        for f in read_fragments(params.shared.reports_dir)
+        for t in f["tables"]
+        for c in t["columns"]
+    )  # no fragment table carries a logged MFU column
     assert flat.index("Appendix") < flat.index("Evaluation: Bits per byte at every evaluated checkpoint")
     assert "Reproduce this report" in flat and "make repro" in flat
 
@@ -532,7 +746,9 @@ def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
     from warmstart.config import load_params
     from warmstart.report.build import reproduce_box
 
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    env = dict(
+        os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"
+    )
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     for cmd in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "p"]):
         subprocess.run(["git", *cmd], cwd=tmp_path, env=env, check=True, capture_output=True)
@@ -540,8 +756,9 @@ def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
     box = reproduce_box(same, provenance(tmp_path), tmp_path, ["reports/notebooks/06_evaluate.ipynb"])
     assert box["commands"].splitlines()[1] == "make repro" and box["diff"] == []
     assert "reports/notebooks (1 notebooks" in " ".join(box["after"])
-    other = load_params(tmp_path / "params.yaml", overrides={"evaluate": {"eval_bytes": 1000},
-                                                            "vocab_swap": {"methods": ["fvt"]}})  # fmt: skip
+    other = load_params(
+        tmp_path / "params.yaml", overrides={"evaluate": {"eval_bytes": 1000}, "vocab_swap": {"methods": ["fvt"]}}
+    )
     box = reproduce_box(other, provenance(tmp_path), tmp_path)
     assert box["diff"] == ["evaluate.eval_bytes=1000", 'vocab_swap.methods=["fvt"]']
     assert "dvc exp run -S 'evaluate.eval_bytes=1000' -S 'vocab_swap.methods=[\"fvt\"]'" in box["commands"]
@@ -559,15 +776,21 @@ def test_model_card_calls_a_run_best_only_when_the_seed_spread_shows_it(tmp_path
     from warmstart.evaluate.seed_spread import fingerprint
 
     fp = fingerprint(params)  # the spread counts only for the configuration it was measured for
-    write_json(tmp_path / "reports/metrics/seed_spread.json",
-               {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": fp})
+    write_json(
+        tmp_path / "reports/metrics/seed_spread.json",
+        {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": fp},
+    )
     card = model_card(params, run, ev)
     assert "it is the study's best run by held-out Czech bits per byte (1.234), beyond run-to-run noise" in card
-    write_json(tmp_path / "reports/metrics/seed_spread.json",
-               {"runs": {"fvt": {"mean": 1.2345, "std": 0.2}, "scratch": {"mean": 1.5, "std": 0.2}}, "fingerprint": fp})
+    write_json(
+        tmp_path / "reports/metrics/seed_spread.json",
+        {"runs": {"fvt": {"mean": 1.2345, "std": 0.2}, "scratch": {"mean": 1.5, "std": 0.2}}, "fingerprint": fp},
+    )
     assert "but scratch is within noise of it" in model_card(params, run, ev)
-    write_json(tmp_path / "reports/metrics/seed_spread.json",
-               {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": "x"})
+    write_json(
+        tmp_path / "reports/metrics/seed_spread.json",
+        {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": "x"},
+    )
     assert "not shown to be the best" in model_card(params, run, ev)
 
 
@@ -575,8 +798,8 @@ def test_committed_seed_spread_is_for_the_committed_params(root):
     """The reference study's report uses its 3-seed spread: measured for params.yaml as committed (a change
     to what a run trains on needs `make seed-spread` again, or the report says the spread is not used)."""
     from warmstart.config import load_params
-    from warmstart.runs import run_names
     from warmstart.evaluate.seed_spread import spread_for
+    from warmstart.runs import run_names
 
     params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(root / "reports")}})
     spread, why = spread_for(params)

@@ -11,9 +11,9 @@ import torch
 
 from test_train import SPEC, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
 from warmstart.model import build_model
+from warmstart.train.loop import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig, train
 from warmstart.train.objectives import Objective
 from warmstart.train.signals import Signals, label_positions, log_partition, max_attention_logit, probe_mask
-from warmstart.train.loop import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig, train
 
 # ---------------------------------------------------------------- a hand-built attention
 #
@@ -35,8 +35,9 @@ def _hand_model(arch: str, layers: int = 1):
         m.model.embed_tokens.weight[0] = 1.0
         a.q_proj.weight.zero_()
         a.k_proj.weight.zero_()
-        a.q_proj.weight[:, 0] = torch.tensor([R[0] * math.cos(THETA[0]), R[0] * math.sin(THETA[0]),
-                                              R[1] * math.cos(THETA[1]), R[1] * math.sin(THETA[1])])  # fmt: skip
+        a.q_proj.weight[:, 0] = torch.tensor(
+            [R[0] * math.cos(THETA[0]), R[0] * math.sin(THETA[0]), R[1] * math.cos(THETA[1]), R[1] * math.sin(THETA[1])]
+        )
         a.k_proj.weight[:, 0] = torch.tensor([KAPPA, 0.0])
         if hasattr(a, "q_norm"):
             a.q_norm.weight.fill_(QN)
@@ -68,7 +69,9 @@ def test_attention_logit_max_on_hand_built_attention(arch):
     got = sig.attention_maxima(None)
     want = _expected_max(arch, m.config.rms_norm_eps)
     assert len(got) == 1 and got[0] == pytest.approx(want, abs=1e-5), (got, want)
-    if arch == "llama":  # head 0 at offset 2: 3 * 2 / sqrt(2) (times x0^2); RoPE the other way round would give 4 * 2 / sqrt(2)
+    if (
+        arch == "llama"
+    ):  # head 0 at offset 2: 3 * 2 / sqrt(2) (times x0^2); RoPE the other way round would give 4 * 2 / sqrt(2)
         assert want == pytest.approx(6 / math.sqrt(2) / (1 + m.config.rms_norm_eps), abs=1e-12)
     # a mask that only allows offset 0 (the diagonal): head 1 wins there, at |q1| |k| cos(-1) / sqrt(2)
     diag = sig.attention_maxima(torch.eye(T, dtype=torch.bool))
@@ -117,7 +120,9 @@ def test_update_ratio_on_a_known_update():
     norm0 = math.sqrt(sum(float(v.double().square().sum()) for k, v in m.state_dict().items() if ".layers.0." in k))
     with torch.no_grad():
         m.model.layers[0].mlp.up_proj.weight[0, 0] += 0.5
-        m.model.layers[0].post_attention_layernorm.weight[1] -= 1.2  # |dW| = sqrt(0.5^2 + 1.2^2) = 1.3 (up to fp32 rounding)
+        m.model.layers[0].post_attention_layernorm.weight[1] -= (
+            1.2  # |dW| = sqrt(0.5^2 + 1.2^2) = 1.3 (up to fp32 rounding)
+        )
     rec = sig.finish(None, updated=True)
     assert rec["update_ratio"][0] == pytest.approx(1.3 / norm0, rel=1e-6) and rec["update_ratio"][1] == 0.0
     assert rec["attn_logit_max"][0] == pytest.approx(_expected_max("llama", m.config.rms_norm_eps), abs=1e-5)
@@ -167,7 +172,9 @@ def test_signals_and_z_loss_in_a_run(assets, tmp_path):  # noqa: F811
             assert r["log_z_max"] >= r["log_z_mean"] > math.log(300) - 0.5  # near-uniform at init: log V
     plain = read_log(base.out_dir)
     assert not any(f in r for r in plain for f in OPTIONAL_LOG_FIELDS)
-    assert not {"z_loss", "signals_every", "teacher_path"} & set(json.loads((base.out_dir / "train_config.json").read_text()))
+    assert not {"z_loss", "signals_every", "teacher_path"} & set(
+        json.loads((base.out_dir / "train_config.json").read_text())
+    )
     assert list((sig.out_dir / "tb").iterdir())
 
     z = train(make_cfg(assets, tmp_path / "z", steps=2, z_loss=1e-3, signals_every=1))

@@ -17,7 +17,7 @@ from warmstart.spikes import bench as B
 
 def _flat_bump(n=300, base=2.0, at=150, bump=(2.5, 3.0, 2.5), step0=0, stride=1):
     loss = np.full(n, base)
-    loss[at:at + len(bump)] = bump
+    loss[at : at + len(bump)] = bump
     return pd.DataFrame({"step": step0 + stride * np.arange(n), "loss": loss})
 
 
@@ -28,12 +28,14 @@ def _noisy(n=1500, seed=0, sigma=0.01, level=3.0, spikes=((600, 0.12), (1100, 0.
     for at, h in spikes:
         y[at] += h
         y[at + 1] += h / 3
-    return pd.DataFrame({
-        "step": np.arange(1, n + 1),
-        "loss": np.exp(y),
-        "grad_norm": np.exp(0.1 * rng.normal(size=n)),
-        "lr": np.minimum(1.0, np.arange(1, n + 1) / 100) * 3e-4,
-    })
+    return pd.DataFrame(
+        {
+            "step": np.arange(1, n + 1),
+            "loss": np.exp(y),
+            "grad_norm": np.exp(0.1 * rng.normal(size=n)),
+            "lr": np.minimum(1.0, np.arange(1, n + 1) / 100) * 3e-4,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- exact events
@@ -92,7 +94,7 @@ def test_warmup_gives_no_events():
     # a handmade steep warm-up from ln(32000) with 2 % noise, no lr column
     rng = np.random.default_rng(1)
     t = np.arange(1, 2001)
-    loss = (2.5 + 8 * (1 + (np.minimum(t, 200) ** 2 / 400 + np.maximum(t - 200, 0)) / 30) ** -0.6)
+    loss = 2.5 + 8 * (1 + (np.minimum(t, 200) ** 2 / 400 + np.maximum(t - 200, 0)) / 30) ** -0.6
     df = pd.DataFrame({"step": t, "loss": loss * np.exp(0.02 * rng.normal(size=t.size))})
     assert S.detect(df) == []
 
@@ -123,8 +125,7 @@ def test_cli_hotswap_flag_and_notes(tmp_path, capsys):
     y[900] += 0.1  # a 20-sigma spike after the swap
     p = tmp_path / "run" / "steps.jsonl"
     p.parent.mkdir()
-    _write_jsonl(p, pd.DataFrame({"step": np.arange(n), "loss": np.exp(y), "lr": 1e-3,
-                                  "skipped": np.arange(n) == 900}))
+    _write_jsonl(p, pd.DataFrame({"step": np.arange(n), "loss": np.exp(y), "lr": 1e-3, "skipped": np.arange(n) == 900}))
     assert S.main(["detect", str(p.parent), "--hotswap", "700", "--warmup", "50"]) == 0  # a run dir with one JSONL
     out = capsys.readouterr().out
     assert "hot-swaps (reference restarted): 700" in out and "armed from step 50" in out
@@ -194,8 +195,12 @@ def test_cli_jsonl_and_tensorboard_agree(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "start" in table and "1101" in table and "2 spike(s)" in table
 
-    out = subprocess.run([sys.executable, "-m", "warmstart.spikes", "detect", str(jl), "--json",
-                          "--method", "olmo2"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "warmstart.spikes", "detect", str(jl), "--json", "--method", "olmo2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert isinstance(json.loads(out.stdout), list)
 
 
@@ -215,7 +220,9 @@ def test_load_log_resume_duplicates_aliases_and_corpus(tmp_path):
 
 def test_nonfinite_losses_dropped_with_warning(tmp_path):
     p = tmp_path / "log.jsonl"
-    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": NaN}\n{"step": 3, "loss": null}\n{"step": 4, "loss": 1.9}\n')
+    p.write_text(
+        '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": NaN}\n{"step": 3, "loss": null}\n{"step": 4, "loss": 1.9}\n'
+    )
     with pytest.warns(UserWarning, match=r"non-finite loss at step\(s\) \[2, 3\]"):
         df = S.load_log(p)
     assert df["step"].tolist() == [1, 4]
@@ -335,8 +342,14 @@ def test_synthetic_runs_are_deterministic_and_labelled():
     a, b = B.synthetic_runs(3, 14, 3000), B.synthetic_runs(3, 14, 3000)
     assert all(x.df.equals(y.df) and x.spikes == y.spikes for x, y in zip(a, b))
     kinds = {(r.kind, r.shape) for r in a}
-    assert {("control", "warmup"), ("control", "wsd"), ("control", "hotswap_up"),
-            ("control", "hotswap_down"), ("spikes", "power"), ("spikes", "plateau")} <= kinds
+    assert {
+        ("control", "warmup"),
+        ("control", "wsd"),
+        ("control", "hotswap_up"),
+        ("control", "hotswap_down"),
+        ("spikes", "power"),
+        ("spikes", "plateau"),
+    } <= kinds
     for r in a:
         for s in r.spikes:
             assert 4 <= s["height"] <= 12 and 1 <= s["width"] <= 50 and s["onset"] <= s["peak"]
@@ -352,8 +365,9 @@ def _feed(det, df, start=0, stop=None):
     out = []
     has_g = "grad_norm" in df
     for rec in df.iloc[start:stop].itertuples(index=False):
-        out.append(det.update(rec.step, rec.loss, rec.grad_norm if has_g else None,
-                              corpus=getattr(rec, "corpus", None)))
+        out.append(
+            det.update(rec.step, rec.loss, rec.grad_norm if has_g else None, corpus=getattr(rec, "corpus", None))
+        )
     return out
 
 
@@ -437,18 +451,38 @@ def _study_run(d, seed, spike_at=None, level_shift=0.0):
         phase = "phase1" if k <= 200 else "phase2"
         lvl = 4.0 * (1 + k / 50) ** -0.3 + (level_shift if k > 200 else 0.0)
         loss = lvl * math.exp(0.01 * rng.normal()) * (1.5 if spike_at and spike_at <= k < spike_at + 3 else 1.0)
-        recs.append({"step": k, "phase": phase, "loss": loss, "lr": 1e-3 if k > 10 else 1e-4 * k,
-                     "grad_norm": 1.0 + 0.05 * rng.normal(), "update_cos": 0.1, "corpus": "t", "skipped": False})
+        recs.append(
+            {
+                "step": k,
+                "phase": phase,
+                "loss": loss,
+                "lr": 1e-3 if k > 10 else 1e-4 * k,
+                "grad_norm": 1.0 + 0.05 * rng.normal(),
+                "update_cos": 0.1,
+                "corpus": "t",
+                "skipped": False,
+            }
+        )
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    (d / "run.json").write_text(json.dumps({"name": d.name, "kind": "x", "checkpoints": [{"step": 200}, {"step": 400}],
-                                            "phases": [{"name": "phase1", "start_step": 1, "steps": 200},
-                                                       {"name": "phase2", "start_step": 201, "steps": 200}]}))
+    (d / "run.json").write_text(
+        json.dumps(
+            {
+                "name": d.name,
+                "kind": "x",
+                "checkpoints": [{"step": 200}, {"step": 400}],
+                "phases": [
+                    {"name": "phase1", "start_step": 1, "steps": 200},
+                    {"name": "phase2", "start_step": 201, "steps": 200},
+                ],
+            }
+        )
+    )
 
 
 def test_spikes_stage_on_a_small_study(tmp_path, monkeypatch):
-    from warmstart.config import load_params
-
     from pathlib import Path
+
+    from warmstart.config import load_params
 
     root = Path(__file__).resolve().parents[1]
     _study_run(tmp_path / "data/logs/scratch", 0, spike_at=300, level_shift=0.5)  # a phase jump and one spike
@@ -531,16 +565,35 @@ def test_api_reexports_and_submodules_stay_light():
         assert getattr(S, name) is not None, name
     assert S.detect is detectors.detect and S.RobustParams is params.RobustParams
     assert S.GOALS is B.GOALS and S.benchmark is B.benchmark and S.evaluate is B.evaluate
-    code = ("import sys, warmstart.spikes.online; loaded = {m for m in sys.modules if m.startswith('warmstart.spikes.')}; "
-            "assert loaded == {'warmstart.spikes.online', 'warmstart.spikes.core', 'warmstart.spikes.params'}, loaded; "
-            "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules")
+    code = (
+        "import sys, warmstart.spikes.online; loaded = {m for m in sys.modules if m.startswith('warmstart.spikes.')}; "
+        "assert loaded == {'warmstart.spikes.online', 'warmstart.spikes.core', 'warmstart.spikes.params'}, loaded; "
+        "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_cli_bench_runs_as_module(tmp_path):
     out_md = tmp_path / "bench.md"
-    out = subprocess.run([sys.executable, "-m", "warmstart.spikes", "bench", "--n-runs", "14", "--n-steps", "1000",
-                          "--methods", "robust", "--out", str(out_md)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "warmstart.spikes",
+            "bench",
+            "--n-runs",
+            "14",
+            "--n-steps",
+            "1000",
+            "--methods",
+            "robust",
+            "--out",
+            str(out_md),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "| robust |" in out.stdout and "| olmo2 |" not in out.stdout
     assert out.stdout == out_md.read_text() + "\n"
 
@@ -558,14 +611,30 @@ def test_each_event_says_which_instability_signal_moved_first(tmp_path):
     for step in range(1, 121):
         loss = 3.0 + 0.01 * rng.standard_normal() + (2.0 if 80 <= step <= 82 else 0.0)
         log_z = 1.0 + 0.01 * rng.standard_normal() + (3.0 if step >= 76 else 0.0)
-        recs.append({"step": step, "loss": loss, "grad_norm": 1.0 + 0.01 * rng.standard_normal(), "lr": 1e-3,
-                     "log_z_mean": log_z, "log_z_max": log_z + 1, "attn_logit_max": [2.0, 2.0], "update_ratio": [1e-3, 1e-3]})
+        recs.append(
+            {
+                "step": step,
+                "loss": loss,
+                "grad_norm": 1.0 + 0.01 * rng.standard_normal(),
+                "lr": 1e-3,
+                "log_z_mean": log_z,
+                "log_z_max": log_z + 1,
+                "attn_logit_max": [2.0, 2.0],
+                "update_ratio": [1e-3, 1e-3],
+            }
+        )
     (tmp_path / "log.jsonl").write_text("\n".join(_json.dumps(r) for r in recs) + "\n")
     res = analyse_run(tmp_path, "robust", 0, {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20})
     starts = [e.start_step for e in res["events"]]
     assert 80 in starts
     ctx = res["context"][starts.index(80)]
     assert ctx["first_signal"] == "log_z_mean" and ctx["signal_lead_steps"] == 4 and ctx["signal_before_loss"]
-    (tmp_path / "log.jsonl").write_text("\n".join(_json.dumps({k: r[k] for k in ("step", "loss", "grad_norm", "lr")}) for r in recs) + "\n")
-    assert all(c is None for c in analyse_run(tmp_path, "robust", 0, {"level_window": 10, "min_level": 5, "window": 100,
-                                                                       "min_scale": 20})["context"])  # fmt: skip
+    (tmp_path / "log.jsonl").write_text(
+        "\n".join(_json.dumps({k: r[k] for k in ("step", "loss", "grad_norm", "lr")}) for r in recs) + "\n"
+    )
+    assert all(
+        c is None
+        for c in analyse_run(
+            tmp_path, "robust", 0, {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20}
+        )["context"]
+    )

@@ -10,7 +10,6 @@ import pytest
 from warmstart import stability as ST
 from warmstart.stability import analysis as A
 
-
 # ---------------------------------------------------------------- LR sensitivity
 
 
@@ -32,11 +31,27 @@ def test_diverged_and_shared_events():
     assert not A.diverged(2.0, init_loss=10.0, uniform_loss=6.2)
     assert A.diverged(6.5, init_loss=10.0, uniform_loss=6.2)  # warm start: judged against a uniform guess too
     assert A.diverged(None, 6.0, 6.2) and A.diverged(2.0, 6.0, 6.2, nonfinite_steps=1)
-    runs = [{"name": "a", "variant": "baseline", "arch": "llama", "init": "warm", "lr": 1.0, "events": [{"start_step": 40}]},
-            {"name": "b", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 1.0, "events": [{"start_step": 41}]},
-            {"name": "c", "variant": "z_loss", "arch": "llama", "init": "warm", "lr": 1.0, "events": [{"start_step": 40}]},
-            {"name": "d", "variant": "qk_norm", "arch": "qwen3", "init": "scratch", "lr": 1.0, "events": [{"start_step": 40}]},
-            {"name": "e", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 0.1, "events": [{"start_step": 90}]}]
+    runs = [
+        {
+            "name": "a",
+            "variant": "baseline",
+            "arch": "llama",
+            "init": "warm",
+            "lr": 1.0,
+            "events": [{"start_step": 40}],
+        },
+        {"name": "b", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 1.0, "events": [{"start_step": 41}]},
+        {"name": "c", "variant": "z_loss", "arch": "llama", "init": "warm", "lr": 1.0, "events": [{"start_step": 40}]},
+        {
+            "name": "d",
+            "variant": "qk_norm",
+            "arch": "qwen3",
+            "init": "scratch",
+            "lr": 1.0,
+            "events": [{"start_step": 40}],
+        },
+        {"name": "e", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 0.1, "events": [{"start_step": 90}]},
+    ]
     # another architecture, same (init, lr), within 2 steps; z-loss (same architecture as the baseline) does not count
     assert A.shared_events(runs) == {"a": ["qk_norm"], "b": ["baseline", "z_loss"], "c": ["qk_norm"], "d": [], "e": []}
 
@@ -110,9 +125,20 @@ def test_move_rate_and_trajectory():
     flat = {k: (v[:39] if isinstance(v, list) else v) for k, v in flat.items()}  # before any jump
     r = A.move_rate([flat], "attn_logit_max")
     assert r["records"] == 39 - 20 and r["moves"] == 0 and r["rate"] == 0.0
-    recs = [{"step": 1, "loss": 2.5, "ce_loss": 2.4, "grad_norm": 1.0, "lr": 0.1, "attn_logit_max": [3.0, None, 7.0],
-             "log_z_mean": 5.0, "log_z_max": 6.0, "update_ratio": [0.1, 0.2]},
-            {"step": 2, "loss": None, "grad_norm": None, "lr": 0.1}]
+    recs = [
+        {
+            "step": 1,
+            "loss": 2.5,
+            "ce_loss": 2.4,
+            "grad_norm": 1.0,
+            "lr": 0.1,
+            "attn_logit_max": [3.0, None, 7.0],
+            "log_z_mean": 5.0,
+            "log_z_max": 6.0,
+            "update_ratio": [0.1, 0.2],
+        },
+        {"step": 2, "loss": None, "grad_norm": None, "lr": 0.1},
+    ]
     tr = A.trajectory(recs)
     assert tr["loss"] == [2.4, None]  # the cross-entropy, not loss + z-loss
     assert tr["attn_logit_max"] == [7.0, None] and tr["update_ratio"] == [0.2, None]
@@ -163,7 +189,9 @@ def test_smoke_study_end_to_end(smoke):
         if r["spiked"]:
             assert r["moved"]["onset"] == r["events"][0]["start_step"]
     z = [r for r in res["sweep"] if r["variant"] == "z_loss"]
-    assert all(r["z_loss"] == 1e-4 for r in z) and all(r["arch"] == "qwen3" for r in res["sweep"] if r["variant"] == "qk_norm")
+    assert all(r["z_loss"] == 1e-4 for r in z) and all(
+        r["arch"] == "qwen3" for r in res["sweep"] if r["variant"] == "qk_norm"
+    )
     assert len(res["sensitivity"]) == 6 and all(s["lr_sensitivity"] >= 0 for s in res["sensitivity"])
     ind = res["induced"]
     assert ind["bad_batches"] == [22, 23] and ind["control"]["final_loss"] > 0
@@ -185,7 +213,9 @@ def test_smoke_reporting(smoke):
     assert len(rows) == len(res["sweep"]) and "Final held-out loss (nats)" in rows[0] and "Learning rate" in rows[0]
     assert len(ST.sensitivity_rows(res)) == 6
     figs = ST.plots(res, out / "figs")
-    assert len(figs) == 4 and all((out / "figs").joinpath(p["path"].split("/")[-1]).is_file() and p["caption"] for p in figs)
+    assert len(figs) == 4 and all(
+        (out / "figs").joinpath(p["path"].split("/")[-1]).is_file() and p["caption"] for p in figs
+    )
 
 
 def test_real_files_with_two_tokenizers_swap_the_warm_base(tmp_path):
@@ -194,8 +224,13 @@ def test_real_files_with_two_tokenizers_swap_the_warm_base(tmp_path):
     from warmstart.stability.ablations import make_assets
 
     src, tgt = make_assets(tmp_path / "a", 0, 512), make_assets(tmp_path / "b", 1, 400)
-    data = {"source_train": src["files"]["source"], "target_train": tgt["files"]["target"],
-            "target_val": tgt["files"]["target"], "source_tokenizer": src["tokenizer"], "target_tokenizer": tgt["tokenizer"]}
+    data = {
+        "source_train": src["files"]["source"],
+        "target_train": tgt["files"]["target"],
+        "target_val": tgt["files"]["target"],
+        "source_tokenizer": src["tokenizer"],
+        "target_tokenizer": tgt["tokenizer"],
+    }
     cfg = ST.StabilityConfig.smoke(variants=["baseline"], inits=["warm"], lrs=[1e-2], induced={"enabled": False})
     res = ST.run_study(cfg, tmp_path / "study", data=data)
     assert res["bases"]["llama"]["swap"] == "fvt" and res["vocab_size"] == 400 and res["data"]["kind"] == "files"

@@ -55,10 +55,18 @@ def test_seed_spread_file(tmp_path):
     assert stats.seed_spread(tmp_path) is None
     path = tmp_path / "metrics" / "seed_spread.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"seeds": [1, 2, 3], "runs": {
-        "fvt": {"mean": 1.845, "std": 0.004, "min": 1.84, "max": 1.85, "n": 3},
-        "focus": {"values": [1.846, 1.850, 1.842]},
-        "bad": {"mean": 1.0}}}))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "seeds": [1, 2, 3],
+                "runs": {
+                    "fvt": {"mean": 1.845, "std": 0.004, "min": 1.84, "max": 1.85, "n": 3},
+                    "focus": {"values": [1.846, 1.850, 1.842]},
+                    "bad": {"mean": 1.0},
+                },
+            }
+        )
+    )
     s = stats.seed_spread(tmp_path)
     assert set(s["runs"]) == {"fvt", "focus"} and s["seeds"] == [1, 2, 3]
     assert s["runs"]["focus"]["std"] == pytest.approx(0.004) and s["runs"]["focus"]["n"] == 3

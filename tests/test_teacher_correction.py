@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, WORDS_EN, WORDS_NB
 from safetensors.torch import load_file
+
+from conftest import ROOT, WORDS_EN, WORDS_NB
 from test_study import _corpus
 
 TEACHER = "fvt"  # a study run name: the tiny teacher's run.json stands in for the pretrain stage's
@@ -17,14 +18,22 @@ TEACHER = "fvt"  # a study run name: the tiny teacher's run.json stands in for t
 def _params(tmp_path, steps: int, variants=("width_kd",)):
     from warmstart.config import load_params
 
-    return load_params(ROOT / "params.yaml", overrides={
-        "shared": {"data_dir": str(tmp_path / "data"), "reports_dir": str(tmp_path / "reports")},
-        "pretrain": {"seq_len": 16, "micro_batch": 2},
-        "compress": {"teacher": TEACHER, "variants": list(variants), "eval_bytes": 1000, "tag_every": 1,
-                     "calibration": {"samples": 2, "seq_len": 16, "batch_size": 2},
-                     "train": {"steps": 1, "lr": 0.002, "warmup_steps": 0},
-                     "teacher_correction": {"steps": steps, "lr": 0.01}},
-    })  # fmt: skip
+    return load_params(
+        ROOT / "params.yaml",
+        overrides={
+            "shared": {"data_dir": str(tmp_path / "data"), "reports_dir": str(tmp_path / "reports")},
+            "pretrain": {"seq_len": 16, "micro_batch": 2},
+            "compress": {
+                "teacher": TEACHER,
+                "variants": list(variants),
+                "eval_bytes": 1000,
+                "tag_every": 1,
+                "calibration": {"samples": 2, "seq_len": 16, "batch_size": 2},
+                "train": {"steps": 1, "lr": 0.002, "warmup_steps": 0},
+                "teacher_correction": {"steps": steps, "lr": 0.01},
+            },
+        },
+    )
 
 
 @pytest.fixture
@@ -38,21 +47,37 @@ def project(tmp_path):
     _corpus(data, "en-US", WORDS_EN)
     _corpus(data, "nb-NO", WORDS_NB)
     tok = train_tokenizer([" ".join(WORDS_EN + WORDS_NB)] * 4, TokCfg(vocab_size=300, target_mix={"target": 1.0}))
-    model = build_model(vocab_size=len(tok), hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64, seed=0,
-                        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
+    model = build_model(
+        vocab_size=len(tok),
+        hidden=32,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        intermediate=64,
+        max_pos=64,
+        seed=0,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     final = save_model(model, tok, data / "runs" / TEACHER / "final")
     (data / "logs" / TEACHER).mkdir(parents=True)
-    (data / "logs" / TEACHER / "run.json").write_text(json.dumps({"name": TEACHER, "final": str(final), "bytes": 1000, "tokens": 300}))
+    (data / "logs" / TEACHER / "run.json").write_text(
+        json.dumps({"name": TEACHER, "final": str(final), "bytes": 1000, "tokens": 300})
+    )
     return tmp_path, final
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"steps": -1}, r"compress.teacher_correction.steps: Input should be greater than or equal to 0 \(got -1\)"),
-    ({"steps": "many"}, r"compress.teacher_correction.steps: Input should be a valid integer"),
-    ({"steps": 2, "lr": 0}, r"compress.teacher_correction.lr: Input should be greater than 0"),
-    ({"steps": 2, "warmup_steps": 3}, r"compress.teacher_correction: .*warmup_steps \(3\) must be <= steps \(2\)"),
-    ({"step": 2}, r"compress.teacher_correction.step: unknown key"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"steps": -1}, r"compress.teacher_correction.steps: Input should be greater than or equal to 0 \(got -1\)"),
+        ({"steps": "many"}, r"compress.teacher_correction.steps: Input should be a valid integer"),
+        ({"steps": 2, "lr": 0}, r"compress.teacher_correction.lr: Input should be greater than 0"),
+        ({"steps": 2, "warmup_steps": 3}, r"compress.teacher_correction: .*warmup_steps \(3\) must be <= steps \(2\)"),
+        ({"step": 2}, r"compress.teacher_correction.step: unknown key"),
+    ],
+)
 def test_params_name_the_bad_key(override, message):
     from warmstart.config import ParamsError, load_params
 
@@ -117,7 +142,9 @@ def test_corrected_teacher_is_trained_used_and_reported(project):
     prep = json.loads((tmp_path / "reports/compress/prep.json").read_text())
     c = prep["teacher_correction"]
     assert c["corrected"] and c["steps"] == 2 and c["lr"] == 0.01 and c["dir"] == prep["teacher_dir"] == str(corrected)
-    assert c["from"] == str(original) and c["bytes"] == log[-1]["bytes"] > 0 and prep["teacher_bytes"] == 1000 + c["bytes"]
+    assert (
+        c["from"] == str(original) and c["bytes"] == log[-1]["bytes"] > 0 and prep["teacher_bytes"] == 1000 + c["bytes"]
+    )
     assert set(c["bpb_before"]) == set(c["bpb_after"]) == {"nb-NO", "en-US"}
     assert c["bpb_after"] == prep["teacher_bpb"] and c["bpb_after"] != c["bpb_before"]
 
@@ -135,8 +162,8 @@ def test_corrected_teacher_is_trained_used_and_reported(project):
 
 
 def test_report_says_when_the_teacher_was_not_corrected():
-    from warmstart.prune.summary import correction_sentence, number_labels, teacher_label, teacher_word
     from warmstart.config import load_params
+    from warmstart.prune.summary import correction_sentence, number_labels, teacher_label, teacher_word
 
     params = load_params(ROOT / "params.yaml")
     s = {"teacher": "fvt", "teacher_correction": {"steps": 0, "corrected": False}}
@@ -144,23 +171,35 @@ def test_report_says_when_the_teacher_was_not_corrected():
     assert "no teacher correction (compress.teacher_correction.steps is 0)" in correction_sentence(params, s)
     assert number_labels(s)["teacher_bpb"] == "teacher's target bits per byte"
     bpb = {"nb-NO": 1.5, "en-US": 2.0}
-    s["teacher_correction"] = {"steps": 5, "corrected": True, "bytes": 1234, "bpb_before": bpb, "bpb_after": {"nb-NO": 1.4, "en-US": 2.1}}
+    s["teacher_correction"] = {
+        "steps": 5,
+        "corrected": True,
+        "bytes": 1234,
+        "bpb_before": bpb,
+        "bpb_after": {"nb-NO": 1.4, "en-US": 2.1},
+    }
     assert teacher_label(s) == "teacher (fvt, corrected: 5 steps)" and teacher_word(s) == "the corrected teacher"
-    assert "target bits per byte from 1.500 to 1.400 and its source bits per byte from 2.000 to 2.100" in correction_sentence(params, s)
+    assert (
+        "target bits per byte from 1.500 to 1.400 and its source bits per byte from 2.000 to 2.100"
+        in correction_sentence(params, s)
+    )
     assert number_labels(s)["teacher_bpb"] == "corrected teacher's target bits per byte"
 
 
 def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
     """A student that starts below scratch's final bits per byte needs 0 bytes and has no finite speed-up: the
     headline gives the 0 and leaves the speed-up out (strict JSON); one that crosses later gets both."""
-    from warmstart.prune.summary import _finite, headline, summarise
     from warmstart.config import load_params
+    from warmstart.prune.summary import _finite, headline, summarise
 
     params = load_params(ROOT / "params.yaml")
 
     def run(curve):
-        return {"params": {"total": 10, "non_embedding": 4}, "bytes": curve[-1][0],
-                "curve": [{"bytes": b, "bpb_nb-NO": y, "bpb_en-US": 3.0} for b, y in curve]}  # fmt: skip
+        return {
+            "params": {"total": 10, "non_embedding": 4},
+            "bytes": curve[-1][0],
+            "curve": [{"bytes": b, "bpb_nb-NO": y, "bpb_en-US": 3.0} for b, y in curve],
+        }
 
     prep = {"teacher": "fvt", "teacher_bpb": {"nb-NO": 1.8, "en-US": 2.5}, "teacher_params": {}, "masking": {}}
     scratch = run([(0, 9.0), (100, 3.0), (200, 2.0)])
@@ -171,8 +210,13 @@ def test_headline_bytes_to_reach_scratch_and_no_infinite_speedup():
     assert head["width_kd_bytes_to_scratch_final"] == 0.0 and "width_kd_speedup_vs_scratch" not in head
     assert head["bpb_width_kd"] == 1.85 and head["bpb_scratch"] == 2.0 and head["teacher_bpb"] == 1.8
     strict = json.loads(json.dumps(_finite(s), allow_nan=False))  # the card's summary.json: null, not Infinity
-    assert strict["variants"]["width_kd"]["speedup_vs_scratch"] is None and strict["variants"]["width_kd"]["bytes_to_scratch_final"] == 0.0
+    assert (
+        strict["variants"]["width_kd"]["speedup_vs_scratch"] is None
+        and strict["variants"]["width_kd"]["bytes_to_scratch_final"] == 0.0
+    )
     # crossing 2.0 halfway between 0 (2.4) and 100 bytes (1.6): 50 bytes, scratch needs 200: 4x
     s = summarise(params, prep, {"width_kd": run([(0, 2.4), (100, 1.6), (200, 1.5)]), "scratch": scratch})
     head = headline(s, "nb-NO")
-    assert head["width_kd_bytes_to_scratch_final"] == pytest.approx(50.0) and head["width_kd_speedup_vs_scratch"] == pytest.approx(4.0)
+    assert head["width_kd_bytes_to_scratch_final"] == pytest.approx(50.0) and head[
+        "width_kd_speedup_vs_scratch"
+    ] == pytest.approx(4.0)

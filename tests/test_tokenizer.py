@@ -419,8 +419,14 @@ def test_fertility_exact_without_merges():
     tok = train_tokenizer(TRAIN, cfg(vocab_size=min_vocab_size(cfg())))
     assert len(tok) == 256 + len(SPECIALS)
     # "ab cd" -> a b | Ġ c d (5 tokens, 5 bytes), "e" -> e: 3 words, 6 tokens; "ab" and "cd" split, "e" not
-    assert fertility(tok, ["ab cd", "e"]) == {"words": 3, "tokens": 6, "bytes": 6, "tokens_per_word": 2.0,
-                                              "bytes_per_token": 1.0, "split_word_share": 2 / 3}  # fmt: skip
+    assert fertility(tok, ["ab cd", "e"]) == {
+        "words": 3,
+        "tokens": 6,
+        "bytes": 6,
+        "tokens_per_word": 2.0,
+        "bytes_per_token": 1.0,
+        "split_word_share": 2 / 3,
+    }
 
 
 def test_fertility_table(trained):

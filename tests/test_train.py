@@ -23,6 +23,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import WORDS_EN as WORDS_A
+from conftest import WORDS_NB as WORDS_B
 from warmstart.kernels.masks import document_attention_mask
 from warmstart.model import ModelSpec, load_model
 from warmstart.train.loop import (
@@ -31,8 +33,8 @@ from warmstart.train.loop import (
     Trainer,
     export_checkpoint,
     hybrid_batch,
-    launch_command,
     latest_checkpoint,
+    launch_command,
     list_checkpoints,
     lr_multiplier,
     ramp_batch_rows,
@@ -40,8 +42,6 @@ from warmstart.train.loop import (
 )
 
 SPEC = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64, seed=0)
-from conftest import WORDS_EN as WORDS_A, WORDS_NB as WORDS_B
-
 
 
 def _texts(words, n, seed):
@@ -61,12 +61,19 @@ def assets(tmp_path_factory):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(a + b, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
     )
     fast.save_pretrained(root / "tok")
     for name, texts in (("a", a), ("b", b)):
@@ -77,10 +84,21 @@ def assets(tmp_path_factory):
 
 def make_cfg(assets, out_dir, **kw) -> dict:
     cfg = dict(
-        model=SPEC, tokenizer_path=str(assets / "tok"), train_files={"a": [str(assets / "a.jsonl")]},
-        seq_len=32, micro_batch=4, steps=8, lr=1e-3, warmup_steps=2, out_dir=str(out_dir),
-        log_every=1, progress=False, tensorboard=False, peak_flops=1e11, seed=0,
-    )  # fmt: skip
+        model=SPEC,
+        tokenizer_path=str(assets / "tok"),
+        train_files={"a": [str(assets / "a.jsonl")]},
+        seq_len=32,
+        micro_batch=4,
+        steps=8,
+        lr=1e-3,
+        warmup_steps=2,
+        out_dir=str(out_dir),
+        log_every=1,
+        progress=False,
+        tensorboard=False,
+        peak_flops=1e11,
+        seed=0,
+    )
     cfg.update(kw)
     return cfg
 
@@ -155,14 +173,20 @@ def test_run_log_checkpoints_export(assets, tmp_path):
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert all(set(LOG_FIELDS) <= set(r) for r in log)
-    assert [r["tokens"] for r in log] == [k * 4 * 32 for k in range(1, 7)] and [r["samples"] for r in log] == [4 * k for k in range(1, 7)]
+    assert [r["tokens"] for r in log] == [k * 4 * 32 for k in range(1, 7)] and [r["samples"] for r in log] == [
+        4 * k for k in range(1, 7)
+    ]
     assert all(b > a for a, b in zip([0] + [r["bytes"] for r in log], [r["bytes"] for r in log]))
     assert all(r["loss"] > 0 and r["grad_norm"] > 0 and not r["skipped"] and r["corpus"] == "a" for r in log)
     assert log[0]["update_cos"] is None and all(-1 <= r["update_cos"] <= 1 for r in log[1:])
     assert log[-1]["data_state"]["rows"] == 24 and log[-1]["peak_mem_bytes"] > 0 and log[-1]["mfu"] > 0
     assert [r["lr"] for r in log] == [1e-3 * lr_multiplier(k, 6, "cosine", 2, 0, 0.1) for k in range(1, 7)]
     # keep_last=2 plus the tagged step 2
-    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == ["step0000002", "step0000004", "step0000006"]
+    assert [p.name for p in list_checkpoints(tmp_path / "run/checkpoints")] == [
+        "step0000002",
+        "step0000004",
+        "step0000006",
+    ]
     assert res.last_checkpoint.name == "step0000006" and res.step == 6
     assert list((tmp_path / "run/tb").iterdir())
     # the final export (and any checkpoint) is a plain HF model dir
@@ -204,12 +228,21 @@ def test_resume_in_process_is_exact(assets, tmp_path):
     train(make_cfg(assets, tmp_path / "res", **kw), resume=True)
     assert_same_weights(tmp_path / "ref/final", tmp_path / "res/final")
     keys = ("step", "loss", "lr", "grad_norm", "tokens", "bytes", "data_state", "masked_rows")
-    assert [[r[k] for k in keys] for r in read_log(tmp_path / "res")] == [[r[k] for k in keys] for r in read_log(tmp_path / "ref")]
+    assert [[r[k] for k in keys] for r in read_log(tmp_path / "res")] == [
+        [r[k] for k in keys] for r in read_log(tmp_path / "ref")
+    ]
 
 
 def test_batch_ramp_in_trainer(assets, tmp_path):
     # micro_batch 2 x grad_accum 4 = 8 rows at the end; ramp from 2 by 2 over 12 samples (3 increments of 4 samples)
-    cfg = make_cfg(assets, tmp_path / "r", micro_batch=2, grad_accum=4, steps=6, batch_ramp={"start": 2, "increment": 2, "samples": 12})
+    cfg = make_cfg(
+        assets,
+        tmp_path / "r",
+        micro_batch=2,
+        grad_accum=4,
+        steps=6,
+        batch_ramp={"start": 2, "increment": 2, "samples": 12},
+    )
     train(cfg)
     log = read_log(tmp_path / "r")
     assert [r["batch_rows"] for r in log] == [2, 2, 4, 6, 8, 8]
@@ -222,9 +255,11 @@ def test_freeze_leaves_frozen_params_bit_identical(assets, tmp_path, how):
     res = train(make_cfg(assets, tmp_path / how, steps=3, **kw))
     init = ModelSpec(**SPEC, vocab_size=300).build().state_dict()
     final = weights(res.export_dir)
-    frozen = [k for k in final if not ("embed_tokens" in k or "lm_head" in k)] if how == "train_only" else [
-        k for k in final if ".layers.0." in k
-    ]
+    frozen = (
+        [k for k in final if not ("embed_tokens" in k or "lm_head" in k)]
+        if how == "train_only"
+        else [k for k in final if ".layers.0." in k]
+    )
     assert frozen
     for k in final:
         assert torch.equal(final[k], init[k]) == (k in frozen), k
@@ -240,7 +275,9 @@ def test_nan_loss_is_skipped_and_logged(assets, tmp_path):
 
 
 def test_repeated_nan_rolls_back_to_last_checkpoint(assets, tmp_path):
-    res = train(make_cfg(assets, tmp_path / "rb", steps=9, checkpoint_every=2, inject_nan_steps=[5, 6, 7], max_bad_steps=3))
+    res = train(
+        make_cfg(assets, tmp_path / "rb", steps=9, checkpoint_every=2, inject_nan_steps=[5, 6, 7], max_bad_steps=3)
+    )
     log = read_log(tmp_path / "rb")
     assert [r["step"] for r in log if r["skipped"]] == [5, 6, 7]
     assert [r["rollback_to"] for r in log if r["rollback_to"]] == ["step0000006"]  # saved after the skipped step 6
@@ -278,8 +315,13 @@ def test_trainer_doc_mask_and_masked_rows_attention(assets, tmp_path):
 
 
 def test_hot_swap_in_trainer(assets, tmp_path):
-    cfg = make_cfg(assets, tmp_path / "hs", steps=5, train_files={"a": [str(assets / "a.jsonl")], "b": [str(assets / "b.jsonl")]},
-                   corpus_schedule=[(0, "a"), (3, "b")])  # fmt: skip
+    cfg = make_cfg(
+        assets,
+        tmp_path / "hs",
+        steps=5,
+        train_files={"a": [str(assets / "a.jsonl")], "b": [str(assets / "b.jsonl")]},
+        corpus_schedule=[(0, "a"), (3, "b")],
+    )
     train(cfg)
     log = read_log(tmp_path / "hs")
     assert [r["corpus"] for r in log] == ["a", "a", "b", "b", "b"]
@@ -293,8 +335,18 @@ def test_save_model_is_atomic_and_loadable(assets, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(assets / "tok")
     for seed in (0, 1):  # the second save replaces the first
-        model = build_model("mistral", vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64,
-                            max_pos=64, tie_embeddings=True, seed=seed)  # fmt: skip
+        model = build_model(
+            "mistral",
+            vocab_size=300,
+            hidden=32,
+            layers=2,
+            heads=4,
+            kv_heads=2,
+            intermediate=64,
+            max_pos=64,
+            tie_embeddings=True,
+            seed=seed,
+        )
         save_model(model, tok, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert type(loaded).__name__ == "MistralForCausalLM" and loaded.config.tie_word_embeddings
@@ -309,7 +361,9 @@ def test_save_model_is_atomic_and_loadable(assets, tmp_path):
 
 def test_mistral_tied_wsd_run(assets, tmp_path):
     spec = dict(SPEC, arch="mistral", tie_embeddings=True)
-    res = train(make_cfg(assets, tmp_path / "mi", model=spec, steps=3, max_grad_norm=None, lr_schedule="wsd", decay_steps=1))
+    res = train(
+        make_cfg(assets, tmp_path / "mi", model=spec, steps=3, max_grad_norm=None, lr_schedule="wsd", decay_steps=1)
+    )
     assert res.step == 3 and type(load_model(res.export_dir)).__name__ == "MistralForCausalLM"
     assert [r["lr"] for r in read_log(tmp_path / "mi")] == [5e-4, 1e-3, 1e-4]
 
@@ -361,8 +415,12 @@ def test_sigkill_twice_then_resume_is_bit_identical(assets, tmp_path):
     crash = tmp_path / "crash"
 
     # kill 1: between checkpoints (steps slowed down so the kill lands mid-run)
-    p = subprocess.Popen(_train_cmd(tmp_path / "crash.yaml"), env=_env(WARMSTART_TEST_SLEEP_PER_STEP="0.1"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    p = subprocess.Popen(
+        _train_cmd(tmp_path / "crash.yaml"),
+        env=_env(WARMSTART_TEST_SLEEP_PER_STEP="0.1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     log = crash / "log.jsonl"
     ok = _wait_for(lambda: log.exists() and any(json.loads(x)["step"] >= 6 for x in log.read_text().splitlines()), p)
     p.send_signal(signal.SIGKILL)
@@ -373,8 +431,12 @@ def test_sigkill_twice_then_resume_is_bit_identical(assets, tmp_path):
 
     # kill 2: inside a checkpoint write (the temp dir holds the weights, trainer_state.json not yet written)
     t_start = time.time()
-    p = subprocess.Popen(_train_cmd(tmp_path / "crash.yaml", resume=True), env=_env(WARMSTART_TEST_SLEEP_IN_CHECKPOINT="5"),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    p = subprocess.Popen(
+        _train_cmd(tmp_path / "crash.yaml", resume=True),
+        env=_env(WARMSTART_TEST_SLEEP_IN_CHECKPOINT="5"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
     def tmp_ckpt():  # a temp checkpoint of *this* process (not a leftover of the first kill) with weights written
         found = []
@@ -405,6 +467,7 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
+
 def _one_vs_two_processes(assets, tmp_path, kw: dict) -> tuple[list[dict], list[dict]]:
     """The logs of one process at micro_batch 4 and of two (accelerate launch, gloo) at micro_batch 2.
 
@@ -412,7 +475,9 @@ def _one_vs_two_processes(assets, tmp_path, kw: dict) -> tuple[list[dict], list[
     train(make_cfg(assets, tmp_path / "one", **kw))
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump(make_cfg(assets, tmp_path / "two", micro_batch=2, **kw)))
-    r = subprocess.run(launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        launch_command(cfg, 2, port=_free_port()), env=_env(), capture_output=True, text=True, timeout=300
+    )
     ranks = "\n".join(line for line in r.stderr.splitlines() if line.startswith("[rank") and "Error" in line)
     assert r.returncode == 0, ranks + "\n" + r.stderr[-3000:]
     return read_log(tmp_path / "one"), read_log(tmp_path / "two")
@@ -432,7 +497,9 @@ def test_ddp_two_cpu_processes_match_one(assets, tmp_path):
     kw = dict(steps=6, warmup_steps=1, doc_mask=True)
     one, two = _one_vs_two_processes(assets, tmp_path, kw)
     assert [x["step"] for x in two] == list(range(1, 7))
-    assert [x["tokens"] for x in two] == [x["tokens"] for x in one] and [x["bytes"] for x in two] == [x["bytes"] for x in one]
+    assert [x["tokens"] for x in two] == [x["tokens"] for x in one] and [x["bytes"] for x in two] == [
+        x["bytes"] for x in one
+    ]
     for a, b in zip(one, two):
         assert abs(a["loss"] - b["loss"]) <= 1e-4, (a["step"], a["loss"], b["loss"])
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-3 * a["grad_norm"]
@@ -457,8 +524,13 @@ def test_masked_share_learns_masked_prediction(assets, tmp_path):
         kw = dict(steps=200, lr=3e-3, warmup_steps=5, doc_mask=True, log_every=200, masked_share=share)
         model = load_model(train(make_cfg(assets, tmp_path / f"s{share}", **kw)).export_dir).eval()
         with torch.no_grad():
-            out = model(input_ids=inputs, labels=labels, attention_mask=document_attention_mask(batch.doc_ids, masked),
-                        position_ids=batch.position_ids, use_cache=False)  # fmt: skip
+            out = model(
+                input_ids=inputs,
+                labels=labels,
+                attention_mask=document_attention_mask(batch.doc_ids, masked),
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
         losses[share] = float(out.loss)
     assert losses[0.5] < losses[0.0] - 0.1, losses
 
@@ -470,8 +542,15 @@ SPIKE_DET = {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 30,
 
 def _spike_cfg(assets, out_dir, mitigate: bool, **kw) -> dict:
     """120 steps, batches 95-104 of the stream are random tokens (a corrupted stretch near the end)."""
-    base = dict(micro_batch=8, steps=120, lr=2e-3, lr_schedule="constant", checkpoint_every=5, keep_last=3,
-                inject_bad_batches=list(range(95, 105)))  # fmt: skip
+    base = dict(
+        micro_batch=8,
+        steps=120,
+        lr=2e-3,
+        lr_schedule="constant",
+        checkpoint_every=5,
+        keep_last=3,
+        inject_bad_batches=list(range(95, 105)),
+    )
     if mitigate:
         base.update(spike_mitigation=True, spike_skip_batches=12, spike_detector=SPIKE_DET)
     return make_cfg(assets, out_dir, **base | kw)
@@ -497,7 +576,9 @@ def test_spike_mitigation_rolls_back_skips_and_ends_lower(assets, tmp_path):
     assert min(r["loss"] for r in log_off if 95 <= r["step"] <= 104) > 2 * log_off[93]["loss"]
     # with it: the detector fires on the first bad batch, the run goes back to step 90 and skips 12 batches
     events = [r for r in log_on if r.get("spike_start")]
-    assert [(r["step"], r["spike_start"], r["rollback_to"], r["skipped_batches"]) for r in events] == [(95, 95, "step0000090", 12)]
+    assert [(r["step"], r["spike_start"], r["rollback_to"], r["skipped_batches"]) for r in events] == [
+        (95, 95, "step0000090", 12)
+    ]
     assert on.spike_rollbacks == 1 and on.skipped_batches == 12 and off.spike_rollbacks == 0
     assert [r["step"] for r in log_on] == list(range(1, 121))  # one record per step, the rollback step included
     assert [r["loss"] for r in log_on[:94]] == [r["loss"] for r in log_off[:94]]  # identical before the spike
@@ -515,14 +596,20 @@ def test_spike_mitigation_resume_is_exact(assets, tmp_path):
     train(_spike_cfg(assets, tmp_path / "res", True, steps=110), resume=True)
     assert_same_weights(tmp_path / "ref/final", tmp_path / "res/final")
     keys = ("step", "loss", "grad_norm", "data_state", "rollback_to")
-    assert [[r.get(k) for k in keys] for r in read_log(tmp_path / "res")] == [[r.get(k) for k in keys] for r in read_log(tmp_path / "ref")]
+    assert [[r.get(k) for k in keys] for r in read_log(tmp_path / "res")] == [
+        [r.get(k) for k in keys] for r in read_log(tmp_path / "ref")
+    ]
 
 
 def test_spike_mitigation_config_errors(assets, tmp_path):
     with pytest.raises(ValueError, match="checkpoint_every"):
         TrainConfig(**make_cfg(assets, tmp_path / "x", spike_mitigation=True))
     with pytest.raises(ValueError, match="spike_detector"):
-        TrainConfig(**make_cfg(assets, tmp_path / "x", spike_mitigation=True, checkpoint_every=5, spike_detector={"z_enterr": 3}))
+        TrainConfig(
+            **make_cfg(
+                assets, tmp_path / "x", spike_mitigation=True, checkpoint_every=5, spike_detector={"z_enterr": 3}
+            )
+        )
     cfg = TrainConfig(**make_cfg(assets, tmp_path / "x"))
     assert not cfg.spike_mitigation and cfg.spike_skip_batches == 0  # off by default
 
@@ -556,10 +643,21 @@ def test_ddp_signals_and_distillation_match_one_process(assets, tmp_path):
 
     from warmstart.model import save_model
 
-    save_model(ModelSpec(**SPEC, vocab_size=300).model_copy(update={"seed": 1}).build(), AutoTokenizer.from_pretrained(assets / "tok"),
-               tmp_path / "teacher")  # fmt: skip
-    kw = dict(steps=4, warmup_steps=1, doc_mask=True, signals_every=2, z_loss=1e-3, teacher_path=str(tmp_path / "teacher"),
-              kd_ce_share=0.5, kd_temperature=2.0)  # fmt: skip
+    save_model(
+        ModelSpec(**SPEC, vocab_size=300).model_copy(update={"seed": 1}).build(),
+        AutoTokenizer.from_pretrained(assets / "tok"),
+        tmp_path / "teacher",
+    )
+    kw = dict(
+        steps=4,
+        warmup_steps=1,
+        doc_mask=True,
+        signals_every=2,
+        z_loss=1e-3,
+        teacher_path=str(tmp_path / "teacher"),
+        kd_ce_share=0.5,
+        kd_temperature=2.0,
+    )
     one, two = _one_vs_two_processes(assets, tmp_path, kw)
     assert [x["step"] for x in two] == [1, 2, 3, 4]
     for a, b in zip(one, two):

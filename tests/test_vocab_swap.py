@@ -91,10 +91,17 @@ def sp_tokenizer() -> PreTrainedTokenizerFast:
         vocab.setdefault(a + b, len(vocab))
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SP, prepend_scheme="first", split=True)
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")]
+    )
     tok.add_special_tokens(SP_SPECIALS)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
     )
 
 
@@ -108,7 +115,9 @@ NB_TEXTS = [
 
 def _gpt2(vocab: int, seed: int, hidden: int = 32) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -235,7 +244,21 @@ def test_every_planner_makes_each_row_once(toks, method):
 
 def test_package_modules_import_only_lower_ones():
     """No import cycle inside the package: each module imports only modules listed before it."""
-    order = ["tokens", "fasttext", "plan", "sampling", "lexical", "focus", "omp", "methods", "apply", "surgery", "neighbours", "cli", "__main__"]
+    order = [
+        "tokens",
+        "fasttext",
+        "plan",
+        "sampling",
+        "lexical",
+        "focus",
+        "omp",
+        "methods",
+        "apply",
+        "surgery",
+        "neighbours",
+        "cli",
+        "__main__",
+    ]
     pkg = Path(vs.__file__).parent
     assert sorted(p.stem for p in pkg.glob("*.py")) == sorted([*order, "__init__"])
     for i, name in enumerate(order):
@@ -280,10 +303,17 @@ def unigram_tokenizer() -> PreTrainedTokenizerFast:
     pieces += [(SP + "hus", -2.0), ("hus", -3.0), (SP + "h", -3.0), ("et", -3.0), (SP + "house", -2.0)]
     tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=SP, prepend_scheme="first", split=True)
-    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")])
+    tok.decoder = decoders.Sequence(
+        [decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")]
+    )
     tok.add_special_tokens(SP_SPECIALS)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
     )
 
 
@@ -369,7 +399,9 @@ def test_focus_with_gensim_is_reproducible(toks):
     assert a.report.decomposed > 0 and torch.equal(a.embed, b.embed)
     # every combined row is a convex combination of overlapping tokens' rows
     c = a.plan.combo
-    sums = torch.zeros(len(c)).index_add_(0, torch.repeat_interleave(torch.arange(len(c)), c.ptr[1:] - c.ptr[:-1]), c.weights)
+    sums = torch.zeros(len(c)).index_add_(
+        0, torch.repeat_interleave(torch.arange(len(c)), c.ptr[1:] - c.ptr[:-1]), c.weights
+    )
     assert torch.allclose(sums, torch.ones(len(c)), atol=1e-5) and bool((c.weights > 0).all())
     assert set(c.src.tolist()) <= set(a.plan.copy_old.tolist())
 
@@ -470,7 +502,7 @@ def test_every_method_reloads_and_generates(world, toks, scenario, method):
 
 
 def test_special_tokens_land_where_mapped(world, toks):
-    bl, sp = toks["bl"], toks["sp"]
+    sp = toks["sp"]
     rep, out = _swap_dir(world, "gpt2", "fvt")
     new = AutoModelForCausalLM.from_pretrained(str(out))
     old = AutoModelForCausalLM.from_pretrained(str(world["gpt2"]))
@@ -480,7 +512,13 @@ def test_special_tokens_land_where_mapped(world, toks):
     mean = _emb(old).to(torch.float64).mean(0).to(torch.float32)
     for s in ("<pad>", "<mask>"):
         assert torch.allclose(_emb(new)[_id(sp, s)], mean, rtol=0, atol=1e-6), s
-    assert rep.specials["eos"] == {"new_id": 2, "new_token": "</s>", "old_id": 0, "old_token": "<|endoftext|>", "init": "copy"}
+    assert rep.specials["eos"] == {
+        "new_id": 2,
+        "new_token": "</s>",
+        "old_id": 0,
+        "old_token": "<|endoftext|>",
+        "init": "copy",
+    }
     assert rep.specials["mask"]["init"] == "mean"
     # the other direction: <|endoftext|> (eos=bos=unk) takes the old eos row, head included
     rep, out = _swap_dir(world, "llama", "exact")
@@ -563,19 +601,43 @@ def test_cli_writes_model_tokenizer_and_report(world, capsys, method):
     out = world["root"] / f"cli-{method}"
     rc = vs.main(
         [
-            "--model", str(world["gpt2"]), "--tokenizer", str(world["tok_sp"]), "--method", method,
-            "--out", str(out), "--seed", "3", "--pad-multiple", "32",
-            "--fasttext-texts", str(world["texts"]), "--fasttext-dim", "8", "--fasttext-min-count", "1",
-            "--fasttext-bucket", "1000", "-q",
+            "--model",
+            str(world["gpt2"]),
+            "--tokenizer",
+            str(world["tok_sp"]),
+            "--method",
+            method,
+            "--out",
+            str(out),
+            "--seed",
+            "3",
+            "--pad-multiple",
+            "32",
+            "--fasttext-texts",
+            str(world["texts"]),
+            "--fasttext-dim",
+            "8",
+            "--fasttext-min-count",
+            "1",
+            "--fasttext-bucket",
+            "1000",
+            "-q",
         ]
-    )  # fmt: skip
+    )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
     rep = json.loads((out / "swap_report.json").read_text())
     assert printed["method"] == rep["method"] == method and rep["seed"] == 3
     assert rep["padded_vocab"] % 32 == 0 and rep["decomposed"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["config.json", "generation_config.json", "model.safetensors", "swap_report.json", "tokenizer.json", "tokenizer_config.json"]
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "swap_report.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ]
     )
     AutoModelForCausalLM.from_pretrained(str(out))
 
@@ -595,7 +657,18 @@ def test_errors_are_clear(world, toks, tmp_path, capsys):
     with pytest.raises(vs.VocabSwapError) as e:
         vs.swap_embeddings(emb, None, bl, sp, "magic")
     assert all(m in str(e.value) for m in vs.METHODS)
-    rc = vs.main(["--model", str(world["gpt2"]), "--tokenizer", str(world["tok_sp"]), "--method", "magic", "--out", str(tmp_path / "x")])
+    rc = vs.main(
+        [
+            "--model",
+            str(world["gpt2"]),
+            "--tokenizer",
+            str(world["tok_sp"]),
+            "--method",
+            "magic",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert rc == 2 and "random, exact, fvt, focus, omp" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         vs.swap_model_dir(tmp_path / "no-such-model", world["tok_sp"], tmp_path / "o", "exact")

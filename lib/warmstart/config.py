@@ -17,7 +17,7 @@ import copy
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,7 +43,7 @@ class Shared(_Section):
     reports_dir: str
 
     @model_validator(mode="after")
-    def _distinct(self) -> "Shared":
+    def _distinct(self) -> Shared:
         if self.source_lang == self.target_lang:
             raise ValueError(f"source_lang and target_lang must differ (both are {self.source_lang!r})")
         return self
@@ -79,7 +79,7 @@ class HFSource(_Section):
     trust_remote_code: bool = False
 
 
-Source = Annotated[Union[HandbookSource, LocalSource, HFSource], Field(discriminator="kind")]
+Source = Annotated[HandbookSource | LocalSource | HFSource, Field(discriminator="kind")]
 
 
 class LangID(_Section):
@@ -177,7 +177,7 @@ class TinyModel(_Section):
     tie_embeddings: bool = False
 
     @model_validator(mode="after")
-    def _shapes(self) -> "TinyModel":
+    def _shapes(self) -> TinyModel:
         check_attention_shape(self.hidden, self.heads, self.kv_heads)
         return self
 
@@ -196,7 +196,7 @@ class Optim(_Section):
     max_grad_norm: float | None = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
-    def _warmup(self) -> "Optim":
+    def _warmup(self) -> Optim:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
         return self
@@ -214,16 +214,20 @@ class Base(_Section):
     optim: Optim
     checkpoint_every: int = Field(default=100, ge=0)
     log_every: int = Field(default=10, ge=1)
-    samples: list[str] = ["To install a package on Debian,", "The Falcot Corp administrators"]  # the card's fallback example
+    samples: list[str] = [
+        "To install a package on Debian,",
+        "The Falcot Corp administrators",
+    ]  # the card's fallback example
 
     @model_validator(mode="after")
-    def _hf(self) -> "Base":
+    def _hf(self) -> Base:
         if self.source == "hf" and not self.model_id:
             raise ValueError("base.source is 'hf' but base.model_id is not set")
         return self
 
 
 # ---------------------------------------------------------------- vocab swap and pretrain
+
 
 class VocabSwap(_Section):
     methods: list[Literal["random", "exact", "fvt", "focus", "omp"]] = Field(min_length=1)
@@ -270,12 +274,15 @@ class Arm(_Section):
     init: str  # a vocab_swap method: the run starts from data/models/swap-<init>
 
     @model_validator(mode="after")
-    def _pretrain_keys(self) -> "Arm":
+    def _pretrain_keys(self) -> Arm:
         fixed = {"num_processes", "seq_len", "micro_batch", "grad_accum", "phase1", "phase2", "tag_every", "log_every"}
         bad = sorted(set(self.overrides) - (set(Pretrain.model_fields) - fixed))
         if not self.overrides or bad:
-            raise ValueError(f"arm keys {bad} are not pretrain settings an arm may change" if bad else
-                             "an arm changes at least one pretrain setting (e.g. masked_share: 0.1)")  # fmt: skip
+            raise ValueError(
+                f"arm keys {bad} are not pretrain settings an arm may change"
+                if bad
+                else "an arm changes at least one pretrain setting (e.g. masked_share: 0.1)"
+            )
         return self
 
     @property
@@ -291,12 +298,14 @@ class Study(_Section):
     arms: dict[str, Arm]
 
     @model_validator(mode="after")
-    def _check(self) -> "Study":
+    def _check(self) -> Study:
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             raise ValueError(f"seeds must be distinct and >= 0: {self.seeds}")
         bad = [n for n in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n)]
         if bad:
-            raise ValueError(f"arm names {bad}: use lower-case letters, digits, '-' and '_' (they name files and DVC stages)")
+            raise ValueError(
+                f"arm names {bad}: use lower-case letters, digits, '-' and '_' (they name files and DVC stages)"
+            )
         return self
 
 
@@ -322,13 +331,17 @@ class Spikes(_Section):
     warmup: int | Literal["auto"] = "auto"
     # detect(**params): method parameters (robust: RobustParams fields); windows count log records
     params: dict[str, float | int | bool | None] = {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20}
-    score_window: int = Field(default=100, ge=10)  # OLMo 2 spike score: previous records in the window (1000 in the paper)
+    score_window: int = Field(
+        default=100, ge=10
+    )  # OLMo 2 spike score: previous records in the window (1000 in the paper)
     score_min_periods: int = Field(default=20, ge=2)  # records needed before a value counts
 
     @model_validator(mode="after")
-    def _check_params(self) -> "Spikes":
+    def _check_params(self) -> Spikes:
         if self.score_min_periods > self.score_window:
-            raise ValueError(f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})")
+            raise ValueError(
+                f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})"
+            )
         if self.method == "robust":
             from warmstart.spikes.robust_params import RobustParams  # the detector's parameters, no detector
 
@@ -356,14 +369,18 @@ class ContextFinetune(Optim):
 
     warmup_steps: int = Field(default=3, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    tokens_per_step: int = Field(default=2048, ge=8)  # rows per step = tokens_per_step // length: equal tokens at any length
+    tokens_per_step: int = Field(
+        default=2048, ge=8
+    )  # rows per step = tokens_per_step // length: equal tokens at any length
     log_every: int = Field(default=2, ge=1)
 
 
 class ContextSuite(_Section):
     """The text retrieval suite (warmstart.context.retrieval) at L, 2L, .. factor x L."""
 
-    tasks: list[Literal["passkey", "kv_uuid", "topic", "line", "multidoc"]] = Field(default=list(LONGCTX_TASKS), min_length=1)
+    tasks: list[Literal["passkey", "kv_uuid", "topic", "line", "multidoc"]] = Field(
+        default=list(LONGCTX_TASKS), min_length=1
+    )
     items: int = Field(default=20, ge=1)  # per task and length
     batch_size: int = Field(default=8, ge=1)
 
@@ -381,7 +398,7 @@ class Context(_Section):
     testbed: dict[str, Any] = {}  # warmstart.context.testbed.TestbedConfig fields (validated by the stage)
 
     @model_validator(mode="after")
-    def _check(self) -> "Context":
+    def _check(self) -> Context:
         unknown = set(self.options) - set(CONTEXT_METHODS)
         if unknown:
             raise ValueError(f"options: unknown method(s) {sorted(unknown)}; known: {', '.join(CONTEXT_METHODS)}")
@@ -418,17 +435,21 @@ class Compress(_Section):
     teacher: str = "best"  # best (the evaluation's best run) | a study run name
     teacher_correction: TeacherCorrection = TeacherCorrection()  # off unless steps > 0
     variants: list[Literal[COMPRESS_VARIANTS]] = Field(min_length=1)  # type: ignore[valid-type]
-    non_embedding_ratio: float = Field(default=0.5, gt=0, lt=1)  # students' size: this share of the teacher's non-embedding parameters
+    non_embedding_ratio: float = Field(
+        default=0.5, gt=0, lt=1
+    )  # students' size: this share of the teacher's non-embedding parameters
     calibration: Calibration = Calibration()
     masking_fraction: float = Field(default=0.25, gt=0, lt=1)  # the masking check: least important vs random units
-    masking_draws: int = Field(default=16, ge=1)  # random masks of the same size the least important one is compared with
+    masking_draws: int = Field(
+        default=16, ge=1
+    )  # random masks of the same size the least important one is compared with
     train: Optim  # the students' run (no more bytes than the teacher's phase 2)
     kd: Distillation = Distillation()
     tag_every: int = Field(default=10, ge=1)  # step-tagged checkpoints: bits per byte against bytes
     eval_bytes: int = Field(default=16_000, ge=1000)  # test (and calibration-check val) text per language
 
     @model_validator(mode="after")
-    def _check(self) -> "Compress":
+    def _check(self) -> Compress:
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants: {self.variants} repeats a variant")
         return self
@@ -455,12 +476,14 @@ class Params(_Section):
     report: Report
 
     @model_validator(mode="after")
-    def _arms(self) -> "Params":
+    def _arms(self) -> Params:
         methods = list(self.vocab_swap.methods)
         for name, arm in self.study.arms.items():
             if arm.init not in methods:
-                raise ValueError(f"study.arms.{name}.init is {arm.init!r}, not a vocab_swap method ({methods}): "
-                                 f"add it to vocab_swap.methods or drop the arm (study.arms: {{}})")  # fmt: skip
+                raise ValueError(
+                    f"study.arms.{name}.init is {arm.init!r}, not a vocab_swap method ({methods}): "
+                    f"add it to vocab_swap.methods or drop the arm (study.arms: {{}})"
+                )
             if name in (*methods, "scratch", "original", "base"):
                 raise ValueError(f"study.arms.{name}: the name is already a study run's")
         return self
@@ -507,8 +530,12 @@ def check_languages(params: Params) -> None:
                 f"corpus.sources[{i}].lang is {src.lang!r}, not a corpus language; "
                 f"corpus languages (shared.source_lang, shared.target_lang, corpus.extra_languages): {langs}"
             )
-    offered = {src.kind if len(params.corpus.sources) == 1 else f"corpus.sources[{i}] ({src.kind})":
-               offered_languages(src, params) for i, src in enumerate(params.corpus.sources)}  # fmt: skip
+    offered = {
+        src.kind if len(params.corpus.sources) == 1 else f"corpus.sources[{i}] ({src.kind})": offered_languages(
+            src, params
+        )
+        for i, src in enumerate(params.corpus.sources)
+    }
     every = {lang for langs in offered.values() for lang in langs}
     roles = {params.shared.source_lang: "shared.source_lang", params.shared.target_lang: "shared.target_lang"}
     problems = [f"{lang!r} ({roles.get(lang, 'corpus.extra_languages')})" for lang in langs if lang not in every]

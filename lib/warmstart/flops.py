@@ -143,8 +143,14 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / med if med > 0 else math.inf
 
 
-def measure_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024,
-                 rounds: int = 9, repeats: int = 3, tolerance: float = TOLERANCE) -> dict[str, Any]:  # fmt: skip
+def measure_peak(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    n: int = 1024,
+    rounds: int = 9,
+    repeats: int = 3,
+    tolerance: float = TOLERANCE,
+) -> dict[str, Any]:
     """A robust ``torch.matmul`` peak: ``rounds`` measurements (each the best of ``repeats`` products).
 
     Returns ``{"flops" (the median), "median", "min", "max", "spread", "samples", "rounds", "repeats", "n",
@@ -154,10 +160,22 @@ def measure_peak(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
     samples = [measured_matmul_peak(device, dtype, n=n, repeats=repeats) for _ in range(max(1, rounds))]
     spread = _spread(samples)
     med = statistics.median(samples)
-    return {"flops": med, "median": med, "min": min(samples), "max": max(samples), "spread": spread,
-            "samples": samples, "rounds": len(samples), "repeats": repeats, "n": n,
-            "dtype": DTYPE_NAMES.get(dtype, str(dtype)), "device": device_name(device), "source": "measured",
-            "tolerance": tolerance, "reliable": bool(spread <= tolerance)}  # fmt: skip
+    return {
+        "flops": med,
+        "median": med,
+        "min": min(samples),
+        "max": max(samples),
+        "spread": spread,
+        "samples": samples,
+        "rounds": len(samples),
+        "repeats": repeats,
+        "n": n,
+        "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+        "device": device_name(device),
+        "source": "measured",
+        "tolerance": tolerance,
+        "reliable": bool(spread <= tolerance),
+    }
 
 
 def device_name(device: str | torch.device = "cpu") -> str:
@@ -219,8 +237,14 @@ def recorded_peaks(log: list[dict], flops_per_token: float) -> list[float]:
     return out
 
 
-def throughput(log: list[dict], flops_per_token: float | None, peak: dict[str, Any] | None = None,
-               n_devices: int = 1, tolerance: float = TOLERANCE, study_peaks: list[float] | None = None) -> dict[str, Any]:  # fmt: skip
+def throughput(
+    log: list[dict],
+    flops_per_token: float | None,
+    peak: dict[str, Any] | None = None,
+    n_devices: int = 1,
+    tolerance: float = TOLERANCE,
+    study_peaks: list[float] | None = None,
+) -> dict[str, Any]:
     """What a run's step log says about its speed, and whether an MFU can be stated.
 
     ``log``: the trainer's records (``tokens_per_s``, optionally the ``mfu`` it computed); the first record (with
@@ -237,10 +261,22 @@ def throughput(log: list[dict], flops_per_token: float | None, peak: dict[str, A
     rows = [r for r in log if r.get("tokens_per_s")]
     rows = rows[1:] if len(rows) > 1 else rows
     tps = [float(r["tokens_per_s"]) for r in rows]
-    out: dict[str, Any] = {"records": len(tps), "tokens_per_s": None, "tokens_per_s_iqr": None, "step_spread": None,
-                           "achieved_flops": None, "recorded_peaks": [], "mfu": None, "mfu_reliable": False,
-                           "mfu_stated": None, "reasons": [], "tolerance": tolerance, "peak": peak,
-                           "logged_mfu": None, "flags": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "records": len(tps),
+        "tokens_per_s": None,
+        "tokens_per_s_iqr": None,
+        "step_spread": None,
+        "achieved_flops": None,
+        "recorded_peaks": [],
+        "mfu": None,
+        "mfu_reliable": False,
+        "mfu_stated": None,
+        "reasons": [],
+        "tolerance": tolerance,
+        "peak": peak,
+        "logged_mfu": None,
+        "flags": {},
+    }
     reasons: list[str] = out["reasons"]
     flags: dict[str, float] = out["flags"]
     if not tps:
@@ -263,20 +299,25 @@ def throughput(log: list[dict], flops_per_token: float | None, peak: dict[str, A
     if peak.get("source") != "datasheet":
         if peak.get("spread") is not None and peak["spread"] > tolerance:
             flags["peak_spread"] = peak["spread"]
-            reasons.append(f"the peak's {peak.get('rounds', '?')} timings spread {100 * peak['spread']:.0f}% "
-                           f"(> {100 * tolerance:.0f}%)")  # fmt: skip
+            reasons.append(
+                f"the peak's {peak.get('rounds', '?')} timings spread {100 * peak['spread']:.0f}% "
+                f"(> {100 * tolerance:.0f}%)"
+            )
         if out["step_spread"] is not None and out["step_spread"] > tolerance:
             flags["step_spread"] = out["step_spread"]
-            reasons.append(f"step throughput varied {100 * out['step_spread']:.0f}% (IQR / median > "
-                           f"{100 * tolerance:.0f}%)")  # fmt: skip
+            reasons.append(
+                f"step throughput varied {100 * out['step_spread']:.0f}% (IQR / median > {100 * tolerance:.0f}%)"
+            )
         own = out["recorded_peaks"]
         if len(own) > 1 and _spread(own) > tolerance:
             flags["own_peaks_spread"] = _spread(own)
             reasons.append(f"the peaks the run measured for itself spread {100 * _spread(own):.0f}%")
         if study_peaks and len(study_peaks) > 1 and _spread(study_peaks) > tolerance:
             flags["study_peaks_spread"] = _spread(study_peaks)
-            reasons.append(f"the peaks the study's runs measured spread {100 * _spread(study_peaks):.0f}% "
-                           f"({min(study_peaks) / 1e9:.0f}–{max(study_peaks) / 1e9:.0f} GFLOP/s): a shared machine")  # fmt: skip
+            reasons.append(
+                f"the peaks the study's runs measured spread {100 * _spread(study_peaks):.0f}% "
+                f"({min(study_peaks) / 1e9:.0f}–{max(study_peaks) / 1e9:.0f} GFLOP/s): a shared machine"
+            )
     if out["mfu"] > 1:  # last: when the peak is unreliable, the reasons above say why first
         flags["impossible"] = out["mfu"]
         reasons.append(f"{100 * out['mfu']:.0f}% of the peak (impossible)")

@@ -77,7 +77,7 @@ class ModelSpec(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _shapes(self) -> "ModelSpec":
+    def _shapes(self) -> ModelSpec:
         check_attention_shape(self.hidden, self.heads, self.kv_heads)
         return self
 

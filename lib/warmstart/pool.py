@@ -9,8 +9,9 @@ as the stage kernels do (:func:`warmstart.notebook.kernel.tune_gc`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 
 @contextmanager
@@ -23,7 +24,11 @@ def process_pool(fn: Callable[[Any], Any], workers: int) -> Iterator[Callable[[S
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from warmstart.notebook.kernel import tune_gc  # workers import torch and transformers too (see warmstart.notebook.kernel)
+    from warmstart.notebook.kernel import (
+        tune_gc,  # workers import torch and transformers too (see warmstart.notebook.kernel)
+    )
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=tune_gc) as ex:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=tune_gc
+    ) as ex:
         yield lambda jobs: list(ex.map(fn, jobs))

@@ -52,11 +52,13 @@ DERIVED = ("context", "compress")  # study runs that are not a swap method, in r
 class Run:
     name: str
     kind: Kind
-    method: str | None = None  # the swap method of a ``swap`` run (an arm's init); the extension method / compression variant
+    method: str | None = (
+        None  # the swap method of a ``swap`` run (an arm's init); the extension method / compression variant
+    )
     overrides: tuple[tuple[str, Any], ...] = ()  # an arm's pretrain settings
     seed: int | None = None  # None: the DVC study's run (shared.seed); else a seed-spread run
 
-    def at_seed(self, seed: int) -> "Run":
+    def at_seed(self, seed: int) -> Run:
         """The same run trained with ``seed`` (its own directories under ``data/seeds/s<seed>``)."""
         if self.kind not in ("scratch", "original", "swap", "arm"):
             raise ValueError(f"only study runs are trained per seed, not {self.kind} runs ({self.name})")
@@ -144,8 +146,10 @@ def adapted_run(params: Any, choice: str) -> Run:
         return get_run(params, choice)
     path = params.report_path("metrics", "evaluate.json")
     if not path.is_file():
-        raise FileNotFoundError(f"run: best needs the evaluation's headline {path} (run the evaluate stage first), "
-                                f"or name a run ({', '.join(run_names(params))})")
+        raise FileNotFoundError(
+            f"run: best needs the evaluation's headline {path} (run the evaluate stage first), "
+            f"or name a run ({', '.join(run_names(params))})"
+        )
     best = json.loads(path.read_text()).get("best_run")
     if not best:
         raise ValueError(f"{path} names no best_run; name a run instead ({', '.join(run_names(params))})")

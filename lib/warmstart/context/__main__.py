@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the run config (YAML) here")
     p.add_argument("--dry-run", metavar="DIR", help="instead: extend a tiny model of --arch and train 2 steps on CPU")
     p.add_argument("--arch", default="mistral")
-    sd = sub.add_parser("seeds", help="the study's testbed once per training seed -> reports/metrics/testbed_seeds.json")
+    sd = sub.add_parser(
+        "seeds", help="the study's testbed once per training seed -> reports/metrics/testbed_seeds.json"
+    )
     sd.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339, 1340, 1341])
     sd.add_argument("--params", default="params.yaml")
     args = ap.parse_args(argv)
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from warmstart.context.testbed_seeds import measure
 
         rec = measure(load_params(args.params), args.seeds)
-        zs = ", ".join(f"{s}: {b} {r['zero_shot_at_factor_L'][b]:.2f}" if (b := r["best_zero_shot"]) else f"{s}: none"
-                       for s, r in rec["per_seed"].items())  # fmt: skip
+        zs = ", ".join(
+            f"{s}: {b} {r['zero_shot_at_factor_L'][b]:.2f}" if (b := r["best_zero_shot"]) else f"{s}: none"
+            for s, r in rec["per_seed"].items()
+        )
         print(f"best zero-shot at {rec['extended_len']} per seed: {zs}")
         print("targets met (seeds of " + str(len(rec["seeds"])) + "): " + json.dumps(rec["targets_met"]))
         return 0
@@ -52,8 +56,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         ap.error("--model is required (or --dry-run DIR)")
-    pl = plan(args.model, args.method, args.factor, args.trained_len, processes=args.processes, micro_batch=args.micro_batch,
-              steps=args.steps, attention=args.attention, gpu=args.gpu, assumed_mfu=args.assumed_mfu)  # fmt: skip
+    pl = plan(
+        args.model,
+        args.method,
+        args.factor,
+        args.trained_len,
+        processes=args.processes,
+        micro_batch=args.micro_batch,
+        steps=args.steps,
+        attention=args.attention,
+        gpu=args.gpu,
+        assumed_mfu=args.assumed_mfu,
+    )
     print(describe(pl))
     if args.out:
         import yaml

@@ -157,9 +157,13 @@ def bpb_by_position(
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         b = float(byt[:, lo:hi].sum())
-        out.append({
-            "start": lo + 1, "end": hi + 1,
-            "bits_per_byte": float(nll[:, lo:hi].sum()) / LN2 / b if b else math.nan,
-            "tokens": int(scored[:, lo:hi].sum()), "bytes": int(b),
-        })  # fmt: skip
+        out.append(
+            {
+                "start": lo + 1,
+                "end": hi + 1,
+                "bits_per_byte": float(nll[:, lo:hi].sum()) / LN2 / b if b else math.nan,
+                "tokens": int(scored[:, lo:hi].sum()),
+                "bytes": int(b),
+            }
+        )
     return out

@@ -52,7 +52,9 @@ def _config(model: str | Path | dict) -> Any:
         d = dict(model)
         return AutoConfig.for_model(d.pop("model_type"), **d)
     if not (Path(model) / "config.json").is_file():
-        raise FileNotFoundError(f"model: {Path(model) / 'config.json'} does not exist (a Hugging Face model dir with config.json)")
+        raise FileNotFoundError(
+            f"model: {Path(model) / 'config.json'} does not exist (a Hugging Face model dir with config.json)"
+        )
     return AutoConfig.from_pretrained(model)
 
 
@@ -62,13 +64,19 @@ def memory(config: Any, seq_len: int, micro_batch: int, processes: int, attentio
     n_params = _n_params(s, tie=bool(getattr(config, "tie_word_embeddings", False)))
     states = 16 * n_params / processes
     h, a, L, V = s["hidden"], s["heads"], s["layers"], s["vocab"]
-    per_layer = seq_len * micro_batch * h * (34 + (0 if attention in ("sdpa", "flash_attention_2") else 5 * a * seq_len / h))
+    per_layer = (
+        seq_len * micro_batch * h * (34 + (0 if attention in ("sdpa", "flash_attention_2") else 5 * a * seq_len / h))
+    )
     acts = L * per_layer
     logits = 2 * 4 * seq_len * micro_batch * V
     recomputed = L * 2 * seq_len * micro_batch * h + per_layer  # layer inputs kept, one layer's activations live
-    return {"params_grads_adam_gib": states / GIB, "activations_gib": acts / GIB, "logits_gib": logits / GIB,
-            "total_gib": (states + acts + logits) / GIB,
-            "total_with_recomputation_gib": (states + recomputed + logits) / GIB}  # fmt: skip
+    return {
+        "params_grads_adam_gib": states / GIB,
+        "activations_gib": acts / GIB,
+        "logits_gib": logits / GIB,
+        "total_gib": (states + acts + logits) / GIB,
+        "total_with_recomputation_gib": (states + recomputed + logits) / GIB,
+    }
 
 
 def _n_params(s: dict, tie: bool) -> int:
@@ -110,47 +118,91 @@ def plan(
     fpt = flops_per_token(cfg, length)
     step_s = tokens_per_step * fpt / (assumed_mfu * peak * processes)
     run = {
-        "model_path": str(model) if not isinstance(model, dict) else None, "train_files": {"long": train_files or ["long.jsonl"]},
-        "seq_len": length, "micro_batch": micro_batch, "grad_accum": grad_accum, "steps": steps, "lr": lr,
-        "warmup_steps": max(1, steps // 50), "lr_schedule": "cosine", "weight_decay": 0.0, "doc_mask": True,
-        "attn_implementation": attention, "precision": "bf16", "out_dir": out_dir, "checkpoint_every": max(1, steps // 10),
-    }  # fmt: skip
+        "model_path": str(model) if not isinstance(model, dict) else None,
+        "train_files": {"long": train_files or ["long.jsonl"]},
+        "seq_len": length,
+        "micro_batch": micro_batch,
+        "grad_accum": grad_accum,
+        "steps": steps,
+        "lr": lr,
+        "warmup_steps": max(1, steps // 50),
+        "lr_schedule": "cosine",
+        "weight_decay": 0.0,
+        "doc_mask": True,
+        "attn_implementation": attention,
+        "precision": "bf16",
+        "out_dir": out_dir,
+        "checkpoint_every": max(1, steps // 10),
+    }
     mem = memory(cfg, length, micro_batch, processes, attention)
     device = GPU_MEMORY_GIB.get(gpu, 0)
     # activation recomputation only when the run does not fit without it (it costs about one more forward)
     run["activation_checkpointing"] = bool(mem["total_gib"] > device and mem["total_with_recomputation_gib"] <= device)
     launcher = ACCELERATE_CONFIGS.get(processes, "configs/accelerate/fsdp2_8gpu.yaml")
     return {
-        "method": method, "trained_len": trained_len, "length": length, "factor": factor, **fields,
-        "run_config": run, "launch": f"accelerate launch --config_file {launcher} --num_processes {processes} "
-                                     f"-m warmstart.train --config run.yaml",
-        "memory_per_device": {**mem, "device_gib": GPU_MEMORY_GIB.get(gpu), "fits": mem["total_gib"] <= device,
-                              "fits_with_recomputation": mem["total_with_recomputation_gib"] <= device,
-                              "activation_checkpointing": run["activation_checkpointing"]},
-        "time": {"tokens_per_step": tokens_per_step, "flops_per_token": fpt, "gpu": gpu, "datasheet_peak_bf16": peak,
-                 "assumed_mfu": assumed_mfu, "seconds_per_step": step_s, "hours_total": step_s * steps / 3600,
-                 "note": "an estimate at the assumed MFU, not a measurement"},  # fmt: skip
+        "method": method,
+        "trained_len": trained_len,
+        "length": length,
+        "factor": factor,
+        **fields,
+        "run_config": run,
+        "launch": f"accelerate launch --config_file {launcher} --num_processes {processes} "
+        f"-m warmstart.train --config run.yaml",
+        "memory_per_device": {
+            **mem,
+            "device_gib": GPU_MEMORY_GIB.get(gpu),
+            "fits": mem["total_gib"] <= device,
+            "fits_with_recomputation": mem["total_with_recomputation_gib"] <= device,
+            "activation_checkpointing": run["activation_checkpointing"],
+        },
+        "time": {
+            "tokens_per_step": tokens_per_step,
+            "flops_per_token": fpt,
+            "gpu": gpu,
+            "datasheet_peak_bf16": peak,
+            "assumed_mfu": assumed_mfu,
+            "seconds_per_step": step_s,
+            "hours_total": step_s * steps / 3600,
+            "note": "an estimate at the assumed MFU, not a measurement",
+        },
     }
 
 
 def describe(p: dict[str, Any]) -> str:
     """The plan as the lines ``python -m warmstart.context plan`` prints."""
     m, t = p["memory_per_device"], p["time"]
-    return "\n".join([
-        f"{p['method']}: {p['trained_len']} -> {p['length']} tokens; rope_parameters {json.dumps(p['rope_parameters'])}",
-        f"memory per device (estimate): states {m['params_grads_adam_gib']:.1f} GiB + activations {m['activations_gib']:.1f} GiB"
-        f" + logits {m['logits_gib']:.1f} GiB = {m['total_gib']:.1f} GiB of {m['device_gib']} GiB: "
-        + ("fits" if m["fits"] else f"does not fit; with activation recomputation {m['total_with_recomputation_gib']:.1f} GiB: "
-           + ("fits (the run config sets activation_checkpointing: true)" if m["fits_with_recomputation"]
-              else "still does not fit: more processes or a shorter micro-batch")),
-        f"time (estimate at {t['assumed_mfu']:.0%} MFU of {t['gpu']}'s {t['datasheet_peak_bf16'] / 1e12:.0f} TFLOP/s bf16): "
-        f"{t['seconds_per_step']:.2f} s/step, {t['hours_total']:.1f} h for {p['run_config']['steps']} steps",
-        f"launch: {p['launch']}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"{p['method']}: {p['trained_len']} -> {p['length']} tokens; rope_parameters {json.dumps(p['rope_parameters'])}",
+            f"memory per device (estimate): states {m['params_grads_adam_gib']:.1f} GiB + activations {m['activations_gib']:.1f} GiB"
+            f" + logits {m['logits_gib']:.1f} GiB = {m['total_gib']:.1f} GiB of {m['device_gib']} GiB: "
+            + (
+                "fits"
+                if m["fits"]
+                else f"does not fit; with activation recomputation {m['total_with_recomputation_gib']:.1f} GiB: "
+                + (
+                    "fits (the run config sets activation_checkpointing: true)"
+                    if m["fits_with_recomputation"]
+                    else "still does not fit: more processes or a shorter micro-batch"
+                )
+            ),
+            f"time (estimate at {t['assumed_mfu']:.0%} MFU of {t['gpu']}'s {t['datasheet_peak_bf16'] / 1e12:.0f} TFLOP/s bf16): "
+            f"{t['seconds_per_step']:.2f} s/step, {t['hours_total']:.1f} h for {p['run_config']['steps']} steps",
+            f"launch: {p['launch']}",
+        ]
+    )
 
 
-def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, steps: int = 2,
-            activation_checkpointing: bool | None = None, **opts: Any) -> dict:  # fmt: skip
+def dry_run(
+    arch: str,
+    method: str,
+    factor: float,
+    trained_len: int,
+    out: Path,
+    steps: int = 2,
+    activation_checkpointing: bool | None = None,
+    **opts: Any,
+) -> dict:
     """Extend a tiny ``arch`` model and fine-tune it ``steps`` steps at the new length on CPU, through the
     real path (:func:`~warmstart.context.rope_scaling.extend_dir`, :func:`plan`'s run config, the trainer).
     ``activation_checkpointing`` overrides the plan's choice (a tiny model always fits)."""
@@ -168,12 +220,31 @@ def dry_run(arch: str, method: str, factor: float, trained_len: int, out: Path, 
     model = build_model(arch=arch, vocab_size=len(tok), hidden=32, layers=2, heads=4, kv_heads=2, max_pos=trained_len)
     src = save_model(model, tok, out / "base")
     dst = extend_dir(src, out / "extended", method, factor, trained_len, **opts)
-    p = plan(src, method, factor, trained_len, processes=1, micro_batch=2, steps=steps, attention="sdpa", gpu="H100",
-             out_dir=str(out / "run"), train_files=[str(out / "long.jsonl")], **opts)  # fmt: skip
+    p = plan(
+        src,
+        method,
+        factor,
+        trained_len,
+        processes=1,
+        micro_batch=2,
+        steps=steps,
+        attention="sdpa",
+        gpu="H100",
+        out_dir=str(out / "run"),
+        train_files=[str(out / "long.jsonl")],
+        **opts,
+    )
     words = " ".join(tok.convert_ids_to_tokens(list(range(4, len(tok)))))
     write_jsonl(out / "long.jsonl", [{"text": " ".join([words] * 40)} for _ in range(8)])
-    run = {**p["run_config"], "model_path": str(dst), "precision": "fp32", "log_every": 1, "tensorboard": False,
-           "progress": False, "checkpoint_every": 0}  # fmt: skip
+    run = {
+        **p["run_config"],
+        "model_path": str(dst),
+        "precision": "fp32",
+        "log_every": 1,
+        "tensorboard": False,
+        "progress": False,
+        "checkpoint_every": 0,
+    }
     if activation_checkpointing is not None:
         run["activation_checkpointing"] = activation_checkpointing
     result = train(TrainConfig(**run))

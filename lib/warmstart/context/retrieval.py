@@ -72,7 +72,9 @@ class _Corpus:
                     seen.add(w)
                     words.append(w)
         if len(sents) < 8 or len(words) < 16:
-            raise ValueError(f"texts: need at least 8 sentences and 16 distinct words, got {len(sents)} and {len(words)}")
+            raise ValueError(
+                f"texts: need at least 8 sentences and 16 distinct words, got {len(sents)} and {len(words)}"
+            )
         self.sents, self.words = sents, words
 
     def run(self, rng: random.Random, n: int) -> list[str]:
@@ -108,7 +110,7 @@ def _kv_uuid(rng: random.Random, c: _Corpus, n: int, t: int) -> tuple[str, list[
     keys, vals = [_uuid(rng) for _ in range(n)], [_uuid(rng) for _ in range(n)]
     head = "Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{"
     units = [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in zip(keys, vals)]
-    tail = f"}}\n\nKey: {json.dumps(keys[t])}\nCorresponding value: \""
+    tail = f'}}\n\nKey: {json.dumps(keys[t])}\nCorresponding value: "'
     return head, units, tail, vals[t]
 
 
@@ -123,26 +125,35 @@ def _names(rng: random.Random, c: _Corpus, n: int, parts: int) -> list[str]:
 
 def _line(rng: random.Random, c: _Corpus, n: int, t: int) -> tuple[str, list[str], str, str]:
     names, nums = _names(rng, c, n, 2), [str(x) for x in rng.sample(range(10000, 100000), n)]
-    head = ("Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
-            "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
-            "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to retrieve "
-            "the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n")  # fmt: skip
+    head = (
+        "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
+        "contains a '<REGISTER_CONTENT>' at the end of the line as a numerical value. For each line index, "
+        "memorize its corresponding <REGISTER_CONTENT>. At the end of the record, I will ask you to retrieve "
+        "the corresponding <REGISTER_CONTENT> of a certain line index. Now the record start:\n\n"
+    )
     units = [f"line {a}: REGISTER_CONTENT is <{b}>" for a, b in zip(names, nums)]
-    tail = (f"\n\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {names[t]}? "
-            f"I need the number.\nAnswer: The <REGISTER_CONTENT> in line {names[t]} is <")  # fmt: skip
+    tail = (
+        f"\n\nNow the record is over. Tell me what is the <REGISTER_CONTENT> in line {names[t]}? "
+        f"I need the number.\nAnswer: The <REGISTER_CONTENT> in line {names[t]} is <"
+    )
     return head, units, tail, nums[t]
 
 
 def _topic(rng: random.Random, c: _Corpus, n: int, t: int) -> tuple[str, list[str], str, str]:
     topics = [" ".join(w.capitalize() for w in name.split("-")) for name in _names(rng, c, n, 2)]
-    head = (f"Below is a record of our previous conversation on several different topics. You are the ASSISTANT, "
-            "and I am the USER. At the beginning of each topic, the USER will say 'I would like to discuss the "
-            "topic of <TOPIC>'. Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve one "
-            "topic by its number. Now the record start.\n\n")  # fmt: skip
-    units = [f"USER: I would like to discuss the topic of {tp}.\nASSISTANT: Sure! {' '.join(c.run(rng, 2))}"
-             for tp in topics]  # fmt: skip
-    tail = (f"\n\nNow the record ends. What is topic number {t + 1} we discussed? Only give me the topic name.\n"
-            f"Answer: Topic number {t + 1} is")  # fmt: skip
+    head = (
+        "Below is a record of our previous conversation on several different topics. You are the ASSISTANT, "
+        "and I am the USER. At the beginning of each topic, the USER will say 'I would like to discuss the "
+        "topic of <TOPIC>'. Memorize each <TOPIC>. At the end of the record, I will ask you to retrieve one "
+        "topic by its number. Now the record start.\n\n"
+    )
+    units = [
+        f"USER: I would like to discuss the topic of {tp}.\nASSISTANT: Sure! {' '.join(c.run(rng, 2))}" for tp in topics
+    ]
+    tail = (
+        f"\n\nNow the record ends. What is topic number {t + 1} we discussed? Only give me the topic name.\n"
+        f"Answer: Topic number {t + 1} is"
+    )
     return head, units, tail, topics[t]
 
 
@@ -152,7 +163,7 @@ def _multidoc(rng: random.Random, c: _Corpus, n: int, t: int) -> tuple[str, list
     quote = docs[t][rng.randrange(2)]
     head = "Below are several documents, each with an ID. Read them; I will then ask which one contains a sentence.\n\n"
     units = [f"Document [ID: {i}]: {' '.join(d)}" for i, d in zip(ids, docs)]
-    tail = f"\n\nWhich document contains the sentence \"{quote}\"? Answer with its ID.\nAnswer: The document ID is"
+    tail = f'\n\nWhich document contains the sentence "{quote}"? Answer with its ID.\nAnswer: The document ID is'
     return head, units, tail, ids[t]
 
 
@@ -166,8 +177,12 @@ def _passkey(rng: random.Random, c: _Corpus, n: int, t: int) -> tuple[str, list[
 
 
 BUILDERS: Mapping[str, Builder] = {
-    "kv_uuid": _kv_uuid, "topic": _topic, "line": _line, "multidoc": _multidoc, "passkey": _passkey,
-}  # fmt: skip
+    "kv_uuid": _kv_uuid,
+    "topic": _topic,
+    "line": _line,
+    "multidoc": _multidoc,
+    "passkey": _passkey,
+}
 _SEP = {"kv_uuid": ", ", "topic": "\n\n", "line": "\n", "multidoc": "\n\n", "passkey": " "}
 _MIN_UNITS = {"kv_uuid": 2, "topic": 2, "line": 2, "multidoc": 2, "passkey": 0}  # passkey: the needle alone
 
@@ -212,8 +227,16 @@ def _fill(task: str, rng_seed: str, c: _Corpus, count: _Budget, length: int, roo
             step = 1
             continue
         n, (prompt, answer, t, units, need), step = n + step, cand, step * 2
-    return {"task": task, "prompt": prompt, "answer": answer, "depth": depth, "target": t, "units": units,
-            "prompt_tokens": count(prompt), "chance": 1e-5 if task == "passkey" else 1.0 / units}  # fmt: skip
+    return {
+        "task": task,
+        "prompt": prompt,
+        "answer": answer,
+        "depth": depth,
+        "target": t,
+        "units": units,
+        "prompt_tokens": count(prompt),
+        "chance": 1e-5 if task == "passkey" else 1.0 / units,
+    }
 
 
 def _check_tasks(tasks: Sequence[str]) -> None:
@@ -222,7 +245,9 @@ def _check_tasks(tasks: Sequence[str]) -> None:
         raise ValueError(f"tasks: unknown {unknown or 'none given'}; known tasks: {', '.join(TASKS)}")
 
 
-def min_lengths(texts: Sequence[str], tokenizer: Any, tasks: Sequence[str] = TASKS, answer_room: int = 4) -> dict[str, int]:
+def min_lengths(
+    texts: Sequence[str], tokenizer: Any, tasks: Sequence[str] = TASKS, answer_room: int = 4
+) -> dict[str, int]:
     """``{task: the length its smallest item needs}`` with this tokenizer, measured on one draw (other draws'
     UUIDs, numbers and sentences may need a few tokens more): for choosing lengths and tasks."""
     _check_tasks(tasks)
@@ -312,9 +337,13 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
                 ids[i, width - len(e) :] = torch.tensor(e)
                 att[i, width - len(e) :] = 1
             gen = model.generate(
-                input_ids=ids.to(device), attention_mask=att.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
+                input_ids=ids.to(device),
+                attention_mask=att.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             outs += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
     finally:
         model.train(was)
@@ -349,9 +378,16 @@ def score_suite(model: Any, tokenizer: Any, suite: Sequence[Mapping[str, Any]], 
     for i, g in zip(order, gens):
         generations[i] = g
     out = score_generations(suite, generations)
-    out["items"] = [{"task": it["task"], "depth": it["depth"], "length": it.get("length"),
-                     "correct": exact_match(g, it["answer"]), "generation": g[:80]}
-                    for it, g in zip(suite, generations)]  # fmt: skip
+    out["items"] = [
+        {
+            "task": it["task"],
+            "depth": it["depth"],
+            "length": it.get("length"),
+            "correct": exact_match(g, it["answer"]),
+            "generation": g[:80],
+        }
+        for it, g in zip(suite, generations)
+    ]
     return out
 
 
@@ -362,5 +398,7 @@ def alfred_normalised_mean(table: Mapping[str, Mapping[str, float]]) -> dict[str
     subtasks = sorted({s for row in table.values() for s in row})
     best = {s: max(row.get(s, 0.0) for row in table.values()) for s in subtasks}
     kept = [s for s in subtasks if best[s] > 0]
-    return {m: (sum(row.get(s, 0.0) / best[s] for s in kept) / len(kept) if kept else float("nan"))
-            for m, row in table.items()}  # fmt: skip
+    return {
+        m: (sum(row.get(s, 0.0) / best[s] for s in kept) / len(kept) if kept else float("nan"))
+        for m, row in table.items()
+    }

@@ -99,24 +99,70 @@ def _m(name: str, summary: str, source: str, rope_type: str, **options: Any) -> 
 
 
 #: method name -> :class:`Method` (read-only), in the order of the comparison.
-METHODS: Mapping[str, Method] = MappingProxyType({m.name: m for m in (
-    _m("none", "control: RoPE unchanged, positions beyond L extrapolated", "-", "default"),
-    _m("pi", "position interpolation: theta_i / s", "Chen et al. 2023, arXiv:2306.15595", "linear"),
-    _m("ntk", "static NTK-aware base b s^(D/(D-2))", "bloc97 2023; Peng et al. 2023 Def. 1", "default"),
-    _m("ntk_margin", "NTK-Margin base b (margin s)^(D/(D-2))", "Alfred-40B-1023 (LightOn 2023)", "default", margin=2.0),
-    _m("dynamic", "dynamic NTK: the base follows the current length", "emozilla 2023; Peng et al. 2023 Sec. 3.3",
-       "dynamic", dynamic_factor=None),
-    _m("ntk_parts", "NTK-by-parts ramp, no temperature", "bloc97 2023; Peng et al. 2023 Sec. 3.2", "yarn",
-       beta_fast=32.0, beta_slow=1.0),
-    _m("yarn", "NTK-by-parts ramp + attention temperature 0.1 ln s + 1", "Peng et al. 2023, arXiv:2309.00071",
-       "yarn", beta_fast=32.0, beta_slow=1.0, attention_factor=None),
-    _m("ntk_yarn", "NTK-Margin base + YaRN temperature", "Alfred-40B-1023 (LightOn 2023)", "yarn",
-       margin=2.0, attention_factor=None),
-    _m("llama3", "Llama 3.1 band-wise scaling", "Meta 2024, Llama 3.1", "llama3",
-       low_freq_factor=1.0, high_freq_factor=4.0),
-    _m("theta", "explicit new rope_theta (default 40 b)", "Lucie-7B (OpenLLM-France 2025): 500k -> 20M", "default",
-       theta=None),
-)})  # fmt: skip
+METHODS: Mapping[str, Method] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            _m("none", "control: RoPE unchanged, positions beyond L extrapolated", "-", "default"),
+            _m("pi", "position interpolation: theta_i / s", "Chen et al. 2023, arXiv:2306.15595", "linear"),
+            _m("ntk", "static NTK-aware base b s^(D/(D-2))", "bloc97 2023; Peng et al. 2023 Def. 1", "default"),
+            _m(
+                "ntk_margin",
+                "NTK-Margin base b (margin s)^(D/(D-2))",
+                "Alfred-40B-1023 (LightOn 2023)",
+                "default",
+                margin=2.0,
+            ),
+            _m(
+                "dynamic",
+                "dynamic NTK: the base follows the current length",
+                "emozilla 2023; Peng et al. 2023 Sec. 3.3",
+                "dynamic",
+                dynamic_factor=None,
+            ),
+            _m(
+                "ntk_parts",
+                "NTK-by-parts ramp, no temperature",
+                "bloc97 2023; Peng et al. 2023 Sec. 3.2",
+                "yarn",
+                beta_fast=32.0,
+                beta_slow=1.0,
+            ),
+            _m(
+                "yarn",
+                "NTK-by-parts ramp + attention temperature 0.1 ln s + 1",
+                "Peng et al. 2023, arXiv:2309.00071",
+                "yarn",
+                beta_fast=32.0,
+                beta_slow=1.0,
+                attention_factor=None,
+            ),
+            _m(
+                "ntk_yarn",
+                "NTK-Margin base + YaRN temperature",
+                "Alfred-40B-1023 (LightOn 2023)",
+                "yarn",
+                margin=2.0,
+                attention_factor=None,
+            ),
+            _m(
+                "llama3",
+                "Llama 3.1 band-wise scaling",
+                "Meta 2024, Llama 3.1",
+                "llama3",
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+            ),
+            _m(
+                "theta",
+                "explicit new rope_theta (default 40 b)",
+                "Lucie-7B (OpenLLM-France 2025): 500k -> 20M",
+                "default",
+                theta=None,
+            ),
+        )
+    }
+)
 
 
 # ---------------------------------------------------------------- validation
@@ -241,22 +287,45 @@ def rope_config(method: str, base_config: Any, factor: float, trained_len: int, 
         max_pos = L  # transformers' dynamic reads max_position_embeddings as the original length
     elif method in ("ntk_parts", "yarn"):
         af = 1.0 if method == "ntk_parts" else float(o["attention_factor"] or yarn_temperature(s))
-        rp = {"rope_type": "yarn", "rope_theta": b, "factor": s, "original_max_position_embeddings": L,
-              "attention_factor": af, "beta_fast": float(o["beta_fast"]), "beta_slow": float(o["beta_slow"])}  # fmt: skip
+        rp = {
+            "rope_type": "yarn",
+            "rope_theta": b,
+            "factor": s,
+            "original_max_position_embeddings": L,
+            "attention_factor": af,
+            "beta_fast": float(o["beta_fast"]),
+            "beta_slow": float(o["beta_slow"]),
+        }
     elif method == "ntk_yarn":
         af = float(o["attention_factor"] or yarn_temperature(s))
         # factor 1.0: YaRN interpolates nothing, so the frequencies are exactly rope_theta's and neither the ramp
         # nor original_max_position_embeddings plays a role; the latter is set to max_position_embeddings so that
         # transformers' check (factor == max_position_embeddings / original_max_position_embeddings) holds quietly.
-        rp = {"rope_type": "yarn", "rope_theta": ntk_base(b, o["margin"] * s, D), "factor": 1.0,
-              "original_max_position_embeddings": target, "attention_factor": af}  # fmt: skip
+        rp = {
+            "rope_type": "yarn",
+            "rope_theta": ntk_base(b, o["margin"] * s, D),
+            "factor": 1.0,
+            "original_max_position_embeddings": target,
+            "attention_factor": af,
+        }
     elif method == "llama3":
-        rp = {"rope_type": "llama3", "rope_theta": b, "factor": s, "original_max_position_embeddings": L,
-              "low_freq_factor": float(o["low_freq_factor"]), "high_freq_factor": float(o["high_freq_factor"])}  # fmt: skip
+        rp = {
+            "rope_type": "llama3",
+            "rope_theta": b,
+            "factor": s,
+            "original_max_position_embeddings": L,
+            "low_freq_factor": float(o["low_freq_factor"]),
+            "high_freq_factor": float(o["high_freq_factor"]),
+        }
     else:  # pragma: no cover (check_request covers it)
         raise ValueError(f"method: unknown {method!r}")
-    record = {"method": method, "factor": s, "trained_len": L, "target_len": target,
-              "opts": {k: v for k, v in o.items() if v is not None}}  # fmt: skip
+    record = {
+        "method": method,
+        "factor": s,
+        "trained_len": L,
+        "target_len": target,
+        "opts": {k: v for k, v in o.items() if v is not None},
+    }
     return {"rope_parameters": {**rp, **keep}, "max_position_embeddings": max_pos, "context_extension": record}
 
 
@@ -404,8 +473,16 @@ def model_rope(model: Any) -> tuple[np.ndarray, float]:
 
 def method_table() -> list[dict[str, Any]]:
     """One row per method (name, summary, source, native rope_type, options): for reports."""
-    return [{"method": m.name, "summary": m.summary, "source": m.source, "rope_type": m.rope_type,
-             "options": dict(m.options)} for m in METHODS.values()]  # fmt: skip
+    return [
+        {
+            "method": m.name,
+            "summary": m.summary,
+            "source": m.source,
+            "rope_type": m.rope_type,
+            "options": dict(m.options),
+        }
+        for m in METHODS.values()
+    ]
 
 
 def extension_fn(method: str) -> Callable[..., Any]:

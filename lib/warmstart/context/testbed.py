@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -107,7 +108,9 @@ class TestbedConfig(BaseModel):
     # execution
     eval_batch: int = Field(default=32, ge=1)
     threads: int = Field(default=1, ge=1)  # torch threads per process (scoring and fine-tuning jobs)
-    train_threads: int = Field(default=2, ge=1)  # torch threads for training the base, which runs alone (1.6x faster on 2 cores than 1)
+    train_threads: int = Field(
+        default=2, ge=1
+    )  # torch threads for training the base, which runs alone (1.6x faster on 2 cores than 1)
     # processes the zero-shot scoring and the fine-tunes are spread over (spawned; 1: in this one). Every job
     # runs with `threads` threads from the same files and seeds, so the result does not depend on it.
     workers: int = Field(default=2, ge=1)
@@ -130,7 +133,7 @@ class TestbedConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "TestbedConfig":
+    def _check(self) -> TestbedConfig:
         check_factor(self.factor)
         for m in self.method_opts:
             check_method(m)
@@ -172,13 +175,26 @@ class TestbedConfig(BaseModel):
         return int(round(share * self.trained_len))
 
     @classmethod
-    def smoke(cls, **overrides: Any) -> "TestbedConfig":
+    def smoke(cls, **overrides: Any) -> TestbedConfig:
         """A tiny run (< 30 s on 2 cores): the whole pipeline, no meaningful accuracy."""
-        base = dict(trained_len=64, items=24, train_steps=40, train_items=200, micro_batch=8, warmup_steps=4,
-                    methods=["none", "pi", "dynamic", "yarn", "ntk_yarn"], finetune_methods=["yarn"],
-                    curriculum=[(0.0, 0.5), (0.5, 1.0)],
-                    finetune_steps=4, finetune_items=40, finetune_micro_batch=2, depth_buckets=4, eval_batch=24, workers=1,
-                    train_threads=1)  # fmt: skip
+        base = dict(
+            trained_len=64,
+            items=24,
+            train_steps=40,
+            train_items=200,
+            micro_batch=8,
+            warmup_steps=4,
+            methods=["none", "pi", "dynamic", "yarn", "ntk_yarn"],
+            finetune_methods=["yarn"],
+            curriculum=[(0.0, 0.5), (0.5, 1.0)],
+            finetune_steps=4,
+            finetune_items=40,
+            finetune_micro_batch=2,
+            depth_buckets=4,
+            eval_batch=24,
+            workers=1,
+            train_threads=1,
+        )
         return cls(**{**base, **overrides})
 
 
@@ -229,8 +245,9 @@ def eval_items(cfg: TestbedConfig) -> dict[int, dict[str, list[T.Item]]]:
     }
 
 
-def score_model(model: Any, evals: dict[int, dict[str, list[T.Item]]], cfg: TestbedConfig,
-                fresh: Any = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def score_model(
+    model: Any, evals: dict[int, dict[str, list[T.Item]]], cfg: TestbedConfig, fresh: Any = None
+) -> dict[str, dict[str, Any]]:
     """``{task: {str(length): cell}}``. ``fresh()``, if given, returns a new model object for each length
     (``dynamic`` keeps frequency state between forwards: each length starts from a fresh rotary state)."""
     res: dict[str, dict[str, Any]] = {t: {} for t in cfg.tasks}
@@ -269,13 +286,27 @@ def write_data(cfg: TestbedConfig, out_dir: Path) -> dict[str, Any]:
         items = T.mixed_items(cfg.stage_tasks(n), n, cfg.finetune_items * per_row, cfg.seed + 500 + k, **kw)
         ft_files[f"ft{n}"] = [_write_jsonl(out_dir / "data" / f"finetune{n}.jsonl", items)]
         ft_mix[f"ft{n}"] = float(w)
-    return {"tokenizer": str(tok_dir), "train_files": files, "schedule": schedule,
-            "finetune_files": ft_files, "finetune_mix": ft_mix}  # fmt: skip
+    return {
+        "tokenizer": str(tok_dir),
+        "train_files": files,
+        "schedule": schedule,
+        "finetune_files": ft_files,
+        "finetune_mix": ft_mix,
+    }
 
 
 def _train_common(cfg: TestbedConfig) -> dict[str, Any]:
-    return dict(tensorboard=False, progress=False, update_cos=False, log_every=5, keep_last=1, shuffle=True,
-                weight_decay=0.0, max_grad_norm=1.0, seed=cfg.seed)  # fmt: skip
+    return dict(
+        tensorboard=False,
+        progress=False,
+        update_cos=False,
+        log_every=5,
+        keep_last=1,
+        shuffle=True,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        seed=cfg.seed,
+    )
 
 
 def train_base(cfg: TestbedConfig, data: dict[str, Any], out_dir: Path) -> Path:
@@ -283,14 +314,28 @@ def train_base(cfg: TestbedConfig, data: dict[str, Any], out_dir: Path) -> Path:
     from warmstart.model import ModelSpec
     from warmstart.train.loop import TrainConfig, train
 
-    spec = ModelSpec(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, max_pos=cfg.trained_len,
-                     rope_theta=cfg.rope_theta, seed=cfg.seed)  # fmt: skip
+    spec = ModelSpec(
+        hidden=cfg.hidden,
+        layers=cfg.layers,
+        heads=cfg.heads,
+        max_pos=cfg.trained_len,
+        rope_theta=cfg.rope_theta,
+        seed=cfg.seed,
+    )
     tc = TrainConfig(
-        model=spec, tokenizer_path=data["tokenizer"], train_files=data["train_files"],
-        corpus_schedule=data["schedule"] if len(data["schedule"]) > 1 else [], doc_mask=True,
-        seq_len=cfg.trained_len, micro_batch=cfg.micro_batch, steps=cfg.train_steps, lr=cfg.lr,
-        warmup_steps=min(cfg.warmup_steps, cfg.train_steps), out_dir=str(out_dir), **_train_common(cfg),
-    )  # fmt: skip
+        model=spec,
+        tokenizer_path=data["tokenizer"],
+        train_files=data["train_files"],
+        corpus_schedule=data["schedule"] if len(data["schedule"]) > 1 else [],
+        doc_mask=True,
+        seq_len=cfg.trained_len,
+        micro_batch=cfg.micro_batch,
+        steps=cfg.train_steps,
+        lr=cfg.lr,
+        warmup_steps=min(cfg.warmup_steps, cfg.train_steps),
+        out_dir=str(out_dir),
+        **_train_common(cfg),
+    )
     return Path(train(tc).export_dir)
 
 
@@ -298,15 +343,23 @@ def finetune(cfg: TestbedConfig, method: str, base_dir: Path, data: dict[str, An
     """``method`` applied to the trained model on disk, fine-tuned at ``factor x L``; returns the exported dir."""
     from warmstart.train.loop import TrainConfig, train
 
-    ext = extend_dir(base_dir, out_dir / "extended", method, cfg.factor, cfg.trained_len,
-                     **cfg.method_opts.get(method, {}))  # fmt: skip
+    ext = extend_dir(
+        base_dir, out_dir / "extended", method, cfg.factor, cfg.trained_len, **cfg.method_opts.get(method, {})
+    )
     tc = TrainConfig(
-        model_path=str(ext), train_files=data["finetune_files"], seq_len=cfg.finetune_len(), doc_mask=True,
+        model_path=str(ext),
+        train_files=data["finetune_files"],
+        seq_len=cfg.finetune_len(),
+        doc_mask=True,
         mix=data["finetune_mix"] if len(data["finetune_mix"]) > 1 else None,
-        micro_batch=cfg.finetune_micro_batch, steps=cfg.finetune_steps, lr=cfg.finetune_lr,
-        warmup_steps=min(5, cfg.finetune_steps), lr_schedule="constant", out_dir=str(out_dir / "run"),
+        micro_batch=cfg.finetune_micro_batch,
+        steps=cfg.finetune_steps,
+        lr=cfg.finetune_lr,
+        warmup_steps=min(5, cfg.finetune_steps),
+        lr_schedule="constant",
+        out_dir=str(out_dir / "run"),
         **_train_common(cfg),
-    )  # fmt: skip
+    )
     return Path(train(tc).export_dir)
 
 
@@ -399,7 +452,9 @@ def _job(args: tuple) -> dict[str, Any]:
             t = time.perf_counter()
             base = load_model(base_dir)
             opts = cfg.method_opts.get(method, {})
-            scores = score_model(None, evals, cfg, fresh=lambda: extend(base, method, cfg.factor, cfg.trained_len, **opts))
+            scores = score_model(
+                None, evals, cfg, fresh=lambda: extend(base, method, cfg.factor, cfg.trained_len, **opts)
+            )
             seconds["zero_shot"] = time.perf_counter() - t
         else:
             t = time.perf_counter()
@@ -431,12 +486,22 @@ def alfred_claims(result: dict[str, Any], task: str, length: str) -> dict[str, A
     if "yarn" in zs and len(zs) > 1:
         others = {m: c for m, c in zs.items() if m != "yarn"}
         cmp = {m: _compare(zs["yarn"], c) for m, c in others.items()}
-        verdict = ("reproduced" if all(v == "a>b" for v in cmp.values())
-                   else "refuted" if any(v == "b>a" for v in cmp.values()) else "unresolved")  # fmt: skip
+        verdict = (
+            "reproduced"
+            if all(v == "a>b" for v in cmp.values())
+            else "refuted"
+            if any(v == "b>a" for v in cmp.values())
+            else "unresolved"
+        )
         runner = max(others, key=lambda m: others[m]["acc"])
-        out["yarn_best_zero_shot"] = {"verdict": verdict, "yarn": zs["yarn"]["acc"], "yarn_ci": [zs["yarn"]["lo"], zs["yarn"]["hi"]],
-                                      "runner_up": runner, "runner_up_acc": others[runner]["acc"],
-                                      "runner_up_ci": [others[runner]["lo"], others[runner]["hi"]]}  # fmt: skip
+        out["yarn_best_zero_shot"] = {
+            "verdict": verdict,
+            "yarn": zs["yarn"]["acc"],
+            "yarn_ci": [zs["yarn"]["lo"], zs["yarn"]["hi"]],
+            "runner_up": runner,
+            "runner_up_acc": others[runner]["acc"],
+            "runner_up_ci": [others[runner]["lo"], others[runner]["hi"]],
+        }
     ft = {m: r[task][length] for m, r in result["finetuned"].items() if task in r and length in r[task]}
     family = {m: c for m, c in ft.items() if m in ("ntk", "ntk_margin", "ntk_yarn")}
     if "yarn" in ft and family:
@@ -444,14 +509,18 @@ def alfred_claims(result: dict[str, Any], task: str, length: str) -> dict[str, A
         v = _compare(family[best], ft["yarn"])
         out["ntk_family_ge_yarn_finetuned"] = {
             "verdict": {"a>b": "reproduced", "b>a": "refuted", "overlap": "unresolved"}[v],
-            "best_ntk_family": best, "best_acc": family[best]["acc"], "best_ci": [family[best]["lo"], family[best]["hi"]],
-            "yarn": ft["yarn"]["acc"], "yarn_ci": [ft["yarn"]["lo"], ft["yarn"]["hi"]],
-        }  # fmt: skip
+            "best_ntk_family": best,
+            "best_acc": family[best]["acc"],
+            "best_ci": [family[best]["lo"], family[best]["hi"]],
+            "yarn": ft["yarn"]["acc"],
+            "yarn_ci": [ft["yarn"]["lo"], ft["yarn"]["hi"]],
+        }
     if "ntk_yarn" in ft and "ntk_margin" in ft:
         out["ntk_yarn_vs_ntk_margin_finetuned"] = {
-            "ntk_yarn": ft["ntk_yarn"]["acc"], "ntk_margin": ft["ntk_margin"]["acc"],
+            "ntk_yarn": ft["ntk_yarn"]["acc"],
+            "ntk_margin": ft["ntk_margin"]["acc"],
             "intervals": _compare(ft["ntk_yarn"], ft["ntk_margin"]),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -460,15 +529,24 @@ def summary(result: dict[str, Any], cfg: TestbedConfig) -> dict[str, Any]:
     claims per task at factor x L (when factor x L is among the scored lengths)."""
     task, L, top = cfg.tasks[0], str(cfg.lengths()[0]), str(cfg.finetune_len())
     zs_all, ft_all = result["zero_shot"], result["finetuned"]
-    out: dict[str, Any] = {"task": task, "trained_len": int(L), "extended_len": int(top),
-                           "zero_shot_at_L": {m: r[task][L]["acc"] for m, r in zs_all.items()}}  # fmt: skip
+    out: dict[str, Any] = {
+        "task": task,
+        "trained_len": int(L),
+        "extended_len": int(top),
+        "zero_shot_at_L": {m: r[task][L]["acc"] for m, r in zs_all.items()},
+    }
     if int(top) not in cfg.lengths():
         return out
     zs = {m: r[task][top]["acc"] for m, r in zs_all.items()}
     ft = {m: r[task][top]["acc"] for m, r in ft_all.items()}
     ft_L = {m: r[task][L]["acc"] for m, r in ft_all.items()}
-    out.update(zero_shot_at_factor_L=zs, finetuned_at_factor_L=ft, finetuned_at_L=ft_L,
-               best_zero_shot=max(zs, key=zs.get) if zs else None, best_finetuned=max(ft, key=ft.get) if ft else None)
+    out.update(
+        zero_shot_at_factor_L=zs,
+        finetuned_at_factor_L=ft,
+        finetuned_at_L=ft_L,
+        best_zero_shot=max(zs, key=zs.get) if zs else None,
+        best_finetuned=max(ft, key=ft.get) if ft else None,
+    )
     best_ft = out["best_finetuned"]
     out["targets"] = {
         "none_at_L>=0.90": zs_all["none"][task][L]["acc"] >= 0.90 if "none" in zs_all else None,

@@ -48,7 +48,9 @@ def testbed_config(params: Any, seed: int) -> Any:
 
 
 def _result_config(cfg: Any) -> dict[str, Any]:
-    return {k: v for k, v in (cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")).items() if k not in _NOT_RESULT}
+    return {
+        k: v for k, v in (cfg if isinstance(cfg, dict) else cfg.model_dump(mode="json")).items() if k not in _NOT_RESULT
+    }
 
 
 def code_hash() -> str:
@@ -79,10 +81,12 @@ def _row(result: dict) -> dict[str, Any]:
     cell = result["zero_shot"][best][task][top] if best else None
     return {
         **{k: s[k] for k in ("zero_shot_at_factor_L", "zero_shot_at_L", "finetuned_at_factor_L", "finetuned_at_L")},
-        "best_zero_shot": best, "best_zero_shot_ci": [cell["lo"], cell["hi"]] if cell else None,
-        "best_finetuned": s["best_finetuned"], "targets": s["targets"],
+        "best_zero_shot": best,
+        "best_zero_shot_ci": [cell["lo"], cell["hi"]] if cell else None,
+        "best_finetuned": s["best_finetuned"],
+        "targets": s["targets"],
         "seconds": round(result["seconds"]["total"], 1),
-    }  # fmt: skip
+    }
 
 
 def _across(rows: list[dict], key: str) -> dict[str, dict[str, float]]:
@@ -111,8 +115,8 @@ def _reuse(cfg: Any, seed_dir: Path, stage_file: Path, fp: str) -> dict | None:
 def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
     """Run (or reuse) the testbed for every seed; write and return the record (see the module doc)."""
     from warmstart.context.testbed import run_testbed
-    from warmstart.report.fragments import provenance_record
     from warmstart.io import write_json
+    from warmstart.report.fragments import provenance_record
     from warmstart.train.launch import fresh_dir
 
     if not seeds or len(set(seeds)) != len(seeds):
@@ -120,8 +124,10 @@ def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
     cfgs = {s: testbed_config(params, s) for s in seeds}  # every configuration validated before anything runs
     cfg0 = cfgs[seeds[0]]
     if cfg0.finetune_len() not in cfg0.lengths():
-        raise ValueError(f"context.testbed: eval_factors {cfg0.eval_factors} must include factor {cfg0.factor}: the "
-                         "testbed's targets are measured at factor x L")  # fmt: skip
+        raise ValueError(
+            f"context.testbed: eval_factors {cfg0.eval_factors} must include factor {cfg0.factor}: the "
+            "testbed's targets are measured at factor x L"
+        )
     fp = fingerprint(cfg0)
     t0 = time.perf_counter()
     rows, first = {}, None
@@ -139,13 +145,18 @@ def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
     listed = list(rows.values())
     prov = provenance_record()
     record = {
-        "seeds": list(seeds), "fingerprint": fp, "task": first["task"], "trained_len": first["trained_len"],
-        "extended_len": first["extended_len"], "per_seed": rows,
+        "seeds": list(seeds),
+        "fingerprint": fp,
+        "task": first["task"],
+        "trained_len": first["trained_len"],
+        "extended_len": first["extended_len"],
+        "per_seed": rows,
         "across": {k: _across(listed, k) for k in ("zero_shot_at_factor_L", "finetuned_at_factor_L")},
         "targets_met": {t: sum(r["targets"][t] is True for r in listed) for t in listed[0]["targets"]},
-        "seconds": round(time.perf_counter() - t0, 1), "hardware": f"{prov['cpu']} ({prov['cpu_count']} cores)",
+        "seconds": round(time.perf_counter() - t0, 1),
+        "hardware": f"{prov['cpu']} ({prov['cpu_count']} cores)",
         "torch": prov["packages"].get("torch"),
-    }  # fmt: skip
+    }
     write_json(params.report_path(*TESTBED_SEEDS_FILE), record)
     return record
 
@@ -159,13 +170,17 @@ def seeds_for(params: Any) -> tuple[dict | None, str | None]:
     record = json.loads(path.read_text())
     want = fingerprint(testbed_config(params, params.shared.seed))
     if record.get("fingerprint") != want:
-        return None, (f"the testbed across seeds in {path} was measured for another configuration or code (fingerprint "
-                      f"{record.get('fingerprint')}, this study's is {want}); it is not used")  # fmt: skip
+        return None, (
+            f"the testbed across seeds in {path} was measured for another configuration or code (fingerprint "
+            f"{record.get('fingerprint')}, this study's is {want}); it is not used"
+        )
     stage = params.report_path("context", "testbed.json")
     row = record.get("per_seed", {}).get(str(params.shared.seed))
     if row and stage.is_file():
         now = json.loads(stage.read_text())["summary"].get("zero_shot_at_factor_L")
         if now != row["zero_shot_at_factor_L"]:
-            return None, (f"its seed-{params.shared.seed} row differs from the context_testbed stage's result in {stage} "
-                          "(rerun make testbed-seeds); it is not used")  # fmt: skip
+            return None, (
+                f"its seed-{params.shared.seed} row differs from the context_testbed stage's result in {stage} "
+                "(rerun make testbed-seeds); it is not used"
+            )
     return record, None

@@ -76,7 +76,9 @@ def missing_original_gap(model: Any, method: str, factor: float, trained_len: in
         raise ValueError(f"method: {method} does not use original_max_position_embeddings")
     good, _ = model_rope(extend(model, method, factor, trained_len, **opts))
     cfg = copy.deepcopy(model.config)
-    cfg.rope_parameters = {k: v for k, v in fields["rope_parameters"].items() if k != "original_max_position_embeddings"}
+    cfg.rope_parameters = {
+        k: v for k, v in fields["rope_parameters"].items() if k != "original_max_position_embeddings"
+    }
     cfg.max_position_embeddings = fields["max_position_embeddings"]
     cfg.standardize_rope_params()  # what loading such a config.json does: fills in max_position_embeddings
     bad = ROPE_INIT_FUNCTIONS[cfg.rope_parameters["rope_type"]](cfg, "cpu")[0].double().numpy()
@@ -118,7 +120,9 @@ def dynamic_bases(model: Any, factor: float, trained_len: int) -> dict:
     }
 
 
-def trained_length_gap(model: Any, method: str, factor: float, trained_len: int, ids: torch.Tensor, **opts: Any) -> float:
+def trained_length_gap(
+    model: Any, method: str, factor: float, trained_len: int, ids: torch.Tensor, **opts: Any
+) -> float:
     """Max |dlogit| between ``model`` and its ``method`` extension on ``ids`` (of length <= ``trained_len``)."""
     if ids.shape[1] > trained_len:
         raise ValueError(f"ids: length {ids.shape[1]} is beyond trained_len {trained_len}")

@@ -53,7 +53,9 @@ class LanguageFilter:
     def keep(self, text: str, lang: str) -> bool:
         want = langid_code(lang)
         if want not in self.labels:
-            raise ValueError(f"language {lang!r} ({want}) is not among the language-ID candidates {sorted(self.labels)}")
+            raise ValueError(
+                f"language {lang!r} ({want}) is not among the language-ID candidates {sorted(self.labels)}"
+            )
         if len(self.labels) == 1:
             return True
         label, prob = self.classify(text)
@@ -79,7 +81,14 @@ class Deduplicator:
     so a paragraph shared with held-out text is dropped from training.
     """
 
-    def __init__(self, exact: bool = True, near_threshold: float | None = 0.8, num_perm: int = 64, shingle_chars: int = 5, seed: int = 1):
+    def __init__(
+        self,
+        exact: bool = True,
+        near_threshold: float | None = 0.8,
+        num_perm: int = 64,
+        shingle_chars: int = 5,
+        seed: int = 1,
+    ):
         self.exact = exact
         self.near_threshold = near_threshold
         self.num_perm = num_perm

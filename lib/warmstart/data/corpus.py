@@ -15,10 +15,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from warmstart.config import Params
-from warmstart.io import atomic_dir, read_jsonl, write_jsonl
 from warmstart.data.clean import Deduplicator, LanguageFilter, utf8_len, words
 from warmstart.data.sources import Document, SourceReport, iter_documents
 from warmstart.data.split import SPLITS, assign_splits
+from warmstart.io import atomic_dir, read_jsonl, write_jsonl
 
 FILTERS = ("code", "min_chars", "langid", "exact_dup", "near_dup")
 
@@ -43,8 +43,10 @@ def load_texts(params_or_dir: Params | str | Path, lang: str, split: str) -> lis
 
 def _filter(docs: list[Document], params: Params) -> tuple[list[tuple[Document, list]], dict[str, Counter]]:
     cfg = params.corpus
-    candidates = None if cfg.langid.candidates == "all" else (
-        params.languages if cfg.langid.candidates == "corpus" else list(cfg.langid.candidates)
+    candidates = (
+        None
+        if cfg.langid.candidates == "all"
+        else (params.languages if cfg.langid.candidates == "corpus" else list(cfg.langid.candidates))
     )
     lid = LanguageFilter(cfg.langid.threshold, candidates)
     removed: dict[str, Counter] = defaultdict(Counter)
@@ -96,13 +98,19 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
     for d, _ in kept:
         doc_bytes.setdefault(d.doc, 0)
     assignment = assign_splits(
-        dict(doc_bytes), cfg.split.val_fraction, cfg.split.test_fraction, params.shared.seed,
-        cfg.split.val_documents, cfg.split.test_documents,
+        dict(doc_bytes),
+        cfg.split.val_fraction,
+        cfg.split.test_fraction,
+        params.shared.seed,
+        cfg.split.val_documents,
+        cfg.split.test_documents,
     )
 
     records: dict[tuple[str, str], list[dict]] = defaultdict(list)
     dedups = {
-        lang: Deduplicator(cfg.dedup.exact, cfg.dedup.near_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_chars, params.shared.seed)
+        lang: Deduplicator(
+            cfg.dedup.exact, cfg.dedup.near_threshold, cfg.dedup.num_perm, cfg.dedup.shingle_chars, params.shared.seed
+        )
         for lang in langs
     }
     # held-out text first, so a paragraph shared with train is dropped from train

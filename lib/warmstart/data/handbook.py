@@ -30,10 +30,35 @@ HTML_ROOT = "usr/share/doc/debian-handbook/html"
 # what `python -m warmstart.config check` offers before any .deb is fetched. The corpus stage
 # still checks the real package (read_html), so a newer version with other languages fails there.
 LANGUAGES = (
-    "ar-MA", "ca-ES", "cs-CZ", "da-DK", "de-DE", "el-GR", "en-US", "es-ES", "fa-IR", "fr-FR", "hr-HR", "id-ID", "it-IT",
-    "ja-JP", "ko-KR", "nb-NO", "nl-NL", "pl-PL", "pt-BR", "ro-RO", "ru-RU", "sv-SE", "tr-TR", "vi-VN", "zh-CN", "zh-TW",
-)  # fmt: skip
+    "ar-MA",
+    "ca-ES",
+    "cs-CZ",
+    "da-DK",
+    "de-DE",
+    "el-GR",
+    "en-US",
+    "es-ES",
+    "fa-IR",
+    "fr-FR",
+    "hr-HR",
+    "id-ID",
+    "it-IT",
+    "ja-JP",
+    "ko-KR",
+    "nb-NO",
+    "nl-NL",
+    "pl-PL",
+    "pt-BR",
+    "ro-RO",
+    "ru-RU",
+    "sv-SE",
+    "tr-TR",
+    "vi-VN",
+    "zh-CN",
+    "zh-TW",
+)
 _WS = re.compile(r"\s+")
+
 
 class HandbookError(RuntimeError):
     """The handbook package could not be fetched or read."""
@@ -166,9 +191,7 @@ def read_html(deb: Path, langs: list[str]) -> dict[str, dict[str, str]]:
             pages.setdefault(lang, {})[fname[: -len(".html")]] = data.decode("utf-8")
     missing = sorted(wanted - set(pages))
     if missing:
-        raise HandbookError(
-            f"language(s) {missing} are not in {deb.name}; available: {', '.join(sorted(seen))}"
-        )
+        raise HandbookError(f"language(s) {missing} are not in {deb.name}; available: {', '.join(sorted(seen))}")
     return pages
 
 

@@ -35,8 +35,8 @@ it has been emitted in full.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class PackedBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, rows: slice | Sequence[int]) -> "PackedBatch":
+    def select(self, rows: slice | Sequence[int]) -> PackedBatch:
         idx = rows if isinstance(rows, slice) else torch.as_tensor(list(rows), dtype=torch.long)
         corp = self.corpora[rows] if isinstance(rows, slice) else [self.corpora[i] for i in rows]
         return PackedBatch(self.input_ids[idx], self.doc_ids[idx], self.position_ids[idx], 0, corp)
@@ -102,9 +102,7 @@ class PackedStream:
     def _order(self) -> np.ndarray:
         if self._perm_epoch != self.epoch:
             n = len(self.docs)
-            self._perm = (
-                np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-            )
+            self._perm = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
             self._perm_epoch = self.epoch
         return self._perm
 

@@ -72,9 +72,7 @@ def decode_file(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise BadFileError(
-            f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
-        ) from None
+        raise BadFileError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
@@ -128,7 +126,9 @@ def _local_documents(src: LocalSource, lang: str, on_bad: str, report: SourceRep
                     continue
                 raise BadFileError(f"{path}:{i}: {reason}; set corpus.on_bad_file: skip to count and skip such lines")
             doc = str(rec[src.id_field]) if src.id_field else f"{path.stem}:{i}"
-            yield Document(doc=doc, page=f"{path}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field])))
+            yield Document(
+                doc=doc, page=f"{path}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field]))
+            )
 
 
 def _hf_documents(src: HFSource, lang: str) -> Iterator[Document]:
@@ -148,7 +148,9 @@ def _hf_documents(src: HFSource, lang: str) -> Iterator[Document]:
         if src.max_documents is not None and i >= src.max_documents:
             break
         doc = str(rec[src.id_field]) if src.id_field else f"{path.name or src.dataset}:{i}"
-        yield Document(doc=doc, page=f"{src.dataset}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field])))
+        yield Document(
+            doc=doc, page=f"{src.dataset}:{i}", lang=lang, paragraphs=split_paragraphs(str(rec[src.text_field]))
+        )
 
 
 def _handbook_documents(src: HandbookSource, langs: list[str], report: SourceReport) -> Iterator[Document]:
@@ -172,14 +174,16 @@ def _handbook_documents(src: HandbookSource, langs: list[str], report: SourceRep
                 continue
             yield Document(doc=page.chapter, page=page.page, lang=lang, paragraphs=page.paragraphs)
     if wanted is not None and wanted - found:
-        raise ValueError(f"corpus.sources[handbook].documents: unknown chapters {sorted(wanted - found)}; known: {sorted(found)}")
+        raise ValueError(
+            f"corpus.sources[handbook].documents: unknown chapters {sorted(wanted - found)}; known: {sorted(found)}"
+        )
 
 
 def iter_documents(params: Params, report: SourceReport) -> Iterator[Document]:
     """All documents of all sources, for the corpus languages."""
     check_languages(params)
     langs = params.languages
-    for i, src in enumerate(params.corpus.sources):
+    for src in params.corpus.sources:
         if isinstance(src, HandbookSource):
             yield from _handbook_documents(src, langs, report)
             continue

@@ -15,7 +15,7 @@ SPLITS = ("train", "val", "test")
 
 
 def _rank(doc: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{doc}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}:{doc}".encode()).hexdigest()
 
 
 def assign_splits(

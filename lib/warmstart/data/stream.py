@@ -9,7 +9,6 @@ from typing import Any
 from warmstart.data.packing import CorpusStream, PackedStream
 
 
-
 def read_documents(files: list[str], text_field: str = "text") -> list[str]:
     """Texts of jsonl files (globs allowed), in file then line order; empty texts dropped."""
     texts = []

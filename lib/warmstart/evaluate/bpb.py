@@ -56,7 +56,9 @@ def held_out_texts(params: Any, lang: str, split: str, max_bytes: int) -> list[s
     return first_bytes(texts, max_bytes)
 
 
-def _windows(texts: Sequence[str], tokenizer: Any, seq_len: int) -> tuple[list[tuple[list[int], list[int], int]], list[int]]:
+def _windows(
+    texts: Sequence[str], tokenizer: Any, seq_len: int
+) -> tuple[list[tuple[list[int], list[int], int]], list[int]]:
     """``(windows, doc_bytes)``: each window is ``(input ids, target ids, document index)``."""
     eos = tokenizer.eos_token_id
     if eos is None:

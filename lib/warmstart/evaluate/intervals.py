@@ -108,8 +108,9 @@ def percentile_interval(samples: Sequence[float] | np.ndarray, level: float = LE
     return float(lo), float(hi)
 
 
-def bpb_samples(nll: Sequence[Sequence[float]] | np.ndarray, n_bytes: Sequence[int] | np.ndarray,
-                weights: np.ndarray) -> np.ndarray:  # fmt: skip
+def bpb_samples(
+    nll: Sequence[Sequence[float]] | np.ndarray, n_bytes: Sequence[int] | np.ndarray, weights: np.ndarray
+) -> np.ndarray:
     """Bootstrap replicates of bits per byte: ``nll`` is ``(checkpoints, documents)`` (nats) or one row;
     returns ``(n_boot, checkpoints)`` (or ``(n_boot,)`` for one row)."""
     m = np.asarray(nll, dtype=float)
@@ -122,16 +123,23 @@ def bpb_samples(nll: Sequence[Sequence[float]] | np.ndarray, n_bytes: Sequence[i
     return out[:, 0] if one else out
 
 
-def bpb_interval(nll: Sequence[float], n_bytes: Sequence[int], n_boot: int = N_BOOT, seed: int = 0,
-                 level: float = LEVEL) -> tuple[float, float] | None:  # fmt: skip
+def bpb_interval(
+    nll: Sequence[float], n_bytes: Sequence[int], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float] | None:
     """Bootstrap interval of bits per byte over documents (``nll``: per-document NLL in nats)."""
     if len(nll) < 2:
         return None
     return percentile_interval(bpb_samples(nll, n_bytes, bootstrap_weights(len(nll), n_boot, seed)), level)
 
 
-def paired_difference(nll_a: Sequence[float], nll_b: Sequence[float], n_bytes: Sequence[int], n_boot: int = N_BOOT,
-                      seed: int = 0, level: float = LEVEL) -> dict[str, Any]:  # fmt: skip
+def paired_difference(
+    nll_a: Sequence[float],
+    nll_b: Sequence[float],
+    n_bytes: Sequence[int],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, Any]:
     """Bits per byte of run ``a`` minus run ``b`` on the same documents, with a paired bootstrap interval.
 
     ``{"diff", "ci", "distinguishable"}``: ``distinguishable`` is True when the interval excludes 0 (the
@@ -144,12 +152,16 @@ def paired_difference(nll_a: Sequence[float], nll_b: Sequence[float], n_bytes: S
         return {"diff": diff, "ci": None, "distinguishable": None}
     w = bootstrap_weights(len(b), n_boot, seed)
     ci = percentile_interval(bpb_samples(a_ - b_, b, w), level)
-    return {"diff": diff, "ci": list(ci) if ci else None,
-            "distinguishable": None if ci is None else bool(ci[0] > 0 or ci[1] < 0)}  # fmt: skip
+    return {
+        "diff": diff,
+        "ci": list(ci) if ci else None,
+        "distinguishable": None if ci is None else bool(ci[0] > 0 or ci[1] < 0),
+    }
 
 
-def bootstrap_stat(stat: Callable[[np.ndarray], float | None], n: int, n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = LEVEL) -> tuple[float, float] | None:  # fmt: skip
+def bootstrap_stat(
+    stat: Callable[[np.ndarray], float | None], n: int, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float] | None:
     """Percentile interval of any statistic of resampling counts (``stat(weights_row) -> value or None``)."""
     w = bootstrap_weights(n, n_boot, seed)
     vals = [stat(row) for row in w]
@@ -203,10 +215,17 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
     runs = {str(k): e for k, v in (raw.get("runs") or {}).items() if (e := _spread_entry(v))}
     if not runs:
         raise ValueError(f"{path}: no run with a std (expected {{'runs': {{name: {{'mean', 'std', ...}}}}}})")
-    return {"runs": runs, "seeds": list(raw.get("seeds") or []), "path": str(path),
-            "metric": str(raw.get("metric") or "final target bits per byte"),
-            "fingerprint": raw.get("fingerprint"), "seconds": raw.get("seconds"), "hardware": raw.get("hardware"),
-            "checkpoints": list(raw.get("checkpoints") or []), "train_seconds": raw.get("train_seconds")}  # fmt: skip
+    return {
+        "runs": runs,
+        "seeds": list(raw.get("seeds") or []),
+        "path": str(path),
+        "metric": str(raw.get("metric") or "final target bits per byte"),
+        "fingerprint": raw.get("fingerprint"),
+        "seconds": raw.get("seconds"),
+        "hardware": raw.get("hardware"),
+        "checkpoints": list(raw.get("checkpoints") or []),
+        "train_seconds": raw.get("train_seconds"),
+    }
 
 
 def pooled_std(spread: Mapping[str, Any]) -> float:
@@ -214,8 +233,9 @@ def pooled_std(spread: Mapping[str, Any]) -> float:
     return float(np.median([r["std"] for r in spread["runs"].values()]))
 
 
-def within_seed_noise(a: str, b: str, value_a: float, value_b: float, spread: Mapping[str, Any],
-                      k: float = SEED_K) -> dict[str, Any]:  # fmt: skip
+def within_seed_noise(
+    a: str, b: str, value_a: float, value_b: float, spread: Mapping[str, Any], k: float = SEED_K
+) -> dict[str, Any]:
     """Whether two single runs' values differ by no more than run-to-run noise.
 
     ``{"diff", "threshold", "within", "measured"}``: ``threshold = k * sqrt(sd_a^2 + sd_b^2)``; a run without
@@ -226,4 +246,9 @@ def within_seed_noise(a: str, b: str, value_a: float, value_b: float, spread: Ma
     sa, sb = (runs[a]["std"] if a in runs else pooled), (runs[b]["std"] if b in runs else pooled)
     thr = k * math.sqrt(sa * sa + sb * sb)
     diff = value_a - value_b
-    return {"diff": diff, "threshold": thr, "within": bool(abs(diff) <= thr), "measured": [r for r in (a, b) if r in runs]}
+    return {
+        "diff": diff,
+        "threshold": thr,
+        "within": bool(abs(diff) <= thr),
+        "measured": [r for r in (a, b) if r in runs],
+    }

@@ -136,7 +136,9 @@ def build_cloze_items(
         endings = [eligible[j]["ending"] for j in picks]
         label = k % n_choices
         endings.insert(label, gold["ending"])
-        items.append({"id": gold["id"], "doc": gold["doc"], "context": gold["context"], "endings": endings, "label": label})
+        items.append(
+            {"id": gold["id"], "doc": gold["doc"], "context": gold["context"], "endings": endings, "label": label}
+        )
     return items
 
 
@@ -169,7 +171,9 @@ def write_cloze_task(items: Sequence[dict], out_dir: str | Path, name: str, desc
     return out_dir
 
 
-def cloze_accuracy(model: Any, tokenizer: Any, items: Sequence[dict], name: str = "warmstart_cloze", batch_size: int = 16) -> dict:
+def cloze_accuracy(
+    model: Any, tokenizer: Any, items: Sequence[dict], name: str = "warmstart_cloze", batch_size: int = 16
+) -> dict:
     """``{"acc", "acc_norm", "items", "chance", "acc_ci", "acc_norm_ci"}`` of ``model`` on ``items`` through
     lm-eval's Python API (a local task); the intervals are 95% Wilson intervals over the items, ``chance`` is
     1 / the number of endings.
@@ -195,12 +199,18 @@ def cloze_accuracy(model: Any, tokenizer: Any, items: Sequence[dict], name: str 
         with _quiet():
             out = simple_evaluate(model=lm, tasks=[name], task_manager=tm, log_samples=False, bootstrap_iters=0)
     res = out["results"][name]
-    from warmstart.evaluate.intervals import wilson, successes
+    from warmstart.evaluate.intervals import successes, wilson
 
     n, acc, acc_norm = len(items), float(res["acc,none"]), float(res["acc_norm,none"])
     chance = 1 / min(len(it["endings"]) for it in items)
-    return {"acc": acc, "acc_norm": acc_norm, "items": n, "chance": chance,
-            "acc_ci": list(wilson(successes(acc, n), n)), "acc_norm_ci": list(wilson(successes(acc_norm, n), n))}  # fmt: skip
+    return {
+        "acc": acc,
+        "acc_norm": acc_norm,
+        "items": n,
+        "chance": chance,
+        "acc_ci": list(wilson(successes(acc, n), n)),
+        "acc_norm_ci": list(wilson(successes(acc_norm, n), n)),
+    }
 
 
 @contextlib.contextmanager
@@ -259,8 +269,9 @@ def prompt_labels(source_lang: str, target_lang: str) -> tuple[str, str]:
     from warmstart.report.describe import language_name_in
 
     names = LANG_NAMES.get(target_lang, {})
-    return names.get(source_lang) or language_name_in(source_lang, target_lang), \
-        names.get(target_lang) or language_name_in(target_lang, target_lang)
+    return names.get(source_lang) or language_name_in(source_lang, target_lang), names.get(
+        target_lang
+    ) or language_name_in(target_lang, target_lang)
 
 
 def translation_prompt(text: str, source_lang: str, target_lang: str) -> str:
@@ -282,8 +293,14 @@ def greedy_translate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
         for p in prompts:
             ids = [eos, *tokenizer(p, add_special_tokens=False)["input_ids"]][-(limit - max_new_tokens) :]
             x = torch.tensor([ids], device=device)
-            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=False,
-                               eos_token_id=eos, pad_token_id=tokenizer.pad_token_id or eos)  # fmt: skip
+            y = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id or eos,
+            )
             text = tokenizer.decode(y[0, x.shape[1] :], skip_special_tokens=True)
             outs.append(text.strip().split("\n")[0].strip())
     finally:
@@ -291,8 +308,9 @@ def greedy_translate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new
     return outs
 
 
-def chrf_interval(hyps: Sequence[str], refs: Sequence[str], n_boot: int = 1000, seed: int = 0,
-                  level: float = 0.95) -> tuple[float, float] | None:  # fmt: skip
+def chrf_interval(
+    hyps: Sequence[str], refs: Sequence[str], n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Bootstrap interval of corpus chrF over the pairs (resampled with replacement; None for fewer than 2)."""
     import numpy as np
     from sacrebleu.metrics import CHRF
@@ -313,16 +331,25 @@ def chrf_interval(hyps: Sequence[str], refs: Sequence[str], n_boot: int = 1000, 
     return percentile_interval(vals, level)
 
 
-def translation_probe(model: Any, tokenizer: Any, pairs: Sequence[dict], source_lang: str, target_lang: str,
-                      max_new_tokens: int, n_boot: int = 1000, seed: int = 0) -> dict:  # fmt: skip
+def translation_probe(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[dict],
+    source_lang: str,
+    target_lang: str,
+    max_new_tokens: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """``{"chrf", "chrf_ci", "pairs", "examples"}``: corpus chrF (sacrebleu) of greedy translations, with a
     bootstrap interval over the pairs (``n_boot`` 0: none)."""
     if not pairs:
         raise EvalError("translation_probe needs at least one pair (none aligned: see translation_pairs)")
     from sacrebleu.metrics import CHRF
 
-    hyps = greedy_translate(model, tokenizer, [translation_prompt(p["source"], source_lang, target_lang) for p in pairs],
-                            max_new_tokens)  # fmt: skip
+    hyps = greedy_translate(
+        model, tokenizer, [translation_prompt(p["source"], source_lang, target_lang) for p in pairs], max_new_tokens
+    )
     refs = [p["reference"] for p in pairs]
     score = CHRF().corpus_score(hyps, [refs]).score
     examples = [{**p, "hypothesis": h} for p, h in zip(pairs, hyps)]
@@ -345,8 +372,9 @@ def mask_positions(n_tokens: int, mask_prob: float, seed: int) -> list[int]:
 
 
 @torch.no_grad()
-def masked_token_accuracy(model: Any, tokenizer: Any, texts: Sequence[str], n_items: int, seq_len: int,
-                          mask_prob: float = 0.15, seed: int = 0) -> dict:  # fmt: skip
+def masked_token_accuracy(
+    model: Any, tokenizer: Any, texts: Sequence[str], n_items: int, seq_len: int, mask_prob: float = 0.15, seed: int = 0
+) -> dict:
     """``{"masked_acc", "masked_acc_ci", "masked_tokens", "items"}``: the hybrid objective's masked-next-token
     prediction (the interval: Wilson over masked tokens, which are not independent within a paragraph, so it
     is optimistic).
@@ -388,7 +416,9 @@ def masked_token_accuracy(model: Any, tokenizer: Any, texts: Sequence[str], n_it
         raise EvalError("masked-token probe: no text with at least two tokens")
     from warmstart.evaluate.intervals import wilson
 
-    return {"masked_acc": correct / total, "masked_acc_ci": list(wilson(correct, total)), "masked_tokens": total,
-            "items": items}  # fmt: skip
-
-
+    return {
+        "masked_acc": correct / total,
+        "masked_acc_ci": list(wilson(correct, total)),
+        "masked_tokens": total,
+        "items": items,
+    }

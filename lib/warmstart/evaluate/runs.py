@@ -42,7 +42,6 @@ import pandas as pd
 
 from warmstart.evaluate import intervals as stats
 from warmstart.evaluate.bpb import bits_per_byte, first_bytes, held_out_texts
-from warmstart.runs import run_names
 from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,
@@ -52,9 +51,9 @@ from warmstart.evaluate.probes import (
     translation_probe,
     write_cloze_task,
 )
+from warmstart.runs import run_names
 
 log = logging.getLogger(__name__)
-
 
 
 # ---------------------------------------------------------------- runs
@@ -155,7 +154,11 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
 
     ev, sh = params.evaluate, params.shared
     src_lang, tgt_lang = sh.source_lang, sh.target_lang
-    texts = {"target": held_out_texts(params, tgt_lang, "test", ev.eval_bytes), "source": held_out_texts(params, src_lang, "test", ev.eval_bytes)}
+    texts = {
+        "target": held_out_texts(params, tgt_lang, "test", ev.eval_bytes),
+        "source": held_out_texts(params, src_lang, "test", ev.eval_bytes),
+    }
+
     # probe items come from every held-out chapter (test, then val): neither is trained on in any language,
     # and cloze distractors need several documents. Bits per byte uses the test split alone.
     def held_out(lang: str) -> list[dict]:
@@ -171,9 +174,12 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     cloze_items = {}
     if ev.cloze_items:
         for role, lang in (("target", tgt_lang), ("source", src_lang)):
-            cloze_items[role] = build_cloze_items(test_recs[lang], ev.cloze_items, ev.cloze_context_chars,
-                                                  ev.cloze_ending_chars, sh.seed)  # fmt: skip
-            write_cloze_task(cloze_items[role], params.report_path("evaluate", "cloze"), f"cloze_{lang.replace('-', '_')}")
+            cloze_items[role] = build_cloze_items(
+                test_recs[lang], ev.cloze_items, ev.cloze_context_chars, ev.cloze_ending_chars, sh.seed
+            )
+            write_cloze_task(
+                cloze_items[role], params.report_path("evaluate", "cloze"), f"cloze_{lang.replace('-', '_')}"
+            )
     pairs = translation_pairs(test_recs[src_lang], test_recs[tgt_lang], ev.translation_pairs, ev.translation_max_chars)
     masked_texts = first_bytes([t for t in texts["target"]], ev.eval_bytes)
     seq_len = params.pretrain.seq_len
@@ -196,8 +202,15 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
         tok = tokenizers.setdefault(run["tokenizer"], _tokenizer(run["tokenizer"]))
         model = _load(ck["path"], trust_remote_code=params.base.trust_remote_code)
         t0 = time.perf_counter()
-        row = {"run": run["name"], "kind": run.get("kind"), "method": run.get("method"), "step": int(ck["step"]),
-               "phase": ck.get("phase"), "tokens": int(ck.get("tokens", 0)), "bytes": int(ck["bytes"])}  # fmt: skip
+        row = {
+            "run": run["name"],
+            "kind": run.get("kind"),
+            "method": run.get("method"),
+            "step": int(ck["step"]),
+            "phase": ck.get("phase"),
+            "tokens": int(ck.get("tokens", 0)),
+            "bytes": int(ck["bytes"]),
+        }
         doc_row = {"run": run["name"], "step": int(ck["step"]), "bytes": int(ck["bytes"])}
         for role in ("target", "source"):
             r = bits_per_byte(model, tok, texts[role], seq_len=seq_len, batch_size=ev.batch_size)
@@ -214,8 +227,16 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
                 row[f"cloze_acc_{role}"], row[f"cloze_acc_norm_{role}"] = c["acc"], c["acc_norm"]
                 ci[f"cloze_acc_{role}_ci"], ci[f"cloze_acc_norm_{role}_ci"] = c["acc_ci"], c["acc_norm_ci"]
             if pairs:
-                t = translation_probe(model, tok, pairs, src_lang, tgt_lang, ev.translation_max_new_tokens,
-                                      n_boot=stats.N_BOOT if is_final else 0, seed=sh.seed)  # fmt: skip
+                t = translation_probe(
+                    model,
+                    tok,
+                    pairs,
+                    src_lang,
+                    tgt_lang,
+                    ev.translation_max_new_tokens,
+                    n_boot=stats.N_BOOT if is_final else 0,
+                    seed=sh.seed,
+                )
                 row["chrf"] = t["chrf"]
                 ci["chrf_ci"] = t["chrf_ci"]
                 if is_final:
@@ -232,12 +253,23 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
             finals.append(row)
         del model
     ck = pd.DataFrame(rows)
-    doc_nll = {"unit": "paragraph", "bytes": doc_bytes, "docs": docs, "checkpoints": doc_rows,
-               "languages": {"target": tgt_lang, "source": src_lang}}  # fmt: skip
-    return {"checkpoints": ck, "final": pd.DataFrame(finals), "translations": translations,
-            "cloze_items": {k: len(v) for k, v in cloze_items.items()}, "pairs": len(pairs),
-            "doc_nll": doc_nll, "probe_ci": probe_ci,
-            "cloze_chance": (1 / len(next(iter(cloze_items.values()))[0]["endings"])) if cloze_items else None}  # fmt: skip
+    doc_nll = {
+        "unit": "paragraph",
+        "bytes": doc_bytes,
+        "docs": docs,
+        "checkpoints": doc_rows,
+        "languages": {"target": tgt_lang, "source": src_lang},
+    }
+    return {
+        "checkpoints": ck,
+        "final": pd.DataFrame(finals),
+        "translations": translations,
+        "cloze_items": {k: len(v) for k, v in cloze_items.items()},
+        "pairs": len(pairs),
+        "doc_nll": doc_nll,
+        "probe_ci": probe_ci,
+        "cloze_chance": (1 / len(next(iter(cloze_items.values()))[0]["endings"])) if cloze_items else None,
+    }
 
 
 def _swap_metrics(params: Any, method: str | None) -> dict:
@@ -258,13 +290,21 @@ def init_table(runs: Sequence[dict], ck: pd.DataFrame, params: Any) -> pd.DataFr
             continue
         sw = _swap_metrics(params, run.get("method"))
         sp = speedup(curves[run["name"]], scratch) if scratch is not None and len(scratch) else None
-        out.append({
-            "run": run["name"], "aligned": sw.get("aligned"), "decomposed": sw.get("decomposed"),
-            "random": sw.get("random"), "new_vocab": sw.get("new_vocab"),
-            "bpb_step0": float(g["bpb_target"].iloc[0]) if int(g["step"].iloc[0]) == 0 else None,
-            "bpb_source_step0": float(g["bpb_source"].iloc[0]) if int(g["step"].iloc[0]) == 0 and "bpb_source" in g else None,
-            "bpb_final": float(g["bpb_target"].iloc[-1]), "speedup": sp,
-        })  # fmt: skip
+        out.append(
+            {
+                "run": run["name"],
+                "aligned": sw.get("aligned"),
+                "decomposed": sw.get("decomposed"),
+                "random": sw.get("random"),
+                "new_vocab": sw.get("new_vocab"),
+                "bpb_step0": float(g["bpb_target"].iloc[0]) if int(g["step"].iloc[0]) == 0 else None,
+                "bpb_source_step0": float(g["bpb_source"].iloc[0])
+                if int(g["step"].iloc[0]) == 0 and "bpb_source" in g
+                else None,
+                "bpb_final": float(g["bpb_target"].iloc[-1]),
+                "speedup": sp,
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -275,7 +315,9 @@ def swap_study(init: pd.DataFrame) -> dict:
     bits per byte (:func:`speedup`); ``goals`` are the issue's targets for the default study, each
     ``null`` when a run it needs is missing.
     """
-    rows = {r["run"]: {k: (None if pd.isna(v) else v) for k, v in r.items() if k != "run"} for r in init.to_dict("records")}
+    rows = {
+        r["run"]: {k: (None if pd.isna(v) else v) for k, v in r.items() if k != "run"} for r in init.to_dict("records")
+    }
     step0 = {k: v.get("bpb_step0") for k, v in rows.items()}
     swapped = {k: v for k, v in rows.items() if k not in ("scratch", "original")}
     best = max(swapped, key=lambda k: swapped[k].get("speedup") or 0.0) if swapped else None
@@ -330,8 +372,13 @@ def speedup_samples(doc_nll: dict, run: str, weights: np.ndarray, scratch: str =
     return out
 
 
-def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot: int = stats.N_BOOT,
-              pairs: dict[str, str] | None = None) -> dict:  # fmt: skip
+def intervals(
+    doc_nll: dict | None,
+    finals: pd.DataFrame,
+    seed: int = 0,
+    n_boot: int = stats.N_BOOT,
+    pairs: dict[str, str] | None = None,
+) -> dict:
     """Evaluation-text intervals of the final numbers, from the per-text NLL (:mod:`warmstart.evaluate.intervals`).
 
     ``{"runs": {run: {"bpb_target_ci", "bpb_source_ci", "speedup_vs_scratch_ci"}}, "vs_lowest": {"reference":
@@ -363,23 +410,33 @@ def intervals(doc_nll: dict | None, finals: pd.DataFrame, seed: int = 0, n_boot:
     if lowest in final and "target" in weights:
         for name, row in final.items():
             if name != lowest:
-                comp[name] = stats.paired_difference(row["target"], final[lowest]["target"], doc_nll["bytes"]["target"],
-                                                     n_boot=n_boot, seed=seed)  # fmt: skip
+                comp[name] = stats.paired_difference(
+                    row["target"], final[lowest]["target"], doc_nll["bytes"]["target"], n_boot=n_boot, seed=seed
+                )
     paired = {}
     for name, ref in (pairs or {}).items():
         if name in final and ref in final:
             paired[name] = {"reference": ref} | {
-                role: stats.paired_difference(final[name][role], final[ref][role], doc_nll["bytes"][role], n_boot=n_boot,
-                                              seed=seed) for role in weights}  # fmt: skip
+                role: stats.paired_difference(
+                    final[name][role], final[ref][role], doc_nll["bytes"][role], n_boot=n_boot, seed=seed
+                )
+                for role in weights
+            }
     docs = doc_nll.get("docs") or {}
     return {
         "runs": out_runs,
         "vs_lowest": {"reference": lowest, "runs": comp},
         "pairs": paired,
-        "method": {"level": stats.LEVEL, "bootstrap_samples": n_boot, "seed": seed, "unit": doc_nll.get("unit", "text"),
-                   "texts": n_texts, "chapters": {k: len(set(v)) for k, v in docs.items() if v},
-                   "note": "evaluation-text noise only (resampled held-out texts); not run-to-run (seed) noise"},
-    }  # fmt: skip
+        "method": {
+            "level": stats.LEVEL,
+            "bootstrap_samples": n_boot,
+            "seed": seed,
+            "unit": doc_nll.get("unit", "text"),
+            "texts": n_texts,
+            "chapters": {k: len(set(v)) for k, v in docs.items() if v},
+            "note": "evaluation-text noise only (resampled held-out texts); not run-to-run (seed) noise",
+        },
+    }
 
 
 def flops_table(runs: Sequence[dict]) -> pd.DataFrame:
@@ -393,12 +450,19 @@ def flops_table(runs: Sequence[dict]) -> pd.DataFrame:
         last = sorted(run["checkpoints"], key=lambda c: c["step"])[-1]
         fpt = run.get("flops_per_token")
         th = throughput(read_log_records(run), fpt)
-        out.append({
-            "run": run["name"], "params": run.get("params_count"), "flops_per_token": fpt,
-            "tokens": last.get("tokens"), "train_flops": (fpt * last["tokens"]) if fpt and last.get("tokens") else None,
-            "seconds": run.get("seconds"), "tokens_per_s": th["tokens_per_s"] or run.get("mean_tokens_per_s"),
-            "step_spread": th["step_spread"], "achieved_flops": th["achieved_flops"],
-        })  # fmt: skip
+        out.append(
+            {
+                "run": run["name"],
+                "params": run.get("params_count"),
+                "flops_per_token": fpt,
+                "tokens": last.get("tokens"),
+                "train_flops": (fpt * last["tokens"]) if fpt and last.get("tokens") else None,
+                "seconds": run.get("seconds"),
+                "tokens_per_s": th["tokens_per_s"] or run.get("mean_tokens_per_s"),
+                "step_spread": th["step_spread"],
+                "achieved_flops": th["achieved_flops"],
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -443,9 +507,14 @@ def seed_summary(seed_ck: pd.DataFrame) -> pd.DataFrame:
     """Per (run, step) over seeds: ``n`` seeds, mean ``bytes``, mean and std (ddof 1) of target and source bits
     per byte (``bpb_target``, ``bpb_target_std``, ...), in the table's run order."""
     g = seed_ck.groupby(["run", "step"], sort=False)
-    return g.agg(n=("seed", "nunique"), bytes=("bytes", "mean"), bpb_target=("bpb_target", "mean"),
-                 bpb_target_std=("bpb_target", "std"), bpb_source=("bpb_source", "mean"),
-                 bpb_source_std=("bpb_source", "std")).reset_index()  # fmt: skip
+    return g.agg(
+        n=("seed", "nunique"),
+        bytes=("bytes", "mean"),
+        bpb_target=("bpb_target", "mean"),
+        bpb_target_std=("bpb_target", "std"),
+        bpb_source=("bpb_source", "mean"),
+        bpb_source_std=("bpb_source", "std"),
+    ).reset_index()
 
 
 def covers(seed_ck: pd.DataFrame | None, ck: pd.DataFrame) -> bool:
@@ -463,8 +532,9 @@ def fmt_mean_sd(mean: Any, sd: Any, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if sd is not None and np.isfinite(sd) else f"{mean:.{digits}f}"
 
 
-def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
-                    seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+def plot_bpb_curves(
+    ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str, seeds: pd.DataFrame | None = None
+) -> Path:
     """Target and source bpb against training bytes seen, one curve per run. With ``seeds`` (the
     :func:`seed_summary` of the evaluation's runs): the mean over seeds, a band of ± 1 std."""
     import matplotlib.pyplot as plt
@@ -476,26 +546,50 @@ def plot_bpb_curves(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang:
     palette = dict(zip(runs, sns.color_palette(n_colors=len(runs))))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, role, lang in ((axes[0], "target", tgt_lang), (axes[1], "source", src_lang)):
-        sns.lineplot(data=df, x="mb", y=f"bpb_{role}", hue="run", style="run", markers=True, dashes=False, ax=ax,
-                     legend=role == "target", palette=palette, hue_order=runs, style_order=runs)  # fmt: skip
+        sns.lineplot(
+            data=df,
+            x="mb",
+            y=f"bpb_{role}",
+            hue="run",
+            style="run",
+            markers=True,
+            dashes=False,
+            ax=ax,
+            legend=role == "target",
+            palette=palette,
+            hue_order=runs,
+            style_order=runs,
+        )
         if seeds is not None:  # mean over seeds, band: ± 1 std
             for run, g in df.groupby("run", sort=False):
                 sd = g[f"bpb_{role}_std"].fillna(0.0)
-                ax.fill_between(g["mb"], g[f"bpb_{role}"] - sd, g[f"bpb_{role}"] + sd, color=palette[run], alpha=0.2,
-                                linewidth=0)  # fmt: skip
+                ax.fill_between(
+                    g["mb"], g[f"bpb_{role}"] - sd, g[f"bpb_{role}"] + sd, color=palette[run], alpha=0.2, linewidth=0
+                )
         zero = df[df["step"] == 0]
         if len(zero):  # step 0: the initialised model, before any training
-            ax.scatter(zero["mb"], zero[f"bpb_{role}"], marker="*", s=110, facecolor="none", edgecolor="black",
-                       linewidth=0.8, zorder=5, label="step 0" if role == "target" else None)  # fmt: skip
-        ax.set(xlabel="training text seen (MB of UTF-8)", ylabel=f"{lang} test bits per byte",
-               title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
+            ax.scatter(
+                zero["mb"],
+                zero[f"bpb_{role}"],
+                marker="*",
+                s=110,
+                facecolor="none",
+                edgecolor="black",
+                linewidth=0.8,
+                zorder=5,
+                label="step 0" if role == "target" else None,
+            )
+        ax.set(
+            xlabel="training text seen (MB of UTF-8)",
+            ylabel=f"{lang} test bits per byte",
+            title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""),
+        )
         ax.xaxis.set_major_locator(MaxNLocator(5))  # few, short tick labels: they never overlap
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     fig.tight_layout()
     if axes[0].get_legend():  # one legend, below both panels, so it never covers a curve or a label
         n = df["run"].nunique()
-        sns.move_legend(axes[0], "upper center", bbox_to_anchor=(1.1, -0.2), title=None, frameon=False,
-                        ncol=min(n, 7))  # fmt: skip
+        sns.move_legend(axes[0], "upper center", bbox_to_anchor=(1.1, -0.2), title=None, frameon=False, ncol=min(n, 7))
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
@@ -512,8 +606,9 @@ def checkpoint_grid(ck: pd.DataFrame, value: str) -> pd.DataFrame:
     return grid.reindex([r for r in order if r in grid.index])
 
 
-def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str,
-                     seeds: pd.DataFrame | None = None) -> Path:  # fmt: skip
+def plot_bpb_heatmap(
+    ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang: str, seeds: pd.DataFrame | None = None
+) -> Path:
     """Every evaluated checkpoint's bits per byte as two annotated heatmaps (target, source): runs x text seen.
     With ``seeds`` (the :func:`seed_summary` of the evaluation's runs): colours and numbers are the mean over
     seeds, each cell also prints ± 1 std."""
@@ -521,7 +616,10 @@ def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang
     import seaborn as sns
 
     values = seeds if seeds is not None else ck
-    grids = [(checkpoint_grid(values, f"bpb_{role}"), lang, role) for role, lang in (("target", tgt_lang), ("source", src_lang))]
+    grids = [
+        (checkpoint_grid(values, f"bpb_{role}"), lang, role)
+        for role, lang in (("target", tgt_lang), ("source", src_lang))
+    ]
     n_runs, n_ck = grids[0][0].shape
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * n_runs + 1.6))
     for ax, (grid, lang, role) in zip(axes, grids):
@@ -531,19 +629,39 @@ def plot_bpb_heatmap(ck: pd.DataFrame, path: str | Path, src_lang: str, tgt_lang
         trained = trained[np.isfinite(trained)]
         vmin, vmax = (float(trained.min()), float(trained.max())) if trained.size else (None, None)
         allv = grid.to_numpy(float)
-        below, above = bool(vmin is not None and np.nanmin(allv) < vmin), bool(vmax is not None and np.nanmax(allv) > vmax)
+        below, above = (
+            bool(vmin is not None and np.nanmin(allv) < vmin),
+            bool(vmax is not None and np.nanmax(allv) > vmax),
+        )
         extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((below, above), "neither")
         if seeds is not None:
             sd = checkpoint_grid(values, f"bpb_{role}_std").reindex(index=grid.index).to_numpy(float)
-            annot: Any = np.array([[f"{m:.2f}\n±{d:.3f}" if np.isfinite(m) else "" for m, d in zip(mr, dr)]
-                                   for mr, dr in zip(grid.to_numpy(float), sd)])  # fmt: skip
+            annot: Any = np.array(
+                [
+                    [f"{m:.2f}\n±{d:.3f}" if np.isfinite(m) else "" for m, d in zip(mr, dr)]
+                    for mr, dr in zip(grid.to_numpy(float), sd)
+                ]
+            )
             fmt, size = "", 6.5
         else:
             annot, fmt, size = True, ".2f", 8
-        sns.heatmap(grid, annot=annot, fmt=fmt, cmap="viridis_r", vmin=vmin, vmax=vmax, linewidths=0.5, ax=ax,
-                    cbar_kws={"label": f"{lang} bits per byte", "extend": extend}, annot_kws={"size": size})  # fmt: skip
-        ax.set(xlabel="training text seen (MB of UTF-8, checkpoint)", ylabel="" if role == "source" else "run",
-               title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""))  # fmt: skip
+        sns.heatmap(
+            grid,
+            annot=annot,
+            fmt=fmt,
+            cmap="viridis_r",
+            vmin=vmin,
+            vmax=vmax,
+            linewidths=0.5,
+            ax=ax,
+            cbar_kws={"label": f"{lang} bits per byte", "extend": extend},
+            annot_kws={"size": size},
+        )
+        ax.set(
+            xlabel="training text seen (MB of UTF-8, checkpoint)",
+            ylabel="" if role == "source" else "run",
+            title=f"{role} language ({lang})" + (": forgetting" if role == "source" else ""),
+        )
         ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
     fig.savefig(path)

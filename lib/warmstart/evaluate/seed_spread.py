@@ -40,8 +40,18 @@ from typing import Any
 from warmstart.evaluate.intervals import SEED_SPREAD_FILE
 
 # the params that decide a study run's final bits per byte (the data dirs and the later stages do not)
-FINGERPRINT_KEYS = ("corpus", "tokenizer", "base", "vocab_swap", "pretrain", "study.arms", "evaluate.eval_bytes",
-                    "shared.seed", "shared.source_lang", "shared.target_lang")  # fmt: skip
+FINGERPRINT_KEYS = (
+    "corpus",
+    "tokenizer",
+    "base",
+    "vocab_swap",
+    "pretrain",
+    "study.arms",
+    "evaluate.eval_bytes",
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -80,8 +90,10 @@ def spread_for(params: Any) -> tuple[dict[str, Any] | None, str]:
         return None, f"no run-to-run spread is recorded ({path}: make seed-spread)"
     want = fingerprint(params)
     if spread["fingerprint"] != want:
-        return None, (f"the run-to-run spread in {path} was measured for another configuration (fingerprint "
-                      f"{spread['fingerprint']}, this study's is {want}); it is not used")  # fmt: skip
+        return None, (
+            f"the run-to-run spread in {path} was measured for another configuration (fingerprint "
+            f"{spread['fingerprint']}, this study's is {want}); it is not used"
+        )
     return spread, ""
 
 
@@ -91,19 +103,42 @@ def spread_section(params: Any) -> dict[str, Any] | None:
     spread, _ = spread_for(params)
     if spread is None:
         return None
-    rows = [[name, ", ".join(f"{v:.3f}" for v in r.get("values", [])), f"{r['mean']:.3f}", f"{r['std']:.4f}",
-             f"{r['min']:.3f}–{r['max']:.3f}"] for name, r in spread["runs"].items()]  # fmt: skip
-    paras = [f"Every study run trained again with seeds {', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
-             f"python -m warmstart.evaluate.seed_spread, {(spread.get('train_seconds') or spread['seconds'] or 0) / 60:.0f} min of "
-             f"training on {spread['hardware'] or '?'}). The seed "
-             "changes the order of the training batches (and scratch's initial weights); everything else is the "
-             "study's configuration."]  # fmt: skip
-    paras.append("This is the spread the summary's ranking uses: two runs whose difference is within twice "
-                 "the root sum of their seed variances are not told apart.")  # fmt: skip
-    table = {"caption": "Final bits per byte per seed, mean, standard deviation (n - 1) and range.",
-             "columns": ["run", "per seed", "mean", "std", "range"], "rows": rows}  # fmt: skip
-    return {"stage": "seeds", "order": 61, "title": "Run-to-run spread", "paragraphs": paras, "tables": [table],
-            "figures": [], "numbers": {}, "seconds": None}  # fmt: skip
+    rows = [
+        [
+            name,
+            ", ".join(f"{v:.3f}" for v in r.get("values", [])),
+            f"{r['mean']:.3f}",
+            f"{r['std']:.4f}",
+            f"{r['min']:.3f}–{r['max']:.3f}",
+        ]
+        for name, r in spread["runs"].items()
+    ]
+    paras = [
+        f"Every study run trained again with seeds {', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
+        f"python -m warmstart.evaluate.seed_spread, {(spread.get('train_seconds') or spread['seconds'] or 0) / 60:.0f} min of "
+        f"training on {spread['hardware'] or '?'}). The seed "
+        "changes the order of the training batches (and scratch's initial weights); everything else is the "
+        "study's configuration."
+    ]
+    paras.append(
+        "This is the spread the summary's ranking uses: two runs whose difference is within twice "
+        "the root sum of their seed variances are not told apart."
+    )
+    table = {
+        "caption": "Final bits per byte per seed, mean, standard deviation (n - 1) and range.",
+        "columns": ["run", "per seed", "mean", "std", "range"],
+        "rows": rows,
+    }
+    return {
+        "stage": "seeds",
+        "order": 61,
+        "title": "Run-to-run spread",
+        "paragraphs": paras,
+        "tables": [table],
+        "figures": [],
+        "numbers": {},
+        "seconds": None,
+    }
 
 
 def _bpb(params: Any, tok: Any, model_dir: str, texts: list[str]) -> float:
@@ -111,8 +146,11 @@ def _bpb(params: Any, tok: Any, model_dir: str, texts: list[str]) -> float:
     from warmstart.model import load_model
 
     model = load_model(model_dir, trust_remote_code=params.base.trust_remote_code).eval()
-    return float(bits_per_byte(model, tok, texts, seq_len=params.pretrain.seq_len,
-                               batch_size=params.evaluate.batch_size)["bits_per_byte"])  # fmt: skip
+    return float(
+        bits_per_byte(model, tok, texts, seq_len=params.pretrain.seq_len, batch_size=params.evaluate.batch_size)[
+            "bits_per_byte"
+        ]
+    )
 
 
 def final_bpb(params: Any, record: dict[str, Any], texts: list[str]) -> float:
@@ -129,9 +167,14 @@ def checkpoint_bpb(params: Any, record: dict[str, Any], texts: dict[str, list[st
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(record["tokenizer"])
-    return [{"step": int(c["step"]), "bytes": int(c["bytes"]),
-             **{f"bpb_{role}": _bpb(params, tok, c["path"], t) for role, t in texts.items()}}
-            for c in sorted(record["checkpoints"], key=lambda c: c["step"])]  # fmt: skip
+    return [
+        {
+            "step": int(c["step"]),
+            "bytes": int(c["bytes"]),
+            **{f"bpb_{role}": _bpb(params, tok, c["path"], t) for role, t in texts.items()},
+        }
+        for c in sorted(record["checkpoints"], key=lambda c: c["step"])
+    ]
 
 
 def seed_checkpoints(spread: dict[str, Any] | None) -> Any:
@@ -181,7 +224,10 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     t0 = time.perf_counter()
     fp = fingerprint(params)
     texts = held_out_texts(params, params.shared.target_lang, "test", params.evaluate.eval_bytes)
-    both = {"target": texts, "source": held_out_texts(params, params.shared.source_lang, "test", params.evaluate.eval_bytes)}
+    both = {
+        "target": texts,
+        "source": held_out_texts(params, params.shared.source_lang, "test", params.evaluate.eval_bytes),
+    }
     values: dict[str, list[float]] = {n: [] for n in names}
     curves: list[dict[str, Any]] = []
     train_seconds = 0.0
@@ -190,8 +236,9 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
             rec = _record(params, name, seed, fp)
             if rec is None:
                 if seed == params.shared.seed:
-                    raise FileNotFoundError(f"run {name!r} of the DVC study (shared.seed {seed}) is not trained: "
-                                            "run `dvc repro` first")  # fmt: skip
+                    raise FileNotFoundError(
+                        f"run {name!r} of the DVC study (shared.seed {seed}) is not trained: run `dvc repro` first"
+                    )
                 log(f"seed {seed}: training {name}")
                 rec = pretrain.run(params, name, seed=seed) | {"fingerprint": fp}
                 write_json(_record_path(params, name, seed), rec)
@@ -200,14 +247,28 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
             values[name].append(final_bpb(params, rec, texts))
             curves += [{"run": name, "seed": seed, **c} for c in checkpoint_bpb(params, rec, both)]
             log(f"seed {seed}: {name} final {params.shared.target_lang} bits per byte {values[name][-1]:.4f}")
-    out_runs = {n: {"mean": statistics.mean(v), "std": statistics.stdev(v), "min": min(v), "max": max(v), "n": len(v),
-                    "values": v} for n, v in values.items()}  # fmt: skip
+    out_runs = {
+        n: {
+            "mean": statistics.mean(v),
+            "std": statistics.stdev(v),
+            "min": min(v),
+            "max": max(v),
+            "n": len(v),
+            "values": v,
+        }
+        for n, v in values.items()
+    }
     record = {
         "metric": f"final {params.shared.target_lang} bits per byte (first {params.evaluate.eval_bytes:,} test bytes)",
-        "seeds": list(seeds), "runs": out_runs, "checkpoints": curves, "fingerprint": fp,
-        "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - t0, 1),
-        "hardware": device_name("cuda" if torch.cuda.is_available() else "cpu"), "torch": torch.__version__,
-    }  # fmt: skip
+        "seeds": list(seeds),
+        "runs": out_runs,
+        "checkpoints": curves,
+        "fingerprint": fp,
+        "train_seconds": round(train_seconds, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "hardware": device_name("cuda" if torch.cuda.is_available() else "cpu"),
+        "torch": torch.__version__,
+    }
     write_json(spread_path(params), record)
     return record
 

@@ -48,9 +48,20 @@ from warmstart.kernels.attention import (
 )
 
 __all__ = [
-    "FLEX", "KernelNotApplied", "KernelOptions", "apply", "not_applied", "attention_inputs", "block_mask", "choose_attention", "flash_attn_installed",
-    "fused", "mask_kind", "reference", "register_flex",
-]  # fmt: skip
+    "FLEX",
+    "KernelNotApplied",
+    "KernelOptions",
+    "apply",
+    "not_applied",
+    "attention_inputs",
+    "block_mask",
+    "choose_attention",
+    "flash_attn_installed",
+    "fused",
+    "mask_kind",
+    "reference",
+    "register_flex",
+]
 
 
 ROPE_FN = "apply_rotary_pos_emb"  # the function transformers' Llama-family attention forwards call
@@ -73,7 +84,7 @@ class KernelOptions(BaseModel):
     fused_linear_cross_entropy: bool = False
 
     @classmethod
-    def all(cls, **kw) -> "KernelOptions":
+    def all(cls, **kw) -> KernelOptions:
         """Everything on (attention "auto")."""
         base = dict(attention="auto", rms_norm=True, swiglu=True, rope=True, fused_linear_cross_entropy=True)
         return cls(**{**base, **kw})
@@ -125,12 +136,15 @@ def _with_global(forward, name: str, value):
     """
     chain = _inner(forward)
     inner = chain[-1]
-    new = types.FunctionType(inner.__code__, dict(inner.__globals__, **{name: value}), inner.__name__,
-                             inner.__defaults__, inner.__closure__)  # fmt: skip
+    new = types.FunctionType(
+        inner.__code__, dict(inner.__globals__, **{name: value}), inner.__name__, inner.__defaults__, inner.__closure__
+    )
     new.__kwdefaults__ = inner.__kwdefaults__
     for wrapper, old in zip(reversed(chain[:-1]), reversed(chain[1:])):
         if not any(c.cell_contents is old for c in (wrapper.__closure__ or ())):
-            raise TypeError(f"cannot rebuild decorator {wrapper.__qualname__}: it does not close over {old.__qualname__}")
+            raise TypeError(
+                f"cannot rebuild decorator {wrapper.__qualname__}: it does not close over {old.__qualname__}"
+            )
         new = _rebuild(wrapper, old, new)
     return new
 
@@ -150,8 +164,13 @@ def _flce_forward(self, input_ids=None, labels=None, **kwargs):
     out = self.model(input_ids=input_ids, **kwargs)
     head = self.lm_head
     loss = fused.linear_cross_entropy(out.last_hidden_state, head.weight, labels, head.bias, num_items)
-    return CausalLMOutputWithPast(loss=loss, logits=None, past_key_values=out.past_key_values,
-                                  hidden_states=out.hidden_states, attentions=out.attentions)  # fmt: skip
+    return CausalLMOutputWithPast(
+        loss=loss,
+        logits=None,
+        past_key_values=out.past_key_values,
+        hidden_states=out.hidden_states,
+        attentions=out.attentions,
+    )
 
 
 def apply(
@@ -202,8 +221,11 @@ def apply(
         elif opts.rope and triton and cls.endswith("Attention") and _uses_global(type(mod).forward, ROPE_FN):
             _bind(mod, _with_global(type(mod).forward, ROPE_FN, fused.rope))
             counts["rope"] += 1
-    looked_for = {"rms_norm": "*RMSNorm module with variance_epsilon", "swiglu": "MLP with gate/up/down_proj",
-                  "rope": f"*Attention whose forward calls {ROPE_FN}"}  # fmt: skip
+    looked_for = {
+        "rms_norm": "*RMSNorm module with variance_epsilon",
+        "swiglu": "MLP with gate/up/down_proj",
+        "rope": f"*Attention whose forward calls {ROPE_FN}",
+    }
     for key, n in counts.items():
         if not getattr(opts, key):
             out[key] = "off"
@@ -212,8 +234,9 @@ def apply(
         elif key == "swiglu" and not silu:
             out[key] = f"skipped: hidden_act is {model.config.hidden_act}, not silu"
         elif n == 0:
-            out[key] = (f"not applied: no {looked_for[key]} in {type(model).__name__} "
-                        f"(transformers {transformers.__version__})")  # fmt: skip
+            out[key] = (
+                f"not applied: no {looked_for[key]} in {type(model).__name__} (transformers {transformers.__version__})"
+            )
         else:
             out[key] = f"liger x{n}"
 

@@ -47,8 +47,16 @@ from warmstart.model import build_model
 
 MODELS: dict[str, dict] = {
     # Llama-3.2-1B's shape (tied embeddings, GQA 32/8, rope theta 500k); random weights
-    "llama-3.2-1b": dict(vocab_size=128256, hidden=2048, layers=16, heads=32, kv_heads=8, intermediate=8192,
-                         tie_embeddings=True, rope_theta=500000.0),  # fmt: skip
+    "llama-3.2-1b": dict(
+        vocab_size=128256,
+        hidden=2048,
+        layers=16,
+        heads=32,
+        kv_heads=8,
+        intermediate=8192,
+        tie_embeddings=True,
+        rope_theta=500000.0,
+    ),
     "tiny": dict(vocab_size=512, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128),
 }
 CONFIGS = ("eager", "compile", "kernels", "full", "full-max")
@@ -60,7 +68,11 @@ def mfu_of(tokens_per_s: float, config, seq_len: int, peak: float) -> float:
 
 
 def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()}"
+    return (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU {platform.processor() or platform.machine()}"
+    )
 
 
 def device_slug(device: torch.device) -> str:
@@ -81,8 +93,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def run_config(name: str, spec: dict, seq_len: int, micro_batch: int, steps: int, warmup: int, device: torch.device,
-               dtype: torch.dtype, max_micro_batch: int = 64, lr: float = 1e-4) -> dict:  # fmt: skip
+def run_config(
+    name: str,
+    spec: dict,
+    seq_len: int,
+    micro_batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_micro_batch: int = 64,
+    lr: float = 1e-4,
+) -> dict:
     """Measure one configuration; returns its numbers and what was patched."""
     model = build_model(**spec, max_pos=max(seq_len, 2048)).to(device)
     model.config.use_cache = False
@@ -133,10 +155,15 @@ def run_config(name: str, spec: dict, seq_len: int, micro_batch: int, steps: int
         losses.append(float(loss))
     med = statistics.median(times)
     return {
-        "config": name, "micro_batch": mb, "step_s": med, "tokens_per_s": mb * seq_len / med,
+        "config": name,
+        "micro_batch": mb,
+        "step_s": med,
+        "tokens_per_s": mb * seq_len / med,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "loss": statistics.fmean(losses), "patched": patched, "model_config": model.config,
-    }  # fmt: skip
+        "loss": statistics.fmean(losses),
+        "patched": patched,
+        "model_config": model.config,
+    }
 
 
 def add_ratios(results: list[dict], seq_len: int, peak: float) -> list[dict]:
@@ -175,8 +202,9 @@ def record(results: list[dict], args, device: torch.device, peak: float, date: s
     except ImportError:
         triton_v = "not installed"
     try:
-        import liger_kernel  # noqa: F401
         from importlib.metadata import version
+
+        import liger_kernel  # noqa: F401
 
         liger_v = version("liger-kernel")
     except ImportError:
@@ -187,9 +215,14 @@ def record(results: list[dict], args, device: torch.device, peak: float, date: s
         try:
             import subprocess
 
-            driver += ", driver " + subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
-            ).stdout.strip()
+            driver += (
+                ", driver "
+                + subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+            )
         except OSError:
             pass
     patched = "\n".join(f"- {r['config']}: {r['patched']}" for r in results)
@@ -202,7 +235,7 @@ def record(results: list[dict], args, device: torch.device, peak: float, date: s
 - model: {args.model} {MODELS[args.model]} (random weights, seed 0)
 - run: seq_len {args.seq_len}, micro-batch {args.micro_batch} (full-max: largest that fits), dtype {args.dtype},
   {args.warmup} warm-up steps excluded, median of {args.steps} measured steps, AdamW lr 1e-4
-- command: `python -m warmstart.kernels.bench {' '.join(args.argv)}`
+- command: `python -m warmstart.kernels.bench {" ".join(args.argv)}`
 
 {table(results)}
 
@@ -229,7 +262,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     if args.tiny:
-        args.model, args.seq_len, args.steps, args.warmup = "tiny", min(args.seq_len, 128), min(args.steps, 3), min(args.warmup, 1)
+        args.model, args.seq_len, args.steps, args.warmup = (
+            "tiny",
+            min(args.seq_len, 128),
+            min(args.steps, 3),
+            min(args.warmup, 1),
+        )
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = set(configs) - set(CONFIGS)
     if unknown or "eager" not in configs:
@@ -240,8 +278,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     peak = args.peak or flops.device_peak(device)
     results = []
     for name in configs:
-        results.append(run_config(name, MODELS[args.model], args.seq_len, args.micro_batch, args.steps, args.warmup,
-                                  device, dtype, args.max_micro_batch))  # fmt: skip
+        results.append(
+            run_config(
+                name,
+                MODELS[args.model],
+                args.seq_len,
+                args.micro_batch,
+                args.steps,
+                args.warmup,
+                device,
+                dtype,
+                args.max_micro_batch,
+            )
+        )
         if device.type == "cuda":
             torch.cuda.empty_cache()
     add_ratios(results, args.seq_len, peak)

@@ -21,7 +21,6 @@ import torch
 
 from warmstart.kernels import reference
 
-
 _LIGER = all(importlib.util.find_spec(m) is not None for m in ("triton", "liger_kernel"))
 
 
@@ -63,8 +62,14 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return LigerRopeFunction.apply(q, k, cos, sin)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None,
-                         num_items_in_batch: int | torch.Tensor | None = None, shift: bool = True) -> torch.Tensor:  # fmt: skip
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    shift: bool = True,
+) -> torch.Tensor:
     """Causal-LM loss of ``hidden @ weight.T`` (same semantics as :func:`reference.linear_cross_entropy`)."""
     if not triton_usable(hidden.device):
         return reference.linear_cross_entropy(hidden, weight, labels, bias, num_items_in_batch, shift)
@@ -73,7 +78,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     y = reference.shift_labels(labels) if shift else labels
     h, y = hidden.reshape(-1, hidden.shape[-1]), y.reshape(-1).to(hidden.device)
     reduction = "mean" if num_items_in_batch is None else "sum"
-    out = LigerFusedLinearCrossEntropyFunction.apply(h, weight, y, bias, None, reference.IGNORE_INDEX, 0.0, 0.0, reduction)
+    out = LigerFusedLinearCrossEntropyFunction.apply(
+        h, weight, y, bias, None, reference.IGNORE_INDEX, 0.0, 0.0, reduction
+    )
     loss = out[0] if isinstance(out, tuple) else out
     if num_items_in_batch is not None:
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device).to(loss.dtype)

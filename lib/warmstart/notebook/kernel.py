@@ -67,7 +67,9 @@ def install(name: str = "warmstart", display_name: str = "Python (warmstart)", p
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["install"]:
-        ap = argparse.ArgumentParser(prog="python -m warmstart.notebook.kernel install", description="register the kernel spec")
+        ap = argparse.ArgumentParser(
+            prog="python -m warmstart.notebook.kernel install", description="register the kernel spec"
+        )
         ap.add_argument("--name", default="warmstart")
         ap.add_argument("--display-name", default="Python (warmstart)")
         ap.add_argument("--prefix", default=None, help="default: this interpreter's sys.prefix")

@@ -39,7 +39,9 @@ def style() -> None:
     import seaborn as sns
 
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.1)
-    matplotlib.rcParams.update({"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "figure.figsize": (7, 3.6)})
+    matplotlib.rcParams.update(
+        {"figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "figure.figsize": (7, 3.6)}
+    )
     pd.set_option("display.float_format", lambda v: f"{v:,.3f}")
     pd.set_option("display.width", 140)
 
@@ -92,7 +94,10 @@ def sync_parameters(notebook: str | Path, params_path: str | Path = "params.yaml
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m warmstart.notebook.setup", description="Keep notebooks' parameters cells in sync with params.yaml.")
+    ap = argparse.ArgumentParser(
+        prog="python -m warmstart.notebook.setup",
+        description="Keep notebooks' parameters cells in sync with params.yaml.",
+    )
     ap.add_argument("cmd", choices=["sync"])
     ap.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
     args = ap.parse_args(argv)

@@ -30,3 +30,28 @@ from warmstart.prune.importance import Importance, estimate_importance, random_i
 from warmstart.prune.masking import apply_mask, lm_loss, mask_model, masking_check
 from warmstart.prune.plan import PrunePlan, PruneTarget, make_plan, resolve_target, target_for_budget
 from warmstart.prune.slicing import prune_model, pruned_config, save_pruned, sliced_state_dict
+
+__all__ = [
+    "apply_mask",
+    "check_model",
+    "count_params",
+    "Dims",
+    "dims_of",
+    "estimate_importance",
+    "Importance",
+    "lm_loss",
+    "make_plan",
+    "mask_model",
+    "masking_check",
+    "params_of",
+    "prune_model",
+    "pruned_config",
+    "PrunePlan",
+    "PruneTarget",
+    "random_importance",
+    "resolve_target",
+    "save_pruned",
+    "sliced_state_dict",
+    "SUPPORTED",
+    "target_for_budget",
+]

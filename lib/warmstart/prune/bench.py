@@ -28,11 +28,26 @@ from pathlib import Path
 import torch
 
 SHAPES: dict[str, dict] = {
-    "llama-3.2-1b": dict(vocab_size=128256, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-                         num_key_value_heads=8, intermediate_size=8192, tie_word_embeddings=True,
-                         rope_theta=500000.0, max_position_embeddings=131072),  # fmt: skip
-    "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, tie_word_embeddings=True),  # fmt: skip
+    "llama-3.2-1b": dict(
+        vocab_size=128256,
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+    ),
+    "tiny": dict(
+        vocab_size=512,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    ),
 }
 GOAL_SECONDS, GOAL_RATIO = 180.0, 2.5
 
@@ -90,16 +105,22 @@ def build_bf16(shape: dict, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
-def run_bench(shape: str = "llama-3.2-1b", samples: int = 16, seq_len: int = 256, batch_size: int = 4,
-              seed: int = 0) -> dict:  # fmt: skip
+def run_bench(
+    shape: str = "llama-3.2-1b", samples: int = 16, seq_len: int = 256, batch_size: int = 4, seed: int = 0
+) -> dict:
     """Build, estimate importance, slice to half width; times (s) and peak RSS (bytes) per phase."""
     from warmstart.prune.arch import count_params
     from warmstart.prune.importance import estimate_importance
     from warmstart.prune.plan import PruneTarget
     from warmstart.prune.slicing import prune_model
 
-    res: dict = {"shape": shape, "samples": samples, "seq_len": seq_len, "batch_size": batch_size,
-                 "threads": torch.get_num_threads()}  # fmt: skip
+    res: dict = {
+        "shape": shape,
+        "samples": samples,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }
     res["rss_start"] = _status_kb("VmRSS") * 1024
     res["load_start"] = os.getloadavg()
     t = time.perf_counter()
@@ -112,8 +133,10 @@ def run_bench(shape: str = "llama-3.2-1b", samples: int = 16, seq_len: int = 256
 
     g = torch.Generator().manual_seed(seed + 1)
     vocab = model.config.vocab_size
-    batches = [torch.randint(0, vocab, (min(batch_size, samples - i), seq_len), generator=g)
-               for i in range(0, samples, batch_size)]  # fmt: skip
+    batches = [
+        torch.randint(0, vocab, (min(batch_size, samples - i), seq_len), generator=g)
+        for i in range(0, samples, batch_size)
+    ]
     t = time.perf_counter()
     imp = estimate_importance(model, batches)
     res["importance_s"] = time.perf_counter() - t
@@ -121,8 +144,9 @@ def run_bench(shape: str = "llama-3.2-1b", samples: int = 16, seq_len: int = 256
     _reset_peak()
 
     c = model.config
-    target = PruneTarget(hidden=c.hidden_size // 2, intermediate=c.intermediate_size // 2,
-                         heads=c.num_attention_heads // 2)  # fmt: skip
+    target = PruneTarget(
+        hidden=c.hidden_size // 2, intermediate=c.intermediate_size // 2, heads=c.num_attention_heads // 2
+    )
     res["target"] = target.model_dump(exclude_none=True)
     t = time.perf_counter()
     small = prune_model(model, imp, target)
@@ -178,10 +202,14 @@ def format_report(res: dict, command: str) -> str:
         "",
         "| phase | time (s) | peak RSS | peak RSS / bf16 model | (peak RSS - start RSS) / bf16 model |",
         "|---|---:|---:|---:|---:|",
-        *(f"| {label} | {res[t]:.1f} | {_gb(res[k])} | {ratio(k):.2f} | {(res[k] - res['rss_start']) / res['model_bytes']:.2f} |"
-          for label, t, k in (("build (not part of the goal)", "build_s", "peak_build"),
-                              ("importance", "importance_s", "peak_importance"),
-                              ("slicing to half width", "slicing_s", "peak_slicing"))),
+        *(
+            f"| {label} | {res[t]:.1f} | {_gb(res[k])} | {ratio(k):.2f} | {(res[k] - res['rss_start']) / res['model_bytes']:.2f} |"
+            for label, t, k in (
+                ("build (not part of the goal)", "build_s", "peak_build"),
+                ("importance", "importance_s", "peak_importance"),
+                ("slicing to half width", "slicing_s", "peak_slicing"),
+            )
+        ),
         f"| importance + slicing | {res['total_s']:.1f} | | {res['peak_ratio']:.2f} | |",
         "",
         f"Goal: importance and slicing within {GOAL_SECONDS:.0f} s ({'met' if ok_t else 'MISSED'}: "
@@ -191,7 +219,7 @@ def format_report(res: dict, command: str) -> str:
         "",
         f"Peak RSS per phase: {'kernel counter reset between phases' if res['peak_reset'] else 'not resettable here: each phase shows the running peak'}. "
         f"Pruned model forward finite: {res['pruned_forward_finite']}.",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -224,5 +252,5 @@ def format_bound(res: dict, command: str, commit: str | None = None) -> str:
         f"The ranking's mask is beaten by {res['ranked_rank']} of {res['masks']:,} masks. No head ranking can report a "
         f"least/random ratio below {res['best_ratio']:.2f} on this model "
         f"({'so the goal of < 0.5 is out of reach here' if res['best_ratio'] >= 0.5 else 'the goal of < 0.5 is reachable'}).",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"

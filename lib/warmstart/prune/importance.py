@@ -73,7 +73,9 @@ class Importance:
         for axis, shape in want.items():
             got = tuple(getattr(self, axis).shape)
             if got != shape:
-                raise ValueError(f"importance.{axis} has shape {got}, the model needs {shape}: importance of another model?")
+                raise ValueError(
+                    f"importance.{axis} has shape {got}, the model needs {shape}: importance of another model?"
+                )
 
     def order(self, axis: str, layer: int | None = None) -> list[int]:
         """Unit indices from least to most important (ties: lower index first)."""
@@ -85,14 +87,20 @@ class Importance:
     def to_json(self) -> dict:
         """A JSON-serialisable dict (tensors as nested lists); :meth:`from_json` reads it back."""
         out = {a: getattr(self, a).tolist() for a in AXES}
-        out.update(samples=self.samples, tokens=self.tokens, seq_agg=self.seq_agg, batch_agg=self.batch_agg,
-                   method=self.method, meta=self.meta)  # fmt: skip
+        out.update(
+            samples=self.samples,
+            tokens=self.tokens,
+            seq_agg=self.seq_agg,
+            batch_agg=self.batch_agg,
+            method=self.method,
+            meta=self.meta,
+        )
         return out
 
     to_dict = to_json
 
     @classmethod
-    def from_json(cls, data: dict | str) -> "Importance":
+    def from_json(cls, data: dict | str) -> Importance:
         """From :meth:`to_json`'s dict, or that dict as JSON text."""
         d = dict(json.loads(data) if isinstance(data, str) else data)
         tensors = {a: torch.tensor(d.pop(a), dtype=torch.float32) for a in AXES}
@@ -144,7 +152,9 @@ def _as_batch(ids, device) -> torch.Tensor:
     if ids.dim() == 1:
         ids = ids.unsqueeze(0)
     if ids.dim() != 2 or ids.numel() == 0:
-        raise ValueError(f"a calibration batch must be a non-empty [batch, seq] tensor of token ids, got shape {tuple(ids.shape)}")
+        raise ValueError(
+            f"a calibration batch must be a non-empty [batch, seq] tensor of token ids, got shape {tuple(ids.shape)}"
+        )
     if ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"calibration batches hold token ids (int64), got {ids.dtype}")
     return ids.to(device=device, dtype=torch.long)

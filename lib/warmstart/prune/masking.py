@@ -121,8 +121,9 @@ def lm_loss(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> float:
         for ids in batches:
             ids = _as_batch(ids, device)
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                     reduction="sum")  # fmt: skip
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
             total += loss.item()
             n += ids[:, 1:].numel()
     finally:
@@ -132,14 +133,21 @@ def lm_loss(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> float:
     return total / n
 
 
-def _kept_plan(dims, *, method: str = "mask", neurons: torch.Tensor | None = None,
-               heads: torch.Tensor | None = None) -> PrunePlan:
+def _kept_plan(
+    dims, *, method: str = "mask", neurons: torch.Tensor | None = None, heads: torch.Tensor | None = None
+) -> PrunePlan:
     """A plan that keeps every unit but the ``[layers, kept]`` neurons or heads given (masking needs no valid shape)."""
     L = dims.layers
-    return PrunePlan(dims=dims, new_dims=dims, hidden=torch.arange(dims.hidden),
-                     neurons=torch.arange(dims.intermediate).repeat(L, 1) if neurons is None else neurons,
-                     heads=torch.arange(dims.heads).repeat(L, 1) if heads is None else heads,
-                     kv_heads=torch.arange(dims.kv_heads).repeat(L, 1), layers=list(range(L)), method=method)  # fmt: skip
+    return PrunePlan(
+        dims=dims,
+        new_dims=dims,
+        hidden=torch.arange(dims.hidden),
+        neurons=torch.arange(dims.intermediate).repeat(L, 1) if neurons is None else neurons,
+        heads=torch.arange(dims.heads).repeat(L, 1) if heads is None else heads,
+        kv_heads=torch.arange(dims.kv_heads).repeat(L, 1),
+        layers=list(range(L)),
+        method=method,
+    )
 
 
 def _fraction_plan(dims, importance: Importance, axis: str, fraction: float) -> PrunePlan:
@@ -234,10 +242,14 @@ def head_mask_bound(
         raise ValueError(f"fraction {fraction} of {dims.heads} heads rounds to 0 heads: nothing to mask")
     n_masks = math.comb(dims.heads, k) ** dims.layers
     if n_masks > max_masks:
-        raise ValueError(f"{n_masks:,} head masks (C({dims.heads}, {k}) ** {dims.layers} layers) exceed max_masks "
-                         f"{max_masks:,}: the exhaustive bound is for small models")  # fmt: skip
+        raise ValueError(
+            f"{n_masks:,} head masks (C({dims.heads}, {k}) ** {dims.layers} layers) exceed max_masks "
+            f"{max_masks:,}: the exhaustive bound is for small models"
+        )
     base = float(eval_fn(model))
-    ranked = tuple(tuple(_drop(dims.heads, _top(importance.heads[i], dims.heads - k)).tolist()) for i in range(dims.layers))
+    ranked = tuple(
+        tuple(_drop(dims.heads, _top(importance.heads[i], dims.heads - k)).tolist()) for i in range(dims.layers)
+    )
     costs: dict[tuple, float] = {}
     for dropped in itertools.product(itertools.combinations(range(dims.heads), k), repeat=dims.layers):
         kept = torch.stack([_drop(dims.heads, list(d)) for d in dropped])
@@ -246,12 +258,19 @@ def head_mask_bound(
     mean = sum(vals) / len(vals)
     best = min(costs, key=costs.get)
     return {
-        "baseline": base, "fraction": fraction, "heads_masked_per_layer": k, "masks": n_masks,
-        "mean_increase": mean, "median_increase": statistics.median(vals),
-        "best_increase": costs[best], "best_mask": [list(d) for d in best],
-        "worst_increase": vals[-1], "best_ratio": costs[best] / mean if mean > 0 else float("inf"),
-        "ranked_mask": [list(d) for d in ranked], "ranked_increase": costs[ranked],
+        "baseline": base,
+        "fraction": fraction,
+        "heads_masked_per_layer": k,
+        "masks": n_masks,
+        "mean_increase": mean,
+        "median_increase": statistics.median(vals),
+        "best_increase": costs[best],
+        "best_mask": [list(d) for d in best],
+        "worst_increase": vals[-1],
+        "best_ratio": costs[best] / mean if mean > 0 else float("inf"),
+        "ranked_mask": [list(d) for d in ranked],
+        "ranked_increase": costs[ranked],
         "ranked_ratio": costs[ranked] / mean if mean > 0 else float("inf"),
         "ranked_rank": sum(v < costs[ranked] for v in vals),
         "importance": {"method": importance.method, "seq_agg": importance.seq_agg, "batch_agg": importance.batch_agg},
-    }  # fmt: skip
+    }

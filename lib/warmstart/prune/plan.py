@@ -54,8 +54,13 @@ def _as_target(target: PruneTarget | dict) -> PruneTarget:
 def resolve_target(dims: Dims, target: PruneTarget | dict) -> Dims:
     """The pruned :class:`Dims`, or a ``ValueError`` naming what is impossible."""
     t = _as_target(target)
-    for name, have in (("hidden", dims.hidden), ("intermediate", dims.intermediate), ("heads", dims.heads),
-                       ("kv_heads", dims.kv_heads), ("layers", dims.layers)):  # fmt: skip
+    for name, have in (
+        ("hidden", dims.hidden),
+        ("intermediate", dims.intermediate),
+        ("heads", dims.heads),
+        ("kv_heads", dims.kv_heads),
+        ("layers", dims.layers),
+    ):
         want = getattr(t, name)
         if want is not None and want > have:
             raise ValueError(f"target {name}={want} is larger than the model's {name} ({have})")
@@ -71,8 +76,14 @@ def resolve_target(dims: Dims, target: PruneTarget | dict) -> Dims:
             f"target heads ({heads}) over {kv} kv_heads means {heads // kv} query heads per KV group, "
             f"but the model's groups have {dims.group}: prune fewer KV groups or more heads"
         )
-    return replace(dims, hidden=t.hidden or dims.hidden, intermediate=t.intermediate or dims.intermediate,
-                   heads=heads, kv_heads=kv, layers=t.layers or dims.layers)  # fmt: skip
+    return replace(
+        dims,
+        hidden=t.hidden or dims.hidden,
+        intermediate=t.intermediate or dims.intermediate,
+        heads=heads,
+        kv_heads=kv,
+        layers=t.layers or dims.layers,
+    )
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -122,8 +133,12 @@ class PrunePlan:
             "source": self.dims.to_dict(),
             "pruned": self.new_dims.to_dict(),
             "params": {"source": params_of(self.dims), "pruned": params_of(self.new_dims)},
-            "kept": {"hidden": self.hidden.tolist(), "layers": list(self.layers), "heads": self.heads.tolist(),
-                     "kv_heads": self.kv_heads.tolist()},  # fmt: skip
+            "kept": {
+                "hidden": self.hidden.tolist(),
+                "layers": list(self.layers),
+                "heads": self.heads.tolist(),
+                "kv_heads": self.kv_heads.tolist(),
+            },
             "dropped": self.dropped(),
         }
 
@@ -192,8 +207,9 @@ def target_for_budget(
         one = params_of(replace(dims, layers=1))["non_embedding"] - dims.hidden  # one layer, no final norm
         keep = round((budget - dims.hidden) / one)
         if keep < 1:
-            raise ValueError(f"budget of {budget:,} non-embedding parameters would prune every layer "
-                             f"(one layer has {one:,})")  # fmt: skip
+            raise ValueError(
+                f"budget of {budget:,} non-embedding parameters would prune every layer (one layer has {one:,})"
+            )
         return PruneTarget(layers=min(keep, dims.layers))
     if axis != "width":
         raise ValueError(f"axis must be 'width' or 'depth', got {axis!r}")
@@ -211,8 +227,11 @@ def target_for_budget(
         if best is None or key < best[0]:
             best = (key, h, x)
     if best is None:
-        raise ValueError(f"budget of {budget:,} non-embedding parameters is too small for width pruning "
-                         f"with {base.heads} heads in {dims.layers} layers; prune heads or depth too")  # fmt: skip
+        raise ValueError(
+            f"budget of {budget:,} non-embedding parameters is too small for width pruning "
+            f"with {base.heads} heads in {dims.layers} layers; prune heads or depth too"
+        )
     _, h, x = best
-    return PruneTarget(hidden=h if h < dims.hidden else None, intermediate=x if x < dims.intermediate else None,
-                       heads=heads)  # fmt: skip
+    return PruneTarget(
+        hidden=h if h < dims.hidden else None, intermediate=x if x < dims.intermediate else None, heads=heads
+    )

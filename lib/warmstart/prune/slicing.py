@@ -185,7 +185,9 @@ def save_pruned(
     check_model(model)
     plan = plan or getattr(model, "prune_plan", None)
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}")
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}"
+        )
     out = save_model(model, tokenizer, out_dir)
     if plan is not None:
         write_text(out / "prune_plan.json", json.dumps(plan.to_dict(), indent=1))

@@ -27,8 +27,8 @@ from typing import Any
 import pandas as pd
 
 from warmstart.evaluate.runs import bytes_to_reach, speedup
-from warmstart.report.fragments import table, write_fragment
 from warmstart.io import write_text
+from warmstart.report.fragments import table, write_fragment
 from warmstart.stages import read_records, save_figure, write_headline
 
 LABELS = {
@@ -59,14 +59,18 @@ def correction_sentence(params: Any, s: dict) -> str:
     """Whether the teacher was corrected, and what correction did to its bits per byte."""
     c, tgt, src = s["teacher_correction"], params.shared.target_lang, params.shared.source_lang
     if not c["corrected"]:
-        return (f"The teacher is `{s['teacher']}` as trained, with no teacher correction (compress.teacher_correction.steps "
-                "is 0): the students' distillation text is the target training text the teacher was trained on.")  # fmt: skip
+        return (
+            f"The teacher is `{s['teacher']}` as trained, with no teacher correction (compress.teacher_correction.steps "
+            "is 0): the students' distillation text is the target training text the teacher was trained on."
+        )
     b, a = c["bpb_before"], c["bpb_after"]
-    return (f"The teacher was corrected first (Minitron's teacher correction): `{s['teacher']}` fine-tuned for {c['steps']} "
-            f"steps ({c['bytes']:,} bytes) on the students' target training text, which moved its target bits per byte "
-            f"from {b[tgt]:.3f} to {a[tgt]:.3f} and its source bits per byte from {b[src]:.3f} to {a[src]:.3f}; every "
-            "student was pruned from and distilled from the corrected teacher, and every teacher number here is the corrected "
-            "teacher's.")  # fmt: skip
+    return (
+        f"The teacher was corrected first (Minitron's teacher correction): `{s['teacher']}` fine-tuned for {c['steps']} "
+        f"steps ({c['bytes']:,} bytes) on the students' target training text, which moved its target bits per byte "
+        f"from {b[tgt]:.3f} to {a[tgt]:.3f} and its source bits per byte from {b[src]:.3f} to {a[src]:.3f}; every "
+        "student was pruned from and distilled from the corrected teacher, and every teacher number here is the corrected "
+        "teacher's."
+    )
 
 
 def _curve(run: dict, lang: str) -> pd.DataFrame:
@@ -84,13 +88,20 @@ def summarise(params: Any, prep: dict, runs: dict[str, dict]) -> dict[str, Any]:
         other = scratch is not None and v != "scratch"
         sp = speedup(c, scratch) if other else None
         rows[v] = {
-            "label": LABELS[v], "total_params": r["params"]["total"], "non_embedding_params": r["params"]["non_embedding"],
-            "bytes": r["bytes"], "init_bpb_target": r["curve"][0][f"bpb_{tgt}"], "bpb_target": r["curve"][-1][f"bpb_{tgt}"],
-            "bpb_source": r["curve"][-1][f"bpb_{src}"], "speedup_vs_scratch": sp,
+            "label": LABELS[v],
+            "total_params": r["params"]["total"],
+            "non_embedding_params": r["params"]["non_embedding"],
+            "bytes": r["bytes"],
+            "init_bpb_target": r["curve"][0][f"bpb_{tgt}"],
+            "bpb_target": r["curve"][-1][f"bpb_{tgt}"],
+            "bpb_source": r["curve"][-1][f"bpb_{src}"],
+            "speedup_vs_scratch": sp,
             "gap_to_teacher_pct": 100 * (r["curve"][-1][f"bpb_{tgt}"] / teacher_bpb[tgt] - 1),
             "bytes_to_teacher_plus_5pct": bytes_to_reach(c, 1.05 * teacher_bpb[tgt]),
-            "bytes_to_scratch_final": bytes_to_reach(c, float(scratch.sort_values("bytes")["bpb"].iloc[-1])) if other else None,
-        }  # fmt: skip
+            "bytes_to_scratch_final": bytes_to_reach(c, float(scratch.sort_values("bytes")["bpb"].iloc[-1]))
+            if other
+            else None,
+        }
     m = prep["masking"]
     goals: dict[str, Any] = {}
     for unit in ("neurons", "heads"):
@@ -101,10 +112,19 @@ def summarise(params: Any, prep: dict, runs: dict[str, dict]) -> dict[str, Any]:
     if w and s:
         goals["width_kd_0.05_better_than_scratch"] = bool(s["bpb_target"] - w["bpb_target"] >= 0.05)
         goals["width_kd_within_5pct_of_teacher"] = bool(w["gap_to_teacher_pct"] <= 5.0)
-        goals["width_kd_speedup_at_least_5"] = None if w["speedup_vs_scratch"] is None else bool(w["speedup_vs_scratch"] >= 5)
-    return {"teacher": prep["teacher"], "teacher_bpb": teacher_bpb, "teacher_params": prep["teacher_params"],
-            "teacher_bytes": prep.get("teacher_bytes"), "masking": m, "variants": rows, "goals": goals,
-            "teacher_correction": prep.get("teacher_correction", {"steps": 0, "corrected": False})}  # fmt: skip
+        goals["width_kd_speedup_at_least_5"] = (
+            None if w["speedup_vs_scratch"] is None else bool(w["speedup_vs_scratch"] >= 5)
+        )
+    return {
+        "teacher": prep["teacher"],
+        "teacher_bpb": teacher_bpb,
+        "teacher_params": prep["teacher_params"],
+        "teacher_bytes": prep.get("teacher_bytes"),
+        "masking": m,
+        "variants": rows,
+        "goals": goals,
+        "teacher_correction": prep.get("teacher_correction", {"steps": 0, "corrected": False}),
+    }
 
 
 def _fmt(v: Any, f: str = "{:.3f}") -> str:
@@ -134,10 +154,12 @@ def findings(params: Any, s: dict) -> list[str]:
     for unit in ("neurons", "heads"):
         u = m.get(unit)
         if u:
-            out.append(f"Masking the {m.get('fraction', 0.25):.0%} least important {unit} raises target bits per byte by "
-                       f"{u['least_increase']:+.3f}, a random {m.get('fraction', 0.25):.0%} by {u['random_increase']:+.3f} on average over "
-                       f"{len(u['random'])} random draws (range {min(u['random']) - m['baseline']:+.3f} to {max(u['random']) - m['baseline']:+.3f}); "
-                       f"goal, less than half: {'met' if s['goals'][f'masking_{unit}_least_below_half_random'] else 'missed'}.")  # fmt: skip
+            out.append(
+                f"Masking the {m.get('fraction', 0.25):.0%} least important {unit} raises target bits per byte by "
+                f"{u['least_increase']:+.3f}, a random {m.get('fraction', 0.25):.0%} by {u['random_increase']:+.3f} on average over "
+                f"{len(u['random'])} random draws (range {min(u['random']) - m['baseline']:+.3f} to {max(u['random']) - m['baseline']:+.3f}); "
+                f"goal, less than half: {'met' if s['goals'][f'masking_{unit}_least_below_half_random'] else 'missed'}."
+            )
     if "width_kd" in v and "scratch" in v:
         w, sc = v["width_kd"], v["scratch"]
         out.append(
@@ -146,40 +168,52 @@ def findings(params: Any, s: dict) -> list[str]:
             f"scratch of the same shape on the same bytes {sc['bpb_target']:.3f} (difference {sc['bpb_target'] - w['bpb_target']:+.3f}, "
             f"goal at least 0.05), {teacher_word(s)} {t:.3f} (gap {w['gap_to_teacher_pct']:+.1f}%, goal within 5%); {reach(w)} (goal: "
             f"at least 5x fewer bytes than scratch)."
-        )  # fmt: skip
+        )
     if "width_kd" in v and "depth_kd" in v:
         a, b = v["width_kd"]["bpb_target"], v["depth_kd"]["bpb_target"]
-        out.append(f"Width against depth pruning at about equal non-embedding size: {a:.3f} against {b:.3f} bits per byte "
-                   f"({'width better, as Minitron found' if a < b else 'depth better or equal, unlike Minitron'}).")  # fmt: skip
+        out.append(
+            f"Width against depth pruning at about equal non-embedding size: {a:.3f} against {b:.3f} bits per byte "
+            f"({'width better, as Minitron found' if a < b else 'depth better or equal, unlike Minitron'})."
+        )
     if "width_kd" in v and "width_ce" in v:
         a, b = v["width_kd"]["bpb_target"], v["width_ce"]["bpb_target"]
-        out.append(f"Distillation against cross-entropy retraining of the same pruned model: {a:.3f} against {b:.3f} "
-                   f"({'distillation better, as Minitron found' if a < b else 'cross-entropy better or equal, unlike Minitron'}).")  # fmt: skip
+        out.append(
+            f"Distillation against cross-entropy retraining of the same pruned model: {a:.3f} against {b:.3f} "
+            f"({'distillation better, as Minitron found' if a < b else 'cross-entropy better or equal, unlike Minitron'})."
+        )
     if "width_kd" in v and "random_kd" in v:
         a, b = v["width_kd"], v["random_kd"]
-        out.append(f"Importance against random ranking before retraining: {a['init_bpb_target']:.3f} against "
-                   f"{b['init_bpb_target']:.3f} bits per byte; after distillation {a['bpb_target']:.3f} against {b['bpb_target']:.3f}.")  # fmt: skip
-    out.append("One seed per variant: differences of a few thousandths of a bit per byte are within run-to-run noise "
-               "at this scale.")  # fmt: skip
+        out.append(
+            f"Importance against random ranking before retraining: {a['init_bpb_target']:.3f} against "
+            f"{b['init_bpb_target']:.3f} bits per byte; after distillation {a['bpb_target']:.3f} against {b['bpb_target']:.3f}."
+        )
+    out.append(
+        "One seed per variant: differences of a few thousandths of a bit per byte are within run-to-run noise "
+        "at this scale."
+    )
     return out
 
 
 LABELS_NUMBERS = {
-    "teacher": "teacher (the adapted run)", "teacher_bpb": "teacher's target bits per byte",
+    "teacher": "teacher (the adapted run)",
+    "teacher_bpb": "teacher's target bits per byte",
     **{f"bpb_{v}": f"{label}: target bits per byte" for v, label in LABELS.items()},
     "width_kd_speedup_vs_scratch": "width-pruned, distilled: speed-up over scratch in bytes (x)",
     "width_kd_bytes_to_scratch_final": "width-pruned, distilled: training bytes to reach scratch's final bits per byte (0: below it when pruned)",
     "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the teacher (%)",
-}  # fmt: skip
+}
 
 
 def number_labels(s: dict) -> dict[str, str]:
     """:data:`LABELS_NUMBERS`, the teacher's marked as the corrected teacher's when it was corrected."""
     if not s["teacher_correction"]["corrected"]:
         return LABELS_NUMBERS
-    return {**LABELS_NUMBERS, "teacher": f"teacher (the adapted run, corrected: {s['teacher_correction']['steps']} steps)",
-            "teacher_bpb": "corrected teacher's target bits per byte",
-            "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the corrected teacher (%)"}  # fmt: skip
+    return {
+        **LABELS_NUMBERS,
+        "teacher": f"teacher (the adapted run, corrected: {s['teacher_correction']['steps']} steps)",
+        "teacher_bpb": "corrected teacher's target bits per byte",
+        "width_kd_gap_to_teacher_pct": "width-pruned, distilled: gap to the corrected teacher (%)",
+    }
 
 
 def _finite(obj: Any) -> Any:
@@ -216,18 +250,26 @@ def page_findings(params: Any, s: dict) -> list[str]:
     v, t, out = s["variants"], s["teacher_bpb"][params.shared.target_lang], []
     m = s["masking"]
     if m.get("neurons") and m.get("heads"):
-        out.append(f"Masking the least important quarter of MLP neurons (heads) costs {m['neurons']['least_increase']:+.3f} "
-                   f"({m['heads']['least_increase']:+.3f}) bits per byte against {m['neurons']['random_increase']:+.3f} "
-                   f"({m['heads']['random_increase']:+.3f}) for a random quarter.")  # fmt: skip
+        out.append(
+            f"Masking the least important quarter of MLP neurons (heads) costs {m['neurons']['least_increase']:+.3f} "
+            f"({m['heads']['least_increase']:+.3f}) bits per byte against {m['neurons']['random_increase']:+.3f} "
+            f"({m['heads']['random_increase']:+.3f}) for a random quarter."
+        )
     if "width_kd" in v and "scratch" in v:
         w, sc = v["width_kd"], v["scratch"]
-        out.append(f"Width-pruned + distilled at {w['non_embedding_params']:,} non-embedding parameters: {w['bpb_target']:.3f} "
-                   f"bits per byte against scratch {sc['bpb_target']:.3f} and {teacher_word(s)} {t:.3f} ({w['gap_to_teacher_pct']:+.1f}%); "
-                   f"{reach(w)}.")  # fmt: skip
+        out.append(
+            f"Width-pruned + distilled at {w['non_embedding_params']:,} non-embedding parameters: {w['bpb_target']:.3f} "
+            f"bits per byte against scratch {sc['bpb_target']:.3f} and {teacher_word(s)} {t:.3f} ({w['gap_to_teacher_pct']:+.1f}%); "
+            f"{reach(w)}."
+        )
     if "width_kd" in v and "depth_kd" in v:
-        out.append(f"Width against depth pruning: {v['width_kd']['bpb_target']:.3f} against {v['depth_kd']['bpb_target']:.3f} bits per byte.")
+        out.append(
+            f"Width against depth pruning: {v['width_kd']['bpb_target']:.3f} against {v['depth_kd']['bpb_target']:.3f} bits per byte."
+        )
     if "width_kd" in v and "width_ce" in v:
-        out.append(f"Distillation against cross-entropy: {v['width_kd']['bpb_target']:.3f} against {v['width_ce']['bpb_target']:.3f} bits per byte.")
+        out.append(
+            f"Distillation against cross-entropy: {v['width_kd']['bpb_target']:.3f} against {v['width_ce']['bpb_target']:.3f} bits per byte."
+        )
     return out[:4]
 
 
@@ -258,11 +300,18 @@ def _figures(params: Any, prep: dict, runs: dict[str, dict], s: dict) -> list[di
         c = _curve(r, tgt)
         ax.plot(c["bytes"], c["bpb"], marker="o", ms=3, label=LABELS[v])
     ax.axhline(s["teacher_bpb"][tgt], color="black", ls="--", lw=1, label=teacher_label(s))
-    ax.set(xlabel="target training bytes seen by the student", ylabel=f"{tgt} bits per byte (test)",
-           title="Students against bytes: prune + distil vs scratch")  # fmt: skip
+    ax.set(
+        xlabel="target training bytes seen by the student",
+        ylabel=f"{tgt} bits per byte (test)",
+        title="Students against bytes: prune + distil vs scratch",
+    )
     ax.legend(fontsize=7)
-    figs.append({"path": str(save_figure(fig, fig_dir / "bpb_vs_bytes.png")),
-                 "caption": f"Target bits per byte of each student against the bytes it trained on; dashed: {teacher_word(s)}."})  # fmt: skip
+    figs.append(
+        {
+            "path": str(save_figure(fig, fig_dir / "bpb_vs_bytes.png")),
+            "caption": f"Target bits per byte of each student against the bytes it trained on; dashed: {teacher_word(s)}.",
+        }
+    )
     imp = prep["importance"]
     heads = imp.get("heads")
     if heads:
@@ -276,8 +325,12 @@ def _figures(params: Any, prep: dict, runs: dict[str, dict], s: dict) -> list[di
         axes[2].bar(range(len(layers)), layers)
         axes[2].set(title="layer importance (1 − cos)", xlabel="layer", ylabel="score")
         fig.tight_layout()
-        figs.append({"path": str(save_figure(fig, fig_dir / "importance.png")),
-                     "caption": "Activation importance of the teacher's heads, MLP neurons and layers on the calibration set."})  # fmt: skip
+        figs.append(
+            {
+                "path": str(save_figure(fig, fig_dir / "importance.png")),
+                "caption": "Activation importance of the teacher's heads, MLP neurons and layers on the calibration set.",
+            }
+        )
     return figs
 
 
@@ -288,20 +341,27 @@ def card(params: Any, s: dict, runs: dict[str, dict]) -> str:
     r, v = runs[name], s["variants"][name]
     cfg = r["model_config"]
     lines = [
-        f"# {cfg.get('architectures', ['model'])[0]}: {LABELS[name]} from `{s['teacher']}`", "",
+        f"# {cfg.get('architectures', ['model'])[0]}: {LABELS[name]} from `{s['teacher']}`",
+        "",
         f"Pruned from the study's adapted model `{s['teacher']}` ({s['teacher_params']['total']:,} parameters, "
         f"{s['teacher_params']['non_embedding']:,} non-embedding) to {v['total_params']:,} parameters "
         f"({v['non_embedding_params']:,} non-embedding): hidden {cfg.get('hidden_size')}, {cfg.get('num_hidden_layers')} layers, "
         f"{cfg.get('num_attention_heads')} heads ({cfg.get('num_key_value_heads')} KV), MLP {cfg.get('intermediate_size')}. "
         f"Ranking: Minitron's activation importance; retraining: "
         f"{'logit distillation (forward KL) from the frozen teacher' if r['distilled'] else 'cross-entropy'} on {v['bytes']:,} "
-        f"bytes of {tgt} text.", "", correction_sentence(params, s), "",
-        "| | target bits per byte | source bits per byte |", "|---|---|---|",
+        f"bytes of {tgt} text.",
+        "",
+        correction_sentence(params, s),
+        "",
+        "| | target bits per byte | source bits per byte |",
+        "|---|---|---|",
         f"| this model | {v['bpb_target']:.3f} | {v['bpb_source']:.3f} |",
-        f"| {teacher_label(s)} | {s['teacher_bpb'][tgt]:.3f} | {s['teacher_bpb'][params.shared.source_lang]:.3f} |", "",
-        f"Load: `AutoModelForCausalLM.from_pretrained(\"{r['final']}\")` (safetensors; the tokenizer is beside it).", "",
+        f"| {teacher_label(s)} | {s['teacher_bpb'][tgt]:.3f} | {s['teacher_bpb'][params.shared.source_lang]:.3f} |",
+        "",
+        f'Load: `AutoModelForCausalLM.from_pretrained("{r["final"]}")` (safetensors; the tokenizer is beside it).',
+        "",
         "Limitations: a research artefact of a tiny study (one seed, CPU scale); not for use beyond it.",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -311,24 +371,77 @@ def collect(params: Any, show: bool = False) -> dict[str, Any]:
     s = summarise(params, prep, runs)
     figs = _figures(params, prep, runs, s)
     tgt = params.shared.target_lang
-    rows = [[r["label"], f"{r['total_params']:,}", f"{r['non_embedding_params']:,}", f"{r['bytes']:,}",
-             _fmt(r["init_bpb_target"]), _fmt(r["bpb_target"]), _fmt(r["bpb_source"]), _fmt(r["speedup_vs_scratch"], "{:.1f}x"),
-             f"{r['gap_to_teacher_pct']:+.1f}%"] for r in s["variants"].values()]  # fmt: skip
+    rows = [
+        [
+            r["label"],
+            f"{r['total_params']:,}",
+            f"{r['non_embedding_params']:,}",
+            f"{r['bytes']:,}",
+            _fmt(r["init_bpb_target"]),
+            _fmt(r["bpb_target"]),
+            _fmt(r["bpb_source"]),
+            _fmt(r["speedup_vs_scratch"], "{:.1f}x"),
+            f"{r['gap_to_teacher_pct']:+.1f}%",
+        ]
+        for r in s["variants"].values()
+    ]
     tp = s["teacher_params"]
-    rows.append([teacher_label(s), f"{tp['total']:,}", f"{tp['non_embedding']:,}", _fmt(s["teacher_bytes"], "{:,}"),
-                 "—", _fmt(s["teacher_bpb"][tgt]), _fmt(s["teacher_bpb"][params.shared.source_lang]), "—", "0.0%"])  # fmt: skip
-    cols = ["variant", "parameters", "non-embedding", "training bytes", "bits/byte after pruning", "target bits/byte",
-            "source bits/byte", "speed-up vs scratch", "gap to teacher"]  # fmt: skip
-    tables = [table(rows, "Prune and distil: every student against the teacher (test text, bits per byte)", columns=cols)]
+    rows.append(
+        [
+            teacher_label(s),
+            f"{tp['total']:,}",
+            f"{tp['non_embedding']:,}",
+            _fmt(s["teacher_bytes"], "{:,}"),
+            "—",
+            _fmt(s["teacher_bpb"][tgt]),
+            _fmt(s["teacher_bpb"][params.shared.source_lang]),
+            "—",
+            "0.0%",
+        ]
+    )
+    cols = [
+        "variant",
+        "parameters",
+        "non-embedding",
+        "training bytes",
+        "bits/byte after pruning",
+        "target bits/byte",
+        "source bits/byte",
+        "speed-up vs scratch",
+        "gap to teacher",
+    ]
+    tables = [
+        table(rows, "Prune and distil: every student against the teacher (test text, bits per byte)", columns=cols)
+    ]
     dropped = dropped_rows(runs)
     if dropped:
-        tables.append(table(dropped, "What each pruned student dropped (by the importance ranking; layers and heads 0-based)",
-                            columns=["variant", "layers dropped", "heads dropped per layer", "MLP neurons dropped per layer",
-                                     "hidden channels dropped"]))  # fmt: skip
+        tables.append(
+            table(
+                dropped,
+                "What each pruned student dropped (by the importance ranking; layers and heads 0-based)",
+                columns=[
+                    "variant",
+                    "layers dropped",
+                    "heads dropped per layer",
+                    "MLP neurons dropped per layer",
+                    "hidden channels dropped",
+                ],
+            )
+        )
     found = findings(params, s)
     head = headline(s, tgt)
-    write_fragment(params.shared.reports_dir, "compress", 85, "Prune and distil (Minitron)", found, tables, figs,
-                   {"goals": s["goals"], **head}, findings=page_findings(params, s), labels=number_labels(s))  # fmt: skip
+    write_fragment(
+        params.shared.reports_dir,
+        "compress",
+        85,
+        "Prune and distil (Minitron)",
+        found,
+        tables,
+        figs,
+        {"goals": s["goals"], **head},
+        findings=page_findings(params, s),
+        labels=number_labels(s),
+    )
     out = params.report_path("cards", "compress")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "MODEL_CARD.md", card(params, s, runs))

@@ -76,34 +76,60 @@ LONG_TABLE = 16  # rows: longer fragment tables go to the appendix
 PAGE_BOUNDS = (3, 40)  # the PDF's page count must lie within these
 SUMMARY_SIZES = (9.5, 9.0, 8.5, 8.0, 7.5)  # pt: the summary's font, shrunk until it fits page 1
 
+
 def _header(c: str) -> str:
     return str(c).replace("_", " ")
 
 
-def overview_section(params: Any, base: ModelInfo | None = None, sources: Sequence[CorpusSource] | None = None,
-                     runs: Sequence[str] = ()) -> dict:  # fmt: skip
+def overview_section(
+    params: Any, base: ModelInfo | None = None, sources: Sequence[CorpusSource] | None = None, runs: Sequence[str] = ()
+) -> dict:
     """The run in a paragraph and tables: the run, its training text and licence, and what each of its runs is
     (``runs``: the study's run names; a fragment-shaped section, first in the body)."""
     base = base or base_model(params)
     sources = corpus_sources(params) if sources is None else sources
     src, tgt = language(params.shared.source_lang), language(params.shared.target_lang)
-    paras = [f"The study adapts {base.describe(src)}, from {src} to {tgt}: its vocabulary is swapped for a "
-             f"{tgt.name} tokenizer under several initialisations of the new embeddings, and training continues on "
-             f"{tgt.name} text; the baselines are a model trained from scratch and the base model with its own "
-             f"tokenizer. Training text: {join_words([s.text for s in sources])}."]  # fmt: skip
-    run = [["source language", str(src)], ["target language", str(tgt)],
-           ["base model", base.name or "trained here"],
-           ["architecture", base.architecture or base.arch], ["parameters", base.params]]  # fmt: skip
-    tables = [{"caption": "The run.", "columns": ["", "value"], "rows": run},
-              {"caption": "Training text and its licence.", "columns": ["source", "licence"],
-               "rows": [[s.text, s.licence] for s in sources]}]  # fmt: skip
+    paras = [
+        f"The study adapts {base.describe(src)}, from {src} to {tgt}: its vocabulary is swapped for a "
+        f"{tgt.name} tokenizer under several initialisations of the new embeddings, and training continues on "
+        f"{tgt.name} text; the baselines are a model trained from scratch and the base model with its own "
+        f"tokenizer. Training text: {join_words([s.text for s in sources])}."
+    ]
+    run = [
+        ["source language", str(src)],
+        ["target language", str(tgt)],
+        ["base model", base.name or "trained here"],
+        ["architecture", base.architecture or base.arch],
+        ["parameters", base.params],
+    ]
+    tables = [
+        {"caption": "The run.", "columns": ["", "value"], "rows": run},
+        {
+            "caption": "Training text and its licence.",
+            "columns": ["source", "licence"],
+            "rows": [[s.text, s.licence] for s in sources],
+        },
+    ]
     arms = {n: arm_legend(a) for n, a in params.study.arms.items()}
     legend = [[r, RUNS.get(r) or arms[r]] for r in runs if r in RUNS or r in arms]
     if legend:
-        tables.append({"caption": "The study's runs (their names in every table and figure).",
-                       "columns": ["run", "what it is"], "rows": legend})  # fmt: skip
-    return {"stage": "overview", "order": 0, "title": "Overview", "paragraphs": paras, "tables": tables,
-            "figures": [], "numbers": {}, "seconds": None}  # fmt: skip
+        tables.append(
+            {
+                "caption": "The study's runs (their names in every table and figure).",
+                "columns": ["run", "what it is"],
+                "rows": legend,
+            }
+        )
+    return {
+        "stage": "overview",
+        "order": 0,
+        "title": "Overview",
+        "paragraphs": paras,
+        "tables": tables,
+        "figures": [],
+        "numbers": {},
+        "seconds": None,
+    }
 
 
 # ---------------------------------------------------------------- provenance
@@ -114,14 +140,16 @@ def provenance(root: str | Path = ".", fragments: Sequence[Mapping] = (), packag
     the record each fragment's stage wrote (``{"stage", "seconds"}`` only, for a fragment without one)."""
     prov = provenance_record(root, packages=packages)
     prov["date"] = _when(prov["timestamp"])
-    prov["stages"] = [{"stage": f["stage"], "seconds": f.get("seconds"), **(f.get("provenance") or {})} for f in fragments]
+    prov["stages"] = [
+        {"stage": f["stage"], "seconds": f.get("seconds"), **(f.get("provenance") or {})} for f in fragments
+    ]
     return prov
 
 
 def _when(timestamp: str | None) -> str:
     if not timestamp:
         return "–"
-    return dt.datetime.fromisoformat(timestamp).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.fromisoformat(timestamp).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _commit(c: str | None, short: bool = False) -> str:
@@ -144,20 +172,45 @@ def _hardware(rec: Mapping) -> str:
 
 def provenance_section(prov: Mapping) -> dict:
     """The provenance as a fragment-shaped section (in the appendix)."""
-    env = [["git commit", _commit(prov["commit"])], ["working tree dirty", _dirty(prov)], ["date", prov["date"]],
-           ["python", prov["python"]], ["platform", prov["platform"]], ["hardware", _hardware(prov)],
-           ["memory", fmt(prov.get("memory_gib")) + " GiB"]]  # fmt: skip
+    env = [
+        ["git commit", _commit(prov["commit"])],
+        ["working tree dirty", _dirty(prov)],
+        ["date", prov["date"]],
+        ["python", prov["python"]],
+        ["platform", prov["platform"]],
+        ["hardware", _hardware(prov)],
+        ["memory", fmt(prov.get("memory_gib")) + " GiB"],
+    ]
     if prov.get("peak"):
         env.append(["peak FLOP/s for MFU", peak_text(prov["peak"])])
     stages = prov.get("stages", [])
     recorded = [s for s in stages if "timestamp" in s]
-    rows = [[s["stage"], _commit(s.get("commit"), short=True), _dirty(s), _when(s.get("timestamp")),
-             duration(s.get("seconds")) or "–", _hardware(s)] if "timestamp" in s
-            else [s["stage"], "–", "–", "–", duration(s.get("seconds")) or "–", "not recorded"] for s in stages]  # fmt: skip
-    pk = [[k, v, ", ".join(f"{s['stage']}: {s['packages'][k]}" for s in recorded
-                           if s.get("packages", {}).get(k, v) != v) or "–"] for k, v in prov["packages"].items()]  # fmt: skip
-    paras = ["Where, when and with what this report was built, and what each stage recorded in its fragment when "
-             "it ran: commit, working tree, time, wall time and hardware."]  # fmt: skip
+    rows = [
+        [
+            s["stage"],
+            _commit(s.get("commit"), short=True),
+            _dirty(s),
+            _when(s.get("timestamp")),
+            duration(s.get("seconds")) or "–",
+            _hardware(s),
+        ]
+        if "timestamp" in s
+        else [s["stage"], "–", "–", "–", duration(s.get("seconds")) or "–", "not recorded"]
+        for s in stages
+    ]
+    pk = [
+        [
+            k,
+            v,
+            ", ".join(f"{s['stage']}: {s['packages'][k]}" for s in recorded if s.get("packages", {}).get(k, v) != v)
+            or "–",
+        ]
+        for k, v in prov["packages"].items()
+    ]
+    paras = [
+        "Where, when and with what this report was built, and what each stage recorded in its fragment when "
+        "it ran: commit, working tree, time, wall time and hardware."
+    ]
     commits = sorted({_commit(s.get("commit"), short=True) for s in recorded})
     if len(commits) > 1:
         paras.append(f"The stages ran at {len(commits)} different commits: {', '.join(commits)}.")
@@ -170,14 +223,27 @@ def provenance_section(prov: Mapping) -> dict:
         missing = [s["stage"] for s in stages if "timestamp" not in s]
         paras.append(f"No provenance recorded by: {', '.join(missing)} (fragments written before stages recorded it).")
     return {
-        "stage": "provenance", "order": 1, "title": "Provenance", "paragraphs": paras,
-        "tables": [{"caption": "Environment of the report stage.", "columns": ["item", "value"], "rows": env},
-                   {"caption": "Provenance each stage recorded in its fragment.",
-                    "columns": ["stage", "commit", "dirty", "finished", "wall time", "hardware"], "rows": rows},
-                   {"caption": "Package versions (report stage), and the stages that ran with another version.",
-                    "columns": ["package", "version", "other versions"], "rows": pk}],
-        "figures": [], "numbers": {}, "seconds": None,
-    }  # fmt: skip
+        "stage": "provenance",
+        "order": 1,
+        "title": "Provenance",
+        "paragraphs": paras,
+        "tables": [
+            {"caption": "Environment of the report stage.", "columns": ["item", "value"], "rows": env},
+            {
+                "caption": "Provenance each stage recorded in its fragment.",
+                "columns": ["stage", "commit", "dirty", "finished", "wall time", "hardware"],
+                "rows": rows,
+            },
+            {
+                "caption": "Package versions (report stage), and the stages that ran with another version.",
+                "columns": ["package", "version", "other versions"],
+                "rows": pk,
+            },
+        ],
+        "figures": [],
+        "numbers": {},
+        "seconds": None,
+    }
 
 
 # ---------------------------------------------------------------- throughput: MFU only against a stated peak
@@ -197,8 +263,13 @@ def run_logs(params: Any) -> dict[str, dict]:
         if not log_path.is_file():
             continue
         rec = base if name == "base" else _read_json(params.path("logs", name, "run.json"))
-        out[name] = {"log": list(read_jsonl(log_path)), "flops_per_token": rec.get("flops_per_token"),
-                     "seconds": rec.get("seconds"), "tokens": rec.get("tokens"), "peak": rec.get("peak")}  # fmt: skip
+        out[name] = {
+            "log": list(read_jsonl(log_path)),
+            "flops_per_token": rec.get("flops_per_token"),
+            "seconds": rec.get("seconds"),
+            "tokens": rec.get("tokens"),
+            "peak": rec.get("peak"),
+        }
     return out
 
 
@@ -259,9 +330,16 @@ def reproduce_box(params: Any, prov: Mapping, root: str | Path = ".", notebooks:
     diff = params_diff(params, root, commit)
     paras = []
     if commit:
-        paras.append(f"Commit {commit}" + ("" if not prov.get("dirty") else
-                     f" with uncommitted changes ({', '.join(prov.get('dirty_files') or [])[:200]}): they are not "
-                     "in the commit, so the commands below rebuild the committed state") + ".")  # fmt: skip
+        paras.append(
+            f"Commit {commit}"
+            + (
+                ""
+                if not prov.get("dirty")
+                else f" with uncommitted changes ({', '.join(prov.get('dirty_files') or [])[:200]}): they are not "
+                "in the commit, so the commands below rebuild the committed state"
+            )
+            + "."
+        )
         cmds = [f"git checkout {commit[:12]}"]
     else:
         paras.append("Built outside a git checkout: no commit to check out.")
@@ -278,8 +356,10 @@ def reproduce_box(params: Any, prov: Mapping, root: str | Path = ".", notebooks:
     cmds.append("dvc metrics show   # the headline numbers; dvc metrics diff compares with the committed ones")
     if notebooks:
         where = sorted({Path(n).parent.as_posix() for n in notebooks})
-        after.append(f"Every stage's executed notebook, with its full output, is in {join_words(where)} "
-                     f"({len(notebooks)} notebooks, listed in the appendix).")  # fmt: skip
+        after.append(
+            f"Every stage's executed notebook, with its full output, is in {join_words(where)} "
+            f"({len(notebooks)} notebooks, listed in the appendix)."
+        )
     return {"paragraphs": paras, "commands": "\n".join(cmds), "after": after, "diff": diff or []}
 
 
@@ -301,8 +381,10 @@ def _check_fragment(f: Mapping) -> None:
     for t in f.get("tables", []):
         for r in t["rows"]:
             if len(r) != len(t["columns"]):
-                raise ReportError(f"fragment {f['stage']!r}, table {t['caption']!r}: a row has {len(r)} cells, "
-                                  f"expected {len(t['columns'])}")  # fmt: skip
+                raise ReportError(
+                    f"fragment {f['stage']!r}, table {t['caption']!r}: a row has {len(r)} cells, "
+                    f"expected {len(t['columns'])}"
+                )
     for fig in f.get("figures", []):
         p = Path(fig["path"])
         if not p.is_file():
@@ -319,8 +401,10 @@ def _drop_mfu(t: Mapping) -> tuple[Mapping, str | None]:
         return t, None
     i = cols.index("mfu")
     t = {**t, "columns": cols[:i] + cols[i + 1 :], "rows": [list(r[:i]) + list(r[i + 1 :]) for r in t["rows"]]}
-    return t, (f"An MFU column was removed from “{t['caption'][:60]}…”: it divided by a peak measured once per run; "
-               "see the Throughput section.")  # fmt: skip
+    return t, (
+        f"An MFU column was removed from “{t['caption'][:60]}…”: it divided by a peak measured once per run; "
+        "see the Throughput section."
+    )
 
 
 def _numeric(cell: str) -> bool:
@@ -332,8 +416,12 @@ def _numeric(cell: str) -> bool:
 def _table(t: Mapping, labels: Labels) -> dict:
     rows = [[fmt(c) for c in r] for r in t["rows"]]
     align = ["left" if i == 0 or not all(_numeric(r[i]) for r in rows) else "right" for i in range(len(t["columns"]))]
-    return {"caption": str(t["caption"]), "columns": [labels.column(c) for c in t["columns"]], "rows": rows,
-            "align": align}  # fmt: skip
+    return {
+        "caption": str(t["caption"]),
+        "columns": [labels.column(c) for c in t["columns"]],
+        "rows": rows,
+        "align": align,
+    }
 
 
 def _notebook_for(stage: str, notebooks: Sequence[str]) -> str | None:
@@ -341,9 +429,18 @@ def _notebook_for(stage: str, notebooks: Sequence[str]) -> str | None:
     return hits[0] if len(hits) == 1 else (Path(hits[0]).parent.as_posix() + f"/*_{stage}-*.ipynb" if hits else None)
 
 
-def document_data(fragments: Sequence[Mapping], title: str, author: str, prov: Mapping | None, build_dir: Path,
-                  summary: Mapping | None = None, reproduce: Mapping | None = None, labels: Labels | None = None,
-                  notebooks: Sequence[str] = (), summary_size: float = SUMMARY_SIZES[0]) -> dict:  # fmt: skip
+def document_data(
+    fragments: Sequence[Mapping],
+    title: str,
+    author: str,
+    prov: Mapping | None,
+    build_dir: Path,
+    summary: Mapping | None = None,
+    reproduce: Mapping | None = None,
+    labels: Labels | None = None,
+    notebooks: Sequence[str] = (),
+    summary_size: float = SUMMARY_SIZES[0],
+) -> dict:
     """The template's ``data.json``: every cell a string, every figure copied into ``build_dir``; long tables,
     headline numbers and the provenance in the appendix."""
     for f in fragments:
@@ -374,38 +471,103 @@ def document_data(fragments: Sequence[Mapping], title: str, author: str, prov: M
             notes.append(f"Details: the executed notebook {nb}.")
         nums = f.get("numbers") or {}
         if nums:
-            number_tables.append(_table({"caption": f"{f['title']}: headline numbers of the stage.",
-                                         "columns": ["quantity", "value"],
-                                         "rows": [[flab.number(k), fmt(v)] for k, v in nums.items()]}, flab))  # fmt: skip
+            number_tables.append(
+                _table(
+                    {
+                        "caption": f"{f['title']}: headline numbers of the stage.",
+                        "columns": ["quantity", "value"],
+                        "rows": [[flab.number(k), fmt(v)] for k, v in nums.items()],
+                    },
+                    flab,
+                )
+            )
         labels.unknown |= flab.unknown
-        body.append({"title": str(f["title"]), "paragraphs": [str(p) for p in f.get("paragraphs", [])],
-                     "tables": tables, "figures": figs, "notes": notes, "seconds": duration(f.get("seconds"))})  # fmt: skip
+        body.append(
+            {
+                "title": str(f["title"]),
+                "paragraphs": [str(p) for p in f.get("paragraphs", [])],
+                "tables": tables,
+                "figures": figs,
+                "notes": notes,
+                "seconds": duration(f.get("seconds")),
+            }
+        )
     if long_tables:
-        appendix.append({"title": "Long tables", "paragraphs": ["The full tables behind the sections' figures."],
-                         "tables": long_tables, "figures": [], "notes": [], "seconds": None})  # fmt: skip
+        appendix.append(
+            {
+                "title": "Long tables",
+                "paragraphs": ["The full tables behind the sections' figures."],
+                "tables": long_tables,
+                "figures": [],
+                "notes": [],
+                "seconds": None,
+            }
+        )
     if number_tables:
-        appendix.append({"title": "Headline numbers", "paragraphs": [
-            "Each stage's headline numbers as it recorded them in its fragment (the flat files in reports/metrics "
-            "are what `dvc metrics show` prints)."], "tables": number_tables, "figures": [], "notes": [],
-            "seconds": None})  # fmt: skip
+        appendix.append(
+            {
+                "title": "Headline numbers",
+                "paragraphs": [
+                    "Each stage's headline numbers as it recorded them in its fragment (the flat files in reports/metrics "
+                    "are what `dvc metrics show` prints)."
+                ],
+                "tables": number_tables,
+                "figures": [],
+                "notes": [],
+                "seconds": None,
+            }
+        )
     if prov:
         ps = provenance_section(prov)
-        appendix.append({"title": ps["title"], "paragraphs": ps["paragraphs"],
-                         "tables": [_table(t, labels) for t in ps["tables"]], "figures": [], "notes": [], "seconds": None})  # fmt: skip
+        appendix.append(
+            {
+                "title": ps["title"],
+                "paragraphs": ps["paragraphs"],
+                "tables": [_table(t, labels) for t in ps["tables"]],
+                "figures": [],
+                "notes": [],
+                "seconds": None,
+            }
+        )
     if notebooks:
-        appendix.append({"title": "Executed notebooks", "paragraphs": [
-            "Every stage runs a thin notebook through papermill; the executed copies hold the stage's full "
-            "output (tables, figures, logs)."], "tables": [_table({"caption": "Executed notebooks.", "columns": ["notebook"],
-            "rows": [[n] for n in notebooks]}, labels)], "figures": [], "notes": [], "seconds": None})  # fmt: skip
+        appendix.append(
+            {
+                "title": "Executed notebooks",
+                "paragraphs": [
+                    "Every stage runs a thin notebook through papermill; the executed copies hold the stage's full "
+                    "output (tables, figures, logs)."
+                ],
+                "tables": [
+                    _table(
+                        {"caption": "Executed notebooks.", "columns": ["notebook"], "rows": [[n] for n in notebooks]},
+                        labels,
+                    )
+                ],
+                "figures": [],
+                "notes": [],
+                "seconds": None,
+            }
+        )
     date = (prov or {}).get("date") or dt.date.today().isoformat()
     summ = None
     if summary:
-        summ = {"size": summary_size, "question": summary["question"], "setup": summary["setup"]["text"],
-                "results": [{"heading": r["heading"], "text": r["text"]} for r in summary["results"]],
-                "goals": [{"status": (g["status"] or "unknown").capitalize(), "text": g["text"]} for g in summary["goals"]],
-                "limitations": [dict(zip(("heading", "text"), _lead(lim))) for lim in summary["limitations"]]}  # fmt: skip
-    return {"title": title, "author": author, "date": date, "summary": summ, "reproduce": reproduce,
-            "sections": body, "appendix": appendix}  # fmt: skip
+        summ = {
+            "size": summary_size,
+            "question": summary["question"],
+            "setup": summary["setup"]["text"],
+            "results": [{"heading": r["heading"], "text": r["text"]} for r in summary["results"]],
+            "goals": [{"status": (g["status"] or "unknown").capitalize(), "text": g["text"]} for g in summary["goals"]],
+            "limitations": [dict(zip(("heading", "text"), _lead(lim))) for lim in summary["limitations"]],
+        }
+    return {
+        "title": title,
+        "author": author,
+        "date": date,
+        "summary": summ,
+        "reproduce": reproduce,
+        "sections": body,
+        "appendix": appendix,
+    }
 
 
 def _lead(sentence: str) -> tuple[str, str]:
@@ -416,9 +578,19 @@ def _lead(sentence: str) -> tuple[str, str]:
     return "", sentence
 
 
-def render_pdf(fragments: Sequence[Mapping], out_path: str | Path, title: str, author: str,
-               prov: Mapping | None = None, *, summary: Mapping | None = None, reproduce: Mapping | None = None,
-               labels: Labels | None = None, notebooks: Sequence[str] = (), strict: bool = True) -> Path:  # fmt: skip
+def render_pdf(
+    fragments: Sequence[Mapping],
+    out_path: str | Path,
+    title: str,
+    author: str,
+    prov: Mapping | None = None,
+    *,
+    summary: Mapping | None = None,
+    reproduce: Mapping | None = None,
+    labels: Labels | None = None,
+    notebooks: Sequence[str] = (),
+    strict: bool = True,
+) -> Path:
     """Typeset the fragments (with the summary page, the reproduce box and the appendix) into ``out_path``,
     written atomically. ``strict``: a Typst warning is an error. The summary's font is shrunk
     (:data:`SUMMARY_SIZES`) until it fits the first page."""
@@ -440,8 +612,10 @@ def render_pdf(fragments: Sequence[Mapping], out_path: str | Path, title: str, a
             if not summary or _summary_page(build) == 1:
                 break
         else:
-            raise ReportError(f"the summary does not fit on page 1 even at {SUMMARY_SIZES[-1]} pt: shorten it "
-                              "(fewer findings per stage)")  # fmt: skip
+            raise ReportError(
+                f"the summary does not fit on page 1 even at {SUMMARY_SIZES[-1]} pt: shorten it "
+                "(fewer findings per stage)"
+            )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out_path.with_name(f".{out_path.name}.tmp")
     tmp_out.write_bytes(pdf)
@@ -469,8 +643,13 @@ def page_text(pdf: str | Path, first: int | None = None, last: int | None = None
     return subprocess.run([*cmd, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
 
 
-def check_pages(pdf: str | Path, out_dir: str | Path | None = None, bounds: tuple[int, int] = PAGE_BOUNDS,
-                summary: bool = True, dpi: int = 40) -> dict[str, Any]:  # fmt: skip
+def check_pages(
+    pdf: str | Path,
+    out_dir: str | Path | None = None,
+    bounds: tuple[int, int] = PAGE_BOUNDS,
+    summary: bool = True,
+    dpi: int = 40,
+) -> dict[str, Any]:
     """Render every page to PNG (``pdftoppm``, into ``out_dir`` or a temporary dir) and check the invariants:
     the page count within ``bounds``, one PNG per page, no blank page, and (``summary``) the summary with its
     limitations on page 1 and nothing else. Raises :class:`ReportError` naming what failed; returns

@@ -279,8 +279,14 @@ def corpus_sources(params: Any) -> list[CorpusSource]:
             out.append(CorpusSource("local", f"local {lang} files ({', '.join(src.paths)})", SEE_DATASET))
         else:
             conf = f" (configuration {src.name})" if src.name else ""
-            out.append(CorpusSource("hf", f"the dataset {src.dataset}{conf}, split {src.split}, for {lang}", SEE_DATASET,
-                                    None if _is_local(src.dataset) else src.dataset))  # fmt: skip
+            out.append(
+                CorpusSource(
+                    "hf",
+                    f"the dataset {src.dataset}{conf}, split {src.split}, for {lang}",
+                    SEE_DATASET,
+                    None if _is_local(src.dataset) else src.dataset,
+                )
+            )
     return out
 
 

@@ -130,11 +130,22 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         def fd(f: Finding) -> dict:
-            return {"heading": f.heading, "text": f.text, "stage": f.stage, "status": f.status,
-                    "numbers": [{"value": n.value, "text": n.text, "source": n.source, "key": n.key} for n in f.numbers]}  # fmt: skip
+            return {
+                "heading": f.heading,
+                "text": f.text,
+                "stage": f.stage,
+                "status": f.status,
+                "numbers": [{"value": n.value, "text": n.text, "source": n.source, "key": n.key} for n in f.numbers],
+            }
 
-        return {"question": self.question, "setup": fd(self.setup), "results": [fd(f) for f in self.results],
-                "goals": [fd(f) for f in self.goals], "limitations": list(self.limitations), "ranking": self.ranking}  # fmt: skip
+        return {
+            "question": self.question,
+            "setup": fd(self.setup),
+            "results": [fd(f) for f in self.results],
+            "goals": [fd(f) for f in self.goals],
+            "limitations": list(self.limitations),
+            "ranking": self.ranking,
+        }
 
 
 class _Records:
@@ -166,7 +177,9 @@ class _Records:
 # ---------------------------------------------------------------- ranking: "best" only when distinguishable
 
 
-def ranking(final: Mapping[str, float], eval_json: Mapping | None = None, spread: Mapping | None = None) -> dict[str, Any]:
+def ranking(
+    final: Mapping[str, float], eval_json: Mapping | None = None, spread: Mapping | None = None
+) -> dict[str, Any]:
     """Runs ordered by final target bits per byte, and which of them the lowest is distinguishable from.
 
     Two checks, each used when its record exists: evaluation-text noise (``eval_json["vs_lowest"]``, a paired
@@ -177,16 +190,34 @@ def ranking(final: Mapping[str, float], eval_json: Mapping | None = None, spread
     """
     order = sorted((r for r in final if final[r] is not None), key=lambda r: final[r])
     if not order:
-        return {"order": [], "lowest": None, "best": None, "tied": [], "by_text": {}, "by_seed": {}, "seed_measured": False}
+        return {
+            "order": [],
+            "lowest": None,
+            "best": None,
+            "tied": [],
+            "by_text": {},
+            "by_seed": {},
+            "seed_measured": False,
+        }
     low = order[0]
-    vs = ((eval_json or {}).get("vs_lowest") or {})
+    vs = (eval_json or {}).get("vs_lowest") or {}
     by_text = {r: d for r, d in (vs.get("runs") or {}).items()} if vs.get("reference") == low else {}
     by_seed = {r: stats.within_seed_noise(r, low, final[r], final[low], spread) for r in order[1:]} if spread else {}
-    tied = [r for r in order[1:] if (by_text.get(r) or {}).get("distinguishable") is False
-            or (by_seed.get(r) or {}).get("within")]  # fmt: skip
+    tied = [
+        r
+        for r in order[1:]
+        if (by_text.get(r) or {}).get("distinguishable") is False or (by_seed.get(r) or {}).get("within")
+    ]
     best = low if spread and not tied else None
-    return {"order": order, "lowest": low, "best": best, "tied": tied, "by_text": by_text, "by_seed": by_seed,
-            "seed_measured": bool(spread)}  # fmt: skip
+    return {
+        "order": order,
+        "lowest": low,
+        "best": best,
+        "tied": tied,
+        "by_text": by_text,
+        "by_seed": by_seed,
+        "seed_measured": bool(spread),
+    }
 
 
 def ranking_sentence(rk: Mapping[str, Any], tgt: str, spread: Mapping | None, seed_file: str) -> str:
@@ -201,16 +232,19 @@ def ranking_sentence(rk: Mapping[str, Any], tgt: str, spread: Mapping | None, se
             by_text = [r for r in tied if r not in by_seed]
             parts = []
             if by_seed:
-                parts.append(f"{join_words(by_seed)} {'is' if len(by_seed) == 1 else 'are'} within run-to-run noise of "
-                             f"{low} (seed spread of {n} seeds, {seed_file})")  # fmt: skip
+                parts.append(
+                    f"{join_words(by_seed)} {'is' if len(by_seed) == 1 else 'are'} within run-to-run noise of "
+                    f"{low} (seed spread of {n} seeds, {seed_file})"
+                )
             if by_text:
-                parts.append(f"{join_words(by_text)} {'is' if len(by_text) == 1 else 'are'} beyond run-to-run noise but "
-                             f"cannot be told from {low} on this test text (paired bootstrap)")  # fmt: skip
+                parts.append(
+                    f"{join_words(by_text)} {'is' if len(by_text) == 1 else 'are'} beyond run-to-run noise but "
+                    f"cannot be told from {low} on this test text (paired bootstrap)"
+                )
             return "; ".join(parts) + ": their order is not established."
         return f"{low} is distinguishable from every other run beyond run-to-run noise ({n} seeds, {seed_file})."
     text_tied = [r for r in rk["order"][1:] if (rk["by_text"].get(r) or {}).get("distinguishable") is False]
-    out = (f"Run-to-run (seed) spread not available ({seed_file}): with one seed per run, no run is shown to "
-           "be best.")  # fmt: skip
+    out = f"Run-to-run (seed) spread not available ({seed_file}): with one seed per run, no run is shown to be best."
     if text_tied:
         out += f" Even on this test text, {join_words(text_tied)} cannot be told from {low} (paired bootstrap)."
     return out
@@ -219,8 +253,13 @@ def ranking_sentence(rk: Mapping[str, Any], tgt: str, spread: Mapping | None, se
 # ---------------------------------------------------------------- the summary
 
 
-def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping | None = None,
-                  base: ModelInfo | None = None, throughput: Mapping | None = None) -> Summary:  # fmt: skip
+def study_summary(
+    params: Any,
+    fragments: Sequence[Mapping] = (),
+    prov: Mapping | None = None,
+    base: ModelInfo | None = None,
+    throughput: Mapping | None = None,
+) -> Summary:
     """The summary of the run whose records are under ``params.shared.reports_dir`` (see the module docstring).
 
     ``throughput``: the report's throughput analysis (for the limitation on MFU), if made."""
@@ -247,10 +286,12 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     def ci_text(c: list | None, spec: str) -> str:
         return f" [95% CI {format_value(c[0], spec)}–{format_value(c[1], spec)}]" if c else ""
 
-    question = (f"Does swapping the vocabulary of {base.title_phrase()} pretrained on {src.name} for a {tgt.name} "
-                f"tokenizer, with well-initialised new embeddings, reach a given {tgt.name} bits per byte with less "
-                f"{tgt.name} training text than training from scratch or keeping the {src.name} tokenizer; which "
-                f"initialisation does it best; and what does it cost in {src.name}?")  # fmt: skip
+    question = (
+        f"Does swapping the vocabulary of {base.title_phrase()} pretrained on {src.name} for a {tgt.name} "
+        f"tokenizer, with well-initialised new embeddings, reach a given {tgt.name} bits per byte with less "
+        f"{tgt.name} training text than training from scratch or keeping the {src.name} tokenizer; which "
+        f"initialisation does it best; and what does it cost in {src.name}?"
+    )
 
     # ---- setup
     nums: list[Number] = []
@@ -274,8 +315,10 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     ref_run = low or (runs[0] if runs else None)
     seen = R.num(f"metrics/pretrain/{ref_run}.json", "training_bytes", "mb") if ref_run else None
     pt = params.pretrain
-    budget = (f"Budget: phase 1 trains embeddings and head for {pt.phase1.steps} steps, phase 2 the whole model for "
-              f"{pt.phase2.steps} steps, batches of {pt.micro_batch * pt.grad_accum} × {pt.seq_len} tokens")  # fmt: skip
+    budget = (
+        f"Budget: phase 1 trains embeddings and head for {pt.phase1.steps} steps, phase 2 the whole model for "
+        f"{pt.phase2.steps} steps, batches of {pt.micro_batch * pt.grad_accum} × {pt.seq_len} tokens"
+    )
     if seen:
         nums.append(seen)
         budget += f": every run sees about {seen.text} of {tgt.name} text"
@@ -296,17 +339,25 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     ratio = R.num("metrics/tokenizer.json", f"fertility_ratio_{t}", "f3")
     if tpw_s and tpw_t and ratio:
         verb = "cuts" if ratio.value < 1 else "raises"
-        results.append(Finding("Fertility", f"The {tgt.name} tokenizer {verb} the tokens per {tgt.name} word from "
-                               f"{tpw_s.text} (the {src.name} tokenizer) to {tpw_t.text}, a ratio of {ratio.text}.",
-                               [tpw_s, tpw_t, ratio], "tokenizer"))  # fmt: skip
+        results.append(
+            Finding(
+                "Fertility",
+                f"The {tgt.name} tokenizer {verb} the tokens per {tgt.name} word from "
+                f"{tpw_s.text} (the {src.name} tokenizer) to {tpw_t.text}, a ratio of {ratio.text}.",
+                [tpw_s, tpw_t, ratio],
+                "tokenizer",
+            )
+        )
 
     # ---- step 0
     step0 = {m: R.num(f"metrics/vocab_swap/{m}.json", f"step0_bpb_{t}", "f3") for m in params.vocab_swap.methods}
     step0 = {m: n for m, n in step0.items() if n}
     if step0:
         lo_m, hi_m = min(step0, key=lambda m: step0[m].value), max(step0, key=lambda m: step0[m].value)
-        text = (f"Before any training, the swapped models score {step0[lo_m].text} ({lo_m}) to {step0[hi_m].text} "
-                f"({hi_m}) {tgt.code} bits per byte")  # fmt: skip
+        text = (
+            f"Before any training, the swapped models score {step0[lo_m].text} ({lo_m}) to {step0[hi_m].text} "
+            f"({hi_m}) {tgt.code} bits per byte"
+        )
         used = [step0[lo_m], step0[hi_m]]
         orig0 = R.num("evaluate/eval.json", "runs.original.bpb_target_step0", "f3")
         if orig0:
@@ -332,15 +383,18 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     sp = R.num("metrics/evaluate.json", "best_speedup_vs_scratch", "x2")
     if best_run and sp and "scratch" in final:
         scratch_final = Number(final["scratch"], "f3", "metrics/evaluate.json", "final_bpb_scratch")
-        text = (f"{best_run} reaches scratch's final {t} bits per byte ({scratch_final.text}) with {sp.text} fewer "
-                f"training bytes than scratch{ci_text(ci(best_run, 'speedup_vs_scratch'), 'x2')}")  # fmt: skip
+        text = (
+            f"{best_run} reaches scratch's final {t} bits per byte ({scratch_final.text}) with {sp.text} fewer "
+            f"training bytes than scratch{ci_text(ci(best_run, 'speedup_vs_scratch'), 'x2')}"
+        )
         used = [sp, scratch_final]
         others = [r for r in rk["order"] if r not in (best_run, "scratch")][:3]
         o_nums = [R.num("evaluate/eval.json", f"runs.{r}.speedup_vs_scratch", "x2") for r in others]
         o_nums = [(r, n) for r, n in zip(others, o_nums) if n]
         if o_nums:
             text += "; the next runs by final bits per byte: " + ", ".join(
-                f"{r} {n.text}{ci_text(ci(r, 'speedup_vs_scratch'), 'x2')}" for r, n in o_nums)  # fmt: skip
+                f"{r} {n.text}{ci_text(ci(r, 'speedup_vs_scratch'), 'x2')}" for r, n in o_nums
+            )
             used += [n for _, n in o_nums]
         results.append(Finding("Speed-up over scratch", text + ".", used, "evaluate"))
 
@@ -348,15 +402,18 @@ def study_summary(params: Any, fragments: Sequence[Mapping] = (), prov: Mapping 
     if best_run:
         fin_src = R.num(f"metrics/pretrain/{best_run}.json", f"final_bpb_{s}", "f3")
         base_src = R.num("evaluate/eval.json", "runs.original.bpb_source_step0", "f3") or R.num(
-            "evaluate/checkpoints.csv", "run=original;step=0;column=bpb_source", "f3")  # fmt: skip
+            "evaluate/checkpoints.csv", "run=original;step=0;column=bpb_source", "f3"
+        )
         where = "on the same test text"
         if not base_src:
             base_src = R.num("metrics/base.json", f"val_bpb_{s}", "f3")
             where = "on validation text"
         if fin_src and base_src:
             delta = fin_src.value - base_src.value
-            text = (f"{best_run}'s {s} bits per byte rises from {base_src.text} (the base model, {where}) "
-                    f"to {fin_src.text}{ci_text(ci(best_run, 'bpb_source'), 'f3')}, {delta:+.3f}")  # fmt: skip
+            text = (
+                f"{best_run}'s {s} bits per byte rises from {base_src.text} (the base model, {where}) "
+                f"to {fin_src.text}{ci_text(ci(best_run, 'bpb_source'), 'f3')}, {delta:+.3f}"
+            )
             used = [base_src, fin_src]
             orig = R.num("metrics/pretrain/original.json", f"final_bpb_{s}", "f3")
             if orig:
@@ -408,16 +465,25 @@ def _arm_finding(R: _Records, ev: Mapping, params: Any, name: str, d: Mapping, t
     diff = R.num("evaluate/eval.json", f"arms.{name}.target.diff", "+f3")
     tgt = d.get("target") or {}
     verdict = {True: "beyond evaluation-text noise", False: "within evaluation-text noise", None: "no interval"}[
-        tgt.get("distinguishable")]
-    text = (f"{name} ({ref} trained with {what}) ends {diff.text} {t} bits per byte from {ref}"
-            f"{ci_text(tgt.get('ci'), '+f3')}, {verdict} (paired bootstrap)")  # fmt: skip
+        tgt.get("distinguishable")
+    ]
+    text = (
+        f"{name} ({ref} trained with {what}) ends {diff.text} {t} bits per byte from {ref}"
+        f"{ci_text(tgt.get('ci'), '+f3')}, {verdict} (paired bootstrap)"
+    )
     used = [diff]
     er = ev.get("runs") or {}
-    acc = {r: R.num("evaluate/eval.json", f"runs.{r}.masked_acc", "f3") for r in (name, ref) if "masked_acc" in (er.get(r) or {})}
+    acc = {
+        r: R.num("evaluate/eval.json", f"runs.{r}.masked_acc", "f3")
+        for r in (name, ref)
+        if "masked_acc" in (er.get(r) or {})
+    }
     if len(acc) == 2:
         cis = {r: (er[r] or {}).get("masked_acc_ci") for r in acc}
-        text += (f"; masked-token accuracy {acc[name].text}{ci_text(cis[name], 'f3')} against {acc[ref].text}"
-                 f"{ci_text(cis[ref], 'f3')} for {ref}")  # fmt: skip
+        text += (
+            f"; masked-token accuracy {acc[name].text}{ci_text(cis[name], 'f3')} against {acc[ref].text}"
+            f"{ci_text(cis[ref], 'f3')} for {ref}"
+        )
         used += [acc[name], acc[ref]]
     return Finding(f"Arm: {name}", text + ".", used, "evaluate")
 
@@ -435,9 +501,11 @@ def _probe_finding(R: _Records, ev: Mapping, runs: Sequence[str], t: str) -> Fin
     n_hi = Number(accs[hi_r], "f3", "evaluate/eval.json", f"runs.{hi_r}.cloze_acc_target")
     above = [r for r, a in accs.items() if stats.accuracy_interval(a, n, chance)["above_chance"]]
     guess = stats.wilson(stats.successes(chance, n), n)
-    text = (f"{t} cloze accuracy {n_lo.text} ({lo_r}) to {n_hi.text} ({hi_r}) on {n} items; chance is "
-            f"{chance:.2f} and a guesser scores {guess[0]:.2f}–{guess[1]:.2f} (95%)")  # fmt: skip
-    text += (": no run is above chance." if not above else f"; above chance: {join_words(above)}.")
+    text = (
+        f"{t} cloze accuracy {n_lo.text} ({lo_r}) to {n_hi.text} ({hi_r}) on {n} items; chance is "
+        f"{chance:.2f} and a guesser scores {guess[0]:.2f}–{guess[1]:.2f} (95%)"
+    )
+    text += ": no run is above chance." if not above else f"; above chance: {join_words(above)}."
     chrf = {r: (er.get(r) or {}).get("chrf") for r in runs}
     chrf = {r: v for r, v in chrf.items() if v is not None}
     used = [n_lo, n_hi]
@@ -445,8 +513,11 @@ def _probe_finding(R: _Records, ev: Mapping, runs: Sequence[str], t: str) -> Fin
         mx = max(chrf, key=chrf.get)
         n_c = Number(chrf[mx], "f1", "evaluate/eval.json", f"runs.{mx}.chrf")
         used.append(n_c)
-        text += (f" Translation chrF is {n_c.text} for every run." if all(v == chrf[mx] for v in chrf.values())
-                 else f" Translation chrF at most {n_c.text} ({mx}).")  # fmt: skip
+        text += (
+            f" Translation chrF is {n_c.text} for every run."
+            if all(v == chrf[mx] for v in chrf.values())
+            else f" Translation chrF at most {n_c.text} ({mx})."
+        )
     f = Finding("Probes", text, used, "evaluate")
     f.status = "chance" if not above else "above"
     return f
@@ -487,48 +558,76 @@ def _goals(R: _Records, ev: Mapping, params: Any, t: str) -> list[Finding]:
         sp = R.num("metrics/evaluate.json", "best_speedup_vs_scratch", "x2")
         if sp:
             run = R.get("metrics/evaluate.json").get("best_run")
-            out.append(_goal("speed-up ≥ 3×", None, f"At least 3× fewer bytes than scratch: {run}, the lowest final "
-                             f"bits per byte, needs {sp.text} (other runs' speed-ups are in the evaluate stage's "
-                             "details, not found).", [sp]))  # fmt: skip
+            out.append(
+                _goal(
+                    "speed-up ≥ 3×",
+                    None,
+                    f"At least 3× fewer bytes than scratch: {run}, the lowest final "
+                    f"bits per byte, needs {sp.text} (other runs' speed-ups are in the evaluate stage's "
+                    "details, not found).",
+                    [sp],
+                )
+            )
     return out
 
 
-def _limitations(R: _Records, ev: Mapping, base: ModelInfo, n_params: Number | None, seen: Number | None,
-                 spread: Mapping | None, seed_file: str, probe: Finding | None, throughput: Mapping | None,
-                 params: Any) -> list[str]:  # fmt: skip
+def _limitations(
+    R: _Records,
+    ev: Mapping,
+    base: ModelInfo,
+    n_params: Number | None,
+    seen: Number | None,
+    spread: Mapping | None,
+    seed_file: str,
+    probe: Finding | None,
+    throughput: Mapping | None,
+    params: Any,
+) -> list[str]:
     out = []
     size = base.params or (n_params.value if n_params else None)
     if size and size < SMALL_MODEL:
-        out.append(f"Scale: a {size_label(int(size))}-parameter model trained on "
-                   f"{seen.text if seen else 'a few MB'} per run tests the pipeline and the order of the methods at "
-                   "toy scale; absolute numbers and small differences need not carry over to billion-parameter "
-                   "models and gigabytes of text.")  # fmt: skip
+        out.append(
+            f"Scale: a {size_label(int(size))}-parameter model trained on "
+            f"{seen.text if seen else 'a few MB'} per run tests the pipeline and the order of the methods at "
+            "toy scale; absolute numbers and small differences need not carry over to billion-parameter "
+            "models and gigabytes of text."
+        )
     meth = ev.get("intervals") or {}
     texts = (meth.get("texts") or {}).get("target")
     chapters = (meth.get("chapters") or {}).get("target")
     eb = params.evaluate.eval_bytes
     if texts:
-        out.append(f"Evaluation text: {eb:,} bytes per language ({texts} paragraphs"
-                   + (f" from {chapters} chapter{'s' if chapters != 1 else ''}" if chapters else "")
-                   + "); the intervals resample those paragraphs, which are not independent, and cover "
-                   "evaluation-text noise only.")  # fmt: skip
+        out.append(
+            f"Evaluation text: {eb:,} bytes per language ({texts} paragraphs"
+            + (f" from {chapters} chapter{'s' if chapters != 1 else ''}" if chapters else "")
+            + "); the intervals resample those paragraphs, which are not independent, and cover "
+            "evaluation-text noise only."
+        )
     else:
-        out.append(f"Evaluation text: {eb:,} bytes per language. No bits-per-byte interval: the evaluate stage's "
-                   "outputs predate per-text losses (rerun the evaluate stage for bootstrap intervals).")  # fmt: skip
+        out.append(
+            f"Evaluation text: {eb:,} bytes per language. No bits-per-byte interval: the evaluate stage's "
+            "outputs predate per-text losses (rerun the evaluate stage for bootstrap intervals)."
+        )
     if not spread:
-        out.append(f"Seeds: one seed per run and no run-to-run spread for this configuration ({seed_file}): "
-                   "differences between runs of a few hundredths of a bit per byte may be noise.")  # fmt: skip
+        out.append(
+            f"Seeds: one seed per run and no run-to-run spread for this configuration ({seed_file}): "
+            "differences between runs of a few hundredths of a bit per byte may be noise."
+        )
     if probe is not None and probe.status == "chance":
-        out.append("Probes: they cannot separate the runs at this scale: cloze accuracies are within chance and "
-                   "translation chrF is at or near zero.")  # fmt: skip
+        out.append(
+            "Probes: they cannot separate the runs at this scale: cloze accuracies are within chance and "
+            "translation chrF is at or near zero."
+        )
     sp_detail = R.get("spikes/spikes.json")
     records = [r.get("records") for r in (sp_detail.get("runs") or {}).values() if r.get("records")]
     window = params.spikes.score_window
     if records and max(records) < window:
         total = R.get("metrics/spikes.json").get("total_spikes")
-        out.append(f"Loss spikes: {total if total is not None else 'no'} spikes, but each run logged at most "
-                   f"{max(records)} records, fewer than the {window}-record window of the spike score: the runs are "
-                   "too short for the spike analysis to say much.")  # fmt: skip
+        out.append(
+            f"Loss spikes: {total if total is not None else 'no'} spikes, but each run logged at most "
+            f"{max(records)} records, fewer than the {window}-record window of the spike score: the runs are "
+            "too short for the spike analysis to say much."
+        )
     if throughput and throughput.get("limitation"):
         out.append(throughput["limitation"])
     return out

@@ -57,8 +57,23 @@ from warmstart.hardware import cpu_model, usable_cores
 from warmstart.io import write_json
 
 FRAGMENT_DIR = ("fragments",)
-PACKAGES = ("warmstart", "torch", "transformers", "tokenizers", "accelerate", "datasets", "lm_eval", "sacrebleu",
-            "dvc", "papermill", "pandas", "seaborn", "matplotlib", "typst", "babel")  # fmt: skip
+PACKAGES = (
+    "warmstart",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "datasets",
+    "lm_eval",
+    "sacrebleu",
+    "dvc",
+    "papermill",
+    "pandas",
+    "seaborn",
+    "matplotlib",
+    "typst",
+    "babel",
+)
 BOOKKEEPING = ("dvc.lock", ".gitignore")  # files DVC rewrites during a run: not a dirty working tree
 MAX_FINDINGS = 4  # sentences per stage on the summary page
 MAX_FINDING_CHARS = 400
@@ -80,8 +95,13 @@ def _cell(v: Any) -> Any:
     return str(v)
 
 
-def table(df_or_rows: Any, caption: str, columns: Sequence[str] | None = None, floatfmt: str = "{:,.3f}",
-          appendix: bool = False) -> dict:  # fmt: skip
+def table(
+    df_or_rows: Any,
+    caption: str,
+    columns: Sequence[str] | None = None,
+    floatfmt: str = "{:,.3f}",
+    appendix: bool = False,
+) -> dict:
     """A fragment table from a pandas DataFrame (or rows + ``columns``); floats formatted with ``floatfmt``;
     ``appendix``: typeset in the report's appendix (long tables; a figure shows the numbers in the body)."""
     if hasattr(df_or_rows, "to_dict"):
@@ -120,8 +140,9 @@ def check_findings(stage: str, findings: Any) -> list[str]:
 
 def check_table(stage: str, t: Mapping) -> None:
     if not TABLE_KEYS <= set(t) or set(t) - TABLE_KEYS - TABLE_OPTIONAL:
-        raise FragmentError(f"fragment {stage}: a table needs caption, columns, rows and may have appendix "
-                            "(use fragments.table)")  # fmt: skip
+        raise FragmentError(
+            f"fragment {stage}: a table needs caption, columns, rows and may have appendix (use fragments.table)"
+        )
     if "appendix" in t and not isinstance(t["appendix"], bool):
         raise FragmentError(f"fragment {stage}: a table's appendix flag must be true or false")
 
@@ -188,7 +209,7 @@ def provenance_record(root: str | Path = ".", seconds: float | None = None, pack
         "commit": commit,
         "dirty": None if changed is None else bool(changed),
         "dirty_files": (changed or [])[:20],
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": None if seconds is None else round(float(seconds), 2),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -32,37 +32,76 @@ RUNS = {
 def arm_legend(arm: Any) -> str:
     """What an arm of ``study.arms`` is, from its params: 'arm; fvt with masked_share 0.1 (...)'."""
     changes = ", ".join(f"{k} {v}" for k, v in arm.overrides.items())
-    what = " (NorMistral's hybrid objective: that share of masked-next-token batches)" if "masked_share" in arm.overrides else ""
+    what = (
+        " (NorMistral's hybrid objective: that share of masked-next-token batches)"
+        if "masked_share" in arm.overrides
+        else ""
+    )
     return f"arm; {arm.init} trained with {changes}{what}"
+
 
 # Table columns whose stage names are keys, with their labels ({src}, {tgt}: the run's language codes).
 COLUMNS = {
     # corpus
-    "lang": "language", "paragraphs_in": "paragraphs in", "code": "code blocks", "min_chars": "too short",
-    "langid": "other language (langid)", "exact_dup": "exact duplicates", "near_dup": "near duplicates",
-    "bytes": "bytes (UTF-8)", "words": "words (whitespace)",
+    "lang": "language",
+    "paragraphs_in": "paragraphs in",
+    "code": "code blocks",
+    "min_chars": "too short",
+    "langid": "other language (langid)",
+    "exact_dup": "exact duplicates",
+    "near_dup": "near duplicates",
+    "bytes": "bytes (UTF-8)",
+    "words": "words (whitespace)",
     # tokenizer
-    "tokens_per_word": "tokens per word", "bytes_per_token": "bytes per token",
-    "split_word_share": "words split (share)", "ratio": "ratio (target ÷ source)",
+    "tokens_per_word": "tokens per word",
+    "bytes_per_token": "bytes per token",
+    "split_word_share": "words split (share)",
+    "ratio": "ratio (target ÷ source)",
     # evaluate
-    "aligned": "aligned rows", "decomposed": "decomposed rows", "random": "random rows",
-    "new_vocab": "vocabulary", "bpb_step0": "{tgt} bits/byte, step 0", "bpb_final": "{tgt} bits/byte, final",
-    "speedup": "speed-up vs scratch", "bpb_target": "{tgt} bits/byte", "bpb_source": "{src} bits/byte",
-    "cloze_acc_target": "cloze acc. {tgt}", "cloze_acc_norm_target": "cloze acc./char {tgt}",
-    "cloze_acc_source": "cloze acc. {src}", "cloze_acc_norm_source": "cloze acc./char {src}",
-    "chrf": "chrF (0–100)", "masked_acc": "masked-token acc.", "step": "step", "phase": "phase",
-    "params": "parameters", "flops_per_token": "FLOPs per token", "tokens": "tokens",
-    "train_flops": "training FLOPs", "seconds": "wall time (s)", "tokens_per_s": "tokens/s",
+    "aligned": "aligned rows",
+    "decomposed": "decomposed rows",
+    "random": "random rows",
+    "new_vocab": "vocabulary",
+    "bpb_step0": "{tgt} bits/byte, step 0",
+    "bpb_final": "{tgt} bits/byte, final",
+    "speedup": "speed-up vs scratch",
+    "bpb_target": "{tgt} bits/byte",
+    "bpb_source": "{src} bits/byte",
+    "cloze_acc_target": "cloze acc. {tgt}",
+    "cloze_acc_norm_target": "cloze acc./char {tgt}",
+    "cloze_acc_source": "cloze acc. {src}",
+    "cloze_acc_norm_source": "cloze acc./char {src}",
+    "chrf": "chrF (0–100)",
+    "masked_acc": "masked-token acc.",
+    "step": "step",
+    "phase": "phase",
+    "params": "parameters",
+    "flops_per_token": "FLOPs per token",
+    "tokens": "tokens",
+    "train_flops": "training FLOPs",
+    "seconds": "wall time (s)",
+    "tokens_per_s": "tokens/s",
     "mfu": "MFU (logged, unreliable)",
     # spikes
-    "records": "log records", "armed_from": "detector armed from step", "spikes": "spikes",
-    "max_z": "largest robust z", "score_loss_%": "spike score, loss (%)", "score_grad_%": "spike score, grad norm (%)",
-    "level_shifts": "level shifts", "start_step": "start step", "peak_step": "peak step", "end_step": "end step",
-    "magnitude": "robust z", "delta_loss": "loss jump (nats)", "recovery_steps": "recovery (steps)",
-    "grad_norm_z": "grad-norm z", "lr": "learning rate",
-    "first_signal": "first instability signal to move", "signal_lead_steps": "its lead over the loss (steps)",
+    "records": "log records",
+    "armed_from": "detector armed from step",
+    "spikes": "spikes",
+    "max_z": "largest robust z",
+    "score_loss_%": "spike score, loss (%)",
+    "score_grad_%": "spike score, grad norm (%)",
+    "level_shifts": "level shifts",
+    "start_step": "start step",
+    "peak_step": "peak step",
+    "end_step": "end step",
+    "magnitude": "robust z",
+    "delta_loss": "loss jump (nats)",
+    "recovery_steps": "recovery (steps)",
+    "grad_norm_z": "grad-norm z",
+    "lr": "learning rate",
+    "first_signal": "first instability signal to move",
+    "signal_lead_steps": "its lead over the loss (steps)",
     "signal_before_loss": "a signal moved before the loss",
-}  # fmt: skip
+}
 
 # Fragment ``numbers`` keys: (pattern, label); groups: lang, split, run ({src}/{tgt} as above).
 _LANG = r"(?P<lang>[A-Za-z]{2,3}(?:-[A-Za-z0-9]+)*)"

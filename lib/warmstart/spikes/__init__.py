@@ -34,4 +34,3 @@ This ``__init__`` imports nothing: importing one submodule (the trainer's
 ``warmstart.spikes.online``) runs only that submodule and the ones below it, so
 a DVC stage depends on exactly the spike code it runs.
 """
-

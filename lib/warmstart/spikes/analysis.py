@@ -43,8 +43,14 @@ def run_boundaries(run_dir: Path) -> tuple[list[int], list[int]]:
 CONTEXT = ("first_signal", "signal_lead_steps", "signal_before_loss")  # per event, from the instability signals
 
 
-def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto", params: dict | None = None,
-                score_window: int = 1000, score_min_periods: int | None = None) -> dict:
+def analyse_run(
+    run_dir: Path,
+    method: str = "robust",
+    warmup: int | str = "auto",
+    params: dict | None = None,
+    score_window: int = 1000,
+    score_min_periods: int | None = None,
+) -> dict:
     """Detection on one trainer run dir (``log.jsonl`` + optional ``run.json``): the log, events, score.
 
     Phase boundaries of a two-phase run are passed as known boundaries (every
@@ -64,8 +70,15 @@ def analyse_run(run_dir: Path, method: str = "robust", warmup: int | str = "auto
         df["update_cos"] = pd.to_numeric(df["update_cos"], errors="coerce")
     events = detect(df, method, hotswaps=bounds, warmup=warmup, **dict(params or {}))
     score = spike_score(df, window=score_window, min_periods=score_min_periods)
-    return {"df": df, "events": events, "boundaries": bounds, "checkpoints": ckpts, "score": score,
-            "hotswaps": [h for h in events.hotswaps if h not in bounds], "context": event_context(full, events)}
+    return {
+        "df": df,
+        "events": events,
+        "boundaries": bounds,
+        "checkpoints": ckpts,
+        "score": score,
+        "hotswaps": [h for h in events.hotswaps if h not in bounds],
+        "context": event_context(full, events),
+    }
 
 
 def event_context(records: list[dict], events: Any) -> list[dict | None]:
@@ -80,8 +93,13 @@ def event_context(records: list[dict], events: Any) -> list[dict | None]:
     out = []
     for e in events:
         m = moved_first(traj, int(e.start_step), window=10, min_history=10, lookback=5)
-        out.append({"first_signal": m.get("first"), "signal_lead_steps": m.get("lead_steps"),
-                    "signal_before_loss": bool(m.get("before_loss"))})  # fmt: skip
+        out.append(
+            {
+                "first_signal": m.get("first"),
+                "signal_lead_steps": m.get("lead_steps"),
+                "signal_before_loss": bool(m.get("before_loss")),
+            }
+        )
     return out
 
 
@@ -89,8 +107,8 @@ def run_stage(params, show: bool = True) -> dict:
     """The spikes stage: detection on every study run, figures, tables, metrics and the report fragment."""
     import time
 
-    from warmstart.report.fragments import table, write_fragment
     from warmstart.io import write_json
+    from warmstart.report.fragments import table, write_fragment
 
     t0 = time.perf_counter()
     sp = params.spikes
@@ -109,17 +127,29 @@ def run_stage(params, show: bool = True) -> dict:
             close_figure(fig)
         figs.append((name, fig_path))
         evs = res["events"]
-        rows.append({"run": name, "records": len(res["df"]), "armed_from": evs.armed_from, "spikes": len(evs),
-                     "max_z": max((e.magnitude or 0.0 for e in evs), default=None),
-                     "score_loss_%": res["score"]["loss"], "score_grad_%": res["score"]["grad_norm"],
-                     "level_shifts": len(evs.level_shifts)})
+        rows.append(
+            {
+                "run": name,
+                "records": len(res["df"]),
+                "armed_from": evs.armed_from,
+                "spikes": len(evs),
+                "max_z": max((e.magnitude or 0.0 for e in evs), default=None),
+                "score_loss_%": res["score"]["loss"],
+                "score_grad_%": res["score"]["grad_norm"],
+                "level_shifts": len(evs.level_shifts),
+            }
+        )
         ev_rows += [{"run": name, **e.to_dict(), **(ctx or {})} for e, ctx in zip(evs, res["context"])]
     runs = pd.DataFrame(rows)
     events = pd.DataFrame(ev_rows, columns=["run", *[f.name for f in fields(SpikeEvent)], *CONTEXT])
     runs.to_csv(out_dir / "runs.csv", index=False)
     events.to_csv(out_dir / "events.csv", index=False)
-    metrics = {"method": sp.method, "runs": {r["run"]: {k: v for k, v in r.items() if k != "run"} for r in rows},
-               "total_spikes": int(len(events)), "skipped_runs": [n.split(":")[0] for n in notes]}
+    metrics = {
+        "method": sp.method,
+        "runs": {r["run"]: {k: v for k, v in r.items() if k != "run"} for r in rows},
+        "total_spikes": int(len(events)),
+        "skipped_runs": [n.split(":")[0] for n in notes],
+    }
     write_json(out_dir / "spikes.json", metrics)
     paras = [
         f"Loss spikes detected with the `{sp.method}` method of `warmstart.spikes` (causal robust z of the "
@@ -136,18 +166,42 @@ def run_stage(params, show: bool = True) -> dict:
     human = {c: COLUMNS.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
     tables = [table(runs.rename(columns=human), "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
     if len(events):
-        cols = ["run", "start_step", "peak_step", "end_step", "magnitude", "delta_loss", "recovery_steps", "grad_norm_z", "lr",
-                "first_signal", "signal_lead_steps"]  # fmt: skip
+        cols = [
+            "run",
+            "start_step",
+            "peak_step",
+            "end_step",
+            "magnitude",
+            "delta_loss",
+            "recovery_steps",
+            "grad_norm_z",
+            "lr",
+            "first_signal",
+            "signal_lead_steps",
+        ]
         tables.append(table(events[cols].rename(columns=human), "Detected spikes"))
     overview = []
     if results:
         close_figure(plot_overview(results, out_dir / "overview.png"))
-        overview = [{"path": str(out_dir / "overview.png"), "caption": "Training loss of every run (spikes shaded, "
-                     "peaks marked; dotted: phase boundary, dashed: corpus hot-swap). Per-run panels with grad norm "
-                     "and update cosine: reports/spikes/<run>.png and the stage notebook."}]  # fmt: skip
-    write_fragment(params.shared.reports_dir, "spikes", 70, "Loss spikes", paras, tables, overview,
-                   {"total_spikes": int(len(events)), **{f"spikes.{r['run']}": r["spikes"] for r in rows}},
-                   time.perf_counter() - t0)
+        overview = [
+            {
+                "path": str(out_dir / "overview.png"),
+                "caption": "Training loss of every run (spikes shaded, "
+                "peaks marked; dotted: phase boundary, dashed: corpus hot-swap). Per-run panels with grad norm "
+                "and update cosine: reports/spikes/<run>.png and the stage notebook.",
+            }
+        ]
+    write_fragment(
+        params.shared.reports_dir,
+        "spikes",
+        70,
+        "Loss spikes",
+        paras,
+        tables,
+        overview,
+        {"total_spikes": int(len(events)), **{f"spikes.{r['run']}": r["spikes"] for r in rows}},
+        time.perf_counter() - t0,
+    )
     return {"runs": runs, "events": events, "results": results, "notes": notes, "metrics": metrics}
 
 
@@ -168,21 +222,37 @@ def format_events(events: Sequence[SpikeEvent]) -> str:
         if events.hotswaps:
             notes.append(f"hot-swaps (reference restarted): {', '.join(map(str, events.hotswaps))}")
         if events.level_shifts:
-            notes.append("persistent level shifts (not spikes; reference restarted): "
-                         + ", ".join(map(str, events.level_shifts)))
+            notes.append(
+                "persistent level shifts (not spikes; reference restarted): " + ", ".join(map(str, events.level_shifts))
+            )
         m = events.mirror
         if m.get("records"):
-            notes.append(f"noise check: {m['below']} of {m['records']} records fell >= z_enter robust units "
-                         "below the reference; noise alone should give about as many false spikes")
+            notes.append(
+                f"noise check: {m['below']} of {m['records']} records fell >= z_enter robust units "
+                "below the reference; noise alone should give about as many false spikes"
+            )
     if not events:
         return "\n".join(["no spikes found", *notes])
     head = ["start", "peak", "end", "z", "d_loss", "recovery", "grad_z", "lr", "hotswap"]
-    rows = [[_fmt(e.start_step), _fmt(e.peak_step), _fmt(e.end_step) + ("+" if e.open else ""),
-             _fmt(e.magnitude, 1), _fmt(e.delta_loss, 4), _fmt(e.recovery_steps), _fmt(e.grad_norm_z, 1),
-             _fmt(e.lr, 6), _fmt(e.nearest_hotswap)] for e in events]
+    rows = [
+        [
+            _fmt(e.start_step),
+            _fmt(e.peak_step),
+            _fmt(e.end_step) + ("+" if e.open else ""),
+            _fmt(e.magnitude, 1),
+            _fmt(e.delta_loss, 4),
+            _fmt(e.recovery_steps),
+            _fmt(e.grad_norm_z, 1),
+            _fmt(e.lr, 6),
+            _fmt(e.nearest_hotswap),
+        ]
+        for e in events
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.append(f"{len(events)} spike(s); z in robust units (1.4826 MAD of the log-loss residual), "
-                 "recovery in steps from the peak ('-': not recovered), '+': still open at the end of the log")
+    lines.append(
+        f"{len(events)} spike(s); z in robust units (1.4826 MAD of the log-loss residual), "
+        "recovery in steps from the peak ('-': not recovered), '+': still open at the end of the log"
+    )
     return "\n".join(lines + notes)

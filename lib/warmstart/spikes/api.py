@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from warmstart.spikes.params import MAD_TO_SIGMA, METHODS, RobustParams, SpikeLogError
-from warmstart.spikes.logs import hotswap_steps, load_log, resolve_warmup
-from warmstart.spikes.detectors import SpikeEvent, SpikeEvents, detect, events_frame, spike_score
-from warmstart.spikes.online import OnlineDetector
-from warmstart.spikes.plots import plot_overview, plot_run
 from warmstart.spikes.analysis import analyse_run, format_events, run_boundaries, run_stage, study_runs
 from warmstart.spikes.bench import (
     GOALS,
@@ -18,6 +13,11 @@ from warmstart.spikes.bench import (
     synthetic_runs,
 )
 from warmstart.spikes.cli import main
+from warmstart.spikes.detectors import SpikeEvent, SpikeEvents, detect, events_frame, spike_score
+from warmstart.spikes.logs import hotswap_steps, load_log, resolve_warmup
+from warmstart.spikes.online import OnlineDetector
+from warmstart.spikes.params import MAD_TO_SIGMA, METHODS, RobustParams, SpikeLogError
+from warmstart.spikes.plots import plot_overview, plot_run
 
 __all__ = [
     "METHODS",

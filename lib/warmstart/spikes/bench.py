@@ -130,12 +130,13 @@ def _spike_shape(height: float, width: int, rise: int, length: int) -> np.ndarra
         out[j] = height * (j + 1) / (rise + 1)
     tau = max(width - rise, 1) / math.log(max(height, 1.5))
     j = np.arange(rise + 1, length)
-    out[rise + 1:] = height * np.exp(-(j - rise) / tau)
+    out[rise + 1 :] = height * np.exp(-(j - rise) / tau)
     return out
 
 
-def synthetic_runs(seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: str = "scaled",
-                   noise: str = "gauss") -> list[SyntheticRun]:
+def synthetic_runs(
+    seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: str = "scaled", noise: str = "gauss"
+) -> list[SyntheticRun]:
     """Synthetic loss curves with ground-truth spikes, and negative controls.
 
     Curves: power-law, exponential, warm-up + cosine, plateau + decay, WSD,
@@ -179,7 +180,7 @@ def synthetic_runs(seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: st
         # slowly varying noise level (+-20 %) and a slow AR(1) wobble
         sig_t = sigma * np.exp(0.2 * np.sin(2 * np.pi * (np.arange(n) / rng.uniform(800, 3000) + rng.uniform())))
         wob = np.zeros(n)
-        e = rng.normal(size=n) * 0.5 * sigma * math.sqrt(1 - 0.995 ** 2)
+        e = rng.normal(size=n) * 0.5 * sigma * math.sqrt(1 - 0.995**2)
         for i in range(1, n):
             wob[i] = 0.995 * wob[i - 1] + e[i]
         if shape == "rewarm":  # unfreezing + re-warm: a slow bump up (2-6 %), then recovery
@@ -213,7 +214,7 @@ def synthetic_runs(seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: st
                 t = np.arange(n - pidx)
                 adapt = 0.5 + 0.5 * np.exp(-t / rng.uniform(300, 1500))  # half the shift fades
                 y[pidx:] += sgn * size * adapt
-                blocked[max(pidx - 50, 0):pidx + 200] = True
+                blocked[max(pidx - 50, 0) : pidx + 200] = True
             hotswaps = [int(steps[pidx]) for pidx in pos]
             if shape != "levelshift":
                 corpus = np.full(n, "c0", dtype=object)
@@ -232,31 +233,40 @@ def synthetic_runs(seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: st
             while len(spikes) < n_sp and tries < 500:
                 tries += 1
                 o = int(rng.integers(0, n - 150))
-                if blocked[max(o - 250, 0):o + 250].any():
+                if blocked[max(o - 250, 0) : o + 250].any():
                     continue
                 height = float(rng.uniform(4, 12))
                 width = int(np.clip(round(math.exp(rng.uniform(0, math.log(50)))), 1, 50))
                 rise = 0 if width <= 2 else int(rng.integers(0, width // 4 + 1))
                 length = min(n - o, width + 200)
                 amp = height * unit * sig_t[o]
-                y[o:o + length] += _spike_shape(height, width, rise, length) * unit * sig_t[o]
+                y[o : o + length] += _spike_shape(height, width, rise, length) * unit * sig_t[o]
                 co = bool(g is not None and rng.uniform() < 0.6)
                 if co:
                     gk = rng.uniform(6, 30) * sg
                     gw = max(1, width // 3)
                     go = max(o - int(rng.integers(0, 2)), 0)
                     gl = min(n - go, gw + 50)
-                    g[go:go + gl] += _spike_shape(gk, gw, 0, gl)
-                spikes.append({"onset": int(steps[o]), "peak": int(steps[o + rise]),
-                               "end": int(steps[min(o + width - 1, n - 1)]), "height": height,
-                               "width": width, "rise": rise, "grad": co, "amp": float(amp)})
-                blocked[max(o - 250, 0):o + 250] = True
+                    g[go : go + gl] += _spike_shape(gk, gw, 0, gl)
+                spikes.append(
+                    {
+                        "onset": int(steps[o]),
+                        "peak": int(steps[o + rise]),
+                        "end": int(steps[min(o + width - 1, n - 1)]),
+                        "height": height,
+                        "width": width,
+                        "rise": rise,
+                        "grad": co,
+                        "amp": float(amp),
+                    }
+                )
+                blocked[max(o - 250, 0) : o + 250] = True
             spikes.sort(key=lambda s: s["onset"])
         zone = np.zeros(n, dtype=bool)
         for s in spikes:
             a = s["onset"] - 1 - MATCH_TOL
             b = s["onset"] - 1 + s["width"] + max(20, s["width"])
-            zone[max(a, 0):min(b, n)] = True
+            zone[max(a, 0) : min(b, n)] = True
         data = {"step": steps, "loss": np.exp(y)}
         if g is not None:
             data["grad_norm"] = np.exp(g)
@@ -266,8 +276,19 @@ def synthetic_runs(seed: int = 0, n_runs: int = 98, n_steps: int = 4000, mad: st
             data["corpus"] = corpus
         df = pd.DataFrame(data)
         name = f"s{seed}-r{r:03d}-{kind}-{shape}" + ("" if opts.get("lr", True) else "-nolr")
-        runs.append(SyntheticRun(name=name, kind=kind, shape=shape, df=df, spikes=spikes,
-                                 hotswaps=hotswaps, noise=sigma, zone=zone, sigma_t=sig_t))
+        runs.append(
+            SyntheticRun(
+                name=name,
+                kind=kind,
+                shape=shape,
+                df=df,
+                spikes=spikes,
+                hotswaps=hotswaps,
+                noise=sigma,
+                zone=zone,
+                sigma_t=sig_t,
+            )
+        )
     return runs
 
 
@@ -379,8 +400,18 @@ def bench_markdown(table: pd.DataFrame) -> str:
     """The benchmark table as markdown, with what produced it and whether the
     default method meets ``GOALS``."""
     a = table.attrs
-    cols = ["events", "spikes", "precision", "recall", "recall_ge8", "mean_delay",
-            "fa_per_10k", "fa_per_10k_controls", "clean_steps", "seconds"]
+    cols = [
+        "events",
+        "spikes",
+        "precision",
+        "recall",
+        "recall_ge8",
+        "mean_delay",
+        "fa_per_10k",
+        "fa_per_10k_controls",
+        "clean_steps",
+        "seconds",
+    ]
     head = (
         "# Loss-spike detector benchmark\n\n"
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"

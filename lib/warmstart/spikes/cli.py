@@ -36,18 +36,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("log", help="JSONL file, TensorBoard event file or log directory")
     d.add_argument("--method", choices=METHODS, default="robust")
     d.add_argument("--json", action="store_true", help="print a JSON list of events")
-    d.add_argument("--hotswap", type=int, nargs="+", action="extend", default=[], metavar="STEP",
-                   help="hot-swap steps (in addition to changes of the log's `corpus` field)")
-    d.add_argument("--warmup", type=_warmup_arg, default="auto",
-                   help="'auto' (end of the lr ramp, default) or a number of steps to ignore")
+    d.add_argument(
+        "--hotswap",
+        type=int,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="STEP",
+        help="hot-swap steps (in addition to changes of the log's `corpus` field)",
+    )
+    d.add_argument(
+        "--warmup",
+        type=_warmup_arg,
+        default="auto",
+        help="'auto' (end of the lr ramp, default) or a number of steps to ignore",
+    )
     d.add_argument("--score", action="store_true", help="also print the OLMo 2 spike score (stderr)")
     b = sub.add_parser("bench", help="run the synthetic benchmark")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--n-runs", type=int, default=98)
     b.add_argument("--n-steps", type=int, default=4000)
     b.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
-    b.add_argument("--mad", choices=("scaled", "raw"), default="scaled",
-                   help="unit of injected spike height: 1.4826 x MAD (= sigma) or raw MAD")
+    b.add_argument(
+        "--mad",
+        choices=("scaled", "raw"),
+        default="scaled",
+        help="unit of injected spike height: 1.4826 x MAD (= sigma) or raw MAD",
+    )
     b.add_argument("--noise", choices=("gauss", "t5"), default="gauss")
     b.add_argument("--out", help="write the markdown table here")
     args = ap.parse_args(argv)
@@ -62,8 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.score:
                 print(f"OLMo 2 spike score (%): {json.dumps(spike_score(df))}", file=sys.stderr)
             return 0
-        table = benchmark(seed=args.seed, n_runs=args.n_runs, n_steps=args.n_steps, methods=args.methods,
-                          mad=args.mad, noise=args.noise)
+        table = benchmark(
+            seed=args.seed,
+            n_runs=args.n_runs,
+            n_steps=args.n_steps,
+            methods=args.methods,
+            mad=args.mad,
+            noise=args.noise,
+        )
         md = bench_markdown(table)
         print(md)
         if args.out:

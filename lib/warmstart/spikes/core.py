@@ -133,8 +133,20 @@ class _Tracker:
         self.active: dict | None = None
 
     def start(self, i: int, step: int, z: float, ref: float, sc: float) -> None:
-        self.active = {"start": i, "start_step": step, "ref": ref, "sc": sc, "peak": i, "peak_step": step,
-                       "peakz": z, "last": i, "last_step": step, "below": 0, "n": 1, "zs": [z]}
+        self.active = {
+            "start": i,
+            "start_step": step,
+            "ref": ref,
+            "sc": sc,
+            "peak": i,
+            "peak_step": step,
+            "peakz": z,
+            "last": i,
+            "last_step": step,
+            "below": 0,
+            "n": 1,
+            "zs": [z],
+        }
 
     def step(self, i: int, step: int, y: float) -> tuple[bool, dict | None, bool]:
         """Feed the next record (index i); returns (flagged, event if it ended, level_shift)."""
@@ -157,7 +169,7 @@ class _Tracker:
         if self.shift_check and n % self.shift_check == 0:
             h = self.shift_check // 2
             recent = float(np.median(a["zs"][-h:]))
-            before = float(np.median(a["zs"][-2 * h:-h]))
+            before = float(np.median(a["zs"][-2 * h : -h]))
             if recent >= self.z_exit and recent >= self.shift_ratio * before:
                 self.active = None
                 return flagged, a, True
@@ -246,9 +258,12 @@ class _RobustCore:
     def state(self) -> dict:
         a = self.tracker.active
         return {
-            "loss": self.loss.state(), "grad": self.grad.state(),
+            "loss": self.loss.state(),
+            "grad": self.grad.state(),
             "active": None if a is None else {k: (list(v) if isinstance(v, list) else v) for k, v in a.items()},
-            "prev": None if self.prev is None else [None if (isinstance(v, float) and v != v) else v for v in self.prev],
+            "prev": None
+            if self.prev is None
+            else [None if (isinstance(v, float) and v != v) else v for v in self.prev],
             "gprev": None if self.gprev != self.gprev else self.gprev,
             "buffer": list(self.buffer),
         }
@@ -280,7 +295,7 @@ class _ZClipStat:
                 self.mean, self.var = m, sum((b - m) ** 2 for b in self.buffer) / len(self.buffer)
                 self.buffer = []
             return False
-        std = self.var ** 0.5
+        std = self.var**0.5
         z = (v - self.mean) / (std + self.eps)
         flagged = z > self.z_thresh
         eff = self.mean + self.z_thresh * std / (z / self.z_thresh) if flagged else v

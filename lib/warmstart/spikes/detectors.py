@@ -147,8 +147,9 @@ class SpikeEvents(list):
     (``per_10k`` normalises by the ``records`` checked).  Many of them mean
     heavy-tailed noise: raise ``z_enter``."""
 
-    def __init__(self, events=(), *, level_shifts=(), hotswaps=(), armed_from=None, method="robust",
-                 mirror: dict | None = None):
+    def __init__(
+        self, events=(), *, level_shifts=(), hotswaps=(), armed_from=None, method="robust", mirror: dict | None = None
+    ):
         super().__init__(events)
         self.level_shifts = list(level_shifts)
         self.hotswaps = list(hotswaps)
@@ -174,8 +175,9 @@ def _use_log(x: np.ndarray, log: bool | None) -> bool:
     return bool(log)
 
 
-def _run_core(steps: np.ndarray, x: np.ndarray, g: np.ndarray | None, starts: set[int], arm: int,
-              p: RobustParams, log: bool):
+def _run_core(
+    steps: np.ndarray, x: np.ndarray, g: np.ndarray | None, starts: set[int], arm: int, p: RobustParams, log: bool
+):
     """Run ``_RobustCore`` over a log: events (dicts keyed by record index),
     level-shift starts and the per-record statistics."""
     n = len(x)
@@ -235,22 +237,35 @@ def _describe(df, raw_events, method, p, log, stats, hotswaps, boundaries) -> li
             ref_loss = float(med[s] * math.exp(center[s])) if log else float(med[s] + center[s])
             delta = float(x[pk] - ref_loss)
             stop = int(bnd[np.searchsorted(bnd, pk, side="right")])
-            zz = (y[pk + 1:stop] - ref) / sc
+            zz = (y[pk + 1 : stop] - ref) / sc
             hit = np.flatnonzero(zz <= p.recovery_band)
             rec = int(steps[pk + 1 + hit[0]] - steps[pk]) if hit.size else None
         gz = float(gzs[pk]) if np.isfinite(gzs[pk]) else None
-        w = gzs[max(s - 2, 0):e + 1]
+        w = gzs[max(s - 2, 0) : e + 1]
         w = w[np.isfinite(w)]
         gmax = float(w.max()) if w.size else None
         near = int(hs[np.argmin(np.abs(hs - steps[s]))]) if hs.size else None
         lr_pk = float(lr[pk]) if lr is not None and np.isfinite(lr[pk]) else None
-        out.append(SpikeEvent(
-            start_step=int(steps[s]), peak_step=int(steps[pk]), end_step=int(steps[e]),
-            magnitude=mag, delta_loss=delta, recovery_steps=rec, grad_norm_z=gz, lr=lr_pk,
-            nearest_hotswap=near, method=method, peak_loss=float(x[pk]), reference_loss=ref_loss,
-            n_flagged=int(ev["n"]), grad_norm_max_z=gmax, open=bool(ev.get("open", False)),
-            n_skipped=int(skipped[s:e + 1].sum()) if skipped is not None else 0,
-        ))
+        out.append(
+            SpikeEvent(
+                start_step=int(steps[s]),
+                peak_step=int(steps[pk]),
+                end_step=int(steps[e]),
+                magnitude=mag,
+                delta_loss=delta,
+                recovery_steps=rec,
+                grad_norm_z=gz,
+                lr=lr_pk,
+                nearest_hotswap=near,
+                method=method,
+                peak_loss=float(x[pk]),
+                reference_loss=ref_loss,
+                n_flagged=int(ev["n"]),
+                grad_norm_max_z=gmax,
+                open=bool(ev.get("open", False)),
+                n_skipped=int(skipped[s : e + 1].sum()) if skipped is not None else 0,
+            )
+        )
     return out
 
 
@@ -272,13 +287,14 @@ def _group_flags(flags: np.ndarray, patience: int, loss: np.ndarray) -> list[dic
     runs.append((start, prev, n))
     out = []
     for s, e, n in runs:
-        pk = s + int(np.argmax(loss[s:e + 1]))
+        pk = s + int(np.argmax(loss[s : e + 1]))
         out.append({"start": s, "peak": pk, "end": e, "n": n, "open": e + patience >= len(flags)})
     return out
 
 
-def _olmo2_flags(x: np.ndarray, window: int = 1000, n_sigma: float = 7.0, min_periods: int = 100,
-                 two_sided: bool = False) -> np.ndarray:
+def _olmo2_flags(
+    x: np.ndarray, window: int = 1000, n_sigma: float = 7.0, min_periods: int = 100, two_sided: bool = False
+) -> np.ndarray:
     s = pd.Series(x, dtype=float)
     roll = s.rolling(window, min_periods=min_periods)
     mean = roll.mean().shift(1).to_numpy()
@@ -372,11 +388,15 @@ def detect(
         zr = (stats[:, 0] - stats[:, 1] - stats[:, 2]) / stats[:, 3]
     ok = np.isfinite(zr) & (np.arange(n) >= arm)
     below = int((zr[ok] <= -p.z_enter).sum())
-    mirror = {"records": int(ok.sum()), "below": below,
-              "per_10k": float(1e4 * below / ok.sum()) if ok.any() else None}
-    return SpikeEvents(described, level_shifts=[int(steps[i]) for i in shifts] if method == "robust" else [],
-                       hotswaps=hs, armed_from=int(steps[min(arm, n - 1)]) if arm < n else None, method=method,
-                       mirror=mirror)
+    mirror = {"records": int(ok.sum()), "below": below, "per_10k": float(1e4 * below / ok.sum()) if ok.any() else None}
+    return SpikeEvents(
+        described,
+        level_shifts=[int(steps[i]) for i in shifts] if method == "robust" else [],
+        hotswaps=hs,
+        armed_from=int(steps[min(arm, n - 1)]) if arm < n else None,
+        method=method,
+        mirror=mirror,
+    )
 
 
 # --------------------------------------------------------------------------- #

@@ -17,15 +17,30 @@ import pandas as pd
 from warmstart.spikes.params import SpikeLogError
 
 __all__ = [
-    "STEP_KEYS", "LOSS_KEYS", "GRAD_KEYS", "LR_KEYS", "CORPUS_KEYS", "SKIP_KEYS",
-    "load_log", "hotswap_steps", "resolve_warmup",
+    "STEP_KEYS",
+    "LOSS_KEYS",
+    "GRAD_KEYS",
+    "LR_KEYS",
+    "CORPUS_KEYS",
+    "SKIP_KEYS",
+    "load_log",
+    "hotswap_steps",
+    "resolve_warmup",
 ]
 
 STEP_KEYS = ("step", "global_step", "train/step", "iteration", "iter", "it", "_step")
 LOSS_KEYS = ("loss", "train/loss", "train_loss", "train/lm_loss", "lm_loss", "loss/train", "training_loss")
 GRAD_KEYS = (
-    "grad_norm", "train/grad_norm", "gradnorm", "grad-norm", "grad_norm/total",
-    "optim/grad_norm", "train/gradnorm", "total_grad_norm", "gradient_norm", "grad/norm/total",
+    "grad_norm",
+    "train/grad_norm",
+    "gradnorm",
+    "grad-norm",
+    "grad_norm/total",
+    "optim/grad_norm",
+    "train/gradnorm",
+    "total_grad_norm",
+    "gradient_norm",
+    "grad/norm/total",
 )
 LR_KEYS = ("lr", "train/lr", "learning_rate", "train/learning_rate", "optim/lr", "lr-adamw", "lr/group0")
 CORPUS_KEYS = ("corpus", "train/corpus", "dataset", "data/corpus")
@@ -153,8 +168,7 @@ def _read_tensorboard(path: Path) -> pd.DataFrame:
             raise SpikeLogError(f"{path}: no TensorBoard event files (events.out.tfevents.*) in this directory")
         if len(dirs) > 1:
             raise SpikeLogError(
-                f"{path}: holds several TensorBoard runs; pass one of: "
-                + ", ".join(str(d) for d in dirs[:10])
+                f"{path}: holds several TensorBoard runs; pass one of: " + ", ".join(str(d) for d in dirs[:10])
             )
         target = dirs[0]
     acc = EventAccumulator(str(target), size_guidance={"scalars": 0, "tensors": 0}, purge_orphaned_data=False)
@@ -261,8 +275,11 @@ def _check_frame(df: pd.DataFrame) -> pd.DataFrame:
         df = df.drop_duplicates("step", keep="last").sort_values("step", kind="stable")
     finite = np.isfinite(df["loss"].to_numpy(dtype=float))
     if not finite.all():
-        warnings.warn(f"ignored {int((~finite).sum())} record(s) with a non-finite loss at step(s) "
-                      f"{df.loc[~finite, 'step'].tolist()[:10]}", stacklevel=3)
+        warnings.warn(
+            f"ignored {int((~finite).sum())} record(s) with a non-finite loss at step(s) "
+            f"{df.loc[~finite, 'step'].tolist()[:10]}",
+            stacklevel=3,
+        )
         df = df[finite]
     if df.empty:
         raise SpikeLogError("log has no finite loss values")

@@ -142,9 +142,15 @@ class OnlineDetector:
 
     def state_dict(self) -> dict:
         st: dict[str, Any] = {
-            "method": self.method, "warmup": self.warmup, "kw": dict(self.kw), "first_step": self.first_step,
-            "n": self.n, "corpus": self.corpus, "events": [dict(e) for e in self._events],
-            "level_shifts": list(self.level_shifts), "run": dict(self.run) if self.run else None,
+            "method": self.method,
+            "warmup": self.warmup,
+            "kw": dict(self.kw),
+            "first_step": self.first_step,
+            "n": self.n,
+            "corpus": self.corpus,
+            "events": [dict(e) for e in self._events],
+            "level_shifts": list(self.level_shifts),
+            "run": dict(self.run) if self.run else None,
         }
         if self.core is not None:
             st["core"] = self.core.state()
@@ -182,9 +188,15 @@ class OnlineDetector:
             if z > last["magnitude"]:
                 last["peak_step"], last["magnitude"] = int(ev["peak_step"]), z
             return
-        self._events.append({"start_step": int(ev["start_step"]), "peak_step": int(ev["peak_step"]),
-                            "end_step": int(ev["last_step"]), "magnitude": float(ev["peakz"]),
-                            "_last": int(ev["last"])})
+        self._events.append(
+            {
+                "start_step": int(ev["start_step"]),
+                "peak_step": int(ev["peak_step"]),
+                "end_step": int(ev["last_step"]),
+                "magnitude": float(ev["peakz"]),
+                "_last": int(ev["last"]),
+            }
+        )
 
     def _group(self, step: int, loss: float, flagged: bool) -> bool:
         r = self.run
@@ -198,7 +210,8 @@ class OnlineDetector:
         elif r is not None:
             r["below"] += 1
             if r["below"] >= self.p.patience:
-                self._events.append({"start_step": r["start"], "peak_step": r["peak"],
-                                    "end_step": r["last"], "magnitude": None})
+                self._events.append(
+                    {"start_step": r["start"], "peak_step": r["peak"], "end_step": r["last"], "magnitude": None}
+                )
                 self.run = None
         return flagged

@@ -68,7 +68,7 @@ def plot_overview(results: dict, path: Path | None = None, ncols: int = 2):
         ax.set_title(f"{name}: {len(events)} spike(s)", fontsize=9)
         ax.set_ylabel("loss (nats/token)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.set_axis_off()
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step", fontsize=8)

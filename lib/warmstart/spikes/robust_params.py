@@ -36,7 +36,7 @@ class RobustParams:
     log: bool | None = None  # None: log-loss when every loss is > 0
 
     @classmethod
-    def from_kwargs(cls, kw: dict) -> "RobustParams":
+    def from_kwargs(cls, kw: dict) -> RobustParams:
         names = {f.name for f in fields(cls)}
         unknown = set(kw) - names
         if unknown:

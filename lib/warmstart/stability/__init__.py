@@ -119,3 +119,25 @@ from warmstart.stability.analysis import (
 from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
 from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
 from warmstart.stability.run import run_study, sensitivities
+
+__all__ = [
+    "diverged",
+    "findings",
+    "first_crossing",
+    "first_move",
+    "headline",
+    "InducedSpike",
+    "loss_onset",
+    "lr_sensitivity",
+    "ModelShape",
+    "moved_first",
+    "MovedRule",
+    "plots",
+    "run_study",
+    "sensitivities",
+    "sensitivity_rows",
+    "StabilityConfig",
+    "table_rows",
+    "trajectory",
+    "VARIANTS",
+]

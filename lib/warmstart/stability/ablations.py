@@ -92,11 +92,21 @@ def make_assets(root: Path, seed: int = 0, vocab_size: int = 512) -> dict[str, A
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
-                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tr = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts["source"] + texts["target"], tr)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", mask_token="<mask>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
     fast.save_pretrained(root / "tok")
     return {"files": files, "tokenizer": str(root / "tok")}
 
@@ -104,14 +114,40 @@ def make_assets(root: Path, seed: int = 0, vocab_size: int = 512) -> dict[str, A
 # ---------------------------------------------------------------- runs
 
 
-def _cfg(out_dir: Path, assets: dict, lang: str, steps: int, lr: float, seed: int, model_path: str | None,
-         seq_len: int, micro_batch: int, every: int, spec: dict) -> dict:
+def _cfg(
+    out_dir: Path,
+    assets: dict,
+    lang: str,
+    steps: int,
+    lr: float,
+    seed: int,
+    model_path: str | None,
+    seq_len: int,
+    micro_batch: int,
+    every: int,
+    spec: dict,
+) -> dict:
     cfg = dict(
-        tokenizer_path=assets["tokenizer"], train_files={lang: assets["files"][lang]}, seq_len=seq_len,
-        micro_batch=micro_batch, steps=steps, lr=lr, warmup_steps=max(1, steps // 10), lr_schedule="cosine",
-        min_lr_ratio=0.1, out_dir=str(out_dir), log_every=1, checkpoint_every=every, tag_every=every,
-        progress=False, tensorboard=False, export_final=True, peak_flops=1e11, seed=seed, max_grad_norm=1.0,
-    )  # fmt: skip
+        tokenizer_path=assets["tokenizer"],
+        train_files={lang: assets["files"][lang]},
+        seq_len=seq_len,
+        micro_batch=micro_batch,
+        steps=steps,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        lr_schedule="cosine",
+        min_lr_ratio=0.1,
+        out_dir=str(out_dir),
+        log_every=1,
+        checkpoint_every=every,
+        tag_every=every,
+        progress=False,
+        tensorboard=False,
+        export_final=True,
+        peak_flops=1e11,
+        seed=seed,
+        max_grad_norm=1.0,
+    )
     if model_path:
         cfg["model_path"] = model_path
     else:
@@ -145,16 +181,22 @@ def analyse_run(out_dir: Path, detect_params: dict | None = None, history: tuple
     df = S.load_log(path)
     events = S.detect(df, **(detect_params or DETECT))
     score = S.spike_score(df, window=100, min_periods=30)
-    tail = finite[-max(1, len(finite) // 10):]
+    tail = finite[-max(1, len(finite) // 10) :]
     diverged = n_bad > 0 or (bool(tail) and np.mean(tail) > 0.9 * np.mean(finite[:5]))
     return {
-        "events": [e.to_dict() for e in events], "n_spikes": len(events),
+        "events": [e.to_dict() for e in events],
+        "n_spikes": len(events),
         "max_z": max((e.magnitude or 0 for e in events), default=None),
-        "spike_score_loss": score["loss"], "spike_score_grad": score["grad_norm"],
-        "final_loss": float(np.mean(tail)) if tail else None, "min_loss": min(finite) if finite else None,
-        "nonfinite_steps": n_bad, "diverged": bool(diverged),
-        "steps": [r["step"] for r in log], "loss": losses, "grad_norm": [r["grad_norm"] for r in log],
-    }  # fmt: skip
+        "spike_score_loss": score["loss"],
+        "spike_score_grad": score["grad_norm"],
+        "final_loss": float(np.mean(tail)) if tail else None,
+        "min_loss": min(finite) if finite else None,
+        "nonfinite_steps": n_bad,
+        "diverged": bool(diverged),
+        "steps": [r["step"] for r in log],
+        "loss": losses,
+        "grad_norm": [r["grad_norm"] for r in log],
+    }
 
 
 def _eval_loss(model_dir: Path, files: list[str], tokenizer: str, seq_len: int, n: int = 64) -> float:
@@ -164,7 +206,7 @@ def _eval_loss(model_dir: Path, files: list[str], tokenizer: str, seq_len: int, 
     from warmstart.model import load_model
 
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    texts = [json.loads(x)["text"] for x in Path(files[0]).read_text().splitlines()[-4 * n:]]
+    texts = [json.loads(x)["text"] for x in Path(files[0]).read_text().splitlines()[-4 * n :]]
     ids = [x[:seq_len] for x in tok(texts)["input_ids"] if len(x) >= seq_len][:n]
     model = load_model(model_dir).eval()
     with torch.no_grad():
@@ -203,9 +245,21 @@ def _train_skipping(cfg: dict, out_dir: Path, skip_rows: int) -> None:
     tr.fit(resume=True)
 
 
-def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: int = 300, seed: int = 0,
-                  seq_len: int = 64, micro_batch: int = 8, every: int = 10, spec: dict | None = None,
-                  assets: dict | None = None, induce_spike: int | None = None, log=print) -> dict:
+def run_ablations(
+    out: Path,
+    *,
+    lrs: list[float],
+    steps: int = 300,
+    base_steps: int = 300,
+    seed: int = 0,
+    seq_len: int = 64,
+    micro_batch: int = 8,
+    every: int = 10,
+    spec: dict | None = None,
+    assets: dict | None = None,
+    induce_spike: int | None = None,
+    log=print,
+) -> dict:
     """Run the three ablations; returns the JSON-able results (also written to ``out/ablations.json``)."""
     from warmstart.train.loop import train
 
@@ -218,18 +272,26 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
     assets = assets or make_assets(out / "assets", seed)
     kw = dict(seq_len=seq_len, micro_batch=micro_batch, every=every, spec=spec, seed=seed)
     log(f"base: {base_steps} steps on the source language")
-    base = train(_cfg(runs / "base", assets, "source", base_steps, 3e-3, model_path=None,
-                      **kw) | {"tag_every": None, "checkpoint_every": 0})
+    base = train(
+        _cfg(runs / "base", assets, "source", base_steps, 3e-3, model_path=None, **kw)
+        | {"tag_every": None, "checkpoint_every": 0}
+    )
     sweep = []
     for lr in lrs:
         for init in ("warm", "scratch"):
             name = f"{init}-lr{lr:g}"
             log(f"sweep: {name}")
             d = runs / name
-            train(_cfg(d, assets, "target", steps, lr, model_path=str(base.export_dir) if init == "warm" else None, **kw))
+            train(
+                _cfg(d, assets, "target", steps, lr, model_path=str(base.export_dir) if init == "warm" else None, **kw)
+            )
             a = analyse_run(d)
-            a.update(name=name, init=init, lr=lr,
-                     eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len))
+            a.update(
+                name=name,
+                init=init,
+                lr=lr,
+                eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len),
+            )
             sweep.append(a)
     # resume ablation on the spikiest warm run (highest lr on ties)
     warm = [r for r in sweep if r["init"] == "warm"]
@@ -246,8 +308,12 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
         d = runs / name
         train(_cfg(d, assets, "target", steps, lr, model_path=str(base.export_dir), **kw) | induced)
         pick = analyse_run(d)
-        pick.update(name=name, init="warm", lr=lr,
-                    eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len))
+        pick.update(
+            name=name,
+            init="warm",
+            lr=lr,
+            eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len),
+        )
     resume: dict[str, Any] = {"run": pick["name"], "lr": pick["lr"], "variants": [], "induced": induced or None}
     if pick["n_spikes"]:
         first = pick["events"][0]["start_step"]
@@ -256,7 +322,11 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
         resume.update(first_spike=first, from_step=ckpt_step)
         if ckpt_step > 0 and src.is_dir():
             cfg = _cfg(runs / "x", assets, "target", steps, pick["lr"], model_path=str(base.export_dir), **kw) | induced
-            for vname, reset, skip in (("kept", False, 0), ("reset", True, 0), ("kept, new data", False, (first - ckpt_step + 50) * micro_batch)):
+            for vname, reset, skip in (
+                ("kept", False, 0),
+                ("reset", True, 0),
+                ("kept, new data", False, (first - ckpt_step + 50) * micro_batch),
+            ):
                 d = runs / f"resume-{vname.replace(', ', '-').replace(' ', '-')}"
                 log(f"resume: {vname} from step {ckpt_step}")
                 # the induced corruption is keyed on the step; "new data" skips past it, so it goes too
@@ -266,17 +336,34 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
                 after = [e for e in a["events"] if e["start_step"] > ckpt_step]
                 orig = [v for s, v in zip(pick["steps"], pick["loss"]) if s > ckpt_step]
                 mine = [v for s, v in zip(a["steps"], a["loss"]) if s > ckpt_step]
-                a.update(variant=vname, spikes_after=len(after), same_first_spike=bool(after and after[0]["start_step"] == first),
-                         identical_to_original=orig == mine,
-                         eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len))
+                a.update(
+                    variant=vname,
+                    spikes_after=len(after),
+                    same_first_spike=bool(after and after[0]["start_step"] == first),
+                    identical_to_original=orig == mine,
+                    eval_loss=_eval_loss(d / "final", assets["files"]["target"], assets["tokenizer"], seq_len),
+                )
                 resume["variants"].append(a)
         else:
             resume["note"] = "first spike before the first checkpoint: nothing to resume from"
     else:
         resume["note"] = "no warm run spiked: resume ablation not run"
-    result = {"config": {"lrs": lrs, "steps": steps, "base_steps": base_steps, "seed": seed, "seq_len": seq_len,
-                         "micro_batch": micro_batch, "spec": spec, "detect": DETECT, "checkpoint_every": every},
-              "sweep": sweep, "resume": resume, "seconds": time.perf_counter() - t0}
+    result = {
+        "config": {
+            "lrs": lrs,
+            "steps": steps,
+            "base_steps": base_steps,
+            "seed": seed,
+            "seq_len": seq_len,
+            "micro_batch": micro_batch,
+            "spec": spec,
+            "detect": DETECT,
+            "checkpoint_every": every,
+        },
+        "sweep": sweep,
+        "resume": resume,
+        "seconds": time.perf_counter() - t0,
+    }
     from warmstart.io import write_json
 
     write_json(out / "ablations.json", result)
@@ -287,10 +374,20 @@ def run_ablations(out: Path, *, lrs: list[float], steps: int = 300, base_steps: 
 
 
 def summary_rows(result: dict) -> list[dict]:
-    return [{"init": r["init"], "lr": r["lr"], "spikes": r["n_spikes"], "max_z": r["max_z"],
-             "score_loss_%": r["spike_score_loss"], "score_grad_%": r["spike_score_grad"],
-             "final_loss": r["final_loss"], "eval_loss": r["eval_loss"], "diverged": r["diverged"]}
-            for r in result["sweep"]]  # fmt: skip
+    return [
+        {
+            "init": r["init"],
+            "lr": r["lr"],
+            "spikes": r["n_spikes"],
+            "max_z": r["max_z"],
+            "score_loss_%": r["spike_score_loss"],
+            "score_grad_%": r["spike_score_grad"],
+            "final_loss": r["final_loss"],
+            "eval_loss": r["eval_loss"],
+            "diverged": r["diverged"],
+        }
+        for r in result["sweep"]
+    ]
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -335,17 +432,23 @@ def conclusions(result: dict) -> list[str]:
     out = []
     for init in ("warm", "scratch"):
         rs = sorted((r for r in sw if r["init"] == init), key=lambda r: r["lr"])
-        out.append(f"{init}: spikes per lr " + ", ".join(f"{r['lr']:g}: {r['n_spikes']}" + (" (diverged)" if r["diverged"] else "")
-                                                       for r in rs))
+        out.append(
+            f"{init}: spikes per lr "
+            + ", ".join(f"{r['lr']:g}: {r['n_spikes']}" + (" (diverged)" if r["diverged"] else "") for r in rs)
+        )
     w = sum(r["n_spikes"] for r in sw if r["init"] == "warm")
     s = sum(r["n_spikes"] for r in sw if r["init"] == "scratch")
-    out.append(f"total spikes: warm start {w}, scratch {s}; CSMPT saw spikes only in continued pretraining "
-               f"({'consistent' if w > s else 'not reproduced'} here)")
+    out.append(
+        f"total spikes: warm start {w}, scratch {s}; CSMPT saw spikes only in continued pretraining "
+        f"({'consistent' if w > s else 'not reproduced'} here)"
+    )
     rs = result["resume"]
     for v in rs.get("variants", []):
-        out.append(f"resume from step {rs['from_step']} ({v['variant']}): {v['spikes_after']} spike(s) after it, "
-                   f"first spike {'recurs at the same step' if v['same_first_spike'] else 'does not recur at the same step'}"
-                   f"{', bit-identical to the original' if v['identical_to_original'] else ''}; eval loss {v['eval_loss']:.3f}")
+        out.append(
+            f"resume from step {rs['from_step']} ({v['variant']}): {v['spikes_after']} spike(s) after it, "
+            f"first spike {'recurs at the same step' if v['same_first_spike'] else 'does not recur at the same step'}"
+            f"{', bit-identical to the original' if v['identical_to_original'] else ''}; eval loss {v['eval_loss']:.3f}"
+        )
     if "note" in rs:
         out.append(rs["note"])
     return out
@@ -354,15 +457,24 @@ def conclusions(result: dict) -> list[str]:
 def write_outputs(result: dict, out: Path, reports_dir: Path | None) -> dict[str, Path]:
     import pandas as pd
 
-    from warmstart.report.fragments import table, write_fragment
     from warmstart.io import write_text
+    from warmstart.report.fragments import table, write_fragment
 
     out = Path(out)
     fig = plot(result, out / "ablations.png")
     df = pd.DataFrame(summary_rows(result))
     lines = conclusions(result)
-    md = ["# Loss-spike ablations (toy scale)", "", f"config: `{json.dumps(result['config'])}`", "",
-          f"wall time: {result['seconds']:.0f} s", "", *[f"- {x}" for x in lines], "", df.to_markdown(index=False)]
+    md = [
+        "# Loss-spike ablations (toy scale)",
+        "",
+        f"config: `{json.dumps(result['config'])}`",
+        "",
+        f"wall time: {result['seconds']:.0f} s",
+        "",
+        *[f"- {x}" for x in lines],
+        "",
+        df.to_markdown(index=False),
+    ]
     write_text(out / "ablations.md", "\n".join(md) + "\n")
     paths = {"json": out / "ablations.json", "figure": fig, "markdown": out / "ablations.md"}
     if reports_dir is not None:
@@ -378,12 +490,29 @@ def write_outputs(result: dict, out: Path, reports_dir: Path | None) -> dict[str
         ]
         nums = {f"spikes.{r['name']}": r["n_spikes"] for r in result["sweep"]}
         nums |= {f"eval_loss.{r['name']}": r["eval_loss"] for r in result["sweep"]}
-        write_fragment(reports_dir, "ablations", 75, "Loss-spike ablations", paras,
-                       [table(df, "Learning-rate sweep: spikes (robust detector), OLMo 2 spike score (%), "
-                                  "mean loss of the last 10 % of steps and held-out loss")],
-                       [{"path": str(fig), "caption": "Learning-rate sweep (warm start, scratch; red: detected "
-                                                      "spike peaks) and the resume ablation."}],
-                       nums, result["seconds"])
+        write_fragment(
+            reports_dir,
+            "ablations",
+            75,
+            "Loss-spike ablations",
+            paras,
+            [
+                table(
+                    df,
+                    "Learning-rate sweep: spikes (robust detector), OLMo 2 spike score (%), "
+                    "mean loss of the last 10 % of steps and held-out loss",
+                )
+            ],
+            [
+                {
+                    "path": str(fig),
+                    "caption": "Learning-rate sweep (warm start, scratch; red: detected "
+                    "spike peaks) and the resume ablation.",
+                }
+            ],
+            nums,
+            result["seconds"],
+        )
         paths["fragment"] = Path(reports_dir) / "fragments" / "75_ablations.json"
     return paths
 
@@ -399,9 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--induce-spike", type=int, metavar="STEP",
-                    help="if no warm run spikes by itself, corrupt batches STEP..STEP+4 of one (random tokens) "
-                         "and run the resume ablation on that induced spike")
+    ap.add_argument(
+        "--induce-spike",
+        type=int,
+        metavar="STEP",
+        help="if no warm run spikes by itself, corrupt batches STEP..STEP+4 of one (random tokens) "
+        "and run the resume ablation on that induced spike",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for tiny models)")
     ap.add_argument("--source-files", nargs="+", help="real source-language jsonl (with --target-files, --tokenizer)")
     ap.add_argument("--target-files", nargs="+")
@@ -415,10 +548,19 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.source_files and args.target_files and args.tokenizer):
             ap.error("--source-files, --target-files and --tokenizer go together")
         assets = {"files": {"source": args.source_files, "target": args.target_files}, "tokenizer": args.tokenizer}
-    result = run_ablations(Path(args.out), lrs=args.lrs, steps=args.steps, base_steps=args.base_steps, seed=args.seed,
-                           seq_len=args.seq_len, micro_batch=args.micro_batch, every=args.checkpoint_every, assets=assets,
-                           induce_spike=args.induce_spike,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_ablations(
+        Path(args.out),
+        lrs=args.lrs,
+        steps=args.steps,
+        base_steps=args.base_steps,
+        seed=args.seed,
+        seq_len=args.seq_len,
+        micro_batch=args.micro_batch,
+        every=args.checkpoint_every,
+        assets=assets,
+        induce_spike=args.induce_spike,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     paths = write_outputs(result, Path(args.out), Path(args.reports_dir) if args.reports_dir else None)
     print("\n".join(conclusions(result)))
     for k, p in paths.items():

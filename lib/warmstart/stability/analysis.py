@@ -135,22 +135,32 @@ def _series(steps: Sequence[int], values: Sequence[Any], name: str) -> list[tupl
     return out
 
 
-def _moves(ser: list[tuple[int, float]], two_sided: bool, window: int, k: float, min_history: int,
-           rel_floor: float) -> list[tuple[int, float, bool]]:
+def _moves(
+    ser: list[tuple[int, float]], two_sided: bool, window: int, k: float, min_history: int, rel_floor: float
+) -> list[tuple[int, float, bool]]:
     """(step, robust z, move onset) of every record with a full history; an onset is a record that moved while
     the one before did not (a signal stays "moving" for about half a window after a jump, until the trailing
     median catches up: only the first record of such a stretch is its move)."""
     out, prev = [], False
     for i in range(min_history, len(ser)):
-        z = robust_z([h for _, h in ser[max(0, i - window):i]], ser[i][1], rel_floor)
+        z = robust_z([h for _, h in ser[max(0, i - window) : i]], ser[i][1], rel_floor)
         moved = z >= k or (two_sided and z <= -k)
         out.append((ser[i][0], z, moved and not prev))
         prev = moved
     return out
 
 
-def first_move(steps: Sequence[int], values: Sequence[Any], name: str, lo: int | None = None, hi: int | None = None,
-               window: int = 20, k: float = 5.0, min_history: int = 20, rel_floor: float = 0.01) -> dict | None:
+def first_move(
+    steps: Sequence[int],
+    values: Sequence[Any],
+    name: str,
+    lo: int | None = None,
+    hi: int | None = None,
+    window: int = 20,
+    k: float = 5.0,
+    min_history: int = 20,
+    rel_floor: float = 0.01,
+) -> dict | None:
     """The first move onset with ``lo <= step <= hi`` of signal ``name`` (module docstring), or None.
 
     ``name`` picks the transform and sidedness (:data:`SIGNALS`; any other name: log, one-sided, as for
@@ -167,8 +177,9 @@ def first_move(steps: Sequence[int], values: Sequence[Any], name: str, lo: int |
     return None
 
 
-def first_crossing(steps: Sequence[int], values: Sequence[Any], threshold: float, hi: int | None = None,
-                   absolute: bool = False) -> int | None:
+def first_crossing(
+    steps: Sequence[int], values: Sequence[Any], threshold: float, hi: int | None = None, absolute: bool = False
+) -> int | None:
     """First step (<= ``hi``) where the value (its absolute value with ``absolute``) reaches ``threshold``."""
     for s, v in zip(steps, values):
         if hi is not None and s > hi:
@@ -178,8 +189,14 @@ def first_crossing(steps: Sequence[int], values: Sequence[Any], threshold: float
     return None
 
 
-def loss_onset(traj: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, Any]], window: int = 20,
-               k: float = 5.0, min_history: int = 20, rel_floor: float = 0.01) -> tuple[int | None, str | None]:
+def loss_onset(
+    traj: Mapping[str, Sequence[Any]],
+    events: Sequence[Mapping[str, Any]],
+    window: int = 20,
+    k: float = 5.0,
+    min_history: int = 20,
+    rel_floor: float = 0.01,
+) -> tuple[int | None, str | None]:
     """The detector's view of the loss onset: the first event's start, else (a run that diverged without a
     detected event) the first move of the log-loss; returns (step, "detector" | "loss_jump" | None)."""
     if events:
@@ -188,9 +205,18 @@ def loss_onset(traj: Mapping[str, Sequence[Any]], events: Sequence[Mapping[str, 
     return (m["step"], "loss_jump") if m else (None, None)
 
 
-def moved_first(traj: Mapping[str, Sequence[Any]], onset: int, window: int = 20, k: float = 5.0, min_history: int = 20,
-                lookback: int = 10, rel_floor: float = 0.01, attn_logit_threshold: float | None = 100.0,
-                log_z_threshold: float | None = 20.0, signals: Sequence[str] = tuple(SIGNALS)) -> dict:
+def moved_first(
+    traj: Mapping[str, Sequence[Any]],
+    onset: int,
+    window: int = 20,
+    k: float = 5.0,
+    min_history: int = 20,
+    lookback: int = 10,
+    rel_floor: float = 0.01,
+    attn_logit_threshold: float | None = 100.0,
+    log_z_threshold: float | None = 20.0,
+    signals: Sequence[str] = tuple(SIGNALS),
+) -> dict:
     """Which signal moved first, and whether before the loss, around a loss onset at step ``onset``.
 
     ``traj``: ``step``, ``loss`` and one list per signal (None where not logged). The loss gets the same
@@ -222,18 +248,32 @@ def moved_first(traj: Mapping[str, Sequence[Any]], onset: int, window: int = 20,
     first = min(movers)[2] if movers else None
     first_step = per[first]["jump"]["step"] if first else None
     wortsman = any(
-        (v["jump"] is not None and v["jump"]["step"] < ref) or (v["threshold_step"] is not None and v["threshold_step"] < ref)
-        for n, v in per.items() if n in WORTSMAN_SIGNALS
-    )  # fmt: skip
+        (v["jump"] is not None and v["jump"]["step"] < ref)
+        or (v["threshold_step"] is not None and v["threshold_step"] < ref)
+        for n, v in per.items()
+        if n in WORTSMAN_SIGNALS
+    )
     return {
-        "onset": int(onset), "loss_move": lm, "loss_step": int(ref), "signals": per, "first": first,
-        "first_step": first_step, "lead_steps": (ref - first_step) if first_step is not None else None,
-        "before_loss": bool(first_step is not None and first_step < ref), "wortsman_before_loss": bool(wortsman),
-    }  # fmt: skip
+        "onset": int(onset),
+        "loss_move": lm,
+        "loss_step": int(ref),
+        "signals": per,
+        "first": first,
+        "first_step": first_step,
+        "lead_steps": (ref - first_step) if first_step is not None else None,
+        "before_loss": bool(first_step is not None and first_step < ref),
+        "wortsman_before_loss": bool(wortsman),
+    }
 
 
-def move_rate(trajs: Sequence[Mapping[str, Sequence[Any]]], name: str, window: int = 20, k: float = 5.0,
-              min_history: int = 20, rel_floor: float = 0.01) -> dict[str, float | int | None]:
+def move_rate(
+    trajs: Sequence[Mapping[str, Sequence[Any]]],
+    name: str,
+    window: int = 20,
+    k: float = 5.0,
+    min_history: int = 20,
+    rel_floor: float = 0.01,
+) -> dict[str, float | int | None]:
     """How often the rule fires on ``name`` in runs with no instability (the false-alarm base rate): move
     onsets per record, among the records with a full history."""
     tests = fired = 0
@@ -255,11 +295,16 @@ def shared_events(runs: Sequence[Mapping[str, Any]], tol: int = 2) -> dict[str, 
     for r in runs:
         starts = [e["start_step"] for e in r.get("events", [])]
         arch = r.get("arch")
-        out[r["name"]] = sorted({
-            o["variant"] for o in runs
-            if o is not r and (o["init"], o["lr"]) == (r["init"], r["lr"]) and o.get("arch") != arch
-            and any(abs(e["start_step"] - s) <= tol for e in o.get("events", []) for s in starts)
-        })  # fmt: skip
+        out[r["name"]] = sorted(
+            {
+                o["variant"]
+                for o in runs
+                if o is not r
+                and (o["init"], o["lr"]) == (r["init"], r["lr"])
+                and o.get("arch") != arch
+                and any(abs(e["start_step"] - s) <= tol for e in o.get("events", []) for s in starts)
+            }
+        )
     return out
 
 

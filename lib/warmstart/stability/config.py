@@ -105,7 +105,7 @@ class StabilityConfig(_Strict):
     trajectories: Literal["unstable", "all"] = "unstable"
 
     @model_validator(mode="after")
-    def _check(self) -> "StabilityConfig":
+    def _check(self) -> StabilityConfig:
         if not self.lrs or any(x <= 0 for x in self.lrs) or len(set(self.lrs)) != len(self.lrs):
             raise ValueError(f"lrs must be distinct positive learning rates, got {self.lrs}")
         if not self.variants or len(set(self.variants)) != len(self.variants):
@@ -117,7 +117,9 @@ class StabilityConfig(_Strict):
         if self.base_warmup_steps > self.base_steps:
             raise ValueError(f"base_warmup_steps ({self.base_warmup_steps}) must be <= base_steps ({self.base_steps})")
         if self.model.hidden % self.model.heads:
-            raise ValueError(f"model.hidden ({self.model.hidden}) must be a multiple of model.heads ({self.model.heads})")
+            raise ValueError(
+                f"model.hidden ({self.model.hidden}) must be a multiple of model.heads ({self.model.heads})"
+            )
         ind = self.induced
         if ind.enabled:
             if not ind.bad_batches or min(ind.bad_batches) < 1 or max(ind.bad_batches) > self.steps:
@@ -130,13 +132,21 @@ class StabilityConfig(_Strict):
         return sorted(self.lrs)
 
     @classmethod
-    def smoke(cls, **overrides: Any) -> "StabilityConfig":
+    def smoke(cls, **overrides: Any) -> StabilityConfig:
         """A seconds-long study with every part (the tests; the stage's smoke profile)."""
         base: dict[str, Any] = dict(
-            lrs=[1e-2, 1.0], model=ModelShape(hidden=16, layers=1, heads=2, intermediate=32), steps=30,
-            warmup_steps=6, seq_len=16, micro_batch=4, base_steps=20, base_warmup_steps=2, eval_rows=8, val_docs=20,
+            lrs=[1e-2, 1.0],
+            model=ModelShape(hidden=16, layers=1, heads=2, intermediate=32),
+            steps=30,
+            warmup_steps=6,
+            seq_len=16,
+            micro_batch=4,
+            base_steps=20,
+            base_warmup_steps=2,
+            eval_rows=8,
+            val_docs=20,
             workers=1,
             moved=MovedRule(window=10, min_history=10, lookback=5),
             induced=InducedSpike(bad_batches=[22, 23], checkpoint_every=5, skip_batches=3),
-        )  # fmt: skip
+        )
         return cls(**(base | overrides))

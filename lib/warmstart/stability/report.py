@@ -8,11 +8,20 @@ from typing import Any
 
 from warmstart.stability.analysis import WORTSMAN_SIGNALS, finite, sensitivity_reduction_pct
 
-LABELS = {"baseline": "baseline (Llama)", "qk_norm": "qk-norm (Qwen3)", "z_loss": "z-loss",
-          "qk_norm+z_loss": "qk-norm + z-loss"}  # fmt: skip
+LABELS = {
+    "baseline": "baseline (Llama)",
+    "qk_norm": "qk-norm (Qwen3)",
+    "z_loss": "z-loss",
+    "qk_norm+z_loss": "qk-norm + z-loss",
+}
 COLORS = {"baseline": "tab:blue", "qk_norm": "tab:orange", "z_loss": "tab:green", "qk_norm+z_loss": "tab:red"}
-SIGNAL_LABELS = {"attn_logit_max": "max attention logit", "log_z_mean": "log Z (mean)", "log_z_max": "log Z (max)",
-                 "update_ratio": "update/weight ratio", "grad_norm": "gradient norm"}  # fmt: skip
+SIGNAL_LABELS = {
+    "attn_logit_max": "max attention logit",
+    "log_z_mean": "log Z (mean)",
+    "log_z_max": "log Z (max)",
+    "update_ratio": "update/weight ratio",
+    "grad_norm": "gradient norm",
+}
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -76,24 +85,39 @@ def table_rows(result: dict) -> list[dict]:
             lead = mv["lead_steps"]
             first = f"{SIGNAL_LABELS.get(mv['first'], mv['first'])} ({lead} step{'s' if lead != 1 else ''} "
             first += "before)" if lead > 0 else "with the loss)"
-        rows.append({
-            "Variant": LABELS.get(r["variant"], r["variant"]), "Init": r["init"], "Learning rate": f"{r['lr']:g}",
-            "Initial loss (nats)": r["init_loss"], "Final held-out loss (nats)": r["final_loss"],
-            "Diverged": "yes" if r["diverged"] else "no", "Spikes (detector)": r["n_spikes"],
-            "Max attention logit": r["attn_logit_max_max"], "End log Z (nats)": r["log_z_mean_end"],
-            "First signal to move": first,
-        })  # fmt: skip
+        rows.append(
+            {
+                "Variant": LABELS.get(r["variant"], r["variant"]),
+                "Init": r["init"],
+                "Learning rate": f"{r['lr']:g}",
+                "Initial loss (nats)": r["init_loss"],
+                "Final held-out loss (nats)": r["final_loss"],
+                "Diverged": "yes" if r["diverged"] else "no",
+                "Spikes (detector)": r["n_spikes"],
+                "Max attention logit": r["attn_logit_max_max"],
+                "End log Z (nats)": r["log_z_mean_end"],
+                "First signal to move": first,
+            }
+        )
     return rows
 
 
 def sensitivity_rows(result: dict) -> list[dict]:
     """One row per (variant, init): LR sensitivity (own initial-loss clip and the common ln|V| clip)."""
-    return [{
-        "Variant": LABELS.get(s["variant"], s["variant"]), "Init": s["init"], "Initial loss (nats)": s["init_loss"],
-        "Best loss (nats)": s["best_loss"], "Best learning rate": f"{s['best_lr']:g}" if s["best_lr"] else "-",
-        "LR sensitivity (nats)": s["lr_sensitivity"], "LR sensitivity, ln|V| clip (nats)": s["lr_sensitivity_uniform_cap"],
-        "Diverged runs": s["diverged"], "Spiking runs": s["spiked"],
-    } for s in result["sensitivity"]]  # fmt: skip
+    return [
+        {
+            "Variant": LABELS.get(s["variant"], s["variant"]),
+            "Init": s["init"],
+            "Initial loss (nats)": s["init_loss"],
+            "Best loss (nats)": s["best_loss"],
+            "Best learning rate": f"{s['best_lr']:g}" if s["best_lr"] else "-",
+            "LR sensitivity (nats)": s["lr_sensitivity"],
+            "LR sensitivity, ln|V| clip (nats)": s["lr_sensitivity_uniform_cap"],
+            "Diverged runs": s["diverged"],
+            "Spiking runs": s["spiked"],
+        }
+        for s in result["sensitivity"]
+    ]
 
 
 # ---------------------------------------------------------------- findings
@@ -113,31 +137,44 @@ def findings(result: dict) -> list[str]:
         f"source language (one per architecture). Final loss = held-out cross-entropy on {result['eval_rows']} target rows "
         f"(nats/token). LR sensitivity (Wortsman et al. 2023) = mean over the sweep of min(final, initial) - best; "
         f"wall time {result['seconds']['total']:.0f} s.",
-    ]  # fmt: skip
+    ]
     variants, inits = c["variants"], c["inits"]
     # (a) warm vs scratch
     if {"warm", "scratch"} <= set(inits):
         parts, more = [], []
         for v in variants:
             w, s = _sens(result, v, "warm"), _sens(result, v, "scratch")
-            parts.append(f"{LABELS[v]}: warm {_f(w['lr_sensitivity'])} vs scratch {_f(s['lr_sensitivity'])} "
-                         f"(ln|V| clip: {_f(w['lr_sensitivity_uniform_cap'])} vs {_f(s['lr_sensitivity_uniform_cap'])})")
-            more.append(w["lr_sensitivity"] > s["lr_sensitivity"] and w["lr_sensitivity_uniform_cap"] > s["lr_sensitivity_uniform_cap"])
+            parts.append(
+                f"{LABELS[v]}: warm {_f(w['lr_sensitivity'])} vs scratch {_f(s['lr_sensitivity'])} "
+                f"(ln|V| clip: {_f(w['lr_sensitivity_uniform_cap'])} vs {_f(s['lr_sensitivity_uniform_cap'])})"
+            )
+            more.append(
+                w["lr_sensitivity"] > s["lr_sensitivity"]
+                and w["lr_sensitivity_uniform_cap"] > s["lr_sensitivity_uniform_cap"]
+            )
         ref = "baseline" if "baseline" in variants else variants[0]
-        worse = [f"{rw['lr']:g}" for rw, rs in zip(_runs(result, variant=ref, init="warm"), _runs(result, variant=ref, init="scratch"))
-                 if finite(rw["final_loss"]) and finite(rs["final_loss"]) and rw["final_loss"] > rs["final_loss"]]
+        worse = [
+            f"{rw['lr']:g}"
+            for rw, rs in zip(_runs(result, variant=ref, init="warm"), _runs(result, variant=ref, init="scratch"))
+            if finite(rw["final_loss"]) and finite(rs["final_loss"]) and rw["final_loss"] > rs["final_loss"]
+        ]
         sp = {i: sum(r["spiked"] for r in result["sweep"] if r["init"] == i) for i in inits}
-        own = {i: sum(r["spiked"] and not r.get("shared_with") for r in result["sweep"] if r["init"] == i) for i in inits}
+        own = {
+            i: sum(r["spiked"] and not r.get("shared_with") for r in result["sweep"] if r["init"] == i) for i in inits
+        }
         base_more = more[variants.index("baseline")] if "baseline" in variants else more[0]
-        verdict = ("reproduces" if base_more and all(more) else "partly reproduces" if any(more) else "does not reproduce")
+        verdict = (
+            "reproduces" if base_more and all(more) else "partly reproduces" if any(more) else "does not reproduce"
+        )
         out.append(
             f"(a) Warm start more LR-sensitive than scratch (CSMPT): {verdict} at this scale. LR sensitivity (nats), "
-            + "; ".join(parts) + f". {LABELS[ref]}: the warm start ends worse than scratch at learning rate(s) "
+            + "; ".join(parts)
+            + f". {LABELS[ref]}: the warm start ends worse than scratch at learning rate(s) "
             f"{', '.join(worse) if worse else 'none'}. Runs the detector flagged: warm {sp.get('warm', 0)}, scratch "
             f"{sp.get('scratch', 0)}; of these, not recurring within 2 steps in another architecture (same batches, same "
             f"schedule): warm {own.get('warm', 0)}, scratch {own.get('scratch', 0)} (CSMPT saw spikes only in continued "
             "pretraining)."
-        )  # fmt: skip
+        )
     # (b) attention-logit growth and spikes without qk-norm
     if "baseline" in variants:
         b = _runs(result, variant="baseline")
@@ -150,43 +187,66 @@ def findings(result: dict) -> list[str]:
         bad = [r for r in b if r["spiked"] or r["diverged"]]
         qbad = [r for r in q if r["spiked"] or r["diverged"]]
         thr = c["moved"]["attn_logit_threshold"]
-        over = sorted({r["lr"] for r in b if finite(r["attn_logit_max_max"]) and thr and r["attn_logit_max_max"] >= thr})
-        qover = sorted({r["lr"] for r in q if finite(r["attn_logit_max_max"]) and thr and r["attn_logit_max_max"] >= thr})
+        over = sorted(
+            {r["lr"] for r in b if finite(r["attn_logit_max_max"]) and thr and r["attn_logit_max_max"] >= thr}
+        )
+        qover = sorted(
+            {r["lr"] for r in q if finite(r["attn_logit_max_max"]) and thr and r["attn_logit_max_max"] >= thr}
+        )
         hi_bad = [r for r in bad if r["lr"] >= lrs[len(lrs) // 2]]
-        verdict = ("reproduces" if growth and hi_bad else "partly reproduces (attention-logit growth; no baseline spike or "
-                   f"divergence at lr >= {lrs[len(lrs) // 2]:g})" if growth else "does not reproduce")
+        verdict = (
+            "reproduces"
+            if growth and hi_bad
+            else "partly reproduces (attention-logit growth; no baseline spike or "
+            f"divergence at lr >= {lrs[len(lrs) // 2]:g})"
+            if growth
+            else "does not reproduce"
+        )
         best = min((r["final_loss"] for r in b if finite(r["final_loss"])), default=None)
         hi2 = lrs[-min(2, len(lrs))]
         top2 = [r for r in b if r["lr"] >= hi2]
-        txt = (f"(b) High learning rates produce attention-logit growth and loss spikes without qk-norm: {verdict}. Baseline max "
-               f"attention logit {_f(amax(lo), 1)} at lr {lrs[0]:g} and {_f(amax(hi), 1)} at lr {lrs[-1]:g}"
-               + (f" (qk-norm: {_f(amax(qhi), 1)} at lr {lrs[-1]:g})" if qhi else "")
-               + f"; it exceeds {thr:g} at lr {', '.join(f'{x:g}' for x in over) or 'none'}"
-               + (f" (qk-norm: {', '.join(f'{x:g}' for x in qover) or 'none'})" if q else "")
-               + f". Baseline final held-out loss at lr >= {hi2:g}: "
-               + ", ".join(f"{r['init']} lr {r['lr']:g} {_f(r['final_loss'], 2)}" for r in top2)
-               + f" (best of the sweep {_f(best, 2)})"
-               + f". Baseline runs the detector flagged or that diverged: {', '.join(_tag(r) for r in bad) or 'none'}"
-               + (f"; qk-norm: {', '.join(_tag(r) for r in qbad) or 'none'}." if q else "."))  # fmt: skip
+        txt = (
+            f"(b) High learning rates produce attention-logit growth and loss spikes without qk-norm: {verdict}. Baseline max "
+            f"attention logit {_f(amax(lo), 1)} at lr {lrs[0]:g} and {_f(amax(hi), 1)} at lr {lrs[-1]:g}"
+            + (f" (qk-norm: {_f(amax(qhi), 1)} at lr {lrs[-1]:g})" if qhi else "")
+            + f"; it exceeds {thr:g} at lr {', '.join(f'{x:g}' for x in over) or 'none'}"
+            + (f" (qk-norm: {', '.join(f'{x:g}' for x in qover) or 'none'})" if q else "")
+            + f". Baseline final held-out loss at lr >= {hi2:g}: "
+            + ", ".join(f"{r['init']} lr {r['lr']:g} {_f(r['final_loss'], 2)}" for r in top2)
+            + f" (best of the sweep {_f(best, 2)})"
+            + f". Baseline runs the detector flagged or that diverged: {', '.join(_tag(r) for r in bad) or 'none'}"
+            + (f"; qk-norm: {', '.join(_tag(r) for r in qbad) or 'none'}." if q else ".")
+        )
         out.append(txt)
     # (c) qk-norm lowers LR sensitivity
     if {"baseline", "qk_norm"} <= set(variants):
         red = qk_reduction(result)
-        parts = [f"{i}: {_f(_sens(result, 'baseline', i)['lr_sensitivity'])} -> {_f(_sens(result, 'qk_norm', i)['lr_sensitivity'])} "
-                 f"({'lower' if (red[i] or 0) >= 0 else 'higher'} by {_f(abs(red[i] or 0), 1)} %)" for i in inits]
+        parts = [
+            f"{i}: {_f(_sens(result, 'baseline', i)['lr_sensitivity'])} -> {_f(_sens(result, 'qk_norm', i)['lr_sensitivity'])} "
+            f"({'lower' if (red[i] or 0) >= 0 else 'higher'} by {_f(abs(red[i] or 0), 1)} %)"
+            for i in inits
+        ]
         met = [i for i, v in red.items() if v is not None and v >= 30]
         lower = [i for i, v in red.items() if v is not None and v > 0]
         if len(met) == len(red):
             verdict = "reproduces, meeting the >= 30 % goal for every init"
         elif lower:
-            verdict = ("reproduces in direction; the >= 30 % goal is met for " + (", ".join(met) if met else "no init")
-                       + " and missed for " + ", ".join(i for i in red if i not in met))
+            verdict = (
+                "reproduces in direction; the >= 30 % goal is met for "
+                + (", ".join(met) if met else "no init")
+                + " and missed for "
+                + ", ".join(i for i in red if i not in met)
+            )
         else:
             verdict = "does not reproduce"
-        out.append(f"(c) qk-norm lowers LR sensitivity: {verdict}. Baseline -> qk-norm LR sensitivity (nats), "
-                   + "; ".join(parts) + ".")  # fmt: skip
+        out.append(
+            f"(c) qk-norm lowers LR sensitivity: {verdict}. Baseline -> qk-norm LR sensitivity (nats), "
+            + "; ".join(parts)
+            + "."
+        )
     # (d) z-loss keeps log Z near 0
     if "z_loss" in variants and "baseline" in variants:
+
         def zend(v: str) -> list[float]:
             return [r["log_z_mean_end"] for r in result["sweep"] if r["variant"] == v and finite(r["log_z_mean_end"])]
 
@@ -195,12 +255,20 @@ def findings(result: dict) -> list[str]:
         mz = sum(abs(x) for x in zz) / len(zz) if zz else None
         near = mz is not None and mz < 1.0
         closer = mz is not None and mb is not None and mz < mb
-        verdict = "reproduces" if near else (f"does not reproduce in {c['steps']} steps (log Z is "
-                                             f"{'closer to 0 than' if closer else 'no closer to 0 than'} the baseline's)")
-        out.append(f"(d) z-loss (coefficient {c['z_loss_coef']:g}) keeps log Z near 0: {verdict}. Mean |log Z| over the last 10 % "
-                   f"of each run, averaged over the sweep: z-loss {_f(mz, 2)}, baseline {_f(mb, 2)} nats (ln|V| = "
-                   f"{_f(result['uniform_loss'], 2)}); range z-loss {_f(min(zz, default=None), 2)} .. {_f(max(zz, default=None), 2)}, "
-                   f"baseline {_f(min(zb, default=None), 2)} .. {_f(max(zb, default=None), 2)}.")  # fmt: skip
+        verdict = (
+            "reproduces"
+            if near
+            else (
+                f"does not reproduce in {c['steps']} steps (log Z is "
+                f"{'closer to 0 than' if closer else 'no closer to 0 than'} the baseline's)"
+            )
+        )
+        out.append(
+            f"(d) z-loss (coefficient {c['z_loss_coef']:g}) keeps log Z near 0: {verdict}. Mean |log Z| over the last 10 % "
+            f"of each run, averaged over the sweep: z-loss {_f(mz, 2)}, baseline {_f(mb, 2)} nats (ln|V| = "
+            f"{_f(result['uniform_loss'], 2)}); range z-loss {_f(min(zz, default=None), 2)} .. {_f(max(zz, default=None), 2)}, "
+            f"baseline {_f(min(zb, default=None), 2)} .. {_f(max(zb, default=None), 2)}."
+        )
     out.append(goal_paragraph(result))
     if result.get("induced"):
         out.append(induced_paragraph(result["induced"]))
@@ -208,8 +276,11 @@ def findings(result: dict) -> list[str]:
 
 
 def _tag(r: dict) -> str:
-    what = ("diverged" if r["diverged"] else "") + ("; " if r["diverged"] and r["spiked"] else "") + (
-        f"{r['n_spikes']} spike(s)" if r["spiked"] else "")
+    what = (
+        ("diverged" if r["diverged"] else "")
+        + ("; " if r["diverged"] and r["spiked"] else "")
+        + (f"{r['n_spikes']} spike(s)" if r["spiked"] else "")
+    )
     return f"{r['init']} lr {r['lr']:g} ({what})"
 
 
@@ -217,8 +288,10 @@ def goal_paragraph(result: dict) -> str:
     c = result["config"]
     flagged = [r for r in result["sweep"] if r["spiked"] or r["diverged"]]
     if not flagged:
-        return (f"Goal: no configuration spiked or diverged, up to learning rate {max(c['lrs']):g} over {c['steps']} steps "
-                "(every variant and init).")  # fmt: skip
+        return (
+            f"Goal: no configuration spiked or diverged, up to learning rate {max(c['lrs']):g} over {c['steps']} steps "
+            "(every variant and init)."
+        )
     hits = goal_runs(result)
     m = c["moved"]
     lines = []
@@ -229,53 +302,89 @@ def goal_paragraph(result: dict) -> str:
             continue
         src = "detector event" if mv["onset_source"] == "detector" else "loss jump"
         desc = f"{LABELS[r['variant']]} {_tag(r)}: onset at step {mv['onset']} ({src}"
-        desc += (f", the loss itself moved at step {mv['loss_step']}); " if mv.get("loss_move")
-                 else "; the loss's own rule did not fire before it); ")
+        desc += (
+            f", the loss itself moved at step {mv['loss_step']}); "
+            if mv.get("loss_move")
+            else "; the loss's own rule did not fire before it); "
+        )
         if mv["first"]:
             lead = mv["lead_steps"]
-            when = (f"({lead} step(s) before the loss)" if lead > 0 else "(with the loss)" if lead == 0
-                    else f"({-lead} step(s) after the loss)")
+            when = (
+                f"({lead} step(s) before the loss)"
+                if lead > 0
+                else "(with the loss)"
+                if lead == 0
+                else f"({-lead} step(s) after the loss)"
+            )
             desc += f"first to move: {SIGNAL_LABELS.get(mv['first'], mv['first'])} at step {mv['first_step']} {when}"
         else:
             desc += "no signal moved in the look-back window"
-        thr = [f"{SIGNAL_LABELS[n]} past its threshold from step {v['threshold_step']}" for n, v in mv["signals"].items()
-               if v["threshold_step"] is not None and v["threshold_step"] < mv["loss_step"]]
+        thr = [
+            f"{SIGNAL_LABELS[n]} past its threshold from step {v['threshold_step']}"
+            for n, v in mv["signals"].items()
+            if v["threshold_step"] is not None and v["threshold_step"] < mv["loss_step"]
+        ]
         if thr:
             desc += "; " + ", ".join(thr)
         if r.get("shared_with"):
-            desc += (f"; an event within 2 steps in {', '.join(LABELS.get(v, v) for v in r['shared_with'])} too (same batches "
-                     "and schedule, another architecture)")
+            desc += (
+                f"; an event within 2 steps in {', '.join(LABELS.get(v, v) for v in r['shared_with'])} too (same batches "
+                "and schedule, another architecture)"
+            )
         lines.append(desc)
     rates = result.get("move_rates") or {}
-    base = ", ".join(f"{SIGNAL_LABELS.get(n, n)} {100 * v['rate']:.2f} %" for n, v in rates.items() if v.get("rate") is not None)
+    base = ", ".join(
+        f"{SIGNAL_LABELS.get(n, n)} {100 * v['rate']:.2f} %" for n, v in rates.items() if v.get("rate") is not None
+    )
+
     def jumped(r: dict) -> bool:
         mv = r["moved"]
-        return any(v["jump"] is not None and v["jump"]["step"] < mv["loss_step"] for n, v in mv["signals"].items()
-                   if n in WORTSMAN_SIGNALS)  # fmt: skip
+        return any(
+            v["jump"] is not None and v["jump"]["step"] < mv["loss_step"]
+            for n, v in mv["signals"].items()
+            if n in WORTSMAN_SIGNALS
+        )
 
     n_jump = sum(jumped(r) for r in hits)
     thr = m["attn_logit_threshold"]
-    calm_over = [r for r in result["sweep"] if not (r["spiked"] or r["diverged"]) and thr and finite(r["attn_logit_max_max"])
-                 and r["attn_logit_max_max"] >= thr]  # fmt: skip
-    head = (f"Goal ({'met' if hits else 'not met'}): {len(hits)} of {len(flagged)} flagged run(s) had an attention-logit or log Z "
-            f"signal move before the loss: {n_jump} by a jump within the look-back window, {len(hits) - n_jump} by the "
-            f"attention-logit threshold alone (not specific: the attention logit also passes {thr:g} in {len(calm_over)} runs "
-            f"that never spiked or diverged). 'Moved' = {m['k']:g} robust units (1.4826 MAD) above the median of the previous "
-            f"{m['window']} records (both ways for log Z mean), looked for up to {m['lookback']} steps before the onset; or "
-            f"the attention logit past {m['attn_logit_threshold']:g} / |log Z| past {m['log_z_threshold']:g} any time before. "
-            + (f"The rule's false-alarm rate per record in the runs without any event: {base}; over a {m['lookback']}-step window "
-               "a chance move of one signal is that rate times the window. " if base else ""))  # fmt: skip
+    calm_over = [
+        r
+        for r in result["sweep"]
+        if not (r["spiked"] or r["diverged"])
+        and thr
+        and finite(r["attn_logit_max_max"])
+        and r["attn_logit_max_max"] >= thr
+    ]
+    head = (
+        f"Goal ({'met' if hits else 'not met'}): {len(hits)} of {len(flagged)} flagged run(s) had an attention-logit or log Z "
+        f"signal move before the loss: {n_jump} by a jump within the look-back window, {len(hits) - n_jump} by the "
+        f"attention-logit threshold alone (not specific: the attention logit also passes {thr:g} in {len(calm_over)} runs "
+        f"that never spiked or diverged). 'Moved' = {m['k']:g} robust units (1.4826 MAD) above the median of the previous "
+        f"{m['window']} records (both ways for log Z mean), looked for up to {m['lookback']} steps before the onset; or "
+        f"the attention logit past {m['attn_logit_threshold']:g} / |log Z| past {m['log_z_threshold']:g} any time before. "
+        + (
+            f"The rule's false-alarm rate per record in the runs without any event: {base}; over a {m['lookback']}-step window "
+            "a chance move of one signal is that rate times the window. "
+            if base
+            else ""
+        )
+    )
     return head + " ".join(x + "." for x in lines)
 
 
 def induced_paragraph(ind: dict) -> str:
     u, m = ind["unmitigated"], ind["mitigated"]
-    rb = ", ".join(f"step {x['step']} (spike from {x['spike_start']}) -> {x['rollback_to'] or 'no checkpoint'}" for x in m["rollbacks"])
-    return (f"Induced spike: {LABELS.get(ind['variant'], ind['variant'])}, {ind['init']} start, lr {ind['lr']:g}, batches "
-            f"{', '.join(map(str, ind['bad_batches']))} replaced by random tokens. Final held-out loss: clean control "
-            f"{_f(ind['control']['final_loss'])}, without mitigation {_f(u['final_loss'])} ({u['n_spikes']} spike(s) detected), "
-            f"with rollback-and-skip {_f(m['final_loss'])} ({m['spike_rollbacks']} rollback(s){': ' + rb if rb else ''}; "
-            f"{m['skipped_batches']} batch(es) skipped; {m['n_spikes']} spike(s) detected in its log).")  # fmt: skip
+    rb = ", ".join(
+        f"step {x['step']} (spike from {x['spike_start']}) -> {x['rollback_to'] or 'no checkpoint'}"
+        for x in m["rollbacks"]
+    )
+    return (
+        f"Induced spike: {LABELS.get(ind['variant'], ind['variant'])}, {ind['init']} start, lr {ind['lr']:g}, batches "
+        f"{', '.join(map(str, ind['bad_batches']))} replaced by random tokens. Final held-out loss: clean control "
+        f"{_f(ind['control']['final_loss'])}, without mitigation {_f(u['final_loss'])} ({u['n_spikes']} spike(s) detected), "
+        f"with rollback-and-skip {_f(m['final_loss'])} ({m['spike_rollbacks']} rollback(s){': ' + rb if rb else ''}; "
+        f"{m['skipped_batches']} batch(es) skipped; {m['n_spikes']} spike(s) detected in its log)."
+    )
 
 
 # ---------------------------------------------------------------- figures
@@ -293,8 +402,11 @@ def _plt():
 def plots(result: dict, fig_dir: Path | str) -> list[dict]:
     """The study's figures under ``fig_dir``: ``[{"path", "caption"}]``."""
     fig_dir = Path(fig_dir)
-    figs = [plot_sweep(result, fig_dir / "lr_sweep.png"), plot_growth(result, fig_dir / "signal_growth.png"),
-            plot_signals(result, fig_dir / "signals.png")]  # fmt: skip
+    figs = [
+        plot_sweep(result, fig_dir / "lr_sweep.png"),
+        plot_growth(result, fig_dir / "signal_growth.png"),
+        plot_signals(result, fig_dir / "signals.png"),
+    ]
     if result.get("induced"):
         figs.append(plot_induced(result, fig_dir / "induced_spike.png"))
     return [f for f in figs if f]
@@ -318,7 +430,14 @@ def plot_sweep(result: dict, path: Path) -> dict:
             rs = _runs(result, variant=v, init=init)
             s = _sens(result, v, init)
             y = [min(r["final_loss"], s["init_loss"]) if finite(r["final_loss"]) else s["init_loss"] for r in rs]
-            ax.plot([r["lr"] for r in rs], y, "-o", color=COLORS[v], ms=4, label=f"{LABELS[v]} (sens. {s['lr_sensitivity']:.2f})")
+            ax.plot(
+                [r["lr"] for r in rs],
+                y,
+                "-o",
+                color=COLORS[v],
+                ms=4,
+                label=f"{LABELS[v]} (sens. {s['lr_sensitivity']:.2f})",
+            )
             for r, yy in zip(rs, y):
                 if r["diverged"]:
                     ax.plot(r["lr"], yy, "x", color="black", ms=8, mew=1.5)
@@ -326,12 +445,20 @@ def plot_sweep(result: dict, path: Path) -> dict:
                     ax.plot(r["lr"], yy, "o", mfc="none", mec="red", ms=11, mew=1.2)
             top = max(top, s["init_loss"])
         ax.axhline(result["uniform_loss"], color="0.5", ls=":", lw=1)
-        ax.set(xscale="log", xlabel="learning rate", title=f"{init} start", ylabel="final held-out loss (nats, clipped at initial)")
+        ax.set(
+            xscale="log",
+            xlabel="learning rate",
+            title=f"{init} start",
+            ylabel="final held-out loss (nats, clipped at initial)",
+        )
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("LR sweep (red circle: detector flagged a spike; x: diverged; dotted: ln|V|)", fontsize=9)
-    return {"path": _save(fig, path), "caption": "Final held-out loss against learning rate (Wortsman et al. 2023, Figure 1 "
-            "form), one line per variant, warm start and scratch; losses clipped at the run's initial loss as in the LR "
-            "sensitivity (in the legend)."}  # fmt: skip
+    return {
+        "path": _save(fig, path),
+        "caption": "Final held-out loss against learning rate (Wortsman et al. 2023, Figure 1 "
+        "form), one line per variant, warm start and scratch; losses clipped at the run's initial loss as in the LR "
+        "sensitivity (in the legend).",
+    }
 
 
 def plot_growth(result: dict, path: Path) -> dict:
@@ -343,26 +470,52 @@ def plot_growth(result: dict, path: Path) -> dict:
             rs = _runs(result, variant=v, init=init)
             ls = "-" if init == "warm" else "--"
             lab = f"{LABELS[v]}, {init}"
-            axes[0].plot([r["lr"] for r in rs], [r["attn_logit_max_max"] if finite(r["attn_logit_max_max"]) else math.nan for r in rs],
-                         ls, marker="o", ms=3, color=COLORS[v], label=lab)
-            axes[1].plot([r["lr"] for r in rs], [r["log_z_mean_end"] if finite(r["log_z_mean_end"]) else math.nan for r in rs],
-                         ls, marker="o", ms=3, color=COLORS[v], label=lab)
+            axes[0].plot(
+                [r["lr"] for r in rs],
+                [r["attn_logit_max_max"] if finite(r["attn_logit_max_max"]) else math.nan for r in rs],
+                ls,
+                marker="o",
+                ms=3,
+                color=COLORS[v],
+                label=lab,
+            )
+            axes[1].plot(
+                [r["lr"] for r in rs],
+                [r["log_z_mean_end"] if finite(r["log_z_mean_end"]) else math.nan for r in rs],
+                ls,
+                marker="o",
+                ms=3,
+                color=COLORS[v],
+                label=lab,
+            )
     thr = result["config"]["moved"]["attn_logit_threshold"]
     if thr:
         axes[0].axhline(thr, color="0.5", ls=":", lw=1)
-    axes[0].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="max attention logit over the run",
-                title="attention-logit growth")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="learning rate",
+        ylabel="max attention logit over the run",
+        title="attention-logit growth",
+    )
     axes[1].axhline(0, color="0.5", ls=":", lw=1)
-    axes[1].set(xscale="log", xlabel="learning rate", ylabel="log Z, mean of the last 10 % (nats)", title="output log-partition")
+    axes[1].set(
+        xscale="log", xlabel="learning rate", ylabel="log Z, mean of the last 10 % (nats)", title="output log-partition"
+    )
     axes[1].legend(fontsize=7)
-    return {"path": _save(fig, path), "caption": "Instability signals against learning rate: the largest attention logit "
-            "q.k/sqrt(d) of each run (dotted: the 'grew' threshold) and its output log-partition log Z at the end "
-            "(solid: warm start, dashed: scratch)."}  # fmt: skip
+    return {
+        "path": _save(fig, path),
+        "caption": "Instability signals against learning rate: the largest attention logit "
+        "q.k/sqrt(d) of each run (dotted: the 'grew' threshold) and its output log-partition log Z at the end "
+        "(solid: warm start, dashed: scratch).",
+    }
 
 
 def _pick_unstable(result: dict, n: int = 4) -> list[dict]:
     rs = [r for r in result["sweep"] if r["spiked"] or r["diverged"]]
-    rs.sort(key=lambda r: (-r["lr"], not (r["moved"] and r["moved"]["wortsman_before_loss"]), r["variant"] != "baseline"))
+    rs.sort(
+        key=lambda r: (-r["lr"], not (r["moved"] and r["moved"]["wortsman_before_loss"]), r["variant"] != "baseline")
+    )
     if rs:
         return rs[:n]
     top = max(result["config"]["lrs"])  # nothing unstable: the highest learning rate of each variant
@@ -373,8 +526,12 @@ def plot_signals(result: dict, path: Path) -> dict:
     """Loss and signals against step for the runs that spiked or diverged (up to 4), onset and first moves marked."""
     plt = _plt()
     runs = _pick_unstable(result)
-    rows = [("loss", "loss (nats)"), ("attn_logit_max", "max attention logit"), ("log_z", "log Z (nats)"),
-            ("update_ratio", "update/weight ratio")]  # fmt: skip
+    rows = [
+        ("loss", "loss (nats)"),
+        ("attn_logit_max", "max attention logit"),
+        ("log_z", "log Z (nats)"),
+        ("update_ratio", "update/weight ratio"),
+    ]
     fig, axes = plt.subplots(len(rows), len(runs), figsize=(3.6 * len(runs) + 0.6, 8.5), sharex="col", squeeze=False)
     for j, r in enumerate(runs):
         t = r["trajectory"]
@@ -400,16 +557,21 @@ def plot_signals(result: dict, path: Path) -> dict:
         lead = ""
         if mv and mv["first"]:
             n = mv["lead_steps"]
-            lead = f"\nfirst: {SIGNAL_LABELS.get(mv['first'], mv['first'])}, " + (f"{n} step(s) ahead" if n > 0 else "with the loss")
+            lead = f"\nfirst: {SIGNAL_LABELS.get(mv['first'], mv['first'])}, " + (
+                f"{n} step(s) ahead" if n > 0 else "with the loss"
+            )
         axes[0, j].set_title(f"{LABELS[r['variant']]}, {r['init']}, lr {r['lr']:g}{lead}", fontsize=8)
         axes[-1, j].set_xlabel("step")
     for i, (_, lab) in enumerate(rows):
         axes[i, 0].set_ylabel(lab)
     axes[2, 0].legend(fontsize=7)
     unstable = any(r["spiked"] or r["diverged"] for r in runs)
-    cap = ("Runs the detector flagged or that diverged: loss (red: detected spikes), the instability signals, the loss "
-           "onset (dashed) and each signal's first move before it (triangles)." if unstable else
-           "No run spiked or diverged: the signals of the highest learning rate's runs.")  # fmt: skip
+    cap = (
+        "Runs the detector flagged or that diverged: loss (red: detected spikes), the instability signals, the loss "
+        "onset (dashed) and each signal's first move before it (triangles)."
+        if unstable
+        else "No run spiked or diverged: the signals of the highest learning rate's runs."
+    )
     return {"path": _save(fig, path), "caption": cap}
 
 
@@ -420,7 +582,9 @@ def plot_induced(result: dict, path: Path) -> dict:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     t = ind["control"].get("trajectory")
     if t:
-        ax.plot(t["step"], [x if finite(x) else math.nan for x in t["loss"]], color="0.6", lw=0.8, label="clean control")
+        ax.plot(
+            t["step"], [x if finite(x) else math.nan for x in t["loss"]], color="0.6", lw=0.8, label="clean control"
+        )
     for key, color in (("unmitigated", "tab:red"), ("mitigated", "tab:blue")):
         r = ind[key]
         st, lo = r["log_steps"], r["log_loss"]
@@ -436,8 +600,14 @@ def plot_induced(result: dict, path: Path) -> dict:
             ax.plot(x["step"], max((v for v in lo if finite(v)), default=0), "v", color=color, ms=7)
     for b in ind["bad_batches"]:
         ax.axvspan(b - 0.5, b + 0.5, color="orange", alpha=0.3)
-    ax.set(xlabel="step", ylabel="training loss (nats)",
-           title=f"induced spike (random-token batches {ind['bad_batches'][0]}..{ind['bad_batches'][-1]}, orange)")
+    ax.set(
+        xlabel="step",
+        ylabel="training loss (nats)",
+        title=f"induced spike (random-token batches {ind['bad_batches'][0]}..{ind['bad_batches'][-1]}, orange)",
+    )
     ax.legend(fontsize=8)
-    return {"path": _save(fig, path), "caption": "Induced spike: a warm run with random-token batches (orange), without "
-            "mitigation and with rollback-and-skip (triangles: rollbacks), against the clean run."}  # fmt: skip
+    return {
+        "path": _save(fig, path),
+        "caption": "Induced spike: a warm run with random-token batches (orange), without "
+        "mitigation and with rollback-and-skip (triangles: rollbacks), against the clean run.",
+    }

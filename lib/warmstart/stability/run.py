@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from warmstart.stability import analysis as A
 from warmstart.pool import process_pool
+from warmstart.stability import analysis as A
 from warmstart.stability.config import VARIANTS, StabilityConfig
 
 DATA_KEYS = ("source_train", "target_train", "target_val", "source_tokenizer", "target_tokenizer")
@@ -32,9 +32,15 @@ def toy_data(root: Path, cfg: StabilityConfig) -> dict[str, Any]:
         raise ValueError(f"val_docs ({cfg.val_docs}) leaves no target training document (of {len(lines)})")
     train, val = Path(root) / "target_train.jsonl", Path(root) / "target_val.jsonl"
     train.write_text("".join(x + "\n" for x in lines[: -cfg.val_docs]))
-    val.write_text("".join(x + "\n" for x in lines[-cfg.val_docs:]))
-    return {"source_train": assets["files"]["source"], "target_train": [str(train)], "target_val": [str(val)],
-            "source_tokenizer": assets["tokenizer"], "target_tokenizer": assets["tokenizer"], "kind": "toy"}  # fmt: skip
+    val.write_text("".join(x + "\n" for x in lines[-cfg.val_docs :]))
+    return {
+        "source_train": assets["files"]["source"],
+        "target_train": [str(train)],
+        "target_val": [str(val)],
+        "source_tokenizer": assets["tokenizer"],
+        "target_tokenizer": assets["tokenizer"],
+        "kind": "toy",
+    }
 
 
 def check_data(data: dict[str, Any]) -> dict[str, Any]:
@@ -89,18 +95,41 @@ def held_out_loss(model, rows, batch: int = 16) -> float | None:
 
 def _spec(cfg: StabilityConfig, arch: str) -> dict:
     m = cfg.model
-    return dict(arch=arch, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
-                intermediate=m.intermediate, max_pos=cfg.seq_len, tie_embeddings=m.tie_embeddings, seed=cfg.seed)  # fmt: skip
+    return dict(
+        arch=arch,
+        hidden=m.hidden,
+        layers=m.layers,
+        heads=m.heads,
+        kv_heads=m.kv_heads,
+        intermediate=m.intermediate,
+        max_pos=cfg.seq_len,
+        tie_embeddings=m.tie_embeddings,
+        seed=cfg.seed,
+    )
 
 
 def _train_cfg(cfg: StabilityConfig, out_dir: Path, **kw: Any) -> dict:
     base = dict(
-        seq_len=cfg.seq_len, micro_batch=cfg.micro_batch, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
-        lr_schedule=cfg.lr_schedule, min_lr_ratio=cfg.min_lr_ratio, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, out_dir=str(out_dir), log_every=1, checkpoint_every=0, keep_last=1,
-        progress=False, tensorboard=False, export_final=False, update_cos=False, peak_flops=1e11, seed=cfg.seed,
+        seq_len=cfg.seq_len,
+        micro_batch=cfg.micro_batch,
+        steps=cfg.steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_schedule=cfg.lr_schedule,
+        min_lr_ratio=cfg.min_lr_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        out_dir=str(out_dir),
+        log_every=1,
+        checkpoint_every=0,
+        keep_last=1,
+        progress=False,
+        tensorboard=False,
+        export_final=False,
+        update_cos=False,
+        peak_flops=1e11,
+        seed=cfg.seed,
         max_bad_steps=10**9,  # a diverging run skips its non-finite steps; it never rolls back
-    )  # fmt: skip
+    )
     return base | kw
 
 
@@ -132,7 +161,7 @@ def detect_events(log_path: Path, records: list[dict], cfg: StabilityConfig) -> 
 
 def _run(cfg: StabilityConfig, tc: dict, rows) -> tuple[Any, float | None, float | None, list[dict], float, float]:
     """Train one run in this process; (result, held-out loss before, after, log records, seconds, CPU seconds)."""
-    from warmstart.train.loop import Trainer, TrainConfig
+    from warmstart.train.loop import TrainConfig, Trainer
 
     t0, c0 = time.perf_counter(), time.process_time()
     shutil.rmtree(tc["out_dir"], ignore_errors=True)
@@ -154,9 +183,18 @@ def train_base(cfg: StabilityConfig, data: dict, arch: str, out: Path) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     d = out / f"base-{arch}"
     shutil.rmtree(d, ignore_errors=True)
-    tc = _train_cfg(cfg, d, tokenizer_path=data["source_tokenizer"], train_files={"source": data["source_train"]},
-                    model=_spec(cfg, arch), steps=cfg.base_steps, lr=cfg.base_lr, warmup_steps=cfg.base_warmup_steps,
-                    export_final=True, signals_every=0)  # fmt: skip
+    tc = _train_cfg(
+        cfg,
+        d,
+        tokenizer_path=data["source_tokenizer"],
+        train_files={"source": data["source_train"]},
+        model=_spec(cfg, arch),
+        steps=cfg.base_steps,
+        lr=cfg.base_lr,
+        warmup_steps=cfg.base_warmup_steps,
+        export_final=True,
+        signals_every=0,
+    )
     res = train(tc)
     shutil.rmtree(d / "checkpoints", ignore_errors=True)
     model_dir = res.export_dir
@@ -165,30 +203,61 @@ def train_base(cfg: StabilityConfig, data: dict, arch: str, out: Path) -> dict:
         from warmstart.vocab_swap.surgery import swap_model_dir
 
         model_dir, swap = out / f"base-{arch}-swapped", cfg.swap_method
-        swap_model_dir(res.export_dir, data["target_tokenizer"], model_dir, swap, old_tokenizer_dir=data["source_tokenizer"],
-                       seed=cfg.seed)
+        swap_model_dir(
+            res.export_dir,
+            data["target_tokenizer"],
+            model_dir,
+            swap,
+            old_tokenizer_dir=data["source_tokenizer"],
+            seed=cfg.seed,
+        )
     recs = _read_log(d / "log.jsonl")
-    tail = [r["loss"] for r in recs[-max(1, len(recs) // 10):] if A.finite(r.get("loss"))]
-    return {"arch": arch, "model_dir": str(model_dir), "steps": cfg.base_steps, "swap": swap,
-            "final_train_loss": sum(tail) / len(tail) if tail else None, "seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.process_time() - c0}  # fmt: skip
+    tail = [r["loss"] for r in recs[-max(1, len(recs) // 10) :] if A.finite(r.get("loss"))]
+    return {
+        "arch": arch,
+        "model_dir": str(model_dir),
+        "steps": cfg.base_steps,
+        "swap": swap,
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+    }
 
 
-def sweep_run(cfg: StabilityConfig, data: dict, variant: str, init: str, lr: float, out: Path, bases: dict,
-              rows, uniform: float, extra: dict | None = None, name: str | None = None) -> dict:
+def sweep_run(
+    cfg: StabilityConfig,
+    data: dict,
+    variant: str,
+    init: str,
+    lr: float,
+    out: Path,
+    bases: dict,
+    rows,
+    uniform: float,
+    extra: dict | None = None,
+    name: str | None = None,
+) -> dict:
     """One run of the sweep (or, with ``extra`` trainer fields, of the induced-spike experiment), analysed."""
     v = VARIANTS[variant]
     name = name or f"{variant}-{init}-lr{lr:g}"
     d = out / name
     model = {"model_path": bases[v["arch"]]["model_dir"]} if init == "warm" else {"model": _spec(cfg, v["arch"])}
-    tc = _train_cfg(cfg, d, tokenizer_path=data["target_tokenizer"], train_files={"target": data["target_train"]},
-                    lr=lr, signals_every=cfg.signals_every, z_loss=cfg.z_loss_coef if v["z_loss"] else 0.0,
-                    **model, **(extra or {}))  # fmt: skip
+    tc = _train_cfg(
+        cfg,
+        d,
+        tokenizer_path=data["target_tokenizer"],
+        train_files={"target": data["target_train"]},
+        lr=lr,
+        signals_every=cfg.signals_every,
+        z_loss=cfg.z_loss_coef if v["z_loss"] else 0.0,
+        **model,
+        **(extra or {}),
+    )
     res, before, after, records, secs, cpu = _run(cfg, tc, rows)
     traj = A.trajectory(records)
     events, armed = detect_events(d / "log.jsonl", records, cfg)
     n_bad = sum(1 for r in records if r.get("skipped") or not A.finite(r.get("loss")))
-    tail = [x for x in traj["loss"][-max(1, len(traj["loss"]) // 10):] if A.finite(x)]
+    tail = [x for x in traj["loss"][-max(1, len(traj["loss"]) // 10) :] if A.finite(x)]
     init_loss = before if before is not None else uniform
     div = A.diverged(after, init_loss, uniform, n_bad)
     m = cfg.moved
@@ -197,16 +266,38 @@ def sweep_run(cfg: StabilityConfig, data: dict, variant: str, init: str, lr: flo
     if events or div:
         onset, source = A.loss_onset(traj, events, **rule)
         if onset is not None:
-            moved = A.moved_first(traj, onset, lookback=m.lookback, attn_logit_threshold=m.attn_logit_threshold,
-                                  log_z_threshold=m.log_z_threshold, **rule) | {"onset_source": source}  # fmt: skip
+            moved = A.moved_first(
+                traj,
+                onset,
+                lookback=m.lookback,
+                attn_logit_threshold=m.attn_logit_threshold,
+                log_z_threshold=m.log_z_threshold,
+                **rule,
+            ) | {"onset_source": source}
     return {
-        "name": name, "variant": variant, "init": init, "lr": lr, "arch": v["arch"],
+        "name": name,
+        "variant": variant,
+        "init": init,
+        "lr": lr,
+        "arch": v["arch"],
         "z_loss": cfg.z_loss_coef if v["z_loss"] else 0.0,
-        "init_loss": before, "final_loss": after, "final_train_loss": sum(tail) / len(tail) if tail else None,
-        "nonfinite_steps": n_bad, "diverged": div, "n_spikes": len(events), "events": events, "armed_from": armed,
-        "spiked": bool(events), "moved": moved, **A.summarise_signals(traj),
-        "trajectory": A.rounded(traj), "seconds": secs, "cpu_seconds": cpu, "_result": res, "_records": records,
-    }  # fmt: skip
+        "init_loss": before,
+        "final_loss": after,
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "nonfinite_steps": n_bad,
+        "diverged": div,
+        "n_spikes": len(events),
+        "events": events,
+        "armed_from": armed,
+        "spiked": bool(events),
+        "moved": moved,
+        **A.summarise_signals(traj),
+        "trajectory": A.rounded(traj),
+        "seconds": secs,
+        "cpu_seconds": cpu,
+        "_result": res,
+        "_records": records,
+    }
 
 
 def induced_tasks(cfg: StabilityConfig) -> list[tuple[str, dict]]:
@@ -215,8 +306,12 @@ def induced_tasks(cfg: StabilityConfig) -> list[tuple[str, dict]]:
     det = {"method": cfg.detector_method if cfg.detector_method != "mad" else "robust", **cfg.detector_params}
     out = []
     for key, mitigate in (("unmitigated", False), ("mitigated", True)):
-        extra = {"inject_bad_batches": list(ind.bad_batches), "checkpoint_every": ind.checkpoint_every,
-                 "keep_last": 10**6, "spike_mitigation": mitigate}  # fmt: skip
+        extra = {
+            "inject_bad_batches": list(ind.bad_batches),
+            "checkpoint_every": ind.checkpoint_every,
+            "keep_last": 10**6,
+            "spike_mitigation": mitigate,
+        }
         if mitigate:
             extra |= {"spike_skip_batches": ind.skip_batches, "spike_detector": det}
         out.append((f"induced-{key}", extra))
@@ -230,16 +325,23 @@ def induced_result(cfg: StabilityConfig, runs: dict[str, dict], sweep: list[dict
     ctrl = next((r for r in sweep if (r["variant"], r["init"], r["lr"]) == (ind.variant, ind.init, ind.lr)), None)
     ctrl = ctrl or runs["induced-control"]
     out: dict[str, Any] = {
-        "variant": ind.variant, "init": ind.init, "lr": ind.lr, "bad_batches": list(ind.bad_batches),
-        "checkpoint_every": ind.checkpoint_every, "skip_batches": ind.skip_batches,
+        "variant": ind.variant,
+        "init": ind.init,
+        "lr": ind.lr,
+        "bad_batches": list(ind.bad_batches),
+        "checkpoint_every": ind.checkpoint_every,
+        "skip_batches": ind.skip_batches,
         "detector": induced_tasks(cfg)[1][1]["spike_detector"],
         "control": {k: ctrl[k] for k in ("name", "final_loss", "n_spikes", "events", "trajectory")},
-    }  # fmt: skip
+    }
     for key in ("unmitigated", "mitigated"):
         r = dict(runs[f"induced-{key}"])
         res, recs = r.pop("_result"), r.pop("_records")
-        r["rollbacks"] = [{k: x.get(k) for k in ("step", "spike_start", "rollback_to", "skipped_batches")}
-                          for x in recs if x.get("spike_start") is not None]  # fmt: skip
+        r["rollbacks"] = [
+            {k: x.get(k) for k in ("step", "spike_start", "rollback_to", "skipped_batches")}
+            for x in recs
+            if x.get("spike_start") is not None
+        ]
         r["spike_rollbacks"], r["skipped_batches"] = res.spike_rollbacks, res.skipped_batches
         # the log as written (a rollback sends the step back): for the figure
         r["log_steps"] = [int(x["step"]) for x in recs]
@@ -283,8 +385,9 @@ def _f(x: Any) -> str:
     return f"{x:.3f}" if A.finite(x) else "n/a"
 
 
-def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/stability", data: dict | None = None,
-              log=None) -> dict:
+def run_study(
+    cfg: StabilityConfig | None = None, out_dir: Path | str = "data/stability", data: dict | None = None, log=None
+) -> dict:
     """Run the whole study under ``out_dir``; returns the JSON-serialisable result (see the package docstring).
 
     ``data``: real corpora instead of the toy pair: ``source_train``, ``target_train``, ``target_val`` (jsonl
@@ -307,8 +410,10 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
         secs["data"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        archs = sorted({VARIANTS[v]["arch"] for v in cfg.variants if "warm" in cfg.inits}
-                       | ({VARIANTS[cfg.induced.variant]["arch"]} if cfg.induced.enabled and cfg.induced.init == "warm" else set()))
+        archs = sorted(
+            {VARIANTS[v]["arch"] for v in cfg.variants if "warm" in cfg.inits}
+            | ({VARIANTS[cfg.induced.variant]["arch"]} if cfg.induced.enabled and cfg.induced.init == "warm" else set())
+        )
         jobs = [(v, i, lr, None, None) for v in cfg.variants for i in cfg.inits for lr in cfg.sorted_lrs()]
         if cfg.induced.enabled:
             ind = cfg.induced
@@ -320,8 +425,12 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
             bases = dict(zip(archs, run_all([("base", cfg, data, a, out / "bases") for a in archs])))
             secs["bases"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            done = run_all([("run", cfg, data, v, i, lr, out / "runs", bases, rows, uniform, extra, name)
-                            for v, i, lr, extra, name in jobs])  # fmt: skip
+            done = run_all(
+                [
+                    ("run", cfg, data, v, i, lr, out / "runs", bases, rows, uniform, extra, name)
+                    for v, i, lr, extra, name in jobs
+                ]
+            )
         secs["runs"] = time.perf_counter() - t0  # the sweep and the induced spike, over the workers
         secs["sweep_run_sum"] = sum(r["seconds"] for r in done if not r["name"].startswith("induced-"))
         secs["induced_run_sum"] = sum(r["seconds"] for r in done if r["name"].startswith("induced-"))
@@ -333,8 +442,10 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
                 extra_runs[r["name"]] = r
                 continue
             r.pop("_result"), r.pop("_records")
-            say(f"sweep: {r['name']}: held-out loss {_f(r['init_loss'])} -> {_f(r['final_loss'])}, "
-                f"{r['n_spikes']} spike(s){', diverged' if r['diverged'] else ''} ({r['seconds']:.1f} s)")
+            say(
+                f"sweep: {r['name']}: held-out loss {_f(r['init_loss'])} -> {_f(r['final_loss'])}, "
+                f"{r['n_spikes']} spike(s){', diverged' if r['diverged'] else ''} ({r['seconds']:.1f} s)"
+            )
             sweep.append(r)
         sens = sensitivities(sweep, uniform)
         shared = A.shared_events(sweep)
@@ -342,8 +453,10 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
             r["shared_with"] = shared[r["name"]]
         m = cfg.moved
         stable = [r["trajectory"] for r in sweep if not r["spiked"] and not r["diverged"]]
-        rates = {n: A.move_rate(stable, n, window=m.window, k=m.k, min_history=m.min_history, rel_floor=m.rel_floor)
-                 for n in (*A.SIGNALS, "loss")}  # fmt: skip
+        rates = {
+            n: A.move_rate(stable, n, window=m.window, k=m.k, min_history=m.min_history, rel_floor=m.rel_floor)
+            for n in (*A.SIGNALS, "loss")
+        }
         induced = induced_result(cfg, extra_runs, sweep) if cfg.induced.enabled else None
         if cfg.trajectories == "unstable":
             top = max(cfg.lrs)
@@ -352,10 +465,19 @@ def run_study(cfg: StabilityConfig | None = None, out_dir: Path | str = "data/st
                     r["trajectory"] = None
     secs["total"] = time.perf_counter() - t_all
     result = {
-        "config": cfg.model_dump(), "data": {k: data[k] for k in (*DATA_KEYS, "kind")}, "vocab_size": vocab,
-        "uniform_loss": uniform, "eval_rows": int(len(rows)), "loss_kind": "held-out", "bases": bases,
-        "sweep": sweep, "sensitivity": sens, "move_rates": rates, "induced": induced, "seconds": secs,
-    }  # fmt: skip
+        "config": cfg.model_dump(),
+        "data": {k: data[k] for k in (*DATA_KEYS, "kind")},
+        "vocab_size": vocab,
+        "uniform_loss": uniform,
+        "eval_rows": int(len(rows)),
+        "loss_kind": "held-out",
+        "bases": bases,
+        "sweep": sweep,
+        "sensitivity": sens,
+        "move_rates": rates,
+        "induced": induced,
+        "seconds": secs,
+    }
     result["headline"] = headline(result)
     return result
 
@@ -371,11 +493,17 @@ def sensitivities(sweep: list[dict], uniform: float) -> list[dict]:
         init_loss = next((r["init_loss"] for r in rs if A.finite(r["init_loss"])), uniform)
         ok = {lr: v for lr, v in finals.items() if A.finite(v)}
         best_lr = min(ok, key=ok.get) if ok else None
-        out.append({
-            "variant": variant, "init": init, "init_loss": init_loss,
-            "best_loss": ok[best_lr] if best_lr is not None else None, "best_lr": best_lr,
-            "lr_sensitivity": A.lr_sensitivity(finals, init_loss),
-            "lr_sensitivity_uniform_cap": A.lr_sensitivity(finals, uniform),
-            "diverged": sum(r["diverged"] for r in rs), "spiked": sum(r["spiked"] for r in rs),
-        })  # fmt: skip
+        out.append(
+            {
+                "variant": variant,
+                "init": init,
+                "init_loss": init_loss,
+                "best_loss": ok[best_lr] if best_lr is not None else None,
+                "best_lr": best_lr,
+                "lr_sensitivity": A.lr_sensitivity(finals, init_loss),
+                "lr_sensitivity_uniform_cap": A.lr_sensitivity(finals, uniform),
+                "diverged": sum(r["diverged"] for r in rs),
+                "spiked": sum(r["spiked"] for r in rs),
+            }
+        )
     return out

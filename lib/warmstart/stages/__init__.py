@@ -234,7 +234,6 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-
 def write_headline(params: Any, stage: str, metrics: dict[str, Any], max_keys: int = 12) -> dict[str, Any]:
     """Write ``reports/metrics/<stage>.json``: a flat dict of at most ``max_keys`` numbers/strings."""
     from warmstart.io import write_json
@@ -246,6 +245,8 @@ def write_headline(params: Any, stage: str, metrics: dict[str, Any], max_keys: i
     if odd:  # json would write Infinity / NaN, which strict JSON readers (jq, JavaScript, DVC's plots) reject
         raise ValueError(f"headline metrics of {stage!r} must be finite numbers (or null); not finite: {odd}")
     if len(metrics) > max_keys:
-        raise ValueError(f"headline metrics of {stage!r} have {len(metrics)} keys (at most {max_keys}): {sorted(metrics)}")
+        raise ValueError(
+            f"headline metrics of {stage!r} have {len(metrics)} keys (at most {max_keys}): {sorted(metrics)}"
+        )
     write_json(params.report_path("metrics", f"{stage}.json"), metrics)
     return metrics

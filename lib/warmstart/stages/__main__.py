@@ -47,9 +47,11 @@ def diff(root: Path) -> dict[str, dict[str, list[str]]]:
         want_deps, want_params = expected(name, root)
         deps, params = declared_in(stages[name])
         d = {
-            "missing_deps": sorted(set(want_deps) - set(deps)), "extra_deps": sorted(set(deps) - set(want_deps)),
-            "missing_params": sorted(set(want_params) - set(params)), "extra_params": sorted(set(params) - set(want_params)),
-        }  # fmt: skip
+            "missing_deps": sorted(set(want_deps) - set(deps)),
+            "extra_deps": sorted(set(deps) - set(want_deps)),
+            "missing_params": sorted(set(want_params) - set(params)),
+            "extra_params": sorted(set(params) - set(want_params)),
+        }
         d = {k: v for k, v in d.items() if v}
         if d:
             out[name] = d

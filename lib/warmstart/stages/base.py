@@ -14,22 +14,35 @@ import shutil
 import time
 from typing import Any
 
-from warmstart.report import fragments
-from warmstart.report.describe import base_model, language
 from warmstart.flops import flops_per_token
 from warmstart.io import read_jsonl, write_json, write_jsonl
 from warmstart.model import count_params, load_model
+from warmstart.report import fragments
+from warmstart.report.describe import base_model, language
 from warmstart.runs import BASE, base_model_dir
 from warmstart.stages import declared, save_figure, write_headline
 from warmstart.train.launch import base_train_config, bpb_table, fresh_dir, launch, summarize_log
 from warmstart.train.loop import export_checkpoint, list_checkpoints
 
 PARAMS = (
-    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.source", "base.model_id", "base.tokenizer_id", "base.trust_remote_code", "base.model", "base.seq_len",
-    "base.micro_batch", "base.grad_accum", "base.optim", "base.checkpoint_every", "base.log_every",
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "base.source",
+    "base.model_id",
+    "base.tokenizer_id",
+    "base.trust_remote_code",
+    "base.model",
+    "base.seq_len",
+    "base.micro_batch",
+    "base.grad_accum",
+    "base.optim",
+    "base.checkpoint_every",
+    "base.log_every",
     "vocab_swap.eval_bytes",
-)  # fmt: skip
+)
 
 
 def plot(log: list[dict], path, model_id: str | None) -> None:
@@ -84,29 +97,53 @@ def run(params: Any) -> dict[str, Any]:
     vb = bpb_table(model, tok, params, seq_len, params.vocab_swap.eval_bytes, split="val")
     n = count_params(model)
     details = {
-        "source": b.source, "model": str(model_dir), "model_type": model.config.model_type,
-        "architectures": model.config.architectures, "params": n,
-        "vocab_size": len(tok), "flops_per_token": flops_per_token(model.config, seq_len), "val_bits_per_byte": vb,
-        "steps": len(log) and log[-1]["step"], "tokens": len(log) and log[-1]["tokens"], **summarize_log(log),
+        "source": b.source,
+        "model": str(model_dir),
+        "model_type": model.config.model_type,
+        "architectures": model.config.architectures,
+        "params": n,
+        "vocab_size": len(tok),
+        "flops_per_token": flops_per_token(model.config, seq_len),
+        "val_bits_per_byte": vb,
+        "steps": len(log) and log[-1]["step"],
+        "tokens": len(log) and log[-1]["tokens"],
+        **summarize_log(log),
         "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+    }
     write_json(params.report_path("base", "base.json"), details)
     description = base_model(params).describe(language(src))  # from the record just written
     fig = params.report_path("figures", "base.png")
     plot(log, fig, b.model_id)
-    rows = [["model", description], ["parameters", f"{n:,}"], ["vocabulary", f"{len(tok):,}"],
-            ["training tokens", f"{details['tokens']:,}"], [f"val bits/byte {src}", f"{vb[src]:.3f}"],
-            [f"val bits/byte {tgt}", f"{vb[tgt]:.3f}"]]  # fmt: skip
+    rows = [
+        ["model", description],
+        ["parameters", f"{n:,}"],
+        ["vocabulary", f"{len(tok):,}"],
+        ["training tokens", f"{details['tokens']:,}"],
+        [f"val bits/byte {src}", f"{vb[src]:.3f}"],
+        [f"val bits/byte {tgt}", f"{vb[tgt]:.3f}"],
+    ]
     fragments.write_fragment(
-        params.shared.reports_dir, "base", 30, "Base model",
-        paragraphs=[f"The source model: {description}. Bits per byte on the held-out val split; the "
-                    f"{tgt} number is the starting point the study improves on."],
+        params.shared.reports_dir,
+        "base",
+        30,
+        "Base model",
+        paragraphs=[
+            f"The source model: {description}. Bits per byte on the held-out val split; the "
+            f"{tgt} number is the starting point the study improves on."
+        ],
         tables=[fragments.table(rows, "The base model", columns=["quantity", "value"])],
         figures=[{"path": str(fig), "caption": "Base-model pretraining: loss and learning rate against tokens."}],
         numbers={f"val_bpb.{k}": v for k, v in vb.items()} | {"params": n},
         seconds=details["seconds"],
-    )  # fmt: skip
-    return write_headline(params, "base", {
-        "params": n, "vocab_size": len(tok), "training_tokens": details["tokens"] or 0,
-        f"val_bpb_{src}": vb[src], f"val_bpb_{tgt}": vb[tgt],
-    })  # fmt: skip
+    )
+    return write_headline(
+        params,
+        "base",
+        {
+            "params": n,
+            "vocab_size": len(tok),
+            "training_tokens": details["tokens"] or 0,
+            f"val_bpb_{src}": vb[src],
+            f"val_bpb_{tgt}": vb[tgt],
+        },
+    )

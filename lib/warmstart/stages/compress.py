@@ -46,18 +46,52 @@ from typing import Any
 from warmstart.io import write_json, write_jsonl
 from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
-from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, read_run, summarize_log
+from warmstart.train.launch import (
+    bpb_table,
+    corpus_file,
+    fresh_dir,
+    launch,
+    merge_logs,
+    optim_fields,
+    read_run,
+    summarize_log,
+)
 
-_COMMON = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-           "vocab_swap.methods", "study.arms", "base.trust_remote_code", "compress.teacher")  # fmt: skip
+_COMMON = (
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "vocab_swap.methods",
+    "study.arms",
+    "base.trust_remote_code",
+    "compress.teacher",
+)
 PARAMS = {
-    "compress_prep": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction",
-                      "compress.calibration", "compress.masking_fraction", "compress.masking_draws", "compress.eval_bytes"),
-    "compress_run": (*_COMMON, "pretrain.seq_len", "pretrain.micro_batch", "compress.teacher_correction.steps",
-                     "compress.non_embedding_ratio", "compress.train", "compress.kd", "compress.tag_every",
-                     "compress.eval_bytes"),
+    "compress_prep": (
+        *_COMMON,
+        "pretrain.seq_len",
+        "pretrain.micro_batch",
+        "compress.teacher_correction",
+        "compress.calibration",
+        "compress.masking_fraction",
+        "compress.masking_draws",
+        "compress.eval_bytes",
+    ),
+    "compress_run": (
+        *_COMMON,
+        "pretrain.seq_len",
+        "pretrain.micro_batch",
+        "compress.teacher_correction.steps",
+        "compress.non_embedding_ratio",
+        "compress.train",
+        "compress.kd",
+        "compress.tag_every",
+        "compress.eval_bytes",
+    ),
     "compress": (*_COMMON, "compress.variants", "compress.non_embedding_ratio"),
-}  # fmt: skip
+}
 VARIANTS = {  # variant -> (axis, importance, distilled)
     "width_kd": ("width", "activation", True),
     "depth_kd": ("depth", "activation", True),
@@ -87,8 +121,10 @@ def teacher_dir(params: Any) -> tuple[str, Path]:
         return name, path
     final = corrected_dir(params) / "final"
     if not (final / "config.json").is_file():
-        raise FileNotFoundError(f"{final} is missing: compress.teacher_correction.steps is {steps}, so the corrected "
-                                "teacher comes from the compress_prep stage: run it first")  # fmt: skip
+        raise FileNotFoundError(
+            f"{final} is missing: compress.teacher_correction.steps is {steps}, so the corrected "
+            "teacher comes from the compress_prep stage: run it first"
+        )
     return name, final
 
 
@@ -97,11 +133,18 @@ def _train_config(params: Any, model_path: Path, out_dir: Path, optim: Any, **kw
     from warmstart.train.loop import TrainConfig
 
     return TrainConfig(
-        model_path=str(model_path), train_files={"target": [corpus_file(params, params.shared.target_lang)]},
-        seq_len=params.pretrain.seq_len, micro_batch=params.pretrain.micro_batch, **optim_fields(optim),
-        out_dir=str(out_dir), log_every=5, seed=params.shared.seed, keep_last=1,
-        trust_remote_code=params.base.trust_remote_code, **kw,
-    )  # fmt: skip
+        model_path=str(model_path),
+        train_files={"target": [corpus_file(params, params.shared.target_lang)]},
+        seq_len=params.pretrain.seq_len,
+        micro_batch=params.pretrain.micro_batch,
+        **optim_fields(optim),
+        out_dir=str(out_dir),
+        log_every=5,
+        seed=params.shared.seed,
+        keep_last=1,
+        trust_remote_code=params.base.trust_remote_code,
+        **kw,
+    )
 
 
 def correct_teacher(params: Any, original: Path, tok: Any) -> tuple[Path, dict[str, Any]]:
@@ -122,10 +165,17 @@ def correct_teacher(params: Any, original: Path, tok: Any) -> tuple[Path, dict[s
     log, _ = merge_logs([("correction", out)])
     before = bpb_table(load_model(original), tok, params, params.pretrain.seq_len, params.compress.eval_bytes)
     return out / "final", {
-        "steps": tc.steps, "corrected": True, "lr": tc.lr, "from": str(original), "dir": str(out / "final"),
-        "bytes": log[-1]["bytes"] if log else 0, "tokens": log[-1]["tokens"] if log else 0,
-        "final_loss": summarize_log(log)["final_loss"], "bpb_before": before, "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+        "steps": tc.steps,
+        "corrected": True,
+        "lr": tc.lr,
+        "from": str(original),
+        "dir": str(out / "final"),
+        "bytes": log[-1]["bytes"] if log else 0,
+        "tokens": log[-1]["tokens"] if log else 0,
+        "final_loss": summarize_log(log)["final_loss"],
+        "bpb_before": before,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _calibration(params: Any, tok: Any) -> list:
@@ -142,8 +192,10 @@ def _calibration(params: Any, tok: Any) -> list:
             break
     rows = torch.tensor(ids[: (len(ids) // c.seq_len) * c.seq_len]).view(-1, c.seq_len)[: c.samples]
     if len(rows) < c.samples:
-        raise ValueError(f"compress.calibration.samples: the target training text gives only {len(rows)} rows of "
-                         f"{c.seq_len} tokens, {c.samples} asked for")  # fmt: skip
+        raise ValueError(
+            f"compress.calibration.samples: the target training text gives only {len(rows)} rows of "
+            f"{c.seq_len} tokens, {c.samples} asked for"
+        )
     return list(rows.split(c.batch_size))
 
 
@@ -168,17 +220,25 @@ def head_bound(params: Any, max_masks: int = 4096) -> dict[str, Any]:
     imp_file = params.path("compress", "prep") / "importance.json"
     prep_file = params.report_path("compress", "prep.json")
     if not imp_file.is_file() or not prep_file.is_file():
-        raise FileNotFoundError(f"{imp_file} or {prep_file} is missing: run the compress_prep stage first "
-                                "(dvc repro compress_prep)")  # fmt: skip
+        raise FileNotFoundError(
+            f"{imp_file} or {prep_file} is missing: run the compress_prep stage first (dvc repro compress_prep)"
+        )
     prep = json.loads(prep_file.read_text())
     if prep.get("teacher_dir") != str(path) or prep["masking"].get("fraction") != params.compress.masking_fraction:
-        raise ValueError(f"{prep_file} is for teacher {prep.get('teacher_dir')} and masking fraction "
-                         f"{prep['masking'].get('fraction')}, the params now give {path} and "
-                         f"{params.compress.masking_fraction}: rerun compress_prep (dvc repro compress_prep)")  # fmt: skip
+        raise ValueError(
+            f"{prep_file} is for teacher {prep.get('teacher_dir')} and masking fraction "
+            f"{prep['masking'].get('fraction')}, the params now give {path} and "
+            f"{params.compress.masking_fraction}: rerun compress_prep (dvc repro compress_prep)"
+        )
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(path)
-    res = head_mask_bound(load_model(path), Importance.from_json(imp_file.read_text()), masking_metric(params, tok),
-                          params.compress.masking_fraction, max_masks=max_masks)  # fmt: skip
+    res = head_mask_bound(
+        load_model(path),
+        Importance.from_json(imp_file.read_text()),
+        masking_metric(params, tok),
+        params.compress.masking_fraction,
+        max_masks=max_masks,
+    )
     return {"teacher": name, "teacher_dir": str(path), **res, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -197,25 +257,41 @@ def run_prep(params: Any) -> dict[str, Any]:
     out = fresh_dir(params.path("compress", "prep"))
     path, correction = correct_teacher(params, original, tok)
     model = load_model(path)
-    imp = estimate_importance(model, _calibration(params, tok), seq_agg=c.calibration.seq_agg, batch_agg=c.calibration.batch_agg)
+    imp = estimate_importance(
+        model, _calibration(params, tok), seq_agg=c.calibration.seq_agg, batch_agg=c.calibration.batch_agg
+    )
     rnd = random_importance(model, params.shared.seed)
     write_json(out / "importance.json", imp.to_json())
     write_json(out / "random_importance.json", rnd.to_json())
     seq = params.pretrain.seq_len
     eval_fn = masking_metric(params, tok)
-    check = masking_check(model, None, imp, fraction=c.masking_fraction, seed=params.shared.seed, eval_fn=eval_fn,
-                          n_random=c.masking_draws)
+    check = masking_check(
+        model,
+        None,
+        imp,
+        fraction=c.masking_fraction,
+        seed=params.shared.seed,
+        eval_fn=eval_fn,
+        n_random=c.masking_draws,
+    )
     record = read_run(params, name)
     teacher_bpb = bpb_table(model, tok, params, seq, c.eval_bytes)
     if correction["corrected"]:
         correction["bpb_after"] = teacher_bpb
     detail = {  # the teacher's bytes and tokens: its run's, plus the correction's
-        "teacher": name, "teacher_dir": str(path), "masking": check, "importance": imp.to_json(),
-        "teacher_params": count_params(model), "teacher_bytes": _plus(record.get("bytes"), correction.get("bytes", 0)),
-        "teacher_tokens": _plus(record.get("tokens"), correction.get("tokens", 0)), "teacher_phases": record.get("phases"),
-        "teacher_init": record.get("init"), "teacher_correction": correction, "teacher_bpb": teacher_bpb,
+        "teacher": name,
+        "teacher_dir": str(path),
+        "masking": check,
+        "importance": imp.to_json(),
+        "teacher_params": count_params(model),
+        "teacher_bytes": _plus(record.get("bytes"), correction.get("bytes", 0)),
+        "teacher_tokens": _plus(record.get("tokens"), correction.get("tokens", 0)),
+        "teacher_phases": record.get("phases"),
+        "teacher_init": record.get("init"),
+        "teacher_correction": correction,
+        "teacher_bpb": teacher_bpb,
         "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+    }
     write_json(params.report_path("compress", "prep.json"), detail)
     return check
 
@@ -271,8 +347,11 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
     out = fresh_dir(r.dir(params))
     init = build_student(params, variant, r.init_dir(params))
     _, _, distil = VARIANTS[variant]
-    kd = dict(teacher_path=str(teacher), kd_temperature=c.kd.temperature, kd_ce_share=c.kd.ce_share,
-              kd_top_k=c.kd.top_k) if distil else {}  # fmt: skip
+    kd = (
+        dict(teacher_path=str(teacher), kd_temperature=c.kd.temperature, kd_ce_share=c.kd.ce_share, kd_top_k=c.kd.top_k)
+        if distil
+        else {}
+    )
     launch(_train_config(params, init, out / "train", c.train, tag_every=c.tag_every, **kd))
     log, _ = merge_logs([("train", out / "train")])
     fresh_dir(r.record_dir(params))
@@ -286,24 +365,50 @@ def run_variant(params: Any, variant: str) -> dict[str, Any]:
         model = load_model(init if ck is None else ck)
         bpb = bpb_table(model, tok, params, params.pretrain.seq_len, c.eval_bytes)
         rec = by_step.get(step, {})
-        curve.append({"step": step, "bytes": rec.get("bytes", 0), "tokens": rec.get("tokens", 0), **{f"bpb_{k}": v for k, v in bpb.items()}})
+        curve.append(
+            {
+                "step": step,
+                "bytes": rec.get("bytes", 0),
+                "tokens": rec.get("tokens", 0),
+                **{f"bpb_{k}": v for k, v in bpb.items()},
+            }
+        )
     model = load_model(final)
     counts = count_params(model)
     info = {
-        "name": r.name, "kind": r.kind, "method": variant, "teacher": teacher_name, "teacher_dir": str(teacher),
-        "distilled": distil, "init": str(init), "final": str(final), "log": str(r.log(params)),
-        "params_count": n_params(model), "params": counts, "vocab_size": len(tok),
-        "model_config": json.loads(model.config.to_json_string()), "tokens": log[-1]["tokens"] if log else 0,
-        "bytes": log[-1]["bytes"] if log else 0, **summarize_log(log), "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+        "name": r.name,
+        "kind": r.kind,
+        "method": variant,
+        "teacher": teacher_name,
+        "teacher_dir": str(teacher),
+        "distilled": distil,
+        "init": str(init),
+        "final": str(final),
+        "log": str(r.log(params)),
+        "params_count": n_params(model),
+        "params": counts,
+        "vocab_size": len(tok),
+        "model_config": json.loads(model.config.to_json_string()),
+        "tokens": log[-1]["tokens"] if log else 0,
+        "bytes": log[-1]["bytes"] if log else 0,
+        **summarize_log(log),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     write_json(r.record(params), info)
     write_json(params.report_path("compress", f"{variant}.json"), {**info, "curve": curve})
     tgt, src = params.shared.target_lang, params.shared.source_lang
-    return write_headline(params, f"compress/{variant}", {
-        "non_embedding_params": counts["non_embedding"], "total_params": counts["total"],
-        "training_bytes": info["bytes"], f"final_bpb_{tgt}": curve[-1][f"bpb_{tgt}"],
-        f"final_bpb_{src}": curve[-1][f"bpb_{src}"], f"init_bpb_{tgt}": curve[0][f"bpb_{tgt}"],
-    })  # fmt: skip
+    return write_headline(
+        params,
+        f"compress/{variant}",
+        {
+            "non_embedding_params": counts["non_embedding"],
+            "total_params": counts["total"],
+            "training_bytes": info["bytes"],
+            f"final_bpb_{tgt}": curve[-1][f"bpb_{tgt}"],
+            f"final_bpb_{src}": curve[-1][f"bpb_{src}"],
+            f"init_bpb_{tgt}": curve[0][f"bpb_{tgt}"],
+        },
+    )
 
 
 def run(params: Any, show: bool = False) -> dict[str, Any]:

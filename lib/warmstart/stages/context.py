@@ -39,14 +39,30 @@ from warmstart.runs import adapted_run, derived_run
 from warmstart.stages import declared, write_headline
 from warmstart.train.launch import fresh_dir, launch, merge_logs, read_run, summarize_log
 
-_COMMON = ("shared.seed", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.arms",
-           "pretrain.seq_len", "base.trust_remote_code")  # fmt: skip
+_COMMON = (
+    "shared.seed",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "vocab_swap.methods",
+    "study.arms",
+    "pretrain.seq_len",
+    "base.trust_remote_code",
+)
 PARAMS = {
     "context_testbed": ("shared.seed", "shared.data_dir", "shared.reports_dir", "context.testbed"),
-    "context_run": (*_COMMON, "context.run", "context.factor", "context.options", "context.finetune",
-                    "context.eval_bytes", "context.position_buckets", "context.suite"),
+    "context_run": (
+        *_COMMON,
+        "context.run",
+        "context.factor",
+        "context.options",
+        "context.finetune",
+        "context.eval_bytes",
+        "context.position_buckets",
+        "context.suite",
+    ),
     "context": (*_COMMON, "context.run", "context.methods", "context.factor", "context.testbed"),
-}  # fmt: skip
+}
 SHORT = "short"  # the pseudo-method: fine-tune at the trained length, nothing extended (Alfred's 2K baseline)
 
 
@@ -60,7 +76,8 @@ def _texts_by_document(params: Any, split: str) -> list[str]:
 
 def run_testbed(params: Any) -> dict[str, Any]:
     """The retrieval testbed: train at ``L``, every method zero-shot and fine-tuned at ``factor x L``."""
-    from warmstart.context.testbed import TestbedConfig, run_testbed as testbed
+    from warmstart.context.testbed import TestbedConfig
+    from warmstart.context.testbed import run_testbed as testbed
 
     params = declared(params, "context_testbed", PARAMS["context_testbed"])
     cfg = TestbedConfig(**{"seed": params.shared.seed, **params.context.testbed})
@@ -79,13 +96,17 @@ def _measure(model: Any, tok: Any, params: Any, lengths: list[int], texts: list[
     n_tok = sum(len(tok(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts)
     windows = min(4, (n_tok - 1) // lengths[-1])
     if windows < 1:
-        raise ValueError(f"context.eval_bytes: the test text gives {n_tok} tokens, fewer than one window of {lengths[-1]}")
+        raise ValueError(
+            f"context.eval_bytes: the test text gives {n_tok} tokens, fewer than one window of {lengths[-1]}"
+        )
     out: dict[str, Any] = {
         "bpb_by_length": {str(k): v for k, v in bpb_by_length(model, tok, texts, lengths, n_windows=windows).items()},
         "bpb_by_position": bpb_by_position(model, tok, texts, lengths[-1], c.position_buckets, n_windows=windows),
     }
     if suite is not None:
-        out["suite"] = {str(n): score_suite(model, tok, items, batch_size=c.suite.batch_size) for n, items in suite if items}
+        out["suite"] = {
+            str(n): score_suite(model, tok, items, batch_size=c.suite.batch_size) for n, items in suite if items
+        }
     return out
 
 
@@ -93,9 +114,9 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     """Extend the adapted model with ``method`` (or ``short``), measure, fine-tune, measure again."""
     from transformers import AutoTokenizer
 
-    from warmstart.evaluate.bpb import first_bytes
-    from warmstart.context.rope_scaling import METHODS, extend_dir
     from warmstart.context.retrieval import build_suite
+    from warmstart.context.rope_scaling import METHODS, extend_dir
+    from warmstart.evaluate.bpb import first_bytes
     from warmstart.model import load_model
     from warmstart.train.loop import TrainConfig
 
@@ -118,18 +139,32 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     lengths = [L * k for k in range(1, c.factor + 1) if k == 1 or (k & (k - 1)) == 0]  # L, 2L, 4L, ...
     test = first_bytes(_texts_by_document(params, "test"), c.eval_bytes)
     # a task whose smallest item does not fit a length is left out there (with a warning), not failed
-    suite = [(n, build_suite(test, tok, n, c.suite.items, params.shared.seed, tasks=list(c.suite.tasks), on_short="skip"))
-             for n in lengths]  # fmt: skip
+    suite = [
+        (n, build_suite(test, tok, n, c.suite.items, params.shared.seed, tasks=list(c.suite.tasks), on_short="skip"))
+        for n in lengths
+    ]
     before = _measure(load_model(init), tok, params, lengths, test, suite)
     train_file = out / "long_train.jsonl"
     write_jsonl(train_file, ({"text": t} for t in _texts_by_document(params, "train")))
     f = c.finetune
     cfg = TrainConfig(
-        model_path=str(init), tokenizer_path=str(init), train_files={"long": [str(train_file)]}, seq_len=length,
-        micro_batch=max(1, f.tokens_per_step // length), steps=f.steps, lr=f.lr, warmup_steps=f.warmup_steps,
-        lr_schedule=f.lr_schedule, min_lr_ratio=f.min_lr_ratio, weight_decay=f.weight_decay, out_dir=str(out / "finetune"),
-        log_every=f.log_every, seed=params.shared.seed, keep_last=1, trust_remote_code=params.base.trust_remote_code,
-    )  # fmt: skip
+        model_path=str(init),
+        tokenizer_path=str(init),
+        train_files={"long": [str(train_file)]},
+        seq_len=length,
+        micro_batch=max(1, f.tokens_per_step // length),
+        steps=f.steps,
+        lr=f.lr,
+        warmup_steps=f.warmup_steps,
+        lr_schedule=f.lr_schedule,
+        min_lr_ratio=f.min_lr_ratio,
+        weight_decay=f.weight_decay,
+        out_dir=str(out / "finetune"),
+        log_every=f.log_every,
+        seed=params.shared.seed,
+        keep_last=1,
+        trust_remote_code=params.base.trust_remote_code,
+    )
     launch(cfg)
     final = out / "finetune" / "final"
     after = _measure(load_model(final), tok, params, lengths, test, suite)
@@ -138,13 +173,26 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     write_jsonl(r.log(params), log)
     model_config = json.loads((final / "config.json").read_text())
     info = {
-        "name": r.name, "kind": r.kind, "method": method, "source_run": src_run.name, "source_model": str(src),
-        "trained_len": L, "length": length, "factor": 1 if method == SHORT else c.factor,
-        "options": c.options.get(method, {}), "init": str(init), "final": str(final), "log": str(r.log(params)),
-        "tokens": log[-1]["tokens"] if log else 0, "bytes": log[-1]["bytes"] if log else 0,
-        "rope_parameters": model_config.get("rope_parameters"), "model_config": model_config,
-        "vocab_size": len(tok), **summarize_log(log), "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+        "name": r.name,
+        "kind": r.kind,
+        "method": method,
+        "source_run": src_run.name,
+        "source_model": str(src),
+        "trained_len": L,
+        "length": length,
+        "factor": 1 if method == SHORT else c.factor,
+        "options": c.options.get(method, {}),
+        "init": str(init),
+        "final": str(final),
+        "log": str(r.log(params)),
+        "tokens": log[-1]["tokens"] if log else 0,
+        "bytes": log[-1]["bytes"] if log else 0,
+        "rope_parameters": model_config.get("rope_parameters"),
+        "model_config": model_config,
+        "vocab_size": len(tok),
+        **summarize_log(log),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     write_json(r.record(params), info)
     detail = {**info, "before": before, "after": after, "lengths": lengths}
     write_json(params.report_path("context", f"{method}.json"), detail)
@@ -152,7 +200,7 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     for when, m in (("zeroshot", before), ("finetuned", after)):
         for n in (lengths[0], lengths[-1]):
             head[f"{when}_bpb_{n}"] = m["bpb_by_length"][str(n)]
-    head["finetuned_suite_mean_%d" % lengths[-1]] = after["suite"].get(str(lengths[-1]), {}).get("normalised_mean")
+    head[f"finetuned_suite_mean_{lengths[-1]}"] = after["suite"].get(str(lengths[-1]), {}).get("normalised_mean")
     return write_headline(params, f"context/{method}", head)
 
 

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmstart.report import fragments
-from warmstart.report.describe import corpus_sources
 from warmstart.data.corpus import build_corpus, corpus_table, filter_table
 from warmstart.io import write_json
+from warmstart.report import fragments
+from warmstart.report.describe import corpus_sources
 from warmstart.stages import declared, save_figure, write_headline
 
 PARAMS = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "corpus")
+
+
 def plot(table, filters, path) -> None:
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -22,8 +24,12 @@ def plot(table, filters, path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     sns.barplot(data=table, x="lang", y="bytes", hue="split", ax=axes[0])
     axes[0].set(title="Corpus size", xlabel="language", ylabel="UTF-8 bytes")
-    removed = filters.melt(id_vars="lang", value_vars=["code", "min_chars", "langid", "exact_dup", "near_dup"],
-                           var_name="filter", value_name="paragraphs")  # fmt: skip
+    removed = filters.melt(
+        id_vars="lang",
+        value_vars=["code", "min_chars", "langid", "exact_dup", "near_dup"],
+        var_name="filter",
+        value_name="paragraphs",
+    )
     sns.barplot(data=removed, x="filter", y="paragraphs", hue="lang", ax=axes[1])
     axes[1].set(title="Removed by filter", xlabel="filter", ylabel="paragraphs removed")
     fig.tight_layout()
@@ -41,20 +47,35 @@ def run(params: Any) -> dict[str, Any]:
     plot(table, filters, fig)
     split = details["split_documents"]
     fragments.write_fragment(
-        params.shared.reports_dir, "corpus", 10, "Corpus",
-        paragraphs=[f"Source: {described}. Documents are split whole; the same documents are held "
-                    f"out in every language: val {split['val']}, test {split['test']}."],
-        tables=[fragments.table(table, "Corpus per language and split (UTF-8 bytes, whitespace words)"),
-                fragments.table(filters, "Paragraphs removed by each filter")],
+        params.shared.reports_dir,
+        "corpus",
+        10,
+        "Corpus",
+        paragraphs=[
+            f"Source: {described}. Documents are split whole; the same documents are held "
+            f"out in every language: val {split['val']}, test {split['test']}."
+        ],
+        tables=[
+            fragments.table(table, "Corpus per language and split (UTF-8 bytes, whitespace words)"),
+            fragments.table(filters, "Paragraphs removed by each filter"),
+        ],
         figures=[{"path": str(fig), "caption": "Corpus size and filter removals."}],
         numbers={f"bytes.{r.lang}.{r.split}": r.bytes for r in table.itertuples()},
         seconds=details["seconds"],
-    )  # fmt: skip
+    )
     src, tgt = params.shared.source_lang, params.shared.target_lang
     train = {lang: m["splits"]["train"]["bytes"] for lang, m in details["languages"].items()}
     removed = {lang: m["removed"]["langid"] for lang, m in details["languages"].items()}
-    return write_headline(params, "corpus", {
-        f"train_bytes_{src}": train[src], f"train_bytes_{tgt}": train[tgt],
-        f"langid_removed_{tgt}": removed[tgt], "test_documents": len(split["test"]), "val_documents": len(split["val"]),
-        "skipped_files": len(details["sources"]["skipped_files"]), "skipped_lines": details["sources"]["skipped_line_count"],
-    })  # fmt: skip
+    return write_headline(
+        params,
+        "corpus",
+        {
+            f"train_bytes_{src}": train[src],
+            f"train_bytes_{tgt}": train[tgt],
+            f"langid_removed_{tgt}": removed[tgt],
+            "test_documents": len(split["test"]),
+            "val_documents": len(split["val"]),
+            "skipped_files": len(details["sources"]["skipped_files"]),
+            "skipped_lines": details["sources"]["skipped_line_count"],
+        },
+    )

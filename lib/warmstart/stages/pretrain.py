@@ -30,21 +30,29 @@ from typing import Any
 
 import torch
 
-from warmstart.evaluate.bpb import first_bytes
 from warmstart.data.corpus import load_texts
+from warmstart.evaluate.bpb import first_bytes
 from warmstart.flops import flops_per_token
 from warmstart.io import write_json, write_jsonl
 from warmstart.model import count_params, load_model
 from warmstart.runs import base_model_dir, get_run
 from warmstart.stages import declared, write_headline
-from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
 from warmstart.tokenizer import fertility
+from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
 from warmstart.train.loop import TrainConfig, list_checkpoints
 
 _COMMON = (
-    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.trust_remote_code", "vocab_swap.methods", "vocab_swap.eval_bytes", "pretrain", "study.arms",
-)  # fmt: skip
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "base.trust_remote_code",
+    "vocab_swap.methods",
+    "vocab_swap.eval_bytes",
+    "pretrain",
+    "study.arms",
+)
 # scratch alone builds a model, padded like the swapped ones
 PARAMS = {"scratch": (*_COMMON, "vocab_swap.pad_multiple"), "pretrain": _COMMON, "original": _COMMON, "arm": _COMMON}
 
@@ -69,17 +77,23 @@ def build_scratch(params: Any, out: Path, seed: int) -> Path:
 def _checkpoints(init: Path, out: Path, log: list[dict], table: list[dict]) -> list[dict]:
     """Step 0 (the initial model) and every step-tagged checkpoint, with global step, tokens and bytes."""
     checkpoints = [{"step": 0, "phase": "init", "tokens": 0, "bytes": 0, "path": str(init)}]
-    by_step = {(r["phase"], r["step"] - ph["start_step"] + 1): r for ph in table for r in log if r["phase"] == ph["name"]}
+    by_step = {
+        (r["phase"], r["step"] - ph["start_step"] + 1): r for ph in table for r in log if r["phase"] == ph["name"]
+    }
     for ph in table:
         for ck in list_checkpoints(out / ph["name"] / "checkpoints"):
             local = int(ck.name[4:])
             rec = by_step.get((ph["name"], local))
             state = json.loads((ck / "trainer_state.json").read_text())
-            checkpoints.append({
-                "step": ph["start_step"] - 1 + local, "phase": ph["name"],
-                "tokens": (rec or {}).get("tokens", state.get("tokens")), "bytes": (rec or {}).get("bytes", state.get("bytes")),
-                "path": str(ck),
-            })  # fmt: skip
+            checkpoints.append(
+                {
+                    "step": ph["start_step"] - 1 + local,
+                    "phase": ph["name"],
+                    "tokens": (rec or {}).get("tokens", state.get("tokens")),
+                    "bytes": (rec or {}).get("bytes", state.get("bytes")),
+                    "path": str(ck),
+                }
+            )
     return checkpoints
 
 
@@ -108,18 +122,34 @@ def run(params: Any, name: str, seed: int | None = None) -> dict[str, Any]:
         new_tok = AutoTokenizer.from_pretrained(params.path("tokenizer", "target"))
         scale = fertility(new_tok, sample)["bytes_per_token"] / fertility(tok, sample)["bytes_per_token"]
     common = dict(
-        tokenizer_path=str(init), train_files={"target": [corpus_file(params, target)]}, seq_len=p.seq_len,
-        micro_batch=p.micro_batch, grad_accum=p.grad_accum, masked_share=p.masked_share, doc_mask=p.doc_mask,
-        log_every=p.log_every, signals_every=p.signals_every, z_loss=p.z_loss, precision=p.precision, seed=seed, keep_last=1,
+        tokenizer_path=str(init),
+        train_files={"target": [corpus_file(params, target)]},
+        seq_len=p.seq_len,
+        micro_batch=p.micro_batch,
+        grad_accum=p.grad_accum,
+        masked_share=p.masked_share,
+        doc_mask=p.doc_mask,
+        log_every=p.log_every,
+        signals_every=p.signals_every,
+        z_loss=p.z_loss,
+        precision=p.precision,
+        seed=seed,
+        keep_last=1,
         trust_remote_code=params.base.trust_remote_code,
-    )  # fmt: skip
+    )
     phases = []
     start = Path(init)
     for phase, optim in (("phase1", p.phase1), ("phase2", p.phase2)):
         train_only = list(p.phase1_train_only) if (phase == "phase1" and r.kind != "scratch") else []
         tag = max(1, round(p.tag_every * scale)) if p.tag_every else None
-        cfg = TrainConfig(model_path=str(start), out_dir=str(out / phase), train_only=train_only, tag_every=tag,
-                          **optim_fields(optim, scale), **common)  # fmt: skip
+        cfg = TrainConfig(
+            model_path=str(start),
+            out_dir=str(out / phase),
+            train_only=train_only,
+            tag_every=tag,
+            **optim_fields(optim, scale),
+            **common,
+        )
         launch(cfg, p.num_processes)
         phases.append((phase, out / phase))
         start = out / phase / "final"
@@ -128,22 +158,47 @@ def run(params: Any, name: str, seed: int | None = None) -> dict[str, Any]:
     write_jsonl(r.log(params), log)
     final = load_model(start)
     info = {
-        "name": name, "kind": r.kind, "method": r.method, "tokenizer": str(init),
-        "init": str(init), "checkpoints": _checkpoints(Path(init), out, log, table), "phases": table,
-        "final": str(start), "log": str(r.log(params)), "masked_share": p.masked_share, "seq_len": p.seq_len,
-        "seed": seed, "overrides": dict(r.overrides), "step_scale": scale, "params_count": count_params(final), "vocab_size": len(tok),
-        "model_config": json.loads(final.config.to_json_string()), "flops_per_token": flops_per_token(final.config, p.seq_len),
-        **summarize_log(log), "tokens": log[-1]["tokens"] if log else 0, "bytes": log[-1]["bytes"] if log else 0,
+        "name": name,
+        "kind": r.kind,
+        "method": r.method,
+        "tokenizer": str(init),
+        "init": str(init),
+        "checkpoints": _checkpoints(Path(init), out, log, table),
+        "phases": table,
+        "final": str(start),
+        "log": str(r.log(params)),
+        "masked_share": p.masked_share,
+        "seq_len": p.seq_len,
+        "seed": seed,
+        "overrides": dict(r.overrides),
+        "step_scale": scale,
+        "params_count": count_params(final),
+        "vocab_size": len(tok),
+        "model_config": json.loads(final.config.to_json_string()),
+        "flops_per_token": flops_per_token(final.config, p.seq_len),
+        **summarize_log(log),
+        "tokens": log[-1]["tokens"] if log else 0,
+        "bytes": log[-1]["bytes"] if log else 0,
         "seconds": round(time.perf_counter() - t0, 1),
-    }  # fmt: skip
+    }
     write_json(r.record(params), info)
     if r.seed is not None:
         return info
     bpb = bpb_table(final, tok, params, p.seq_len, params.vocab_swap.eval_bytes)
     keep = ("name", "kind", "step_scale", "tokens", "bytes", "final_loss", "mean_tokens_per_s", "mean_mfu", "seconds")
-    write_json(params.report_path("pretrain", f"{name}.json"), {k: info[k] for k in keep} | {"final_bits_per_byte": bpb})
+    write_json(
+        params.report_path("pretrain", f"{name}.json"), {k: info[k] for k in keep} | {"final_bits_per_byte": bpb}
+    )
     src = params.shared.source_lang
-    return write_headline(params, f"pretrain/{name}", {
-        "training_bytes": info["bytes"], "training_tokens": info["tokens"], "step_scale": scale,
-        "final_loss": info["final_loss"], f"final_bpb_{target}": bpb[target], f"final_bpb_{src}": bpb[src],
-    })  # fmt: skip
+    return write_headline(
+        params,
+        f"pretrain/{name}",
+        {
+            "training_bytes": info["bytes"],
+            "training_tokens": info["tokens"],
+            "step_scale": scale,
+            "final_loss": info["final_loss"],
+            f"final_bpb_{target}": bpb[target],
+            f"final_bpb_{src}": bpb[src],
+        },
+    )

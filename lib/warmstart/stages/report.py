@@ -20,14 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from warmstart.report.describe import ReportError, base_model, corpus_sources, report_title, stage_record
 from warmstart.evaluate.runs import best_run, load_run
-from warmstart.report.findings import study_summary
-from warmstart.report.fragments import read_fragments
-from warmstart.io import write_text
-from warmstart.report.labels import Labels
-from warmstart.report.model_card import model_card
 from warmstart.evaluate.seed_spread import spread_section
+from warmstart.io import write_text
 from warmstart.report.build import (
     PARAMS,
     check_pages,
@@ -37,8 +32,13 @@ from warmstart.report.build import (
     reproduce_box,
     run_logs,
 )
-from warmstart.stages import declared
+from warmstart.report.describe import ReportError, base_model, corpus_sources, report_title, stage_record
+from warmstart.report.findings import study_summary
+from warmstart.report.fragments import read_fragments
+from warmstart.report.labels import Labels
+from warmstart.report.model_card import model_card
 from warmstart.report.throughput import throughput_analysis, throughput_section
+from warmstart.stages import declared
 
 __all__ = ["PARAMS", "run"]
 
@@ -57,18 +57,31 @@ def _with_heatmap(frags: list[dict], params: Any, tmp: Path) -> list[dict]:
     ck_path = params.report_path("evaluate", "checkpoints.csv")
     out = []
     for f in frags:
-        if f.get("stage") == "evaluate" and ck_path.is_file() and \
-                not any(Path(g["path"]).name == "bpb_heatmap.png" for g in f.get("figures", [])):  # fmt: skip
+        if (
+            f.get("stage") == "evaluate"
+            and ck_path.is_file()
+            and not any(Path(g["path"]).name == "bpb_heatmap.png" for g in f.get("figures", []))
+        ):
             import pandas as pd
 
             from warmstart.evaluate.runs import plot_bpb_heatmap
 
             sh = params.shared
             fig = plot_bpb_heatmap(pd.read_csv(ck_path), tmp / "bpb_heatmap.png", sh.source_lang, sh.target_lang)
-            f = {**f, "figures": [*f.get("figures", []), {"path": str(fig), "caption": (
-                "Bits per byte at every evaluated checkpoint (lower is better): one row per run, one column per "
-                "checkpoint, labelled by the MB of training text seen; the colours span the trained checkpoints. "
-                "Drawn by the report stage from reports/evaluate/checkpoints.csv; the full table is in the appendix.")}]}  # fmt: skip
+            f = {
+                **f,
+                "figures": [
+                    *f.get("figures", []),
+                    {
+                        "path": str(fig),
+                        "caption": (
+                            "Bits per byte at every evaluated checkpoint (lower is better): one row per run, one column per "
+                            "checkpoint, labelled by the MB of training text seen; the colours span the trained checkpoints. "
+                            "Drawn by the report stage from reports/evaluate/checkpoints.csv; the full table is in the appendix."
+                        ),
+                    },
+                ],
+            }
         out.append(f)
     return out
 
@@ -96,25 +109,50 @@ def _run(params: Any, root: str | Path, tmp: Path) -> dict[str, Any]:
     nb_dir = params.report_path("notebooks")
     notebooks = sorted(p.as_posix() for p in nb_dir.glob("*.ipynb")) if nb_dir.is_dir() else []
     labels = Labels(params.shared.source_lang, params.shared.target_lang)
-    sections = [overview_section(params, base, sources, runs=list(logs) or summary.ranking["order"]),
-                *_with_heatmap(frags, params, tmp)]
+    sections = [
+        overview_section(params, base, sources, runs=list(logs) or summary.ranking["order"]),
+        *_with_heatmap(frags, params, tmp),
+    ]
     seeds = spread_section(params)  # after the evaluation: the run-to-run spread its comparisons lack
     if seeds:
         at = next((i + 1 for i, f in enumerate(sections) if f.get("stage") == "evaluate"), len(sections))
         sections.insert(at, seeds)
     if logs:
         sections.append(throughput_section(tp, logs))
-    pdf = render_pdf(sections, params.report_path("report.pdf"), title, params.report.author, prov,
-                     summary=summary.as_dict(), reproduce=reproduce_box(params, prov, root, notebooks),
-                     labels=labels, notebooks=notebooks)  # fmt: skip
-    out: dict[str, Any] = {"pdf": pdf, "title": title, "fragments": [f["stage"] for f in frags], "provenance": prov,
-                           "summary": summary, "throughput": tp, "unlabelled": sorted(labels.unknown)}  # fmt: skip
+    pdf = render_pdf(
+        sections,
+        params.report_path("report.pdf"),
+        title,
+        params.report.author,
+        prov,
+        summary=summary.as_dict(),
+        reproduce=reproduce_box(params, prov, root, notebooks),
+        labels=labels,
+        notebooks=notebooks,
+    )
+    out: dict[str, Any] = {
+        "pdf": pdf,
+        "title": title,
+        "fragments": [f["stage"] for f in frags],
+        "provenance": prov,
+        "summary": summary,
+        "throughput": tp,
+        "unlabelled": sorted(labels.unknown),
+    }
     out["pages"] = check_pages(pdf) if shutil.which("pdftoppm") and shutil.which("pdftotext") else None
     ev = stage_record(params, "evaluate", "eval.json")
     if ev.get("runs"):
         best = best_run(ev)
-        card = model_card(params, load_run(params.path("logs", best)), ev, frags, base=base, sources=sources,
-                          ranking=summary.ranking, throughput=tp["runs"].get(best))  # fmt: skip
+        card = model_card(
+            params,
+            load_run(params.path("logs", best)),
+            ev,
+            frags,
+            base=base,
+            sources=sources,
+            ranking=summary.ranking,
+            throughput=tp["runs"].get(best),
+        )
         write_text(params.report_path("model_card", "README.md"), card)
         out.update(best=best, card=params.report_path("model_card", "README.md"))
     out["seconds"] = time.perf_counter() - t0

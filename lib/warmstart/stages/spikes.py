@@ -21,8 +21,14 @@ def run(params: Any, show: bool = False) -> dict[str, Any]:
     res = run_stage(params, show=show)
     rows = res["metrics"]["runs"]
     score = [r.get("score_loss_%") for r in rows.values() if r.get("score_loss_%") is not None]
-    return write_headline(params, "spikes", {
-        "method": params.spikes.method, "runs_analysed": len(rows), "total_spikes": res["metrics"]["total_spikes"],
-        "runs_with_spikes": sum(1 for r in rows.values() if r["spikes"]),
-        "max_spike_score_loss_pct": max(score) if score else None,
-    })  # fmt: skip
+    return write_headline(
+        params,
+        "spikes",
+        {
+            "method": params.spikes.method,
+            "runs_analysed": len(rows),
+            "total_spikes": res["metrics"]["total_spikes"],
+            "runs_with_spikes": sum(1 for r in rows.values() if r["spikes"]),
+            "max_spike_score_loss_pct": max(score) if score else None,
+        },
+    )

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from warmstart.evaluate.bpb import held_out_texts
 from warmstart.data.corpus import load_texts
+from warmstart.evaluate.bpb import held_out_texts
 from warmstart.io import write_json
 from warmstart.model import load_model
 from warmstart.runs import base_model_dir, swap_model_dir
@@ -20,10 +20,15 @@ from warmstart.stages import declared, write_headline
 from warmstart.train.launch import bpb_table, read_run
 
 PARAMS = (
-    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "base.trust_remote_code", "base.seq_len",
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "base.trust_remote_code",
+    "base.seq_len",
     "vocab_swap",
-)  # fmt: skip
+)
 
 
 def probe_tokens(tokenizer: Any, texts: list[str], n: int, min_chars: int = 4) -> list[int]:
@@ -58,13 +63,18 @@ def run(params: Any, method: str) -> dict[str, Any]:
     target, source = params.shared.target_lang, params.shared.source_lang
     out = swap_model_dir(params, method)
     report = vs.swap_model_dir(
-        base_model_dir(params), params.path("tokenizer", "target"), out, method,
+        base_model_dir(params),
+        params.path("tokenizer", "target"),
+        out,
+        method,
         donor_dir=read_run(params, "scratch")["final"] if method == "omp" else None,
-        seed=params.shared.seed, pad_multiple=v.pad_multiple, omp_k=v.omp_k,
+        seed=params.shared.seed,
+        pad_multiple=v.pad_multiple,
+        omp_k=v.omp_k,
         texts=load_texts(params, target, "train") if method == "focus" else None,
         fasttext=vs.FastTextOptions(dim=v.fasttext_dim, epochs=v.fasttext_epochs, min_count=3),
         trust_remote_code=params.base.trust_remote_code,
-    )  # fmt: skip
+    )
     model, tok = load_model(out), AutoTokenizer.from_pretrained(out)
     base, base_tok = load_model(base_model_dir(params)), AutoTokenizer.from_pretrained(base_model_dir(params))
     seq_len = params.base.seq_len
@@ -73,15 +83,37 @@ def run(params: Any, method: str) -> dict[str, Any]:
     probes = probe_tokens(tok, held_out_texts(params, target, "test", v.eval_bytes), v.neighbours)
     nn = vs.nearest_neighbours(model, tok, base, base_tok, probes, k=3)
     r = report.to_dict()
-    keep = ("aligned", "decomposed", "mean_init", "specials_mapped", "padded_rows", "new_vocab", "padded_vocab",
-            "old_vocab", "tied", "seconds")  # fmt: skip
+    keep = (
+        "aligned",
+        "decomposed",
+        "mean_init",
+        "specials_mapped",
+        "padded_rows",
+        "new_vocab",
+        "padded_vocab",
+        "old_vocab",
+        "tied",
+        "seconds",
+    )
     details = {
-        "method": method, **{k: r[k] for k in keep}, "random": r["fallback_random"], "bpb_step0": bpb,
-        "bpb_base": base_bpb, "languages": {"target": target, "source": source},
+        "method": method,
+        **{k: r[k] for k in keep},
+        "random": r["fallback_random"],
+        "bpb_step0": bpb,
+        "bpb_base": base_bpb,
+        "languages": {"target": target, "source": source},
         "neighbours": nn.to_dict(orient="records"),
-    }  # fmt: skip
+    }
     write_json(details_path(params, method), details)
-    return write_headline(params, f"vocab_swap/{method}", {
-        "aligned_rows": r["aligned"], "decomposed_rows": r["decomposed"], "random_rows": r["fallback_random"],
-        "new_vocab": r["new_vocab"], f"step0_bpb_{target}": bpb[target], f"step0_bpb_{source}": bpb[source],
-    })  # fmt: skip
+    return write_headline(
+        params,
+        f"vocab_swap/{method}",
+        {
+            "aligned_rows": r["aligned"],
+            "decomposed_rows": r["decomposed"],
+            "random_rows": r["fallback_random"],
+            "new_vocab": r["new_vocab"],
+            f"step0_bpb_{target}": bpb[target],
+            f"step0_bpb_{source}": bpb[source],
+        },
+    )

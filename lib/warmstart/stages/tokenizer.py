@@ -18,16 +18,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from warmstart.report import fragments
 from warmstart.data.corpus import load_texts
 from warmstart.io import write_json
+from warmstart.report import fragments
 from warmstart.stages import declared, save_figure, write_headline
 from warmstart.tokenizer import fertility_table, mixed_texts, ratio, train_tokenizer
 
 PARAMS = (
-    "shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir",
-    "corpus.extra_languages", "tokenizer",
-)  # fmt: skip
+    "shared.seed",
+    "shared.source_lang",
+    "shared.target_lang",
+    "shared.data_dir",
+    "shared.reports_dir",
+    "corpus.extra_languages",
+    "tokenizer",
+)
 
 
 def plot(table, vocab_size: int, kind: str, path) -> None:
@@ -72,8 +77,10 @@ def run(params: Any) -> dict[str, Any]:
     tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
     table = fertility_table(toks, tests)
     by = table.set_index(["tokenizer", "lang"])
-    ratios = {lang: ratio(by.loc[("target", lang), "tokens_per_word"], by.loc[("source", lang), "tokens_per_word"])
-              for lang in params.languages}  # fmt: skip
+    ratios = {
+        lang: ratio(by.loc[("target", lang), "tokens_per_word"], by.loc[("source", lang), "tokens_per_word"])
+        for lang in params.languages
+    }
     details = {
         "vocab_size": {name: len(tok) for name, tok in toks.items()},
         "kind": cfg.kind,
@@ -87,21 +94,36 @@ def run(params: Any) -> dict[str, Any]:
     fig = params.report_path("figures", "fertility.png")
     plot(table, cfg.vocab_size, cfg.kind, fig)
     fragments.write_fragment(
-        params.shared.reports_dir, "tokenizer", 20, "Tokenizers and fertility",
-        paragraphs=[f"Both tokenizers are {cfg.kind} with {cfg.vocab_size:,} tokens; the target one is trained on "
-                    f"{details['target_training_bytes']:,} bytes of text mixed as {_mix(weights)}. Fertility is measured "
-                    "on each language's test split (tokens per whitespace word; lower is better)."],
-        tables=[fragments.table(table, "Fertility of the source and target tokenizers"),
-                fragments.table([[k, v] for k, v in ratios.items()], "Tokens per word, target over source tokenizer",
-                                columns=["language", "ratio"])],
+        params.shared.reports_dir,
+        "tokenizer",
+        20,
+        "Tokenizers and fertility",
+        paragraphs=[
+            f"Both tokenizers are {cfg.kind} with {cfg.vocab_size:,} tokens; the target one is trained on "
+            f"{details['target_training_bytes']:,} bytes of text mixed as {_mix(weights)}. Fertility is measured "
+            "on each language's test split (tokens per whitespace word; lower is better)."
+        ],
+        tables=[
+            fragments.table(table, "Fertility of the source and target tokenizers"),
+            fragments.table(
+                [[k, v] for k, v in ratios.items()],
+                "Tokens per word, target over source tokenizer",
+                columns=["language", "ratio"],
+            ),
+        ],
         figures=[{"path": str(fig), "caption": "Tokens per word per test language."}],
         numbers={f"ratio_tokens_per_word.{k}": v for k, v in ratios.items()},
         seconds=details["seconds"],
-    )  # fmt: skip
+    )
     tpw = {(r["tokenizer"], r["lang"]): r["tokens_per_word"] for r in details["table"]}
-    return write_headline(params, "tokenizer", {
-        f"tokens_per_word_{tgt}_source_tokenizer": tpw[("source", tgt)],
-        f"tokens_per_word_{tgt}_target_tokenizer": tpw[("target", tgt)],
-        f"fertility_ratio_{tgt}": ratios[tgt], f"fertility_ratio_{src}": ratios[src],
-        "target_vocab_size": len(toks["target"]),
-    })  # fmt: skip
+    return write_headline(
+        params,
+        "tokenizer",
+        {
+            f"tokens_per_word_{tgt}_source_tokenizer": tpw[("source", tgt)],
+            f"tokens_per_word_{tgt}_target_tokenizer": tpw[("target", tgt)],
+            f"fertility_ratio_{tgt}": ratios[tgt],
+            f"fertility_ratio_{src}": ratios[src],
+            "target_vocab_size": len(toks["target"]),
+        },
+    )

@@ -1,8 +1,8 @@
 """``python -m warmstart.train``: train one run from its config, resume it, or export a checkpoint.
 
-    python -m warmstart.train --config run.yaml [--resume]
-    accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml -m warmstart.train --config run.yaml
-    python -m warmstart.train --export data/runs/x/checkpoints/step0000500 --out data/models/x
+python -m warmstart.train --config run.yaml [--resume]
+accelerate launch --config_file configs/accelerate/fsdp2_8gpu.yaml -m warmstart.train --config run.yaml
+python -m warmstart.train --export data/runs/x/checkpoints/step0000500 --out data/models/x
 """
 
 from __future__ import annotations

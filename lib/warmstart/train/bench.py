@@ -41,12 +41,25 @@ def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> d
     if steps <= warmup or steps % warmup:
         raise ValueError("steps must be a multiple of warmup, and larger")
     with tempfile.TemporaryDirectory() as tmp:
-        over = dict(steps=steps, log_every=warmup, checkpoint_every=0, tag_every=None, tag_steps=[], export_final=False,
-                    progress=False, tensorboard=False, inject_nan_steps=[], batch_ramp=None, masked_share=0.0)  # fmt: skip
+        over = dict(
+            steps=steps,
+            log_every=warmup,
+            checkpoint_every=0,
+            tag_every=None,
+            tag_steps=[],
+            export_final=False,
+            progress=False,
+            tensorboard=False,
+            inject_nan_steps=[],
+            batch_ramp=None,
+            masked_share=0.0,
+        )
         tr = Trainer(cfg.model_copy(update=over | {"out_dir": str(Path(tmp) / "trainer")}))
         tr.fit()
         log = {r["step"]: r for r in map(json.loads, tr.log_path.read_text().splitlines())}
-        trainer_tps = (log[steps]["tokens"] - log[warmup]["tokens"]) / (log[steps]["elapsed_s"] - log[warmup]["elapsed_s"])
+        trainer_tps = (log[steps]["tokens"] - log[warmup]["tokens"]) / (
+            log[steps]["elapsed_s"] - log[warmup]["elapsed_s"]
+        )
         del tr
         bare = Trainer(cfg.model_copy(update=over | {"out_dir": str(Path(tmp) / "bare")}))
         rows, mb = bare.batch_rows(), cfg.micro_batch
@@ -68,8 +81,15 @@ def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> d
             opt.zero_grad(set_to_none=True)
         sync()
         bare_tps = (steps - warmup) * rows * cfg.seq_len / (time.perf_counter() - t0)
-    return {"trainer_tokens_per_s": trainer_tps, "bare_tokens_per_s": bare_tps, "ratio": trainer_tps / bare_tps,
-            "steps": steps, "warmup": warmup, "device": str(dev), "torch": torch.__version__}  # fmt: skip
+    return {
+        "trainer_tokens_per_s": trainer_tps,
+        "bare_tokens_per_s": bare_tps,
+        "ratio": trainer_tps / bare_tps,
+        "steps": steps,
+        "warmup": warmup,
+        "device": str(dev),
+        "torch": torch.__version__,
+    }
 
 
 def benchmark_signals(cfg: TrainConfig, every: int = 5, blocks: int = 12, warmup_blocks: int = 1) -> dict:
@@ -96,15 +116,30 @@ def benchmark_signals(cfg: TrainConfig, every: int = 5, blocks: int = 12, warmup
     if every < 1 or blocks < 1:
         raise ValueError("every and blocks must be >= 1")
     n = every * (blocks + warmup_blocks)
-    over = dict(steps=n, warmup_steps=min(cfg.warmup_steps, n), checkpoint_every=0, tag_every=None, tag_steps=[],
-                export_final=False, progress=False, tensorboard=False, inject_nan_steps=[], inject_bad_batches=[])  # fmt: skip
+    over = dict(
+        steps=n,
+        warmup_steps=min(cfg.warmup_steps, n),
+        checkpoint_every=0,
+        tag_every=None,
+        tag_steps=[],
+        export_final=False,
+        progress=False,
+        tensorboard=False,
+        inject_nan_steps=[],
+        inject_bad_batches=[],
+    )
     clocks = {"wall": time.perf_counter, "cpu": time.process_time}
     times = {c: {"signal": [], "other": [], "plain": []} for c in clocks}
     block = {c: {"signals": [0.0] * blocks, "plain": [0.0] * blocks} for c in clocks}
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {name: Trainer(cfg.model_copy(update=over | {"signals_every": every if name == "signals" else 0,
-                                                                 "out_dir": str(Path(tmp) / name)}))
-                    for name in ("signals", "plain")}  # fmt: skip
+        trainers = {
+            name: Trainer(
+                cfg.model_copy(
+                    update=over | {"signals_every": every if name == "signals" else 0, "out_dir": str(Path(tmp) / name)}
+                )
+            )
+            for name in ("signals", "plain")
+        }
         dev = trainers["plain"].acc.device
         sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
         for k in range(1, n + 1):
@@ -123,11 +158,23 @@ def benchmark_signals(cfg: TrainConfig, every: int = 5, blocks: int = 12, warmup
     of_medians = {c: (m["signal"] + (every - 1) * m["other"]) / (every * m["plain"]) for c, m in med.items()}
     paired = {c: statistics.median(a / b for a, b in zip(v["signals"], v["plain"])) for c, v in block.items()}
     within = {c: 1 + (m["signal"] - m["other"]) / (every * m["other"]) for c, m in med.items()}
-    return {"ratio": paired["wall"], "ratio_cpu": paired["cpu"], "ratio_of_medians": of_medians["wall"],
-            "ratio_of_medians_cpu": of_medians["cpu"], "ratio_within_run": within["wall"],
-            "ratio_within_run_cpu": within["cpu"], "signals_every": every, "blocks": blocks,
-            "median_step_s": med["wall"], "median_step_cpu_s": med["cpu"], "step_s": times["wall"], "block_s": block["wall"],
-            "device": str(dev), "torch": torch.__version__, "threads": torch.get_num_threads()}  # fmt: skip
+    return {
+        "ratio": paired["wall"],
+        "ratio_cpu": paired["cpu"],
+        "ratio_of_medians": of_medians["wall"],
+        "ratio_of_medians_cpu": of_medians["cpu"],
+        "ratio_within_run": within["wall"],
+        "ratio_within_run_cpu": within["cpu"],
+        "signals_every": every,
+        "blocks": blocks,
+        "median_step_s": med["wall"],
+        "median_step_cpu_s": med["cpu"],
+        "step_s": times["wall"],
+        "block_s": block["wall"],
+        "device": str(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 DEFAULT_RUN = Path("data/runs/base/train_config.json")  # the default study's base run, as it ran (JSON is YAML)
@@ -135,7 +182,10 @@ DEFAULT_RUN = Path("data/runs/base/train_config.json")  # the default study's ba
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m warmstart.train.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", help=f"run config (YAML or JSON, TrainConfig fields); required without --signals (default {DEFAULT_RUN})")
+    ap.add_argument(
+        "--config",
+        help=f"run config (YAML or JSON, TrainConfig fields); required without --signals (default {DEFAULT_RUN})",
+    )
     ap.add_argument("--steps", type=int, default=40, help="measured + warm-up steps (a multiple of --warmup)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--signals", action="store_true", help="measure the signals' overhead instead (benchmark_signals)")

@@ -127,7 +127,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     from safetensors.torch import load_file
 
     index = ckpt / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(ckpt / f))
@@ -156,9 +158,17 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
 
 
 def save_checkpoint(
-    acc: Any, model: torch.nn.Module, unwrapped: Any, optimizer: Any, scheduler: Any, tokenizer: Any,
-    root: Path, step: int, state: dict, keep_last: int,
-) -> Path:  # fmt: skip
+    acc: Any,
+    model: torch.nn.Module,
+    unwrapped: Any,
+    optimizer: Any,
+    scheduler: Any,
+    tokenizer: Any,
+    root: Path,
+    step: int,
+    state: dict,
+    keep_last: int,
+) -> Path:
     """Write checkpoint ``step`` under ``root`` (collective: every process calls it), then prune.
 
     ``model`` is the prepared (wrapped) model, ``unwrapped`` the HF model; ``state`` is the trainer's
@@ -206,7 +216,9 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(acc: Any, unwrapped: Any, optimizer: Any, scheduler: Any, ckpt: Path, keep_rng: bool = False) -> dict:
+def load_checkpoint(
+    acc: Any, unwrapped: Any, optimizer: Any, scheduler: Any, ckpt: Path, keep_rng: bool = False
+) -> dict:
     """Restore weights, optimizer and scheduler from ``ckpt``; returns its trainer state.
 
     Sharded checkpoints go through ``Accelerator.load_state`` (collective), which also restores

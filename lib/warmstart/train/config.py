@@ -34,14 +34,35 @@ from warmstart.model import ModelSpec
 #   position, without the T^2 factor) and mfu_with_teacher (student 6N + teacher forward 2N FLOPs).
 KERNEL_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "warmstart_flex")  # through warmstart.kernels
 LOG_FIELDS = (
-    "step", "samples", "tokens", "bytes", "loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu",
-    "peak_mem_bytes", "data_state", "skipped", "corpus", "batch_rows", "masked_rows", "elapsed_s",
-)  # fmt: skip
+    "step",
+    "samples",
+    "tokens",
+    "bytes",
+    "loss",
+    "lr",
+    "grad_norm",
+    "update_cos",
+    "tokens_per_s",
+    "mfu",
+    "peak_mem_bytes",
+    "data_state",
+    "skipped",
+    "corpus",
+    "batch_rows",
+    "masked_rows",
+    "elapsed_s",
+)
 SIGNAL_FIELDS = ("attn_logit_max", "log_z_mean", "log_z_max", "update_ratio")
 OPTIONAL_LOG_FIELDS = (*SIGNAL_FIELDS, "ce_loss", "kd_loss", "mfu_with_teacher")
 # fields added after the reference study: left out of train_config.json while at their defaults
-FEATURE_DEFAULTS = {"z_loss": 0.0, "signals_every": 0, "teacher_path": None, "kd_temperature": 1.0,
-                    "kd_ce_share": 0.0, "kd_top_k": None}  # fmt: skip
+FEATURE_DEFAULTS = {
+    "z_loss": 0.0,
+    "signals_every": 0,
+    "teacher_path": None,
+    "kd_temperature": 1.0,
+    "kd_ce_share": 0.0,
+    "kd_top_k": None,
+}
 
 
 # ---------------------------------------------------------------- config
@@ -72,7 +93,9 @@ class TrainConfig(BaseModel):
     trust_remote_code: bool = False
     tokenizer_path: str | None = None  # defaults to model_path
     attn_implementation: str | None = None  # "sdpa" (default), "eager", "flash_attention_2", "warmstart_flex", "auto"
-    fused_kernels: bool = False  # Liger RMSNorm/SwiGLU/RoPE + fused linear-CE where the device allows (warmstart.kernels)
+    fused_kernels: bool = (
+        False  # Liger RMSNorm/SwiGLU/RoPE + fused linear-CE where the device allows (warmstart.kernels)
+    )
     # data: corpus name -> jsonl files (or globs) with a text field
     train_files: dict[str, list[str]] = Field(min_length=1)
     text_field: str = "text"
@@ -147,7 +170,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if (self.model_path is None) == (self.model is None):
             raise ValueError("give exactly one of model_path (a HF model) and model (a tiny model spec)")
         if self.tokenizer_path is None and self.model_path is None:
@@ -170,7 +193,9 @@ class TrainConfig(BaseModel):
         if kd_set and self.teacher_path is None:
             raise ValueError(f"{', '.join(kd_set)} need teacher_path (distillation is off without a teacher)")
         if self.teacher_path is not None and self.masked_share > 0:
-            raise ValueError("masked_share and teacher_path cannot be combined (distillation of masked rows is not defined)")
+            raise ValueError(
+                "masked_share and teacher_path cannot be combined (distillation of masked rows is not defined)"
+            )
         for name, on in (("z_loss", self.z_loss > 0), ("teacher_path", self.teacher_path is not None)):
             if on and self.fused_kernels:
                 raise ValueError(
@@ -179,7 +204,9 @@ class TrainConfig(BaseModel):
                 )
         if self.spike_mitigation:
             if not self.checkpoint_every:
-                raise ValueError("spike_mitigation needs checkpoint_every > 0 (a checkpoint before the spike to roll back to)")
+                raise ValueError(
+                    "spike_mitigation needs checkpoint_every > 0 (a checkpoint before the spike to roll back to)"
+                )
             try:
                 self.make_spike_detector()
             except (TypeError, ValueError) as e:
@@ -201,5 +228,5 @@ class TrainConfig(BaseModel):
         return self.model_dump_json(indent=1, exclude=off)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "TrainConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
         return cls.model_validate(yaml.safe_load(Path(path).read_text()))

@@ -61,7 +61,9 @@ class _KL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, s: torch.Tensor, log_p: torch.Tensor, idx: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    def forward(
+        ctx: Any, s: torch.Tensor, log_p: torch.Tensor, idx: torch.Tensor | None, temperature: float
+    ) -> torch.Tensor:
         log_q = torch.log_softmax(s.float() / temperature, dim=-1)
         at = log_q.gather(-1, idx) if idx is not None else log_q[:, : log_p.shape[-1]]
         ctx.save_for_backward(log_q, log_p, idx)
@@ -96,8 +98,10 @@ def kd_kl(
     pos = label_positions(labels)
     V = vocab if vocab is not None else min(student_logits.shape[-1], teacher_logits.shape[-1])
     if V > student_logits.shape[-1] or V > teacher_logits.shape[-1]:
-        raise ValueError(f"kd_kl: vocab {V} exceeds the student's ({student_logits.shape[-1]}) or the teacher's "
-                         f"({teacher_logits.shape[-1]}) logits")  # fmt: skip
+        raise ValueError(
+            f"kd_kl: vocab {V} exceeds the student's ({student_logits.shape[-1]}) or the teacher's "
+            f"({teacher_logits.shape[-1]}) logits"
+        )
     s = student_logits[pos]
     if s.shape[0] == 0:
         return student_logits.sum() * 0.0
@@ -111,9 +115,13 @@ def kd_kl(
 
 
 def kd_kl_reference(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-    top_k: int | None = None, vocab: int | None = None,
-) -> torch.Tensor:  # fmt: skip
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    vocab: int | None = None,
+) -> torch.Tensor:
     """:func:`kd_kl` by autograd through the module doc's formula: the reference its backward is tested
     and benchmarked against (same arguments, same value)."""
     pos = label_positions(labels)
@@ -129,8 +137,15 @@ def kd_kl_reference(
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
-def benchmark_kd(rows: int = 2048, vocab: int = 8192, pad: int = 64, rounds: int = 9, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def benchmark_kd(
+    rows: int = 2048,
+    vocab: int = 8192,
+    pad: int = 64,
+    rounds: int = 9,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Forward + backward of :func:`kd_kl` over :func:`kd_kl_reference` on the same random logits, alternating
     in one process (``rows`` positions, the default study's micro-batch of 16 x 128; ``vocab`` real tokens
     plus ``pad`` padding columns). The ratio is the median of the paired per-round ratios."""
@@ -152,11 +167,22 @@ def benchmark_kd(rows: int = 2048, vocab: int = 8192, pad: int = 64, rounds: int
                 times[name].append(time.perf_counter() - t0)
             grads[name] = x.grad
     ratios = [a / b for a, b in zip(times["autograd"], times["by_hand"])]
-    return {"rows": rows, "vocab": vocab, "pad": pad, "top_k": top_k, "rounds": rounds, "threads": torch.get_num_threads(),
-            "seconds_by_hand": statistics.median(times["by_hand"]), "seconds_autograd": statistics.median(times["autograd"]),
-            "speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
-            "max_abs_grad_diff": float((grads["by_hand"] - grads["autograd"]).abs().max()),
-            "device": "cpu", "torch": torch.__version__}  # fmt: skip
+    return {
+        "rows": rows,
+        "vocab": vocab,
+        "pad": pad,
+        "top_k": top_k,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+        "seconds_by_hand": statistics.median(times["by_hand"]),
+        "seconds_autograd": statistics.median(times["autograd"]),
+        "speedup_median": statistics.median(ratios),
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
+        "max_abs_grad_diff": float((grads["by_hand"] - grads["autograd"]).abs().max()),
+        "device": "cpu",
+        "torch": torch.__version__,
+    }
 
 
 def check_tokenizers(student_tok: Any, teacher_tok: Any, student_path: str, teacher_path: str) -> None:
@@ -170,8 +196,14 @@ def check_tokenizers(student_tok: Any, teacher_tok: Any, student_path: str, teac
         )
 
 
-def load_teacher(path: str | os.PathLike, student_tok: Any, student_tok_path: str, device: torch.device,
-                 attn_implementation: str | None, trust_remote_code: bool = False) -> torch.nn.Module:  # fmt: skip
+def load_teacher(
+    path: str | os.PathLike,
+    student_tok: Any,
+    student_tok_path: str,
+    device: torch.device,
+    attn_implementation: str | None,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
     """The frozen teacher (eval mode, no gradients) on ``device``; checks its tokenizer and vocab size first."""
     from transformers import AutoTokenizer
 
@@ -180,7 +212,9 @@ def load_teacher(path: str | os.PathLike, student_tok: Any, student_tok_path: st
     try:
         teacher_tok = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
-        raise ValueError(f"teacher_path: no tokenizer in {path} to compare with the student's ({student_tok_path}): {e}") from None
+        raise ValueError(
+            f"teacher_path: no tokenizer in {path} to compare with the student's ({student_tok_path}): {e}"
+        ) from None
     check_tokenizers(student_tok, teacher_tok, student_tok_path, str(path))
     from transformers.utils import logging as hf_logging
 

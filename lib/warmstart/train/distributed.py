@@ -39,9 +39,12 @@ def make_accelerator(mixed_precision: str):
 
 
 def launch_command(
-    config_path: str | os.PathLike, num_processes: int, port: int | None = None, resume: bool = False,
+    config_path: str | os.PathLike,
+    num_processes: int,
+    port: int | None = None,
+    resume: bool = False,
     accelerate_config: str | os.PathLike | None = None,
-) -> list[str]:  # fmt: skip
+) -> list[str]:
     """``accelerate launch`` of this module on ``num_processes`` processes of one machine.
 
     ``--multi_gpu`` is right on CPU too: accelerate 1.x's ``--cpu`` starts a

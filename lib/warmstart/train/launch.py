@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from warmstart.evaluate.bpb import bits_per_byte, held_out_texts
 from warmstart.config import Optim, Params
+from warmstart.evaluate.bpb import bits_per_byte, held_out_texts
 from warmstart.io import read_jsonl, write_json
 from warmstart.model import ModelSpec
-from warmstart.train.distributed import launch_command
 from warmstart.train.bench import benchmark_overhead
+from warmstart.train.distributed import launch_command
 from warmstart.train.loop import TrainConfig, train
 
 # ---------------------------------------------------------------- paths
@@ -79,9 +79,16 @@ def optim_fields(o: Optim, scale: float = 1.0) -> dict[str, Any]:
 def tiny_spec(params: Params) -> ModelSpec:
     m = params.base.model
     return ModelSpec(
-        arch=m.arch, hidden=m.hidden, layers=m.layers, heads=m.heads, kv_heads=m.kv_heads,
-        intermediate=m.intermediate, max_pos=m.max_pos, tie_embeddings=m.tie_embeddings, seed=params.shared.seed,
-    )  # fmt: skip
+        arch=m.arch,
+        hidden=m.hidden,
+        layers=m.layers,
+        heads=m.heads,
+        kv_heads=m.kv_heads,
+        intermediate=m.intermediate,
+        max_pos=m.max_pos,
+        tie_embeddings=m.tie_embeddings,
+        seed=params.shared.seed,
+    )
 
 
 def summarize_log(log: list[dict]) -> dict[str, Any]:
@@ -103,10 +110,15 @@ def summarize_log(log: list[dict]) -> dict[str, Any]:
     }
 
 
-def bpb_table(model: Any, tokenizer: Any, params: Params, seq_len: int, max_bytes: int, split: str = "test") -> dict[str, float]:
+def bpb_table(
+    model: Any, tokenizer: Any, params: Params, seq_len: int, max_bytes: int, split: str = "test"
+) -> dict[str, float]:
     """Bits per byte on ``split`` of the source and target language."""
     langs = [params.shared.target_lang, params.shared.source_lang]
-    return {lang: bits_per_byte(model, tokenizer, held_out_texts(params, lang, split, max_bytes), seq_len)["bits_per_byte"] for lang in langs}
+    return {
+        lang: bits_per_byte(model, tokenizer, held_out_texts(params, lang, split, max_bytes), seq_len)["bits_per_byte"]
+        for lang in langs
+    }
 
 
 # ---------------------------------------------------------------- base
@@ -116,12 +128,20 @@ def base_train_config(params: Params, out_dir: str | Path) -> TrainConfig:
     """The tiny base model's pretraining run on the source-language corpus."""
     b = params.base
     return TrainConfig(
-        model=tiny_spec(params), tokenizer_path=str(params.path("tokenizer", "source")),
+        model=tiny_spec(params),
+        tokenizer_path=str(params.path("tokenizer", "source")),
         train_files={"source": [corpus_file(params, params.shared.source_lang)]},
-        seq_len=b.seq_len, micro_batch=b.micro_batch, grad_accum=b.grad_accum, **optim_fields(b.optim),
-        out_dir=str(out_dir), checkpoint_every=b.checkpoint_every, log_every=b.log_every, seed=params.shared.seed,
-        keep_last=1, export_final=False,
-    )  # fmt: skip
+        seq_len=b.seq_len,
+        micro_batch=b.micro_batch,
+        grad_accum=b.grad_accum,
+        **optim_fields(b.optim),
+        out_dir=str(out_dir),
+        checkpoint_every=b.checkpoint_every,
+        log_every=b.log_every,
+        seed=params.shared.seed,
+        keep_last=1,
+        export_final=False,
+    )
 
 
 # ---------------------------------------------------------------- vocabulary swap
@@ -176,8 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     if not (params.path("tokenizer", "source") / "tokenizer.json").is_file():
         raise SystemExit("error: no data/tokenizer/source: run `dvc repro tokenizer` first")
     res = benchmark_overhead(base_train_config(params, "unused"), args.steps, args.warmup)
-    res |= {"machine": platform.machine(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-            "config": {"seq_len": params.base.seq_len, "micro_batch": params.base.micro_batch, "model": params.base.model.model_dump()}}  # fmt: skip
+    res |= {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "config": {
+            "seq_len": params.base.seq_len,
+            "micro_batch": params.base.micro_batch,
+            "model": params.base.model.model_dump(),
+        },
+    }
     print(json.dumps(res, indent=1))
     if args.out:
         write_json(args.out, res)

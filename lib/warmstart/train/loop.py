@@ -58,7 +58,6 @@ CPU run with an FSDP accelerate config is switched to FSDP here
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -66,7 +65,6 @@ import math
 import os
 import re
 import resource
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,6 +72,10 @@ from pathlib import Path
 
 import torch
 
+from warmstart.data.packing import PackedBatch
+from warmstart.data.stream import build_stream, read_documents  # noqa: F401  (re-exported)
+from warmstart.flops import device_peak, flops_per_token, mfu
+from warmstart.model import load_model
 from warmstart.train.checkpoint import (  # noqa: F401  (re-exported: warmstart.train.loop's public names)
     CKPT_RE,
     TRAINER_FILES,
@@ -88,18 +90,18 @@ from warmstart.train.checkpoint import (  # noqa: F401  (re-exported: warmstart.
     restore_rng,
     save_checkpoint,
 )
-from warmstart.data.packing import PackedBatch
-from warmstart.data.stream import build_stream, read_documents  # noqa: F401  (re-exported)
+from warmstart.train.config import (  # noqa: F401  (re-exported)
+    KERNEL_ATTENTION,
+    LOG_FIELDS,
+    OPTIONAL_LOG_FIELDS,
+    SIGNAL_FIELDS,
+    BatchRamp,
+    TrainConfig,
+)
 from warmstart.train.distributed import launch_command, make_accelerator  # noqa: F401  (re-exported)
-from warmstart.flops import device_peak, flops_per_token, mfu
-from warmstart.model import load_model
 from warmstart.train.objectives import Objective, hybrid_batch, model_inputs, resolve_mask_id
 from warmstart.train.schedules import lr_multiplier, ramp_batch_rows  # noqa: F401  (re-exported)
 from warmstart.train.signals import Signals, probe_mask
-from warmstart.train.config import (  # noqa: F401  (re-exported)
-    KERNEL_ATTENTION, LOG_FIELDS, OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, BatchRamp, TrainConfig,
-)  # fmt: skip
-
 
 # ---------------------------------------------------------------- trainer
 
@@ -136,7 +138,9 @@ class Trainer:
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.model_path)
         if cfg.model is not None:
-            spec = cfg.model if cfg.model.vocab_size else cfg.model.model_copy(update={"vocab_size": len(self.tokenizer)})
+            spec = (
+                cfg.model if cfg.model.vocab_size else cfg.model.model_copy(update={"vocab_size": len(self.tokenizer)})
+            )
             t = self.tokenizer
             model = spec.build(bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id)
         else:
@@ -147,18 +151,27 @@ class Trainer:
             from warmstart.kernels import apply as apply_kernels
 
             opts = KernelOptions(
-                attention=cfg.attn_implementation, mask=mask_kind(cfg.doc_mask, cfg.masked_share),
-                rms_norm=cfg.fused_kernels, swiglu=cfg.fused_kernels, rope=cfg.fused_kernels,
+                attention=cfg.attn_implementation,
+                mask=mask_kind(cfg.doc_mask, cfg.masked_share),
+                rms_norm=cfg.fused_kernels,
+                swiglu=cfg.fused_kernels,
+                rope=cfg.fused_kernels,
                 fused_linear_cross_entropy=cfg.fused_kernels,
-            )  # fmt: skip
-            self.kernels = apply_kernels(model, opts, device=self.acc.device, dtype=torch.bfloat16 if bf16 else torch.float32)
+            )
+            self.kernels = apply_kernels(
+                model, opts, device=self.acc.device, dtype=torch.bfloat16 if bf16 else torch.float32
+            )
         elif cfg.attn_implementation:
             model.set_attn_implementation(cfg.attn_implementation)
         if len(self.tokenizer) > model.config.vocab_size:
-            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size is {model.config.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(self.tokenizer)} tokens, model vocab_size is {model.config.vocab_size}"
+            )
         if cfg.activation_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
-                raise ValueError(f"activation_checkpointing: {type(model).__name__} does not support gradient checkpointing")
+                raise ValueError(
+                    f"activation_checkpointing: {type(model).__name__} does not support gradient checkpointing"
+                )
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         self.mask_id = resolve_mask_id(cfg.mask_token_id, self.tokenizer, cfg.masked_share)
@@ -166,7 +179,11 @@ class Trainer:
         named = self._apply_freeze(model)
         decay = [p for n, p in named if not any(re.search(r, n) for r in cfg.no_decay)]
         no_decay = [p for n, p in named if any(re.search(r, n) for r in cfg.no_decay)]
-        groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+        groups = [
+            g
+            for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0})
+            if g["params"]
+        ]
         optimizer = self._make_optimizer(groups)
         # LambdaLR's epoch counts completed updates, so update k (1-based) runs at lr * lr_multiplier(k).
         self._lr_lambda = lambda e: lr_multiplier(  # a plain function: LambdaLR saves no state for it
@@ -191,11 +208,24 @@ class Trainer:
         if cfg.teacher_path is not None:
             from warmstart.train.distil import load_teacher, teacher_flops_per_token
 
-            self.teacher = load_teacher(cfg.teacher_path, self.tokenizer, cfg.tokenizer_path or cfg.model_path, self.acc.device,
-                                        self.unwrapped.config._attn_implementation, cfg.trust_remote_code)  # fmt: skip
+            self.teacher = load_teacher(
+                cfg.teacher_path,
+                self.tokenizer,
+                cfg.tokenizer_path or cfg.model_path,
+                self.acc.device,
+                self.unwrapped.config._attn_implementation,
+                cfg.trust_remote_code,
+            )
             self.teacher_flops_per_token = teacher_flops_per_token(self.teacher.config, cfg.seq_len)
-        self.objective = Objective(cfg.z_loss, self.teacher, cfg.kd_temperature, cfg.kd_ce_share, cfg.kd_top_k,
-                                   len(self.tokenizer), self.acc.autocast)  # fmt: skip
+        self.objective = Objective(
+            cfg.z_loss,
+            self.teacher,
+            cfg.kd_temperature,
+            cfg.kd_ce_share,
+            cfg.kd_top_k,
+            len(self.tokenizer),
+            self.acc.autocast,
+        )
         self.signals = Signals(self.unwrapped, cfg.signals_every) if cfg.signals_every else None
 
     # -- setup helpers ----------------------------------------------------
@@ -243,24 +273,46 @@ class Trainer:
     def trainer_state(self) -> dict:
         """What ``trainer_state.json`` records: counters, data position, detector."""
         return {
-            "step": self.step, "samples": self.samples, "tokens": self.tokens, "bytes": self.bytes,
-            "bad_streak": self.bad_streak, "skipped": self.skipped, "rollbacks": self.rollbacks,
-            "data_state": self.data.state_dict(), "tagged": self._is_tagged(self.step),
-            "world_size": self.acc.num_processes, "spike_rollbacks": self.spike_rollbacks,
+            "step": self.step,
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "bad_streak": self.bad_streak,
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks,
+            "data_state": self.data.state_dict(),
+            "tagged": self._is_tagged(self.step),
+            "world_size": self.acc.num_processes,
+            "spike_rollbacks": self.spike_rollbacks,
             "skipped_batches": self.skipped_batches,
             "detector": self.detector.state_dict() if self.detector is not None else None,
-        } | ({"teacher_flops_per_token": self.teacher_flops_per_token} if self.teacher is not None else {})  # fmt: skip
+        } | ({"teacher_flops_per_token": self.teacher_flops_per_token} if self.teacher is not None else {})
 
     def save_checkpoint(self) -> Path:
-        return save_checkpoint(self.acc, self.model, self.unwrapped, self.optimizer, self.scheduler, self.tokenizer,
-                               self.ckpt_root, self.step, self.trainer_state(), self.cfg.keep_last)  # fmt: skip
+        return save_checkpoint(
+            self.acc,
+            self.model,
+            self.unwrapped,
+            self.optimizer,
+            self.scheduler,
+            self.tokenizer,
+            self.ckpt_root,
+            self.step,
+            self.trainer_state(),
+            self.cfg.keep_last,
+        )
 
     def load_checkpoint(self, ckpt: Path, progress: bool = True) -> None:
         """Restore weights, optimizer and scheduler; with ``progress`` also counters, data position and RNG."""
         state = load_checkpoint(self.acc, self.unwrapped, self.optimizer, self.scheduler, ckpt, keep_rng=not progress)
         if not progress:
             return
-        self.step, self.samples, self.tokens, self.bytes = state["step"], state["samples"], state["tokens"], state["bytes"]
+        self.step, self.samples, self.tokens, self.bytes = (
+            state["step"],
+            state["samples"],
+            state["tokens"],
+            state["bytes"],
+        )
         self.bad_streak, self.skipped, self.rollbacks = state["bad_streak"], state["skipped"], state["rollbacks"]
         self.spike_rollbacks, self.skipped_batches = state.get("spike_rollbacks", 0), state.get("skipped_batches", 0)
         if self.detector is not None and state.get("detector") is not None:
@@ -301,7 +353,9 @@ class Trainer:
         return ckpt
 
     # -- one step ----------------------------------------------------------
-    def _model_inputs(self, batch: PackedBatch, labels: torch.Tensor, masked: torch.Tensor, inputs: torch.Tensor) -> dict:
+    def _model_inputs(
+        self, batch: PackedBatch, labels: torch.Tensor, masked: torch.Tensor, inputs: torch.Tensor
+    ) -> dict:
         attn = self.unwrapped.config._attn_implementation
         return model_inputs(attn, batch, labels, masked, inputs, self.cfg.doc_mask, self.acc.device)
 
@@ -315,7 +369,9 @@ class Trainer:
         draw = k + self.skipped_batches  # 1-based draws from the stream, discarded ones included
         if draw in cfg.inject_bad_batches:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + draw)
-            batch = dataclasses.replace(batch, input_ids=torch.randint(0, len(self.tokenizer), batch.input_ids.shape, generator=g))
+            batch = dataclasses.replace(
+                batch, input_ids=torch.randint(0, len(self.tokenizer), batch.input_ids.shape, generator=g)
+            )
         inputs, labels, masked = hybrid_batch(
             batch.input_ids, batch.doc_ids, k, cfg.seed, cfg.masked_share, cfg.mask_prob, cfg.mask_span, self.mask_id
         )
@@ -380,10 +436,16 @@ class Trainer:
         self.tokens += rows * cfg.seq_len
         self.bytes += batch.bytes
         return {
-            "step": k, "loss": loss_val if math.isfinite(loss_val) else None, "lr": lr,
-            "grad_norm": grad_norm if math.isfinite(grad_norm) else None, "update_cos": cos, "skipped": bad,
-            "corpus": self.data.corpus_at(k), "batch_rows": rows, "masked_rows": int(masked.sum()),
-        } | {name: v if not isinstance(v, float) or math.isfinite(v) else None for name, v in parts.items()}  # fmt: skip
+            "step": k,
+            "loss": loss_val if math.isfinite(loss_val) else None,
+            "lr": lr,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "update_cos": cos,
+            "skipped": bad,
+            "corpus": self.data.corpus_at(k),
+            "batch_rows": rows,
+            "masked_rows": int(masked.sum()),
+        } | {name: v if not isinstance(v, float) or math.isfinite(v) else None for name, v in parts.items()}
 
     # -- the loop ----------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -409,7 +471,9 @@ class Trainer:
             tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1)
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps, initial=self.step, disable=not (main and cfg.progress), desc="train", dynamic_ncols=True
+        )
         t0 = t_start = time.perf_counter()
         tokens0, last = self.tokens, None
         log = open(self.log_path, "a") if main else None
@@ -427,27 +491,50 @@ class Trainer:
                     if fired and self.spike_rollbacks < cfg.spike_max_rollbacks:
                         start = self.detector.active_start or k
                         ckpt = self._spike_rollback(start)
-                        rec.update(spike_start=start, rollback_to=ckpt.name if ckpt else None,
-                                   skipped_batches=cfg.spike_skip_batches)
+                        rec.update(
+                            spike_start=start,
+                            rollback_to=ckpt.name if ckpt else None,
+                            skipped_batches=cfg.spike_skip_batches,
+                        )
                 if self._is_log(k) or rec["skipped"] or "spike_start" in rec or SIGNAL_FIELDS[0] in rec:
                     dt = time.perf_counter() - t0
                     tps = (self.tokens - tokens0) / dt if dt > 0 else None
                     rec.update(
-                        samples=self.samples, tokens=self.tokens, bytes=self.bytes, elapsed_s=time.perf_counter() - t_start,
-                        tokens_per_s=tps, mfu=mfu(tps, self.flops_per_token, self.peak, acc.num_processes) if tps else None,
-                        peak_mem_bytes=_peak_mem(acc.device), data_state=self.data.state_dict(),
-                    )  # fmt: skip
+                        samples=self.samples,
+                        tokens=self.tokens,
+                        bytes=self.bytes,
+                        elapsed_s=time.perf_counter() - t_start,
+                        tokens_per_s=tps,
+                        mfu=mfu(tps, self.flops_per_token, self.peak, acc.num_processes) if tps else None,
+                        peak_mem_bytes=_peak_mem(acc.device),
+                        data_state=self.data.state_dict(),
+                    )
                     if self.teacher is not None:  # student training + teacher forward FLOPs
                         fpt = self.flops_per_token + self.teacher_flops_per_token
                         rec["mfu_with_teacher"] = mfu(tps, fpt, self.peak, acc.num_processes) if tps else None
                     if main:
-                        extra = {f: rec[f] for f in ("spike_start", "skipped_batches", *OPTIONAL_LOG_FIELDS) if f in rec}
-                        log.write(json.dumps({f: rec.get(f) for f in LOG_FIELDS} | {"rollback_to": rec.get("rollback_to")} | extra) + "\n")
+                        extra = {
+                            f: rec[f] for f in ("spike_start", "skipped_batches", *OPTIONAL_LOG_FIELDS) if f in rec
+                        }
+                        log.write(
+                            json.dumps(
+                                {f: rec.get(f) for f in LOG_FIELDS} | {"rollback_to": rec.get("rollback_to")} | extra
+                            )
+                            + "\n"
+                        )
                         log.flush()
                         if tb is not None:
-                            for key in ("loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu", *OPTIONAL_LOG_FIELDS):
+                            for key in (
+                                "loss",
+                                "lr",
+                                "grad_norm",
+                                "update_cos",
+                                "tokens_per_s",
+                                "mfu",
+                                *OPTIONAL_LOG_FIELDS,
+                            ):
                                 vals = rec.get(key)  # per-layer lists: one scalar per layer, train/<key>/<layer>
-                                for tag, v in (enumerate(vals) if isinstance(vals, list) else [(None, vals)]):
+                                for tag, v in enumerate(vals) if isinstance(vals, list) else [(None, vals)]:
                                     if v is not None:
                                         tb.add_scalar(f"train/{key}" if tag is None else f"train/{key}/{tag}", v, k)
                     if self._is_log(k):
@@ -470,16 +557,28 @@ class Trainer:
             export = export_checkpoint(last_ckpt, self.out_dir / "final")
         acc.wait_for_everyone()
         return TrainResult(
-            self.out_dir, self.step, last_ckpt, export, self.log_path, last and last["loss"], self.skipped, self.rollbacks,
-            self.spike_rollbacks, self.skipped_batches,
+            self.out_dir,
+            self.step,
+            last_ckpt,
+            export,
+            self.log_path,
+            last and last["loss"],
+            self.skipped,
+            self.rollbacks,
+            self.spike_rollbacks,
+            self.skipped_batches,
         )
 
 
 def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float | None:
     if a and _is_dtensor(a[0]):  # FSDP2 shards: sums over the local shards, then over the processes
-        parts = torch.stack([sum((x.to_local().double() * y.to_local().double()).sum() for x, y in zip(a, b)),
-                             sum(x.to_local().double().square().sum() for x in a),
-                             sum(y.to_local().double().square().sum() for y in b)])  # fmt: skip
+        parts = torch.stack(
+            [
+                sum((x.to_local().double() * y.to_local().double()).sum() for x, y in zip(a, b)),
+                sum(x.to_local().double().square().sum() for x in a),
+                sum(y.to_local().double().square().sum() for y in b),
+            ]
+        )
         torch.distributed.all_reduce(parts)
         dot, na, nb = float(parts[0]), math.sqrt(float(parts[1])), math.sqrt(float(parts[2]))
     else:

@@ -110,10 +110,23 @@ class Objective:
     cross-entropy, ``lse`` (the ``log Z`` values, reused by the signals) with z-loss.
     """
 
-    def __init__(self, z_loss: float = 0.0, teacher: torch.nn.Module | None = None, temperature: float = 1.0,
-                 ce_share: float = 0.0, top_k: int | None = None, vocab: int | None = None,
-                 autocast: Callable[[], Any] | None = None):  # fmt: skip
-        self.z_loss, self.teacher, self.temperature, self.ce_share, self.top_k = z_loss, teacher, temperature, ce_share, top_k
+    def __init__(
+        self,
+        z_loss: float = 0.0,
+        teacher: torch.nn.Module | None = None,
+        temperature: float = 1.0,
+        ce_share: float = 0.0,
+        top_k: int | None = None,
+        vocab: int | None = None,
+        autocast: Callable[[], Any] | None = None,
+    ):
+        self.z_loss, self.teacher, self.temperature, self.ce_share, self.top_k = (
+            z_loss,
+            teacher,
+            temperature,
+            ce_share,
+            top_k,
+        )
         self.vocab, self.autocast = vocab, autocast
 
     @property
@@ -132,12 +145,18 @@ class Objective:
         parts = {"ce_loss": ce.detach()}
         loss = ce
         if self.teacher is not None:
-            with torch.no_grad(), (self.autocast() if self.autocast else contextlib.nullcontext()):
+            with torch.no_grad(), self.autocast() if self.autocast else contextlib.nullcontext():
                 t_logits = self.teacher(**{k: v for k, v in kw.items() if k != "labels"}).logits
             kl = kd_kl(out.logits, t_logits, labels, self.temperature, self.top_k, self.vocab)
             parts["kd_loss"] = kl.detach()
             kd = self.temperature**2 * kl
-            loss = kd if self.ce_share == 0 else ce if self.ce_share == 1 else (1 - self.ce_share) * kd + self.ce_share * ce
+            loss = (
+                kd
+                if self.ce_share == 0
+                else ce
+                if self.ce_share == 1
+                else (1 - self.ce_share) * kd + self.ce_share * ce
+            )
         if self.z_loss > 0:
             lse = log_partition(out.logits, labels)
             if lse.numel():

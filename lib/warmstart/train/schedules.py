@@ -5,9 +5,13 @@ from __future__ import annotations
 import math
 
 
-
 def lr_multiplier(
-    step: int, steps: int, schedule: str = "cosine", warmup_steps: int = 0, decay_steps: int = 0, min_lr_ratio: float = 0.1
+    step: int,
+    steps: int,
+    schedule: str = "cosine",
+    warmup_steps: int = 0,
+    decay_steps: int = 0,
+    min_lr_ratio: float = 0.1,
 ) -> float:
     """LR factor for the 1-based update ``step`` of ``steps``.
 

@@ -167,8 +167,9 @@ class Signals:
             for h in handles:
                 h.remove()
 
-    def add_logits(self, logits: torch.Tensor | None, labels: torch.Tensor, lse: torch.Tensor | None = None,
-                   chunk: int = 1 << 24) -> None:  # fmt: skip
+    def add_logits(
+        self, logits: torch.Tensor | None, labels: torch.Tensor, lse: torch.Tensor | None = None, chunk: int = 1 << 24
+    ) -> None:
         """Accumulate ``log Z`` of one micro-batch (``lse``: already computed by the z-loss, reused)."""
         if lse is None:
             if logits is None:
@@ -176,7 +177,9 @@ class Signals:
             flat, valid = logits.reshape(-1, logits.shape[-1]), label_positions(labels).reshape(-1)
             n = max(1, chunk // flat.shape[-1])  # positions per chunk: bounded fp32 copies (bf16 logits)
             with torch.no_grad():
-                lse = torch.cat([torch.logsumexp(flat[i : i + n].float(), -1) for i in range(0, flat.shape[0], n)])[valid]
+                lse = torch.cat([torch.logsumexp(flat[i : i + n].float(), -1) for i in range(0, flat.shape[0], n)])[
+                    valid
+                ]
         lse = lse.detach().float()
         if lse.numel():
             self.z_seen = True
@@ -193,7 +196,9 @@ class Signals:
         for i, a in enumerate(self.attn):
             c = self.qk.get(i, {})
             if not {"q", "k", "rope"} <= set(c):
-                raise RuntimeError(f"signals: layer {i} ({type(a).__name__}) did not expose q, k and position_embeddings")
+                raise RuntimeError(
+                    f"signals: layer {i} ({type(a).__name__}) did not expose q, k and position_embeddings"
+                )
             d = a.head_dim
             T = c["q"].shape[1]
             q = c["q"].float().reshape(1, T, -1, d).transpose(1, 2)
@@ -207,10 +212,14 @@ class Signals:
     def finish(self, allowed: torch.Tensor | None, updated: bool, probed: bool = True) -> dict[str, Any]:
         """The step's signal fields (reduced over processes; ``probed``: this process captured the probe row),
         and a reset for the next signal step."""
-        att = torch.tensor(self.attention_maxima(allowed) if probed else [-math.inf] * self.n_layers, dtype=torch.float64)
+        att = torch.tensor(
+            self.attention_maxima(allowed) if probed else [-math.inf] * self.n_layers, dtype=torch.float64
+        )
         dev = next(iter(self.layers.values()))[0].device if self.layers else att.device
         att = _all_reduce(att.nan_to_num(nan=math.inf).to(dev), "max").cpu()
-        z = _all_reduce(torch.tensor([self.z_sum, self.z_count, float(self.z_seen)], dtype=torch.float64, device=dev), "sum")
+        z = _all_reduce(
+            torch.tensor([self.z_sum, self.z_count, float(self.z_seen)], dtype=torch.float64, device=dev), "sum"
+        )
         zmax = _all_reduce(torch.tensor([self.z_max], dtype=torch.float64, device=dev).nan_to_num(nan=math.inf), "max")
         rec: dict[str, Any] = {
             "attn_logit_max": [_finite(float(x)) for x in att],
@@ -230,5 +239,9 @@ class Signals:
                     sq[2 * i] += (pl - bl).square().sum()
                     sq[2 * i + 1] += bl.square().sum()
         sq = _all_reduce(sq, "sum").cpu()
-        return [_finite(math.sqrt(float(sq[2 * i])) / math.sqrt(float(sq[2 * i + 1])))
-                if i in self.layers and sq[2 * i + 1] > 0 else None for i in range(self.n_layers)]  # fmt: skip
+        return [
+            _finite(math.sqrt(float(sq[2 * i])) / math.sqrt(float(sq[2 * i + 1])))
+            if i in self.layers and sq[2 * i + 1] > 0
+            else None
+            for i in range(self.n_layers)
+        ]

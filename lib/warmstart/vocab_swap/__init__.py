@@ -63,7 +63,15 @@ from warmstart.vocab_swap.focus import focus_weights, sparsemax
 from warmstart.vocab_swap.methods import METHODS, PLANNERS, build_plan
 from warmstart.vocab_swap.neighbours import nearest_neighbours
 from warmstart.vocab_swap.omp import batch_omp
-from warmstart.vocab_swap.plan import PAD_MULTIPLE, REPORT_NAME, Combination, InitPlan, PlanRequest, SwapReport, padded_size
+from warmstart.vocab_swap.plan import (
+    PAD_MULTIPLE,
+    REPORT_NAME,
+    Combination,
+    InitPlan,
+    PlanRequest,
+    SwapReport,
+    padded_size,
+)
 from warmstart.vocab_swap.sampling import COV_ROWS, sample_like
 from warmstart.vocab_swap.surgery import SwapResult, swap_embeddings, swap_model, swap_model_dir
 from warmstart.vocab_swap.tokens import (

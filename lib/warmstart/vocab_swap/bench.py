@@ -140,7 +140,12 @@ def train_byte_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> Any:
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", mask_token="<mask>"
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
     )
     fast.save_pretrained(str(out_dir))
     return fast
@@ -150,8 +155,18 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Tokenizers and fastText text in ``work_dir`` (reused when the settings match)."""
     work = Path(args.work_dir)
     key = hashlib.sha256(
-        json.dumps([args.old_vocab, args.new_vocab, args.words_per_lang, args.lexicon, args.fasttext_words,
-                    args.old_target_share, args.seed, args.text]).encode()
+        json.dumps(
+            [
+                args.old_vocab,
+                args.new_vocab,
+                args.words_per_lang,
+                args.lexicon,
+                args.fasttext_words,
+                args.old_target_share,
+                args.seed,
+                args.text,
+            ]
+        ).encode()
     ).hexdigest()[:12]
     d = work / key
     meta_path = d / "meta.json"
@@ -247,7 +262,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if method == "focus":
         kw["texts"] = vs.load_texts([d / "focus_texts.jsonl"])
         kw["fasttext"] = vs.FastTextOptions(
-            dim=args.fasttext_dim, epochs=args.fasttext_epochs, min_count=args.fasttext_min_count, workers=args.fasttext_workers
+            dim=args.fasttext_dim,
+            epochs=args.fasttext_epochs,
+            min_count=args.fasttext_min_count,
+            workers=args.fasttext_workers,
         )
     if method == "omp":
         kw["donor_embed"] = _random_matrix(len(new_tok), args.donor_hidden, torch.float32, args.seed + 2)
@@ -312,7 +330,7 @@ def _env() -> dict[str, Any]:
         except ImportError:
             versions[mod] = None
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -331,7 +349,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--words-per-lang", type=int, default=1_500_000, help="synthetic text: words per language")
     p.add_argument("--lexicon", type=int, default=60_000, help="synthetic text: distinct words per language")
     p.add_argument("--fasttext-words", type=int, default=3_000_000, help="focus: words of target text for fastText")
-    p.add_argument("--old-target-share", type=float, default=0.05, help="share of the new languages' text the old tokenizer sees")
+    p.add_argument(
+        "--old-target-share", type=float, default=0.05, help="share of the new languages' text the old tokenizer sees"
+    )
     p.add_argument("--fasttext-dim", type=int, default=100)
     p.add_argument("--fasttext-epochs", type=int, default=3)
     p.add_argument("--fasttext-min-count", type=int, default=10)
@@ -339,9 +359,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--omp-k", type=int, default=8)
     p.add_argument("--donor-hidden", type=int, default=1024, help="omp: hidden size of the (synthetic) donor")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--text", choices=["auto", "corpus", "synthetic"], default="auto",
-                   help="tokenizer text: the project's data/corpus (auto: when present) or the seeded synthetic "
-                        "nine-language sample (large enough for the full 131,072 / 51,200 vocabularies)")
+    p.add_argument(
+        "--text",
+        choices=["auto", "corpus", "synthetic"],
+        default="auto",
+        help="tokenizer text: the project's data/corpus (auto: when present) or the seeded synthetic "
+        "nine-language sample (large enough for the full 131,072 / 51,200 vocabularies)",
+    )
     p.add_argument("--work-dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "warmstart-bench-swap"))
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -364,8 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
         cmd = [sys.executable, "-m", "warmstart.vocab_swap.bench", "--worker", method, "--prepared", meta["dir"]]
-        for k in ("old_vocab", "hidden", "dtype", "seed", "fasttext_dim", "fasttext_epochs", "fasttext_min_count",
-                  "fasttext_workers", "omp_k", "donor_hidden"):  # fmt: skip
+        for k in (
+            "old_vocab",
+            "hidden",
+            "dtype",
+            "seed",
+            "fasttext_dim",
+            "fasttext_epochs",
+            "fasttext_min_count",
+            "fasttext_workers",
+            "omp_k",
+            "donor_hidden",
+        ):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -376,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(lines[-1][len("RESULT ") :])
         results.append(r)
         goal = GOALS.get(method)
-        ok_t = "" if goal is None else (" (goal <= %.0fs: %s)" % (goal, "ok" if r["seconds"] <= goal else "MISSED"))
+        ok_t = "" if goal is None else (f" (goal <= {goal:.0f}s: " + ("ok" if r["seconds"] <= goal else "MISSED") + ")")
         ok_m = "ok" if r["peak_ratio"] <= MEM_GOAL else "MISSED"
         print(
             f"{method:6s} {r['seconds']:8.1f}s{ok_t}  peak RSS {r['peak_rss_process_gib']:.2f} GiB = "
@@ -384,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
             f"aligned {r['aligned']} decomposed {r['decomposed']} random {r['fallback_random']}  extra {r['extra']}",
             flush=True,
         )
-    out = {"env": _env(), "config": {k: v for k, v in vars(args).items() if k not in ("worker", "prepared")},
-           "prepared": meta, "results": results}  # fmt: skip
+    out = {
+        "env": _env(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "prepared")},
+        "prepared": meta,
+        "results": results,
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")

@@ -27,6 +27,7 @@ from warmstart.vocab_swap.tokens import VocabSwapError
 #: FastTextOptions fields the CLI sets, each by ``--fasttext-<field>`` (in this order in --help).
 _FASTTEXT_FLAGS = ("dim", "epochs", "window", "min_count", "bucket", "workers")
 
+
 def load_texts(paths: Sequence[str | Path], text_field: str = "text") -> list[str]:
     """Texts from files, directories or globs: ``.jsonl`` (one JSON object a line,
     ``text_field``) or plain text (one text per non-empty line)."""
@@ -61,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m warmstart.vocab_swap",
         description="Swap a Hugging Face causal LM's vocabulary for a new tokenizer.",
     )
-    p.add_argument("--model", required=True, help="model directory (AutoModelForCausalLM, safetensors, with its tokenizer)")
+    p.add_argument(
+        "--model", required=True, help="model directory (AutoModelForCausalLM, safetensors, with its tokenizer)"
+    )
     p.add_argument("--tokenizer", required=True, help="new tokenizer directory (AutoTokenizer)")
     p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--out", required=True, help="output model directory")
@@ -70,9 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pad-multiple", type=int, default=PAD_MULTIPLE)
     p.add_argument("--omp-k", type=int, default=8)
-    p.add_argument("--cov-rows", type=int, default=COV_ROWS, help="rows the covariance of random rows is estimated from (0: all)")
+    p.add_argument(
+        "--cov-rows", type=int, default=COV_ROWS, help="rows the covariance of random rows is estimated from (0: all)"
+    )
     d = FastTextOptions()
-    p.add_argument("--fasttext-texts", nargs="+", default=None, help="focus: target texts (.jsonl or .txt files, dirs, globs)")
+    p.add_argument(
+        "--fasttext-texts", nargs="+", default=None, help="focus: target texts (.jsonl or .txt files, dirs, globs)"
+    )
     p.add_argument("--text-field", default="text", help="field of .jsonl texts")
     for name in _FASTTEXT_FLAGS:  # --fasttext-dim ... --fasttext-workers
         p.add_argument(f"--fasttext-{name.replace('_', '-')}", type=int, default=getattr(d, name))
@@ -83,17 +90,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         _check_method(args.method)
         texts = load_texts(args.fasttext_texts, args.text_field) if args.fasttext_texts else None
         ft = FastTextOptions(**{name: getattr(args, f"fasttext_{name}") for name in _FASTTEXT_FLAGS})
         same = {name: getattr(args, name) for name in ("seed", "pad_multiple", "omp_k", "trust_remote_code")}
         report = swap_model_dir(
-            args.model, args.tokenizer, args.out, args.method,
-            old_tokenizer_dir=args.old_tokenizer, donor_dir=args.donor, texts=texts, fasttext=ft,
-            cov_rows=args.cov_rows or None, **same,
-        )  # fmt: skip
+            args.model,
+            args.tokenizer,
+            args.out,
+            args.method,
+            old_tokenizer_dir=args.old_tokenizer,
+            donor_dir=args.donor,
+            texts=texts,
+            fasttext=ft,
+            cov_rows=args.cov_rows or None,
+            **same,
+        )
     except (VocabSwapError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,6 +35,7 @@ def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     tau = cs.gather(-1, kz - 1) / kz.to(z.dtype)
     return torch.clamp(z - tau, min=0).transpose(dim, -1)
 
+
 def focus_weights(targets: torch.Tensor, anchors: torch.Tensor, chunk: int = 1024) -> Combination:
     """Sparsemax over the cosine similarities of each target vector to the anchor vectors.
 

@@ -53,7 +53,7 @@ def build_plan(
     old_rows: int,
     pad_multiple: int = PAD_MULTIPLE,
     texts: Iterable[str] | None = None,
-    fasttext: FastTextOptions = FastTextOptions(),
+    fasttext: FastTextOptions = FastTextOptions(),  # noqa: B008  (immutable options)
     fasttext_vectors: Any = None,
     donor_embed: torch.Tensor | None = None,
     donor_head: torch.Tensor | None = None,
@@ -65,7 +65,9 @@ def build_plan(
     _check_method(method)
     old, new = _view(old_tok), _view(new_tok)
     if old_rows < old.size:
-        raise VocabSwapError(f"the old embedding has {old_rows} rows but the old tokenizer has ids up to {old.size - 1}")
+        raise VocabSwapError(
+            f"the old embedding has {old_rows} rows but the old tokenizer has ids up to {old.size - 1}"
+        )
     req = PlanRequest(
         old,
         new,

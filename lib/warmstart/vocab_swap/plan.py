@@ -42,14 +42,14 @@ class Combination:
     div: torch.Tensor | None = None  # (m,) float32, or None for 1
 
     @classmethod
-    def empty(cls) -> "Combination":
+    def empty(cls) -> Combination:
         z = torch.zeros(0, dtype=torch.long)
         return cls(z, torch.zeros(1, dtype=torch.long), z, torch.zeros(0))
 
     @classmethod
     def from_lists(
         cls, rows: Sequence[int], pieces: Sequence[Sequence[int]], weights: Sequence[Sequence[float]] | None, mean: bool
-    ) -> "Combination":
+    ) -> Combination:
         lens = torch.tensor([len(p) for p in pieces], dtype=torch.long)
         ptr = torch.zeros(len(pieces) + 1, dtype=torch.long)
         ptr[1:] = torch.cumsum(lens, 0)

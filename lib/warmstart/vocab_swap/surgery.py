@@ -125,7 +125,11 @@ def _is_tied(model: Any) -> bool:
     out = model.get_output_embeddings()
     same = out is not None and out.weight is model.get_input_embeddings().weight
     if tied_cfg != same:
-        log.warning("config.tie_word_embeddings=%s but the weights are %s; following the config", tied_cfg, "shared" if same else "separate")
+        log.warning(
+            "config.tie_word_embeddings=%s but the weights are %s; following the config",
+            tied_cfg,
+            "shared" if same else "separate",
+        )
     return tied_cfg and out is not None
 
 
@@ -167,9 +171,17 @@ def swap_model(
         raise VocabSwapError("method 'omp' needs a donor model that uses the new tokenizer (--donor DIR)")
     old_head = None if tied or out_mod is None else out_mod.weight
     res = swap_embeddings(
-        emb_mod.weight, old_head, old_tok, new_tok, method,
-        seed=seed, cov_rows=cov_rows, donor_embed=donor_embed, donor_head=donor_head, **plan_options,
-    )  # fmt: skip
+        emb_mod.weight,
+        old_head,
+        old_tok,
+        new_tok,
+        method,
+        seed=seed,
+        cov_rows=cov_rows,
+        donor_embed=donor_embed,
+        donor_head=donor_head,
+        **plan_options,
+    )
     n_rows = res.embed.shape[0]
     new = _view(new_tok)
     grad = emb_mod.weight.requires_grad
@@ -202,7 +214,13 @@ def swap_model(
     if gc is not None:
         _set_ids(gc, ids)
         # ids of the old vocabulary mean nothing now
-        for name in ("bad_words_ids", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "sequence_bias"):
+        for name in (
+            "bad_words_ids",
+            "begin_suppress_tokens",
+            "forced_bos_token_id",
+            "forced_eos_token_id",
+            "sequence_bias",
+        ):
             if getattr(gc, name, None) is not None:
                 log.info("generation_config.%s referred to the old vocabulary: cleared", name)
                 setattr(gc, name, None)
@@ -220,8 +238,12 @@ def _load_model(path: str | Path, what: str, trust_remote_code: bool = False) ->
     if not p.is_dir():
         raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist")
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{what} directory {str(path)!r} has no config.json (not a Hugging Face model directory)")
-    return AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True, trust_remote_code=trust_remote_code, dtype="auto")
+        raise FileNotFoundError(
+            f"{what} directory {str(path)!r} has no config.json (not a Hugging Face model directory)"
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        str(p), use_safetensors=True, trust_remote_code=trust_remote_code, dtype="auto"
+    )
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
