@@ -311,7 +311,7 @@ def test_wilson_interval():
 
 
 def test_bits_per_byte_by_length_and_position(model, tmp_path):
-    from warmstart.evaluate.bpb import bits_per_byte
+    from warmstart.bpb import bits_per_byte
 
     tok = T.make_tokenizer()
     rng = np.random.default_rng(0)
@@ -452,7 +452,7 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     assert fp == fingerprint(TestbedConfig(seed=5, workers=1)) and len(fp) == 16
     # the code is in it too: the testbed's whole import closure, the trainer included
     import warmstart
-    from warmstart.stages import import_closure
+    from warmstart.closure import import_closure
 
     lib = Path(warmstart.__file__).resolve().parents[1]
     assert {"warmstart.train.loop", "warmstart.context.rope_scaling", "warmstart.context.tasks"} <= import_closure(

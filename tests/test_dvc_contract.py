@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from warmstart.stages import STAGES, _imports, code_deps, import_closure
+from warmstart.closure import import_closure
+from warmstart.closure import imports as _imports
 from warmstart.stages.__main__ import diff
+from warmstart.stages.contract import STAGES, code_deps
 
 LIB = Path(__file__).resolve().parents[1] / "lib"
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import WORDS_EN as EN
 from conftest import WORDS_NB as NB
-from warmstart.evaluate.bpb import bits_per_byte
+from warmstart.bpb import bits_per_byte
 from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,
@@ -203,7 +203,7 @@ def test_bits_per_byte_keeps_each_texts_loss_and_the_same_total():
     alone = bits_per_byte(model, tok, [texts[2]], seq_len=16)
     assert alone["doc_nll_nats"][0] == pytest.approx(r["doc_nll_nats"][2], rel=1e-5)
     # the total is bit-for-bit what the previous implementation (cross_entropy, sum per batch) summed
-    from warmstart.evaluate.bpb import _windows
+    from warmstart.bpb import _windows
 
     windows, _ = _windows(texts, tok, 16)
     windows.sort(key=lambda w: len(w[0]))
@@ -454,7 +454,7 @@ def test_run_json_errors_name_the_problem(tmp_path):
 def test_stage_on_a_tiny_study(tmp_path, root):
     from warmstart.config import load_params
     from warmstart.evaluate.runs import best_run
-    from warmstart.report.fragments import read_fragments
+    from warmstart.fragments import read_fragments
     from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path, with_masked=True))
@@ -570,8 +570,8 @@ def test_seed_summary_means_and_stds_exactly():
 def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
     from warmstart.config import load_params
     from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.fragments import read_fragments
     from warmstart.io import write_json
-    from warmstart.report.fragments import read_fragments
     from warmstart.stages import evaluate as stage
 
     params = load_params(root / "params.yaml", overrides=make_study(tmp_path))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from warmstart.report.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
+from warmstart.fragments import PACKAGES, provenance_record, read_fragments, write_fragment
 
 KEYS = {
     "commit",
@@ -106,7 +106,7 @@ def test_renamed_and_spaced_paths_are_listed_by_their_new_name(checkout):
 
 
 def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
-    from warmstart.report.fragments import table
+    from warmstart.fragments import table
 
     monkeypatch.chdir(tmp_path)
     long = table([[i, 0.5 * i] for i in range(3)], "Every checkpoint.", columns=["step", "bpb_target"], appendix=True)
@@ -141,14 +141,14 @@ def test_findings_labels_and_appendix_tables_are_kept(tmp_path, monkeypatch):
     ],
 )
 def test_bad_findings_are_refused(tmp_path, findings, match):
-    from warmstart.report.fragments import FragmentError
+    from warmstart.fragments import FragmentError
 
     with pytest.raises(FragmentError, match=match):
         write_fragment(tmp_path, "x", 80, "X", findings=findings)
 
 
 def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
-    from warmstart.report.fragments import FragmentError
+    from warmstart.fragments import FragmentError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FragmentError, match="may have appendix"):
@@ -162,7 +162,7 @@ def test_bad_tables_and_empty_figures_are_refused(tmp_path, monkeypatch):
 
 def test_nested_numbers_are_spread_into_labelled_dotted_keys(tmp_path):
     """A stage's goals dict becomes one number per goal (it was printed as a Python dict in the report)."""
-    from warmstart.report.fragments import flat_numbers
+    from warmstart.fragments import flat_numbers
     from warmstart.report.labels import Labels, looks_raw
 
     assert flat_numbers({"a": 1, "goals": {"x": True, "y": {"z": 2.0}}, "empty": {}}) == {

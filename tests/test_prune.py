@@ -521,7 +521,7 @@ def test_package_is_lazy_and_its_static_imports_match():
     from pathlib import Path
 
     import warmstart.prune as pkg
-    from warmstart.stages import import_closure
+    from warmstart.closure import import_closure
 
     tree = ast.parse(Path(pkg.__file__).read_text())
     static = {

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from warmstart.report.build import provenance, provenance_section, render_pdf
-from warmstart.report.describe import (
+from warmstart.describe import (
     CorpusSource,
     Language,
     ReportError,
@@ -25,7 +24,8 @@ from warmstart.report.describe import (
     report_title,
     size_label,
 )
-from warmstart.report.fragments import table, write_fragment
+from warmstart.fragments import table, write_fragment
+from warmstart.report.build import provenance, provenance_section, render_pdf
 from warmstart.report.model_card import example_from_card, model_card
 from warmstart.stages.report import run as run_stage
 
@@ -88,7 +88,7 @@ def fragments(tmp_path, monkeypatch):
         numbers={"spikes.scratch": 2},
         seconds=1.0,
     )
-    from warmstart.report.fragments import read_fragments
+    from warmstart.fragments import read_fragments
 
     return read_fragments(rep)
 
@@ -610,8 +610,8 @@ def _numbers_hold(summary, reports: Path) -> int:
 
 def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
     """Every number on the summary page is read from a metrics file, and printed as that file's value."""
+    from warmstart.fragments import read_fragments
     from warmstart.report.findings import study_summary
-    from warmstart.report.fragments import read_fragments
 
     params = _reference_study(tmp_path, root)
     reports = tmp_path / "reports"
@@ -681,12 +681,12 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
 def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, root, monkeypatch):
     """The committed reference study typeset (placeholder figures): page 1 is the summary, no raw metric key or
     logged MFU is printed, long tables are in the appendix, every page renders, and Typst does not warn."""
+    from warmstart.fragments import read_fragments
     from warmstart.report.build import check_pages, page_text
-    from warmstart.report.fragments import read_fragments
 
     monkeypatch.chdir(tmp_path)
     params = _reference_study(tmp_path, root, figures=True)
-    from warmstart.report.fragments import write_fragment
+    from warmstart.fragments import write_fragment
 
     write_fragment(
         params.shared.reports_dir,

@@ -217,7 +217,7 @@ def test_seed_spread_is_used_only_for_its_own_configuration(tmp_path):
     params = _params(tmp_path)
     fp = fingerprint(params)
     from warmstart.report.build import PARAMS as REPORT_PARAMS
-    from warmstart.stages import declared
+    from warmstart.stages.contract import declared
 
     assert fingerprint(declared(params, "report", REPORT_PARAMS)) == fp  # the report stage reads it key by key
     assert fp == fingerprint(_params(tmp_path / "elsewhere"))  # the directories are not the configuration
@@ -251,7 +251,7 @@ def test_seed_spread_is_used_only_for_its_own_configuration(tmp_path):
 
 def test_params_view_refuses_undeclared_keys(tmp_path):
     from warmstart.config import Params
-    from warmstart.stages import UndeclaredParam, declared
+    from warmstart.stages.contract import UndeclaredParam, declared
 
     params = _params(tmp_path)
     view = declared(params, "base", ["shared.data_dir", "base.optim", "base.seq_len"])
@@ -271,7 +271,7 @@ def test_params_view_refuses_undeclared_keys(tmp_path):
 
 
 def test_read_records_of_a_matrix_name_the_missing_stage(tmp_path):
-    from warmstart.stages import read_records
+    from warmstart.outputs import read_records
 
     params = _params(tmp_path)
     params.report_path("context").mkdir(parents=True)
@@ -285,7 +285,7 @@ def test_headline_metrics_are_flat_finite_scalars(tmp_path):
     """A headline file is strict JSON: a non-finite number (which json writes as Infinity or NaN) is refused by
     name before anything is written, as is a nested value or a thirteenth key."""
     from warmstart.config import load_params
-    from warmstart.stages import write_headline
+    from warmstart.outputs import write_headline
 
     params = load_params(
         Path(__file__).resolve().parents[1] / "params.yaml", {"shared": {"reports_dir": str(tmp_path)}}

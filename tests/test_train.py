@@ -200,7 +200,7 @@ def test_run_log_checkpoints_export(assets, tmp_path):
     assert load_model(out).config.vocab_size == model.config.vocab_size == 300
     with pytest.raises(FileExistsError):
         train(cfg)  # an out_dir with checkpoints needs resume=True
-    from warmstart.train.loop import main
+    from warmstart.train.__main__ import main
 
     assert main(["--export", str(tmp_path / "run/checkpoints/step0000004"), "--out", str(tmp_path / "exp4")]) == 0
     assert_same_weights(tmp_path / "exp4", tmp_path / "run/checkpoints/step0000004")

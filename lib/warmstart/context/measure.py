@@ -1,6 +1,6 @@
 """Bits per byte of long documents by context length and by position in the window.
 
-The convention is :mod:`warmstart.evaluate.bpb`'s (summed NLL in nats / ln 2 / UTF-8
+The convention is :mod:`warmstart.bpb`'s (summed NLL in nats / ln 2 / UTF-8
 bytes of the predicted text; EOS separates documents and is read, never
 scored), applied to one long stream: documents are tokenized, joined with
 EOS (``[eos] d1 [eos] d2 ...``) and the stream is cut into consecutive,
@@ -8,7 +8,7 @@ non-overlapping windows of ``length`` tokens, each read from scratch (no
 carried context) and scored on every non-EOS target. So a window of
 ``length`` tokens predicts positions 1..``length`` of its own context, and
 the first window of a single short document is scored exactly as
-:func:`warmstart.evaluate.bpb.bits_per_byte` scores it.
+:func:`warmstart.bpb.bits_per_byte` scores it.
 
 * :func:`bpb_by_length` scores the same ``n_windows x max(lengths)`` tokens
   at every length (a shorter length only cuts the stream into more
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from warmstart.evaluate.bpb import LN2
+from warmstart.bpb import LN2
 
 
 def _doc_tokens(text: str, tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -254,7 +254,7 @@ def min_lengths(
     corpus, count = _Corpus(texts), _Budget(tokenizer)
     out = {}
     for task in tasks:
-        rng = random.Random(f"warmstart.context.retrieval:0:{task}:min")
+        rng = random.Random(f"warmstart.longctx:0:{task}:min")
         head, units, tail, answer = BUILDERS[task](rng, corpus, _MIN_UNITS[task], 0)
         out[task] = count(head + _SEP[task].join(units) + tail) + count(answer) + answer_room
     return out
@@ -288,12 +288,12 @@ def build_suite(
     corpus, count = _Corpus(texts), _Budget(tokenizer)
     items = []
     for task in tasks:
-        pos = random.Random(f"warmstart.context.retrieval:{seed}:{task}:{length}:depths")
+        pos = random.Random(f"warmstart.longctx:{seed}:{task}:{length}:depths")
         rows = []
         try:
             for i in range(n_items):
                 depth = min((i + pos.random()) / n_items, 1.0)
-                key = f"warmstart.context.retrieval:{seed}:{task}:{length}:{i}"
+                key = f"warmstart.longctx:{seed}:{task}:{length}:{i}"
                 rows.append({**_item(task, key, corpus, count, length, answer_room, depth), "length": length})
         except ShortLength as e:
             if on_short == "error":

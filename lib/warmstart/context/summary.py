@@ -16,9 +16,9 @@ import json
 from typing import Any
 
 from warmstart.context.testbed_seeds import seeds_for
+from warmstart.fragments import table, write_fragment
 from warmstart.io import read_jsonl, write_text
-from warmstart.report.fragments import table, write_fragment
-from warmstart.stages import read_records, save_figure, write_headline
+from warmstart.outputs import read_records, save_figure, write_headline
 
 SHORT = "short"
 

@@ -56,11 +56,10 @@ def _result_config(cfg: Any) -> dict[str, Any]:
 def code_hash() -> str:
     """16 hex digits of sha256 over the source of :mod:`warmstart.context.testbed`'s import closure (the trainer,
     the methods, the tasks...): a record measured by other code is not this code's."""
-    import warmstart
-    from warmstart.stages import _module_file, import_closure
+    from warmstart.closure import closure_files, lib_root
 
-    lib = Path(warmstart.__file__).resolve().parents[1]
-    files = sorted(f for f in (_module_file(m, lib) for m in import_closure("warmstart.context.testbed", lib)) if f)
+    lib = lib_root()
+    files = closure_files("warmstart.context.testbed", lib)
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(lib)).encode() + b"\0" + f.read_bytes())
@@ -115,8 +114,8 @@ def _reuse(cfg: Any, seed_dir: Path, stage_file: Path, fp: str) -> dict | None:
 def measure(params: Any, seeds: list[int]) -> dict[str, Any]:
     """Run (or reuse) the testbed for every seed; write and return the record (see the module doc)."""
     from warmstart.context.testbed import run_testbed
+    from warmstart.fragments import provenance_record
     from warmstart.io import write_json
-    from warmstart.report.fragments import provenance_record
     from warmstart.train.launch import fresh_dir
 
     if not seeds or len(set(seeds)) != len(seeds):

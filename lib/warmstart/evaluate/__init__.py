@@ -1,6 +1,7 @@
-"""Measurement: bits per byte, every checkpoint of every run, probes, intervals and the seed spread.
+"""Measurement: every checkpoint of every run, probes, intervals and the seed spread.
 
-* ``bpb``: bits per byte, the loss that compares models with different tokenizers;
+Bits per byte, which the trainer stages measure too, is :mod:`warmstart.bpb` at the top level.
+
 * ``runs``: every run of the study at every step-tagged checkpoint (the evaluate stage's work);
 * ``tables``: the evaluation's tables and figures;
 * ``probes``: cloze, translation and masked-token probes of what a model can do in each language;

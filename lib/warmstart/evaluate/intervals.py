@@ -5,7 +5,7 @@ Two kinds of noise, kept apart because they answer different questions:
 * **evaluation-text noise** (this module's bootstraps and binomial intervals):
   how much a number would move on other held-out text of the same kind. Bits
   per byte is a ratio of sums over documents (``sum NLL / ln 2 / sum bytes``),
-  so its interval resamples *documents* (the texts :func:`warmstart.evaluate.bpb.bits_per_byte`
+  so its interval resamples *documents* (the texts :func:`warmstart.bpb.bits_per_byte`
   scores one by one) with replacement and recomputes the ratio
   (:func:`bpb_interval`); two runs scored on the same texts are compared with
   a *paired* bootstrap of their difference (:func:`paired_difference`), which

@@ -179,7 +179,7 @@ def cloze_accuracy(
     1 / the number of endings.
 
     Every context is preceded by the tokenizer's EOS token, the document
-    separator the trainer packs with (as :func:`warmstart.evaluate.bpb.bits_per_byte` does).
+    separator the trainer packs with (as :func:`warmstart.bpb.bits_per_byte` does).
     """
     if not items:
         raise EvalError("cloze_accuracy needs at least one item")
@@ -266,7 +266,7 @@ def translation_pairs(src_records: Sequence[dict], tgt_records: Sequence[dict], 
 def prompt_labels(source_lang: str, target_lang: str) -> tuple[str, str]:
     """The two line labels, written in the target language (NorMistral: ``Engelsk`` / ``Bokmål``; cs-CZ:
     ``Angličtina`` / ``Čeština``, from CLDR through Babel; English names where CLDR has none)."""
-    from warmstart.report.describe import language_name_in
+    from warmstart.describe import language_name_in
 
     names = LANG_NAMES.get(target_lang, {})
     return names.get(source_lang) or language_name_in(source_lang, target_lang), names.get(

@@ -2,7 +2,7 @@
 
 What is measured (:mod:`warmstart.stages.evaluate` runs it; the notebook only shows it):
 
-* **bits per byte** (:func:`warmstart.evaluate.bpb.bits_per_byte`) on the first
+* **bits per byte** (:func:`warmstart.bpb.bits_per_byte`) on the first
   ``evaluate.eval_bytes`` of held-out *target* text and of held-out *source*
   text, at every checkpoint of ``run.json`` (step 0 = the initialised model).
   Source bpb going up is forgetting.
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from warmstart.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.evaluate import intervals as stats
-from warmstart.evaluate.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,

@@ -142,7 +142,7 @@ def spread_section(params: Any) -> dict[str, Any] | None:
 
 
 def _bpb(params: Any, tok: Any, model_dir: str, texts: list[str]) -> float:
-    from warmstart.evaluate.bpb import bits_per_byte
+    from warmstart.bpb import bits_per_byte
     from warmstart.model import load_model
 
     model = load_model(model_dir, trust_remote_code=params.base.trust_remote_code).eval()
@@ -209,7 +209,7 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     """Train what is missing, measure every (run, seed), write and return the spread record."""
     import torch
 
-    from warmstart.evaluate.bpb import held_out_texts
+    from warmstart.bpb import held_out_texts
     from warmstart.flops import device_name
     from warmstart.io import write_json
     from warmstart.runs import run_names

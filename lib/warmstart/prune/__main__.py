@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.cmd == "bound":
         from warmstart.config import load_params
-        from warmstart.report.fragments import provenance_record
+        from warmstart.fragments import provenance_record
         from warmstart.stages.compress import head_bound
 
         res = head_bound(load_params(args.params), args.max_masks)

@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from warmstart.evaluate.runs import bytes_to_reach, speedup
+from warmstart.fragments import table, write_fragment
 from warmstart.io import write_text
-from warmstart.report.fragments import table, write_fragment
-from warmstart.stages import read_records, save_figure, write_headline
+from warmstart.outputs import read_records, save_figure, write_headline
 
 LABELS = {
     "width_kd": "width-pruned, distilled",

@@ -1,8 +1,9 @@
-"""The study's report (``reports/report.pdf``), its model cards, and every stage's written outputs.
+"""The study's report (``reports/report.pdf``) and its model cards, built from every stage's fragment.
 
-* ``outputs``: what a stage writes for the report: headline metrics, figures, matrix records;
-* ``fragments``: each stage's report fragment (``reports/fragments/NN_<stage>.json``) and provenance;
-* ``describe``: what ran, in words (languages, base model, corpus, licence, title);
+What every stage writes for it lives at the top level, so that editing the report reruns only the report:
+:mod:`warmstart.fragments` (a stage's fragment and provenance), :mod:`warmstart.outputs` (headline metrics,
+figures, matrix records) and :mod:`warmstart.describe` (what ran, in words).
+
 * ``labels``: human labels with units for every key a table prints;
 * ``findings``: the findings page: what the study found, in sentences with their numbers;
 * ``throughput``: tokens/s, FLOP/s and MFU against a stated peak;

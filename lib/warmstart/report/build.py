@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.config import Params
-from warmstart.report.describe import (
+from warmstart.describe import (
     CorpusSource,
     ModelInfo,
     ReportError,
@@ -64,7 +64,7 @@ from warmstart.report.describe import (
     join_words,
     language,
 )
-from warmstart.report.fragments import PACKAGES, _git, check_findings, provenance_record
+from warmstart.fragments import PACKAGES, _git, check_findings, provenance_record
 from warmstart.report.labels import RUNS, Labels, arm_legend
 from warmstart.report.template import TEMPLATE
 from warmstart.report.throughput import peak_text
@@ -136,7 +136,7 @@ def overview_section(
 
 
 def provenance(root: str | Path = ".", fragments: Sequence[Mapping] = (), packages: Sequence[str] = PACKAGES) -> dict:
-    """The report's own :func:`~warmstart.report.fragments.provenance_record`, its ``date``, and under ``stages``
+    """The report's own :func:`~warmstart.fragments.provenance_record`, its ``date``, and under ``stages``
     the record each fragment's stage wrote (``{"stage", "seconds"}`` only, for a fragment without one)."""
     prov = provenance_record(root, packages=packages)
     prov["date"] = _when(prov["timestamp"])
@@ -367,7 +367,7 @@ def reproduce_box(params: Any, prov: Mapping, root: str | Path = ".", notebooks:
 
 
 def _check_fragment(f: Mapping) -> None:
-    from warmstart.report.fragments import FragmentError, check_table
+    from warmstart.fragments import FragmentError, check_table
 
     for k in ("stage", "order", "title"):
         if k not in f:

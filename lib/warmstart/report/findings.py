@@ -7,7 +7,7 @@ its intervals, ``swap_study.json``, ``checkpoints.csv``, ``reports/spikes``)
 where they exist; the run-to-run spread (``reports/metrics/seed_spread.json``,
 :func:`warmstart.evaluate.intervals.seed_spread`) when it has been measured; and every
 fragment's ``findings`` (the headline sentences a later stage writes,
-:mod:`warmstart.report.fragments`). A record that is missing makes its sentence
+:mod:`warmstart.fragments`). A record that is missing makes its sentence
 shorter or says what is missing; it never makes up a number.
 
 Every number printed is a :class:`Number` that remembers its file, its key and
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from warmstart.describe import ModelInfo, base_model, join_words, language, size_label
 from warmstart.evaluate import intervals as stats
-from warmstart.report.describe import ModelInfo, base_model, join_words, language, size_label
 
 # Counts of items below which a probe cannot tell a model from a guesser, and models small enough that their
 # results are a toy-scale test of the pipeline.

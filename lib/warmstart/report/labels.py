@@ -6,7 +6,7 @@ column names into what a reader needs (``final nb-NO bits per byte: scratch``,
 ``tokens per word, target ÷ source tokenizer: nb-NO``, ``spike score, loss (%)``).
 Language codes come from the run (``Labels(source_lang, target_lang)``), so a
 Czech study's labels say cs-CZ. A fragment may bring labels of its own
-(its ``labels`` field, :mod:`warmstart.report.fragments`); a key that neither knows
+(its ``labels`` field, :mod:`warmstart.fragments`); a key that neither knows
 is humanised (underscores to spaces) and recorded in :attr:`Labels.unknown`,
 which the tests hold empty for the reference study.
 """

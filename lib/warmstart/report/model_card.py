@@ -26,7 +26,7 @@ import csv
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from warmstart.report.describe import (
+from warmstart.describe import (
     CorpusSource,
     ModelInfo,
     ReportError,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from warmstart.report.describe import duration, fmt_flops, join_words
+from warmstart.describe import duration, fmt_flops, join_words
 
 
 def throughput_analysis(logs: Mapping[str, Mapping], peak: Mapping | None) -> dict[str, Any]:

@@ -107,8 +107,8 @@ def run_stage(params, show: bool = True) -> dict:
     """The spikes stage: detection on every study run, figures, tables, metrics and the report fragment."""
     import time
 
+    from warmstart.fragments import table, write_fragment
     from warmstart.io import write_json
-    from warmstart.report.fragments import table, write_fragment
 
     t0 = time.perf_counter()
     sp = params.spikes

@@ -457,8 +457,8 @@ def conclusions(result: dict) -> list[str]:
 def write_outputs(result: dict, out: Path, reports_dir: Path | None) -> dict[str, Path]:
     import pandas as pd
 
+    from warmstart.fragments import table, write_fragment
     from warmstart.io import write_text
-    from warmstart.report.fragments import table, write_fragment
 
     out = Path(out)
     fig = plot(result, out / "ablations.png")

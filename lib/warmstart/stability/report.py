@@ -413,7 +413,7 @@ def plots(result: dict, fig_dir: Path | str) -> list[dict]:
 
 
 def _save(fig, path: Path) -> str:
-    from warmstart.stages import save_figure
+    from warmstart.outputs import save_figure
 
     fig.tight_layout()
     return str(save_figure(fig, path))

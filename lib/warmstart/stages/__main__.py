@@ -13,7 +13,7 @@ import importlib
 import sys
 from pathlib import Path
 
-from warmstart.stages import STAGES, code_deps, stage_keys
+from warmstart.stages.contract import STAGES, code_deps, stage_keys
 
 
 def expected(stage: str, root: Path) -> tuple[list[str], list[str]]:
@@ -60,13 +60,23 @@ def diff(root: Path) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def _flow(items: list) -> object:
+    """A YAML sequence written in flow style (``[a, b, c]``, wrapped): a stage's deps and params read as one
+    short paragraph instead of one line each."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    seq = CommentedSeq(items)
+    seq.fa.set_flow_style()
+    return seq
+
+
 def sync(root: Path) -> list[str]:
     """Rewrite dvc.yaml's lib/ deps and params from the stage modules; the stages changed."""
     from ruamel.yaml import YAML
 
     y = YAML()
     y.preserve_quotes = True
-    y.width = 200
+    y.width = 118
     y.indent(mapping=2, sequence=4, offset=2)
     path = root / "dvc.yaml"
     doc = y.load(path.read_text())
@@ -82,8 +92,8 @@ def sync(root: Path) -> list[str]:
         keep = [d for d in entry.get("deps", []) if not (isinstance(d, str) and d.startswith("lib/"))]
         notebook = [d for d in keep if str(d).startswith("notebooks/")]
         other = [d for d in keep if d not in notebook]
-        entry["deps"] = [*notebook, *want_deps, *other]
-        entry["params"] = list(want_params)
+        entry["deps"] = _flow([*notebook, *want_deps, *other])
+        entry["params"] = _flow(want_params)
         changed.append(name)
     if changed:
         with path.open("w") as fh:

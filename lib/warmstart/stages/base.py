@@ -14,13 +14,14 @@ import shutil
 import time
 from typing import Any
 
+from warmstart import fragments
+from warmstart.describe import base_model, language
 from warmstart.flops import flops_per_token
 from warmstart.io import read_jsonl, write_json, write_jsonl
 from warmstart.model import count_params, load_model
-from warmstart.report import fragments
-from warmstart.report.describe import base_model, language
+from warmstart.outputs import save_figure, write_headline
 from warmstart.runs import BASE, base_model_dir
-from warmstart.stages import declared, save_figure, write_headline
+from warmstart.stages.contract import declared
 from warmstart.train.launch import base_train_config, bpb_table, fresh_dir, launch, summarize_log
 from warmstart.train.loop import export_checkpoint, list_checkpoints
 

@@ -44,8 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.io import write_json, write_jsonl
+from warmstart.outputs import write_headline
 from warmstart.runs import adapted_run, derived_run
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 from warmstart.train.launch import (
     bpb_table,
     corpus_file,
@@ -201,7 +202,7 @@ def _calibration(params: Any, tok: Any) -> list:
 
 def masking_metric(params: Any, tok: Any) -> Any:
     """The masking check's metric: ``model -> target bits per byte`` on ``compress.eval_bytes`` of held-out text."""
-    from warmstart.evaluate.bpb import bits_per_byte, held_out_texts
+    from warmstart.bpb import bits_per_byte, held_out_texts
 
     texts = held_out_texts(params, params.shared.target_lang, "val", params.compress.eval_bytes)
     return lambda m: bits_per_byte(m, tok, texts, params.pretrain.seq_len)["bits_per_byte"]

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.io import read_jsonl, write_json, write_jsonl
+from warmstart.outputs import write_headline
 from warmstart.runs import adapted_run, derived_run
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 from warmstart.train.launch import fresh_dir, launch, merge_logs, read_run, summarize_log
 
 _COMMON = (
@@ -114,9 +115,9 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     """Extend the adapted model with ``method`` (or ``short``), measure, fine-tune, measure again."""
     from transformers import AutoTokenizer
 
+    from warmstart.bpb import first_bytes
     from warmstart.context.retrieval import build_suite
     from warmstart.context.rope_scaling import METHODS, extend_dir
-    from warmstart.evaluate.bpb import first_bytes
     from warmstart.model import load_model
     from warmstart.train.loop import TrainConfig
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from warmstart import fragments
 from warmstart.data.corpus import build_corpus, corpus_table, filter_table
+from warmstart.describe import corpus_sources
 from warmstart.io import write_json
-from warmstart.report import fragments
-from warmstart.report.describe import corpus_sources
-from warmstart.stages import declared, save_figure, write_headline
+from warmstart.outputs import save_figure, write_headline
+from warmstart.stages.contract import declared
 
 PARAMS = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "corpus")
 

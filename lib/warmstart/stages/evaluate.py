@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from warmstart.describe import fmt_ci, fmt_flops, fmt_num
 from warmstart.evaluate import intervals as stats
 from warmstart.evaluate.runs import (
     covers,
@@ -31,11 +32,11 @@ from warmstart.evaluate.runs import (
     swap_study,
 )
 from warmstart.evaluate.seed_spread import seed_checkpoints, spread_for
+from warmstart.fragments import table, write_fragment
 from warmstart.io import write_json
-from warmstart.report.describe import fmt_ci, fmt_flops, fmt_num
-from warmstart.report.fragments import table, write_fragment
+from warmstart.outputs import write_headline
 from warmstart.report.labels import Labels
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 
 # corpus ... pretrain whole: the seed spread's fingerprint (warmstart.evaluate.seed_spread) reads them, to use the spread only
 # when it was measured for this configuration

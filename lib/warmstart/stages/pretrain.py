@@ -30,13 +30,14 @@ from typing import Any
 
 import torch
 
+from warmstart.bpb import first_bytes
 from warmstart.data.corpus import load_texts
-from warmstart.evaluate.bpb import first_bytes
 from warmstart.flops import flops_per_token
 from warmstart.io import write_json, write_jsonl
 from warmstart.model import count_params, load_model
+from warmstart.outputs import write_headline
 from warmstart.runs import base_model_dir, get_run
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 from warmstart.tokenizer import fertility
 from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
 from warmstart.train.loop import TrainConfig, list_checkpoints

@@ -7,7 +7,7 @@ checkpoint. Measures the device's peak FLOP/s (:func:`warmstart.flops.peak_recor
 a GPU's datasheet, or a robust CPU matmul measurement recorded in the
 provenance) for the throughput section. Typesetting: :mod:`warmstart.report.build`;
 the summary: :mod:`warmstart.report.findings`; the card: :mod:`warmstart.report.model_card`;
-the words for the run: :mod:`warmstart.report.describe`; labels: :mod:`warmstart.report.labels`.
+the words for the run: :mod:`warmstart.describe`; labels: :mod:`warmstart.report.labels`.
 After writing the PDF it renders every page and checks the invariants
 (:func:`warmstart.report.build.check_pages`; skipped, and said so, without ``pdftoppm``).
 """
@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warmstart.describe import ReportError, base_model, corpus_sources, report_title, stage_record
 from warmstart.evaluate.runs import best_run, load_run
 from warmstart.evaluate.seed_spread import spread_section
+from warmstart.fragments import read_fragments
 from warmstart.io import write_text
 from warmstart.report.build import (
     PARAMS,
@@ -32,13 +34,11 @@ from warmstart.report.build import (
     reproduce_box,
     run_logs,
 )
-from warmstart.report.describe import ReportError, base_model, corpus_sources, report_title, stage_record
 from warmstart.report.findings import study_summary
-from warmstart.report.fragments import read_fragments
 from warmstart.report.labels import Labels
 from warmstart.report.model_card import model_card
 from warmstart.report.throughput import throughput_analysis, throughput_section
-from warmstart.stages import declared
+from warmstart.stages.contract import declared
 
 __all__ = ["PARAMS", "run"]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from warmstart.outputs import write_headline
 from warmstart.spikes.analysis import run_stage
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 
 PARAMS = ("shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.arms", "spikes")
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import pandas as pd
 
+from warmstart.fragments import table, write_fragment
 from warmstart.io import write_json
-from warmstart.report.fragments import table, write_fragment
-from warmstart.stages import declared, write_headline
+from warmstart.outputs import write_headline
+from warmstart.stages.contract import declared
 
 PARAMS = ("shared.seed", "shared.data_dir", "shared.reports_dir", "spikes", "stability")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from warmstart.bpb import held_out_texts
 from warmstart.data.corpus import load_texts
-from warmstart.evaluate.bpb import held_out_texts
 from warmstart.io import write_json
 from warmstart.model import load_model
+from warmstart.outputs import write_headline
 from warmstart.runs import base_model_dir, swap_model_dir
-from warmstart.stages import declared, write_headline
+from warmstart.stages.contract import declared
 from warmstart.train.launch import bpb_table, read_run
 
 PARAMS = (

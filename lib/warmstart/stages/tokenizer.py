@@ -18,10 +18,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from warmstart import fragments
 from warmstart.data.corpus import load_texts
 from warmstart.io import write_json
-from warmstart.report import fragments
-from warmstart.stages import declared, save_figure, write_headline
+from warmstart.outputs import save_figure, write_headline
+from warmstart.stages.contract import declared
 from warmstart.tokenizer import fertility_table, mixed_texts, ratio, train_tokenizer
 
 PARAMS = (

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
+from warmstart.bpb import bits_per_byte, held_out_texts
 from warmstart.config import Optim, Params
-from warmstart.evaluate.bpb import bits_per_byte, held_out_texts
 from warmstart.io import read_jsonl, write_json
 from warmstart.model import ModelSpec
 from warmstart.train.bench import benchmark_overhead
