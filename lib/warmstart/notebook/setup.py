@@ -1,18 +1,24 @@
-"""Helpers for the stage notebooks: find the project, merge parameters, style.
+"""Helpers for the stage notebooks: find the project, read params.yaml with overrides, style.
 
-A notebook's ``parameters`` cell holds its params.yaml sections as dicts;
-papermill (``-f params.yaml``) overrides them under ``dvc repro``, JupyterLab
-uses them as written. :func:`stage_params` reads the rest of params.yaml,
-overlays the notebook's sections and validates the whole.
+A notebook's ``parameters`` cell holds only the stage's identity (``run``, ``method``, ``part``,
+``variant``: what ``dvc.yaml`` passes with ``papermill -p``) and ``overrides = {}``, dotted params.yaml
+keys for interactive use (``{"pretrain.phase2.lr": 3e-3}``). The next cell calls :func:`stage_params`,
+which reads params.yaml itself; under ``dvc repro`` ``overrides`` stays empty, so the notebook runs on
+exactly the params DVC tracks (the stage module reads them through its ``declared`` view).
 """
 
 from __future__ import annotations
 
 import os
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from warmstart.config import Params, load_params
+from pydantic import BaseModel
+
+from warmstart.config import Params, ParamsError, deep_merge, load_params
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -23,13 +29,75 @@ def project_root(start: str | Path | None = None) -> Path:
     raise FileNotFoundError(f"no warmstart project (dvc.yaml + params.yaml) at or above {here}")
 
 
-def stage_params(**sections: Any) -> Params:
-    """chdir to the project root and return validated params with ``sections`` overlaid."""
+def stage_params(overrides: Mapping[str, Any] | None = None) -> Params:
+    """chdir to the project root, apply the figure style and return params.yaml, validated, with ``overrides``.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"pretrain.phase2.lr": 3e-3, "spikes.warmup": 50}``;
+    a key that is not in the params schema raises :class:`~warmstart.config.ParamsError` naming it.
+    """
     root = project_root()
     os.chdir(root)
-    params = load_params(root / "params.yaml", overrides=sections)
+    params = load_params(root / "params.yaml", overrides=nest_overrides(overrides or {}))
     style()
     return params
+
+
+def nest_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b.c": v}`` -> ``{"a": {"b": {"c": v}}}``, every key checked against the params schema."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = check_key(key)
+        for part in reversed(parts):
+            value = {part: value}
+        nested = deep_merge(nested, value)
+    return nested
+
+
+def check_key(key: str) -> list[str]:
+    """The parts of dotted ``key``; :class:`ParamsError` naming it unless the params schema has it."""
+    parts = key.split(".") if isinstance(key, str) else []
+    if not parts or not all(parts):
+        raise ParamsError(f"override key {key!r}: expected a dotted params.yaml key such as 'pretrain.phase2.lr'")
+    node: Any = Params  # a model class, ("dict", value type), or None: free-form below this point
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "params.yaml"
+        if node is None:
+            break
+        if isinstance(node, tuple):  # a dict field (study.arms, tokenizer.target_mix): any key, then its value type
+            node = _node(node[1])
+            continue
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(part)
+            if field is None:
+                if node.model_config.get("extra") == "allow":
+                    node = None
+                    continue
+                raise ParamsError(
+                    f"override {key!r}: {part!r} is not a key of {where} (it has: {', '.join(node.model_fields)})"
+                )
+            node = _node(field.annotation)
+            continue
+        raise ParamsError(f"override {key!r}: {where} is a value, not a section with keys")
+    return parts
+
+
+def _node(annotation: Any) -> Any:
+    """What a dotted key may go on into below a field of this type (see :func:`check_key`)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _node(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if origin in (dict, Mapping):
+        args = typing.get_args(annotation)
+        return ("dict", args[1] if len(args) == 2 else Any)
+    if origin in (typing.Union, types.UnionType):
+        nodes = [_node(a) for a in typing.get_args(annotation) if a is not type(None)]
+        inner = [n for n in nodes if n != "leaf"]
+        return inner[0] if len(inner) == 1 and len(nodes) == 1 else (None if inner else "leaf")
+    if annotation is Any:
+        return None
+    return "leaf"
 
 
 def style() -> None:
@@ -44,69 +112,3 @@ def style() -> None:
     )
     pd.set_option("display.float_format", lambda v: f"{v:,.3f}")
     pd.set_option("display.width", 140)
-
-
-# ---------------------------------------------------------------- parameters cells
-
-
-def parameters_source(sections: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
-    """The source of a ``parameters`` cell: ``extra`` (matrix items such as ``run``) then the sections."""
-    import pprint
-
-    lines = ["# parameters: mirrors params.yaml (papermill -f params.yaml overrides them under dvc repro)"]
-    for name, value in (extra or {}).items():
-        lines.append(f"{name} = {value!r}  # the DVC matrix item (papermill -p {name} ...)")
-    for name, value in sections.items():
-        lines.append(f"{name} = {pprint.pformat(value, sort_dicts=False, width=110)}")
-    return "\n".join(lines)
-
-
-def sync_parameters(notebook: str | Path, params_path: str | Path = "params.yaml") -> bool:
-    """Rewrite a notebook's ``parameters`` cell from params.yaml; True if it changed.
-
-    The sections are the ones the cell already names; other variables in the
-    cell (matrix items) keep their values.
-    """
-    import ast
-    import json
-
-    from warmstart.config import read_yaml
-
-    path = Path(notebook)
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise ValueError(f"{path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    cell = cells[0]
-    ns: dict[str, Any] = {}
-    exec(compile(ast.parse("".join(cell["source"])), str(path), "exec"), {}, ns)
-    raw = read_yaml(params_path)
-    sections = {k: raw[k] for k in ns if k in raw}
-    extra = {k: v for k, v in ns.items() if k not in raw}
-    src = parameters_source(sections, extra)
-    if "".join(cell["source"]) == src:
-        return False
-    cell["source"] = src.splitlines(keepends=True)
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(
-        prog="python -m warmstart.notebook.setup",
-        description="Keep notebooks' parameters cells in sync with params.yaml.",
-    )
-    ap.add_argument("cmd", choices=["sync"])
-    ap.add_argument("notebooks", nargs="*", help="default: notebooks/*.ipynb")
-    args = ap.parse_args(argv)
-    paths = args.notebooks or sorted(str(p) for p in Path("notebooks").glob("*.ipynb"))
-    for p in paths:
-        if sync_parameters(p):
-            print(f"{p}: parameters cell updated")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
