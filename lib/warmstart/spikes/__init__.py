@@ -15,7 +15,7 @@ a TensorBoard log directory), finds loss spikes and describes each one::
 Modules (each imports only the ones above it):
 
 * ``params``: ``METHODS``, ``MAD_TO_SIGMA``, ``SpikeLogError``, ``RobustParams``
-  (nothing heavy: ``warmstart.config`` validates with it);
+  (``METHODS`` and ``RobustParams`` from ``warmstart.config.spikes``: the params schema);
 * ``logs``: the JSONL and TensorBoard readers (``load_log``), ``hotswap_steps``,
   ``resolve_warmup``;
 * ``core``: the streaming statistics of the ``robust`` rule and of ZClip;

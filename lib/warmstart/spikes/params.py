@@ -1,13 +1,13 @@
 """Constants, the log error and the ``robust`` method's parameters.
 
 ``RobustParams`` and ``METHODS`` are part of the params schema, so they live in
-:mod:`warmstart.spikes.robust_params` (which :mod:`warmstart.config` imports without the
-detectors); they are re-exported here for the spike modules.
+:mod:`warmstart.config.spikes` (the config package imports nothing of the spike
+package); they are re-exported here for the spike modules.
 """
 
 from __future__ import annotations
 
-from warmstart.spikes.robust_params import METHODS, RobustParams
+from warmstart.config.spikes import METHODS, RobustParams
 
 __all__ = ["METHODS", "MAD_TO_SIGMA", "SpikeLogError", "RobustParams"]
 

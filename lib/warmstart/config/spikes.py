@@ -1,13 +1,19 @@
-"""The ``robust`` spike detector's parameters and the detector names: part of the params schema.
+"""The ``spikes`` section, and the ``robust`` spike detector's parameters and the detector names.
 
-:mod:`warmstart.config` validates ``spikes.params`` with :class:`RobustParams`; this module imports
-nothing of the package, so neither the schema nor the stages that read params depend on the detectors
-(:mod:`warmstart.spikes.params` re-exports both for the spike modules).
+:class:`Spikes` validates ``spikes.params`` with :class:`RobustParams`. Both are part of the params schema, so
+they live here and import nothing of :mod:`warmstart.spikes`: neither the schema nor the stages that read params
+depend on the detectors (:mod:`warmstart.spikes.params` re-exports ``RobustParams`` and ``METHODS`` for the spike
+modules).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from warmstart.config.sections import _Section
 
 METHODS = ("robust", "olmo2", "mad", "zclip")
 
@@ -61,3 +67,27 @@ class RobustParams:
             raise ValueError(f"shift_check must be >= 2 (or None), got {self.shift_check}")
         if not self.min_rel_scale > 0:
             raise ValueError(f"min_rel_scale must be > 0, got {self.min_rel_scale}")
+
+
+class Spikes(_Section):
+    method: Literal["robust", "olmo2", "mad", "zclip"] = "robust"
+    warmup: int | Literal["auto"] = "auto"
+    # detect(**params): method parameters (robust: RobustParams fields); windows count log records
+    params: dict[str, float | int | bool | None] = {"level_window": 10, "min_level": 5, "window": 100, "min_scale": 20}
+    score_window: int = Field(
+        default=100, ge=10
+    )  # OLMo 2 spike score: previous records in the window (1000 in the paper)
+    score_min_periods: int = Field(default=20, ge=2)  # records needed before a value counts
+
+    @model_validator(mode="after")
+    def _check_params(self) -> Spikes:
+        if self.score_min_periods > self.score_window:
+            raise ValueError(
+                f"score_min_periods ({self.score_min_periods}) must be <= score_window ({self.score_window})"
+            )
+        if self.method == "robust":
+            try:
+                RobustParams.from_kwargs(dict(self.params))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"params: {e}") from None
+        return self

@@ -1,0 +1,124 @@
+"""Typed, validated study parameters (params.yaml).
+
+One section per DVC stage plus a ``shared`` block. Every stage calls
+:func:`load_params` first, so a bad value stops the stage before it writes
+anything, with a message that names the key and what is allowed.
+
+Modules (this ``__init__`` re-exports their public names):
+
+* ``sections``: the sections of the data, tokenizer, models and the study's training runs (``shared``,
+  ``corpus``, ``tokenizer``, ``base``, ``vocab_swap``, ``pretrain``, ``study``);
+* ``spikes``: the ``spikes`` section and the ``robust`` detector's parameters (:class:`RobustParams`,
+  ``METHODS``), without the detectors;
+* ``downstream``: the later stages' sections (``evaluate``, ``stability``, ``context``, ``compress``, ``report``);
+* ``params``: :class:`Params`, every section checked together, and :func:`check_languages`;
+* ``load``: reading and validating a file, overlays and profiles (``lib/warmstart/profiles``);
+* ``cli``: ``main``, run by::
+
+    python -m warmstart.config check [params.yaml]
+    python -m warmstart.config apply-profile smoke [params.yaml]
+"""
+
+from warmstart.config.cli import main
+from warmstart.config.downstream import (
+    COMPRESS_VARIANTS,
+    CONTEXT_METHODS,
+    LONGCTX_TASKS,
+    Calibration,
+    Compress,
+    Context,
+    ContextFinetune,
+    ContextSuite,
+    Distillation,
+    Evaluate,
+    Report,
+    Stability,
+    TeacherCorrection,
+)
+from warmstart.config.load import (
+    PROFILES_DIR,
+    ParamsError,
+    apply_profile,
+    deep_merge,
+    load_params,
+    profile,
+    read_yaml,
+    validate,
+)
+from warmstart.config.params import Params, check_languages, offered_languages
+from warmstart.config.sections import (
+    LANG_PATTERN,
+    Arm,
+    Base,
+    Corpus,
+    Dedup,
+    HandbookSource,
+    HFSource,
+    LangCode,
+    LangID,
+    LocalSource,
+    Optim,
+    Pretrain,
+    Shared,
+    Source,
+    SpecialTokens,
+    Split,
+    Study,
+    TinyModel,
+    Tokenizer,
+    VocabSwap,
+    check_attention_shape,
+)
+from warmstart.config.spikes import METHODS, RobustParams, Spikes
+
+__all__ = [
+    "COMPRESS_VARIANTS",
+    "CONTEXT_METHODS",
+    "LANG_PATTERN",
+    "LONGCTX_TASKS",
+    "METHODS",
+    "PROFILES_DIR",
+    "Arm",
+    "Base",
+    "Calibration",
+    "Compress",
+    "Context",
+    "ContextFinetune",
+    "ContextSuite",
+    "Corpus",
+    "Dedup",
+    "Distillation",
+    "Evaluate",
+    "HFSource",
+    "HandbookSource",
+    "LangCode",
+    "LangID",
+    "LocalSource",
+    "Optim",
+    "Params",
+    "ParamsError",
+    "Pretrain",
+    "Report",
+    "RobustParams",
+    "Shared",
+    "Source",
+    "SpecialTokens",
+    "Spikes",
+    "Split",
+    "Stability",
+    "Study",
+    "TeacherCorrection",
+    "TinyModel",
+    "Tokenizer",
+    "VocabSwap",
+    "apply_profile",
+    "check_attention_shape",
+    "check_languages",
+    "deep_merge",
+    "load_params",
+    "main",
+    "offered_languages",
+    "profile",
+    "read_yaml",
+    "validate",
+]

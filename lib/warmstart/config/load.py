@@ -1,0 +1,87 @@
+"""Reading params: a YAML file validated into :class:`~warmstart.config.params.Params` (errors that name the key),
+overlays (:func:`deep_merge`) and the named profiles of ``lib/warmstart/profiles``."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from warmstart.config.params import Params
+
+PROFILES_DIR = Path(__file__).parent.with_name("profiles")
+
+
+class ParamsError(ValueError):
+    """A params file that is missing, unreadable or invalid."""
+
+
+def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("handbook", "local", "hf")))
+        msg = e["msg"]
+        if e["type"] == "missing":
+            lines.append(f"  {loc}: missing key (required)")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key (check the spelling against params.yaml)")
+        else:
+            lines.append(f"  {loc}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate(raw: dict[str, Any], origin: str = "params") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{origin} is invalid:\n{_format_errors(err, raw)}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    return data or {}
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, overlay and validate a params file."""
+    raw = read_yaml(path)
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return validate(raw, str(path))
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def profile(name: str) -> dict[str, Any]:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ParamsError(f"unknown profile {name!r}; available: {', '.join(known)}")
+    return read_yaml(path)
+
+
+def apply_profile(name: str, params_path: str | Path = "params.yaml") -> Params:
+    """Overlay a named profile onto a params file in place (validated first)."""
+    merged = deep_merge(read_yaml(params_path), profile(name))
+    params = validate(merged, f"{params_path} + profile {name}")
+    Path(params_path).write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return params

@@ -1,0 +1,295 @@
+"""The params sections of the data, the tokenizer, the models and the study's training runs.
+
+``shared``, ``corpus``, ``tokenizer``, ``base``, ``vocab_swap``, ``pretrain`` and ``study`` (with its arms), and
+the base class every section shares (unknown keys are errors, values are frozen). The later stages' sections are
+in :mod:`warmstart.config.spikes` and :mod:`warmstart.config.downstream`; :class:`~warmstart.config.params.Params`
+puts them together.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LANG_PATTERN = r"^[a-z]{2,3}(-[A-Z]{2})?$"
+LangCode = Annotated[str, Field(pattern=LANG_PATTERN)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Shared(_Section):
+    seed: int = Field(ge=0)
+    source_lang: LangCode
+    target_lang: LangCode
+    data_dir: str
+    reports_dir: str
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Shared:
+        if self.source_lang == self.target_lang:
+            raise ValueError(f"source_lang and target_lang must differ (both are {self.source_lang!r})")
+        return self
+
+
+# ---------------------------------------------------------------- corpus
+
+
+class HandbookSource(_Section):
+    kind: Literal["handbook"]
+    version: str | None = None  # pin a debian-handbook version; None = apt's candidate
+    deb_path: str | None = None  # use this .deb instead of `apt-get download`
+    documents: list[str] | None = None  # restrict to these chapter ids (smoke profile)
+
+
+class LocalSource(_Section):
+    kind: Literal["local"]
+    lang: str  # a language code, or "source" / "target"
+    paths: list[str] = Field(min_length=1)  # files, directories or globs
+    text_field: str = "text"
+    id_field: str | None = None
+
+
+class HFSource(_Section):
+    kind: Literal["hf"]
+    lang: str
+    dataset: str  # hub id or local path understood by datasets.load_dataset
+    name: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+    id_field: str | None = None
+    max_documents: int | None = Field(default=None, ge=1)
+    trust_remote_code: bool = False
+
+
+Source = Annotated[HandbookSource | LocalSource | HFSource, Field(discriminator="kind")]
+
+
+class LangID(_Section):
+    threshold: float = Field(ge=0.0, le=1.0)
+    # "corpus": restrict the identifier to the corpus languages (untranslated
+    # English in a Norwegian book is what we filter); or an explicit list.
+    candidates: Literal["corpus", "all"] | list[str] = "corpus"
+
+
+class Dedup(_Section):
+    exact: bool = True
+    near_threshold: float | None = Field(default=0.8, gt=0.0, le=1.0)  # MinHash Jaccard; None = off
+    num_perm: int = Field(default=64, ge=16, le=1024)
+    shingle_chars: int = Field(default=5, ge=2, le=32)
+
+
+class Split(_Section):
+    val_fraction: float = Field(ge=0.0, lt=0.5)
+    test_fraction: float = Field(gt=0.0, lt=0.5)
+    val_documents: list[str] = []  # explicit chapter ids override the fractions
+    test_documents: list[str] = []
+
+
+class Corpus(_Section):
+    extra_languages: list[LangCode] = []
+    sources: list[Source] = Field(min_length=1)
+    keep_code: bool = False
+    min_chars: int = Field(ge=1)
+    min_train_bytes: int = Field(default=50_000, ge=0)  # per language, after filtering: below it the stage fails
+    langid: LangID
+    dedup: Dedup
+    split: Split
+    on_bad_file: Literal["error", "skip"] = "error"
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+class SpecialTokens(_Section):
+    bos: str = "<s>"
+    eos: str = "</s>"
+    pad: str = "<pad>"
+    unk: str = "<unk>"
+    mask: str = "<mask>"
+
+    def as_list(self) -> list[str]:
+        toks = [self.pad, self.bos, self.eos, self.unk, self.mask]
+        if len(set(toks)) != len(toks):
+            raise ValueError(f"special tokens must be distinct, got {toks}")
+        return toks
+
+
+class Tokenizer(_Section):
+    kind: Literal["byte_bpe", "sp_bpe", "sp_unigram"] = "byte_bpe"
+    vocab_size: int = Field(ge=64, le=1_048_576)
+    # language -> weight for the target tokenizer's training text; keys may be
+    # language codes or the words "source" / "target".
+    target_mix: dict[str, float] = Field(min_length=1)
+    max_repeats: float = Field(default=16.0, ge=1.0)
+    normalization: Literal["none", "NFC", "NFKC"] = "NFC"
+    split_digits: bool = True
+    min_frequency: int = Field(default=2, ge=1)
+    special_tokens: SpecialTokens = SpecialTokens()
+
+    @field_validator("target_mix")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"weights must be > 0, got {bad}")
+        return v
+
+
+# ---------------------------------------------------------------- base
+
+
+def check_attention_shape(hidden: int, heads: int, kv_heads: int | None) -> None:
+    """Heads split the hidden size evenly, and key-value heads split the query heads (GQA)."""
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    if heads % (kv_heads or heads):
+        raise ValueError(f"heads ({heads}) must be divisible by kv_heads ({kv_heads})")
+
+
+class TinyModel(_Section):
+    """Shape of the embedded default's tiny Llama/Mistral model (warmstart.model.ModelSpec)."""
+
+    arch: Literal["llama", "mistral", "qwen3", "olmo2"] = "llama"  # qwen3/olmo2: native qk-norm
+    hidden: int = Field(ge=8, le=16384)
+    layers: int = Field(ge=1, le=256)
+    heads: int = Field(ge=1)
+    kv_heads: int | None = Field(default=2, ge=1)  # None: as many as heads (MHA)
+    intermediate: int | None = Field(default=None, ge=1)
+    max_pos: int = Field(default=1024, ge=16)
+    tie_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TinyModel:
+        check_attention_shape(self.hidden, self.heads, self.kv_heads)
+        return self
+
+
+class Optim(_Section):
+    """One training phase's schedule and optimiser (see warmstart.train.loop.TrainConfig)."""
+
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0)
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    weight_decay: float = Field(default=0.1, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> Optim:
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        return self
+
+
+class Base(_Section):
+    source: Literal["tiny", "hf"] = "tiny"  # tiny: pretrain `model` on the source corpus; hf: load model_id
+    model_id: str | None = None  # HF hub id or local dir (safetensors only), for source: hf
+    tokenizer_id: str | None = None  # defaults to model_id
+    trust_remote_code: bool = False
+    model: TinyModel
+    seq_len: int = Field(ge=8, le=1_048_576)
+    micro_batch: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    optim: Optim
+    checkpoint_every: int = Field(default=100, ge=0)
+    log_every: int = Field(default=10, ge=1)
+    samples: list[str] = [
+        "To install a package on Debian,",
+        "The Falcot Corp administrators",
+    ]  # the card's fallback example
+
+    @model_validator(mode="after")
+    def _hf(self) -> Base:
+        if self.source == "hf" and not self.model_id:
+            raise ValueError("base.source is 'hf' but base.model_id is not set")
+        return self
+
+
+# ---------------------------------------------------------------- vocab swap and pretrain
+
+
+class VocabSwap(_Section):
+    methods: list[Literal["random", "exact", "fvt", "focus", "omp"]] = Field(min_length=1)
+    pad_multiple: int = Field(default=64, ge=1, le=4096)
+    omp_k: int = Field(default=8, ge=1, le=256)  # anchors per token for omp
+    fasttext_dim: int = Field(default=64, ge=8, le=1024)  # focus: gensim fastText vectors
+    fasttext_epochs: int = Field(default=5, ge=1, le=100)
+    neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
+    eval_bytes: int = Field(default=32_000, ge=1000)  # test text for step-0 bits per byte, per language
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods repeat: {v}")
+        return v
+
+
+class Pretrain(_Section):
+    """The warm-start study: every swap method, plus `scratch` and `original`, same bytes and schedule."""
+
+    num_processes: int = Field(default=1, ge=1)  # >1: `accelerate launch` as a process
+    seq_len: int = Field(ge=8)
+    micro_batch: int = Field(ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    phase1: Optim  # embeddings and head only, body frozen (NorMistral stage 2.2); scratch skips it
+    phase2: Optim  # everything
+    phase1_train_only: list[str] = [r"embed_tokens", r"lm_head"]
+    masked_share: float = Field(default=0.0, ge=0, le=1)  # hybrid masked-causal objective (NorMistral)
+    doc_mask: bool = False
+    tag_every: int | None = Field(default=40, ge=1)  # step-tagged checkpoints for the evaluation
+    log_every: int = Field(default=5, ge=1)
+    # instability signals (attention logit, log Z, update ratio) in the log every this many steps; 0: off.
+    # The spikes stage says, per event, which moved first (issue 12's "context for each event").
+    signals_every: int = Field(default=5, ge=0)
+    z_loss: float = Field(default=0.0, ge=0)  # PaLM z-loss coefficient (e.g. 1e-4); 0: off
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class Arm(_Section):
+    """An extra study run: a swap method's model trained with some ``pretrain`` settings changed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    init: str  # a vocab_swap method: the run starts from data/models/swap-<init>
+
+    @model_validator(mode="after")
+    def _pretrain_keys(self) -> Arm:
+        fixed = {"num_processes", "seq_len", "micro_batch", "grad_accum", "phase1", "phase2", "tag_every", "log_every"}
+        bad = sorted(set(self.overrides) - (set(Pretrain.model_fields) - fixed))
+        if not self.overrides or bad:
+            raise ValueError(
+                f"arm keys {bad} are not pretrain settings an arm may change"
+                if bad
+                else "an arm changes at least one pretrain setting (e.g. masked_share: 0.1)"
+            )
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Study(_Section):
+    """The study's training seeds and its runs beyond one per swap method (:mod:`warmstart.runs`). The DVC
+    study trains with shared.seed; `make seed-spread` (:mod:`warmstart.evaluate.seed_spread`) trains every run per seed."""
+
+    seeds: list[int] = Field(default=[1337], min_length=1)
+    arms: dict[str, Arm]
+
+    @model_validator(mode="after")
+    def _check(self) -> Study:
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct and >= 0: {self.seeds}")
+        bad = [n for n in self.arms if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", n)]
+        if bad:
+            raise ValueError(
+                f"arm names {bad}: use lower-case letters, digits, '-' and '_' (they name files and DVC stages)"
+            )
+        return self
