@@ -15,14 +15,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from warmstart import tokenizer as wtok
 from warmstart.config import SpecialTokens
 from warmstart.config import Tokenizer as TokenizerConfig
-from warmstart.data.mixing import plan_mixture
+from warmstart.data.mixing import mixed_texts, plan_mixture
 from warmstart.tokenizer import (
     BYTE_TOKENS,
     FERTILITY_COLUMNS,
     fertility,
     fertility_table,
     min_vocab_size,
-    mixed_texts,
     train_tokenizer,
 )
 

@@ -32,10 +32,8 @@ Training is deterministic: the same texts and config give a byte-identical
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -49,7 +47,6 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from warmstart.config import Tokenizer as TokenizerConfig
-from warmstart.data.mixing import plan_mixture, take_bytes
 from warmstart.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -60,7 +57,6 @@ __all__ = [
     "fertility",
     "fertility_table",
     "min_vocab_size",
-    "mixed_texts",
     "save_atomic",
     "train_tokenizer",
 ]
@@ -481,36 +477,3 @@ def fertility_table(tokenizers: Mapping[str, Any], texts_by_lang: Mapping[str, l
         for lang, texts in texts_by_lang.items()
     ]
     return pd.DataFrame(rows, columns=FERTILITY_COLUMNS)
-
-
-# ---------------------------------------------------------------- training text
-
-
-def _lang_seed(seed: int, lang: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{lang}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
-
-
-def mixed_texts(
-    texts_by_lang: Mapping[str, list[str]],
-    weights: Mapping[str, float],
-    max_repeats: float,
-    seed: int,
-) -> list[str]:
-    """Training text drawn from several languages by weight.
-
-    Sizes are the UTF-8 bytes of each weighted language; :func:`plan_mixture`
-    turns them into a byte target per language (repeating small languages at
-    most ``max_repeats`` times; the total is the sum of the sizes), and
-    :func:`take_bytes` draws that many bytes with a per-language seed derived
-    from ``seed``. The result is shuffled with ``seed``. Languages without a
-    weight are ignored; weight keys must already be language codes (resolve
-    ``source``/``target`` with :meth:`Params.resolve_lang` first).
-    """
-    sizes = {lang: sum(len(t.encode("utf-8")) for t in texts) for lang, texts in texts_by_lang.items()}
-    plan = plan_mixture(sizes, dict(weights), max_repeats=max_repeats)
-    out: list[str] = []
-    for lang, p in plan.items():
-        out.extend(take_bytes(list(texts_by_lang[lang]), p.target, seed=_lang_seed(seed, lang)))
-    random.Random(seed).shuffle(out)
-    return out

@@ -9,12 +9,15 @@ If every language hits its cap the total shrinks and the plan says so.
 
 :func:`take_bytes` realises a plan for one language: whole shuffled passes over
 the items, then a seeded partial pass, until the byte target is reached.
+:func:`mixed_texts` puts the two together: a tokenizer's training text drawn from several languages by weight.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 
@@ -123,4 +126,34 @@ def take_bytes(items: list[str], n_bytes: int, seed: int) -> list[str]:
             got += sizes[i]
             if got >= n_bytes:
                 break
+    return out
+
+
+def _lang_seed(seed: int, lang: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{lang}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def mixed_texts(
+    texts_by_lang: Mapping[str, list[str]],
+    weights: Mapping[str, float],
+    max_repeats: float,
+    seed: int,
+) -> list[str]:
+    """Training text drawn from several languages by weight.
+
+    Sizes are the UTF-8 bytes of each weighted language; :func:`plan_mixture`
+    turns them into a byte target per language (repeating small languages at
+    most ``max_repeats`` times; the total is the sum of the sizes), and
+    :func:`take_bytes` draws that many bytes with a per-language seed derived
+    from ``seed``. The result is shuffled with ``seed``. Languages without a
+    weight are ignored; weight keys must already be language codes (resolve
+    ``source``/``target`` with :meth:`Params.resolve_lang` first).
+    """
+    sizes = {lang: sum(len(t.encode("utf-8")) for t in texts) for lang, texts in texts_by_lang.items()}
+    plan = plan_mixture(sizes, dict(weights), max_repeats=max_repeats)
+    out: list[str] = []
+    for lang, p in plan.items():
+        out.extend(take_bytes(list(texts_by_lang[lang]), p.target, seed=_lang_seed(seed, lang)))
+    random.Random(seed).shuffle(out)
     return out

@@ -1,6 +1,6 @@
 """Stage ``tokenizer``: the target tokenizer (and the tiny base model's source one) with their fertility.
 
-* ``target``: trained on :func:`~warmstart.tokenizer.mixed_texts` of the
+* ``target``: trained on :func:`~warmstart.data.mixing.mixed_texts` of the
   ``train`` splits by ``tokenizer.target_mix`` (keys resolved through
   ``Params.resolve_lang``);
 * ``source``: the tiny base model's tokenizer of the embedded default, trained
@@ -20,10 +20,11 @@ from typing import Any
 
 from warmstart import fragments
 from warmstart.data.corpus import load_texts
+from warmstart.data.mixing import mixed_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
 from warmstart.stages.contract import declared
-from warmstart.tokenizer import fertility_table, mixed_texts, ratio, train_tokenizer
+from warmstart.tokenizer import fertility_table, ratio, train_tokenizer
 
 PARAMS = (
     "shared.seed",
