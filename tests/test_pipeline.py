@@ -162,7 +162,8 @@ def test_summary_page_numbers_equal_the_metrics_files(smoke_project):
     dst = smoke_project[0]
     from warmstart.config import load_params
     from warmstart.fragments import read_fragments
-    from warmstart.report.findings import format_value, resolve, study_summary
+    from warmstart.report.evidence import format_value, resolve
+    from warmstart.report.findings import study_summary
 
     params = load_params(
         dst / "params.yaml", overrides={"shared": {"reports_dir": str(dst / "reports"), "data_dir": str(dst / "data")}}

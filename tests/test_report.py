@@ -25,8 +25,9 @@ from warmstart.describe import (
     size_label,
 )
 from warmstart.fragments import table, write_fragment
-from warmstart.report.build import provenance, provenance_section, render_pdf
+from warmstart.report.build import render_pdf
 from warmstart.report.model_card import example_from_card, model_card
+from warmstart.report.provenance import provenance, provenance_section
 from warmstart.stages.report import run as run_stage
 
 
@@ -598,7 +599,7 @@ def _reference_study(tmp: Path, root: Path, figures: bool = False):
 
 
 def _numbers_hold(summary, reports: Path) -> int:
-    from warmstart.report.findings import format_value, resolve
+    from warmstart.report.evidence import format_value, resolve
 
     n = 0
     for finding, num in summary.numbers():
@@ -682,7 +683,7 @@ def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, ro
     """The committed reference study typeset (placeholder figures): page 1 is the summary, no raw metric key or
     logged MFU is printed, long tables are in the appendix, every page renders, and Typst does not warn."""
     from warmstart.fragments import read_fragments
-    from warmstart.report.build import check_pages, page_text
+    from warmstart.report.check import check_pages, page_text
 
     monkeypatch.chdir(tmp_path)
     params = _reference_study(tmp_path, root, figures=True)
@@ -733,7 +734,7 @@ def test_reference_report_reads_findings_first_and_every_page_holds(tmp_path, ro
 
 
 def test_page_check_names_what_fails(fragments, tmp_path):
-    from warmstart.report.build import check_pages
+    from warmstart.report.check import check_pages
 
     pdf = render_pdf(fragments, tmp_path / "r.pdf", "A tiny study", "tester")
     with pytest.raises(ReportError, match="pages, expected 10–40"):
@@ -744,7 +745,7 @@ def test_page_check_names_what_fails(fragments, tmp_path):
 
 def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.report.build import reproduce_box
+    from warmstart.report.provenance import reproduce_box
 
     env = dict(
         os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t"

@@ -8,6 +8,7 @@ figures, matrix records) and :mod:`warmstart.describe` (what ran, in words).
 * ``findings``: the findings page: what the study found, in sentences with their numbers;
 * ``throughput``: tokens/s, FLOP/s and MFU against a stated peak;
 * ``model_card``: the best run's model card;
+* ``provenance``: the report's provenance and the reproduce box (the params that differ from the commit's);
 * ``template`` and ``build``: the Typst template and the PDF build; ``check``: the page invariants
   (``python -m warmstart.report check reports/report.pdf``).
 """

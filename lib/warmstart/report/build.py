@@ -15,19 +15,19 @@ The PDF reads like a paper, findings first:
    the study goals met or missed, the limitations that follow from the scale.
    Every number comes from the metrics files; the summary is shrunk (font
    size) until it fits the first page.
-2. Contents and a **reproduce box** (:func:`reproduce_box`: the commit, the
+2. Contents and a **reproduce box** (:func:`~warmstart.report.provenance.reproduce_box`: the commit, the
    exact ``make``/``dvc`` commands, the params that differ from the commit's
    ``params.yaml``, the executed notebooks).
 3. The **sections**: an overview of the run (:func:`overview_section`), then
    every fragment ``reports/fragments/NN_<stage>.json`` in ``(order, stage)``
    order, with human labels and units for every column (:mod:`warmstart.report.labels`),
-   and the report's own throughput section (:func:`throughput_section`: tokens/s
+   and the report's own throughput section (:func:`~warmstart.report.throughput.throughput_section`: tokens/s
    and achieved FLOP/s always, MFU only against a stated, reliable peak).
 4. The **appendix**: long tables (a fragment's tables flagged ``appendix``, or
    longer than :data:`LONG_TABLE`), every stage's headline numbers (labelled),
-   the provenance (:func:`provenance_section`) and the executed notebooks.
+   the provenance (:func:`~warmstart.report.provenance.provenance_section`) and the executed notebooks.
 
-:func:`check_pages` renders every page to PNG (``pdftoppm``) and checks the
+:func:`warmstart.report.check.check_pages` renders every page to PNG (``pdftoppm``) and checks the
 invariants: page count within bounds, no blank page, the summary on page 1.
 
 Nothing here knows which study ran: the title (unless ``report.title`` is
@@ -45,9 +45,7 @@ import datetime as dt
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,16 +62,15 @@ from warmstart.describe import (
     join_words,
     language,
 )
-from warmstart.fragments import PACKAGES, _git, check_findings, provenance_record
+from warmstart.fragments import check_findings
 from warmstart.report.labels import RUNS, Labels, arm_legend
+from warmstart.report.provenance import provenance_section
 from warmstart.report.template import TEMPLATE
-from warmstart.report.throughput import peak_text
 
 # The params keys the report stage reads: every section, because the reproduce box states the params that differ
 # from the commit's params.yaml (the stage module declares exactly these).
 PARAMS = tuple(Params.model_fields)
 LONG_TABLE = 16  # rows: longer fragment tables go to the appendix
-PAGE_BOUNDS = (3, 40)  # the PDF's page count must lie within these
 SUMMARY_SIZES = (9.5, 9.0, 8.5, 8.0, 7.5)  # pt: the summary's font, shrunk until it fits page 1
 
 
@@ -132,121 +129,7 @@ def overview_section(
     }
 
 
-# ---------------------------------------------------------------- provenance
-
-
-def provenance(root: str | Path = ".", fragments: Sequence[Mapping] = (), packages: Sequence[str] = PACKAGES) -> dict:
-    """The report's own :func:`~warmstart.fragments.provenance_record`, its ``date``, and under ``stages``
-    the record each fragment's stage wrote (``{"stage", "seconds"}`` only, for a fragment without one)."""
-    prov = provenance_record(root, packages=packages)
-    prov["date"] = _when(prov["timestamp"])
-    prov["stages"] = [
-        {"stage": f["stage"], "seconds": f.get("seconds"), **(f.get("provenance") or {})} for f in fragments
-    ]
-    return prov
-
-
-def _when(timestamp: str | None) -> str:
-    if not timestamp:
-        return "–"
-    return dt.datetime.fromisoformat(timestamp).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _commit(c: str | None, short: bool = False) -> str:
-    return "unknown (not a git checkout)" if not c else c[:12] if short else c
-
-
-def _dirty(rec: Mapping) -> str:
-    d = rec.get("dirty")
-    if d is None:
-        return "unknown"
-    files = list(rec.get("dirty_files") or [])
-    return "no" if not d else "yes: " + ", ".join(files[:3]) + (", …" if len(files) > 3 else "")
-
-
-def _hardware(rec: Mapping) -> str:
-    gpus = Counter(rec.get("gpus") or [])
-    gpu = ", ".join(f"{n} × {g}" if n > 1 else g for g, n in gpus.items()) or "no GPU"
-    return f"{rec.get('cpu') or '?'} ({rec.get('cpu_count')} cores), {gpu}"
-
-
-def provenance_section(prov: Mapping) -> dict:
-    """The provenance as a fragment-shaped section (in the appendix)."""
-    env = [
-        ["git commit", _commit(prov["commit"])],
-        ["working tree dirty", _dirty(prov)],
-        ["date", prov["date"]],
-        ["python", prov["python"]],
-        ["platform", prov["platform"]],
-        ["hardware", _hardware(prov)],
-        ["memory", fmt(prov.get("memory_gib")) + " GiB"],
-    ]
-    if prov.get("peak"):
-        env.append(["peak FLOP/s for MFU", peak_text(prov["peak"])])
-    stages = prov.get("stages", [])
-    recorded = [s for s in stages if "timestamp" in s]
-    rows = [
-        [
-            s["stage"],
-            _commit(s.get("commit"), short=True),
-            _dirty(s),
-            _when(s.get("timestamp")),
-            duration(s.get("seconds")) or "–",
-            _hardware(s),
-        ]
-        if "timestamp" in s
-        else [s["stage"], "–", "–", "–", duration(s.get("seconds")) or "–", "not recorded"]
-        for s in stages
-    ]
-    pk = [
-        [
-            k,
-            v,
-            ", ".join(f"{s['stage']}: {s['packages'][k]}" for s in recorded if s.get("packages", {}).get(k, v) != v)
-            or "–",
-        ]
-        for k, v in prov["packages"].items()
-    ]
-    paras = [
-        "Where, when and with what this report was built, and what each stage recorded in its fragment when "
-        "it ran: commit, working tree, time, wall time and hardware."
-    ]
-    commits = sorted({_commit(s.get("commit"), short=True) for s in recorded})
-    if len(commits) > 1:
-        paras.append(f"The stages ran at {len(commits)} different commits: {', '.join(commits)}.")
-    elif commits and recorded[0].get("commit"):
-        same = " (the report's)" if recorded[0]["commit"] == prov["commit"] else ""
-        paras.append(f"Every stage that recorded its provenance ran at commit {commits[0]}{same}.")
-    elif commits:
-        paras.append("The stages ran outside a git checkout: no commit recorded.")
-    if len(recorded) < len(stages):
-        missing = [s["stage"] for s in stages if "timestamp" not in s]
-        paras.append(f"No provenance recorded by: {', '.join(missing)} (fragments written before stages recorded it).")
-    return {
-        "stage": "provenance",
-        "order": 1,
-        "title": "Provenance",
-        "paragraphs": paras,
-        "tables": [
-            {"caption": "Environment of the report stage.", "columns": ["item", "value"], "rows": env},
-            {
-                "caption": "Provenance each stage recorded in its fragment.",
-                "columns": ["stage", "commit", "dirty", "finished", "wall time", "hardware"],
-                "rows": rows,
-            },
-            {
-                "caption": "Package versions (report stage), and the stages that ran with another version.",
-                "columns": ["package", "version", "other versions"],
-                "rows": pk,
-            },
-        ],
-        "figures": [],
-        "numbers": {},
-        "seconds": None,
-    }
-
-
-# ---------------------------------------------------------------- throughput: MFU only against a stated peak
+# ---------------------------------------------------------------- the runs' step logs, for the throughput section
 
 
 def run_logs(params: Any) -> dict[str, dict]:
@@ -278,89 +161,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: d}
-
-
-def params_dump(params: Any) -> dict[str, Any]:
-    """Every section of the params (through a view that declares them all) as plain data."""
-    return {sec: getattr(params, sec).model_dump(mode="json") for sec in Params.model_fields}
-
-
-def params_diff(params: Any, root: str | Path, commit: str | None) -> list[str] | None:
-    """``key=value`` for every param that differs from the commit's ``params.yaml`` (None: no commit to compare)."""
-    import yaml
-
-    from warmstart.config import validate
-
-    if not commit:
-        return None
-    text = _git(Path(root), "show", f"{commit}:params.yaml")
-    if text is None:
-        return None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    try:
-        committed, common_only = validate(raw, f"{commit[:12]}:params.yaml").model_dump(mode="json"), False
-    except Exception:  # the commit's params predate this code's schema: compare the keys both have
-        committed, common_only = raw, True
-    now, then = _flatten(params_dump(params)), _flatten(committed)
-    keys = (set(now) & set(then)) if common_only else (set(now) | set(then))
-    out = []
-    for k in sorted(keys):
-        if now.get(k) != then.get(k):
-            v = now.get(k)
-            out.append(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
-    return out
-
-
-def reproduce_box(params: Any, prov: Mapping, root: str | Path = ".", notebooks: Sequence[str] = ()) -> dict:
-    """The commands that rebuild this report: the commit, ``make repro`` or ``dvc exp run -S ...`` with the params
-    that differ from that commit's ``params.yaml``, and where the executed notebooks are."""
-    commit = prov.get("commit")
-    diff = params_diff(params, root, commit)
-    paras = []
-    if commit:
-        paras.append(
-            f"Commit {commit}"
-            + (
-                ""
-                if not prov.get("dirty")
-                else f" with uncommitted changes ({', '.join(prov.get('dirty_files') or [])[:200]}): they are not "
-                "in the commit, so the commands below rebuild the committed state"
-            )
-            + "."
-        )
-        cmds = [f"git checkout {commit[:12]}"]
-    else:
-        paras.append("Built outside a git checkout: no commit to check out.")
-        cmds = []
-    if diff:
-        cmds.append("make env && " + "dvc exp run " + " ".join(f"-S '{d}'" for d in diff))
-        after = [f"Params that differ from params.yaml at that commit: {', '.join(diff)}."]
-    elif diff is None and commit:
-        cmds.append("make repro")
-        after = ["The commit's params.yaml could not be read; make repro runs the committed params."]
-    else:
-        cmds.append("make repro")
-        after = ["Params: exactly the commit's params.yaml (no difference)."]
-    cmds.append("dvc metrics show   # the headline numbers; dvc metrics diff compares with the committed ones")
-    if notebooks:
-        where = sorted({Path(n).parent.as_posix() for n in notebooks})
-        after.append(
-            f"Every stage's executed notebook, with its full output, is in {join_words(where)} "
-            f"({len(notebooks)} notebooks, listed in the appendix)."
-        )
-    return {"paragraphs": paras, "commands": "\n".join(cmds), "after": after, "diff": diff or []}
 
 
 # ---------------------------------------------------------------- the PDF
@@ -631,69 +431,3 @@ def _summary_page(build: Path) -> int:
 
 
 # ---------------------------------------------------------------- looking at the pages
-
-
-def page_count(pdf: str | Path) -> int:
-    out = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
-    return int(next(line.split()[-1] for line in out.splitlines() if line.startswith("Pages:")))
-
-
-def page_text(pdf: str | Path, first: int | None = None, last: int | None = None) -> str:
-    cmd = ["pdftotext", "-layout"] + (["-f", str(first)] if first else []) + (["-l", str(last)] if last else [])
-    return subprocess.run([*cmd, str(pdf), "-"], capture_output=True, text=True, check=True).stdout
-
-
-def check_pages(
-    pdf: str | Path,
-    out_dir: str | Path | None = None,
-    bounds: tuple[int, int] = PAGE_BOUNDS,
-    summary: bool = True,
-    dpi: int = 40,
-) -> dict[str, Any]:
-    """Render every page to PNG (``pdftoppm``, into ``out_dir`` or a temporary dir) and check the invariants:
-    the page count within ``bounds``, one PNG per page, no blank page, and (``summary``) the summary with its
-    limitations on page 1 and nothing else. Raises :class:`ReportError` naming what failed; returns
-    ``{"pages", "pngs"}`` (the PNG paths, when ``out_dir`` keeps them)."""
-    import numpy as np
-    from PIL import Image
-
-    n = page_count(pdf)
-    if not bounds[0] <= n <= bounds[1]:
-        raise ReportError(f"{pdf}: {n} pages, expected {bounds[0]}–{bounds[1]}")
-    with tempfile.TemporaryDirectory(prefix="pages-") as tmp:
-        out = Path(out_dir or tmp)
-        out.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["pdftoppm", "-r", str(dpi), "-png", str(pdf), str(out / "page")], check=True)
-        pngs = sorted(out.glob("page*.png"))
-        if len(pngs) != n:
-            raise ReportError(f"{pdf}: pdftoppm rendered {len(pngs)} pages of {n}")
-        for p in pngs:
-            if np.asarray(Image.open(p).convert("L")).std() <= 1:
-                raise ReportError(f"{pdf}: {p.name} is blank")
-        kept = [str(p) for p in pngs] if out_dir else []
-    if summary:
-        first = " ".join(page_text(pdf, 1, 1).split())
-        if "Summary" not in first or "Key results" not in first:
-            raise ReportError(f"{pdf}: page 1 is not the summary")
-        if "Contents" in first:
-            raise ReportError(f"{pdf}: the summary does not end on page 1")
-    return {"pages": n, "pngs": kept}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m warmstart.report check reports/report.pdf [--pages DIR]``: the page invariants."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m warmstart.report")
-    ap.add_argument("cmd", choices=["check"])
-    ap.add_argument("pdf")
-    ap.add_argument("--pages", help="keep the page PNGs in this directory")
-    ap.add_argument("--no-summary", action="store_true", help="a PDF without the summary page")
-    a = ap.parse_args(argv)
-    r = check_pages(a.pdf, a.pages, summary=not a.no_summary, dpi=60 if a.pages else 40)
-    print(f"{a.pdf}: {r['pages']} pages, invariants hold" + (f"; PNGs in {a.pages}" if a.pages else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,7 +13,7 @@ probe, ``reports/evaluate/translations.csv``, else ``base.samples``).
 
 The card follows the report's rules: numbers with their 95% intervals where
 the evaluation made them; the run is called the study's *best* only when
-:func:`warmstart.report.findings.ranking` finds it distinguishable from every other
+:func:`warmstart.report.evidence.ranking` finds it distinguishable from every other
 run (which needs the measured run-to-run spread), otherwise it is "the lowest"
 and the card names the runs within noise of it; no MFU unless it can be stated
 against a stated, reliable peak (:func:`warmstart.flops.throughput`), only
@@ -198,11 +198,11 @@ def model_card(
     throughput: Mapping | None = None,
 ) -> str:
     """The README.md of the lowest run's final model (``base``/``sources``: as described for the report;
-    ``ranking``: :func:`warmstart.report.findings.ranking`, computed from ``eval_json`` and the seed spread when not
+    ``ranking``: :func:`warmstart.report.evidence.ranking`, computed from ``eval_json`` and the seed spread when not
     given; ``throughput``: the run's :func:`warmstart.flops.throughput`, from its log when not given)."""
     from warmstart.evaluate.probes import translation_prompt
     from warmstart.evaluate.seed_spread import spread_for
-    from warmstart.report.findings import ranking as rank_runs
+    from warmstart.report.evidence import ranking as rank_runs
 
     sh = params.shared
     src, tgt = language(sh.source_lang), language(sh.target_lang)

@@ -9,7 +9,7 @@ provenance) for the throughput section. Typesetting: :mod:`warmstart.report.buil
 the summary: :mod:`warmstart.report.findings`; the card: :mod:`warmstart.report.model_card`;
 the words for the run: :mod:`warmstart.describe`; labels: :mod:`warmstart.report.labels`.
 After writing the PDF it renders every page and checks the invariants
-(:func:`warmstart.report.build.check_pages`; skipped, and said so, without ``pdftoppm``).
+(:func:`warmstart.report.check.check_pages`; skipped, and said so, without ``pdftoppm``).
 """
 
 from __future__ import annotations
@@ -25,18 +25,12 @@ from warmstart.evaluate.runs import best_run, load_run
 from warmstart.evaluate.seed_spread import spread_section
 from warmstart.fragments import read_fragments
 from warmstart.io import write_text
-from warmstart.report.build import (
-    PARAMS,
-    check_pages,
-    overview_section,
-    provenance,
-    render_pdf,
-    reproduce_box,
-    run_logs,
-)
+from warmstart.report.build import PARAMS, overview_section, render_pdf, run_logs
+from warmstart.report.check import check_pages
 from warmstart.report.findings import study_summary
 from warmstart.report.labels import Labels
 from warmstart.report.model_card import model_card
+from warmstart.report.provenance import provenance, reproduce_box
 from warmstart.report.throughput import throughput_analysis, throughput_section
 from warmstart.stages.contract import declared
 
