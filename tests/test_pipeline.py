@@ -247,7 +247,7 @@ def test_head_mask_bound_on_the_smoke_teacher(smoke_project, tmp_path, monkeypat
     import math
 
     from warmstart.config import load_params
-    from warmstart.stages.compress import head_bound
+    from warmstart.prune.teacher import head_bound
 
     dst, env = smoke_project[:2]
     prep = json.loads((dst / "reports/compress/prep.json").read_text())["masking"]["heads"]

@@ -111,6 +111,7 @@ def _launch_spy(monkeypatch):
 
 
 def test_off_keeps_the_adapted_teacher_and_records_it(project, monkeypatch):
+    from warmstart.prune.teacher import corrected_dir, teacher_dir
     from warmstart.stages import compress as stage
 
     tmp_path, original = project
@@ -119,8 +120,8 @@ def test_off_keeps_the_adapted_teacher_and_records_it(project, monkeypatch):
     prep = json.loads((tmp_path / "reports/compress/prep.json").read_text())
     assert prep["teacher_correction"] == {"steps": 0, "corrected": False}
     assert prep["teacher_dir"] == str(original) and prep["teacher_bytes"] == 1000
-    assert not stage.corrected_dir(params).exists()
-    assert stage.teacher_dir(params) == (TEACHER, original)
+    assert not corrected_dir(params).exists()
+    assert teacher_dir(params) == (TEACHER, original)
     seen, Stop = _launch_spy(monkeypatch)
     with pytest.raises(Stop):
         stage.run_variant(params, "width_kd")
@@ -128,16 +129,17 @@ def test_off_keeps_the_adapted_teacher_and_records_it(project, monkeypatch):
 
 
 def test_corrected_teacher_is_trained_used_and_reported(project):
+    from warmstart.prune.teacher import corrected_dir, teacher_dir
     from warmstart.stages import compress as stage
 
     tmp_path, original = project
     params = _params(tmp_path, steps=2)
     stage.run_prep(params)
-    corrected = stage.corrected_dir(params) / "final"
-    assert stage.teacher_dir(params) == (TEACHER, corrected)
+    corrected = corrected_dir(params) / "final"
+    assert teacher_dir(params) == (TEACHER, corrected)
     a, b = load_file(original / "model.safetensors"), load_file(corrected / "model.safetensors")
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
-    log = [json.loads(x) for x in (stage.corrected_dir(params) / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (corrected_dir(params) / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 2
     prep = json.loads((tmp_path / "reports/compress/prep.json").read_text())
     c = prep["teacher_correction"]

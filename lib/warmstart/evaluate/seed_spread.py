@@ -6,7 +6,7 @@ One seed per study is what the 30-minute CPU budget allows; which of the
 study's differences are run-to-run noise then needs the spread measured once
 for the same configuration. For every seed of ``study.seeds`` (or
 ``--seeds``) and every study run (scratch, original, the swap methods, the
-arms), this trains the run with that seed (:func:`warmstart.stages.pretrain.run`
+arms), this trains the run with that seed (:func:`warmstart.train.study.train_run`
 with ``seed``, into ``data/seeds/s<seed>``; ``shared.seed``'s runs are the DVC
 study's own, in ``data/runs``) and measures its final target bits per byte on
 the evaluation's text (the first ``evaluate.eval_bytes`` of the test split),
@@ -213,7 +213,7 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     from warmstart.flops import device_name
     from warmstart.io import write_json
     from warmstart.runs import run_names
-    from warmstart.stages import pretrain
+    from warmstart.train.study import train_run
 
     if len(seeds) < 2:
         raise ValueError(f"a seed spread needs at least two seeds, got {seeds} (study.seeds or --seeds)")
@@ -240,7 +240,7 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
                         f"run {name!r} of the DVC study (shared.seed {seed}) is not trained: run `dvc repro` first"
                     )
                 log(f"seed {seed}: training {name}")
-                rec = pretrain.run(params, name, seed=seed) | {"fingerprint": fp}
+                rec = train_run(params, name, seed=seed).info | {"fingerprint": fp}
                 write_json(_record_path(params, name, seed), rec)
             if seed != params.shared.seed:
                 train_seconds += float(rec.get("seconds") or 0)

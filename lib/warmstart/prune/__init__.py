@@ -20,7 +20,9 @@ Modules (each imports only those above it):
 * ``plan``: ``PruneTarget``, ``PrunePlan``, ``make_plan``, ``resolve_target``, ``target_for_budget``;
 * ``slicing``: ``prune_model``, ``save_pruned``, ``pruned_config``, ``sliced_state_dict``;
 * ``masking``: ``mask_model``, ``apply_mask``, ``masking_check``, ``lm_loss``;
-* ``bench``: the 1B-shape CPU benchmark (``python -m warmstart.prune bench``; not re-exported).
+* ``bench``: the 1B-shape CPU benchmark (``python -m warmstart.prune bench``; not re-exported);
+* ``teacher``, ``students``: the compress stages' teacher (its correction, calibration, masking metric, record,
+  head-mask bound) and students (the variants, their starting models, curves and records); not re-exported.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "bound":
         from warmstart.config import load_params
         from warmstart.fragments import provenance_record
-        from warmstart.stages.compress import head_bound
+        from warmstart.prune.teacher import head_bound
 
         res = head_bound(load_params(args.params), args.max_masks)
         prov = provenance_record()

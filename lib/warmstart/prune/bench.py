@@ -224,7 +224,7 @@ def format_report(res: dict, command: str) -> str:
 
 
 def format_bound(res: dict, command: str, commit: str | None = None) -> str:
-    """The Markdown record of :func:`warmstart.stages.compress.head_bound` (the exhaustive head-mask bound)."""
+    """The Markdown record of :func:`warmstart.prune.teacher.head_bound` (the exhaustive head-mask bound)."""
     pct = lambda v: f"{v:+.4f}"  # noqa: E731
     rel = lambda v: f"{v / res['mean_increase']:.2f}" if res["mean_increase"] > 0 else "—"  # noqa: E731
     k = res["heads_masked_per_layer"]

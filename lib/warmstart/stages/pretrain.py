@@ -1,19 +1,9 @@
 """Stages ``scratch``, ``pretrain@<method>``, ``original`` and ``arm@<name>``: one study run each, ``data/runs/<name>``.
 
-An arm (``study.arms``) is a swap method's model trained with some ``pretrain`` settings changed.
-:func:`run` with a ``seed`` trains the same run with that seed into ``data/seeds/s<seed>`` and writes
-no report (``python -m warmstart.evaluate.seed_spread``).
-
-Every study run has the same two phases (NorMistral's stage 2.2 then 2.3):
-phase 1 trains only ``pretrain.phase1_train_only`` (embeddings and LM head)
-with the body frozen, phase 2 trains everything from phase 1's result. The
-``scratch`` run has nothing to realign, so its phase 1 trains the whole model
-on the phase-1 schedule: the schedule is the same for every run. All runs
-read the target-language training text. ``original`` spends more tokens on
-the same text (its tokenizer was not made for it), so its step counts are
-scaled by the measured ratio of bytes per token (target tokenizer over the
-base tokenizer, on target training text): every run sees the same target
-*bytes*, and curves are drawn against bytes.
+An arm (``study.arms``) is a swap method's model trained with some ``pretrain`` settings changed. The run's
+training (both phases, the same schedule for every run, ``original``'s step scale) is
+:func:`warmstart.train.study.train_run`, which the run-to-run spread also uses to train the same runs with
+other seeds (``python -m warmstart.evaluate.seed_spread``).
 
 Per run: ``data/runs/<name>/{init,phase1,phase2}`` (trainer out dirs) and
 ``data/logs/<name>/``: ``log.jsonl`` (both phases' step logs with global
@@ -23,24 +13,13 @@ headline: ``reports/metrics/pretrain/<name>.json``.
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from warmstart.bpb import first_bytes
-from warmstart.data.corpus import load_texts
-from warmstart.flops import flops_per_token
-from warmstart.io import write_json, write_jsonl
-from warmstart.model import count_params, load_model
+from warmstart.io import write_json
 from warmstart.outputs import write_headline
-from warmstart.runs import base_model_dir, get_run
 from warmstart.stages.contract import declared
-from warmstart.tokenizer import fertility
-from warmstart.train.launch import bpb_table, corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
-from warmstart.train.loop import TrainConfig, list_checkpoints
+from warmstart.train.launch import bpb_table
+from warmstart.train.study import train_run
 
 _COMMON = (
     "shared.seed",
@@ -58,146 +37,26 @@ _COMMON = (
 PARAMS = {"scratch": (*_COMMON, "vocab_swap.pad_multiple"), "pretrain": _COMMON, "original": _COMMON, "arm": _COMMON}
 
 
-def build_scratch(params: Any, out: Path, seed: int) -> Path:
-    """The base architecture with the target tokenizer, randomly initialised with ``seed``."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from warmstart.model import save_model
-    from warmstart.vocab_swap import padded_size
-
-    tok = AutoTokenizer.from_pretrained(params.path("tokenizer", "target"))
-    config = AutoConfig.from_pretrained(base_model_dir(params), trust_remote_code=params.base.trust_remote_code)
-    config.vocab_size = padded_size(len(tok), params.vocab_swap.pad_multiple)
-    for role in ("bos", "eos", "pad"):
-        setattr(config, f"{role}_token_id", getattr(tok, f"{role}_token_id"))
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    return save_model(model, tok, out)
-
-
-def _checkpoints(init: Path, out: Path, log: list[dict], table: list[dict]) -> list[dict]:
-    """Step 0 (the initial model) and every step-tagged checkpoint, with global step, tokens and bytes."""
-    checkpoints = [{"step": 0, "phase": "init", "tokens": 0, "bytes": 0, "path": str(init)}]
-    by_step = {
-        (r["phase"], r["step"] - ph["start_step"] + 1): r for ph in table for r in log if r["phase"] == ph["name"]
-    }
-    for ph in table:
-        for ck in list_checkpoints(out / ph["name"] / "checkpoints"):
-            local = int(ck.name[4:])
-            rec = by_step.get((ph["name"], local))
-            state = json.loads((ck / "trainer_state.json").read_text())
-            checkpoints.append(
-                {
-                    "step": ph["start_step"] - 1 + local,
-                    "phase": ph["name"],
-                    "tokens": (rec or {}).get("tokens", state.get("tokens")),
-                    "bytes": (rec or {}).get("bytes", state.get("bytes")),
-                    "path": str(ck),
-                }
-            )
-    return checkpoints
-
-
-def run(params: Any, name: str, seed: int | None = None) -> dict[str, Any]:
+def run(params: Any, name: str) -> dict[str, Any]:
     """One study run (``scratch``, ``original``, a swap method or an arm): both phases, log, ``run.json``,
-    metrics. With ``seed``: the run trained with that seed in its own directories, ``run.json`` only."""
-    from transformers import AutoTokenizer
-
+    the final bits per byte and the headline metrics."""
     stage = name if name in PARAMS else "arm" if name in params.study.arms else "pretrain"
     params = declared(params, stage, PARAMS[stage])
-    t0 = time.perf_counter()
-    r = get_run(params, name)
-    if seed is not None:
-        r = r.at_seed(seed)
-    p = params.pretrain.model_copy(update=dict(r.overrides)) if r.overrides else params.pretrain
-    seed = params.shared.seed if seed is None else seed
-    out = fresh_dir(r.dir(params))
-    init = build_scratch(params, out / "init", seed) if r.kind == "scratch" else r.init_dir(params)
-    if not (Path(init) / "config.json").is_file():
-        raise FileNotFoundError(f"run {name!r} starts from {init}, which is not a model dir (run its stage first)")
-    tok = AutoTokenizer.from_pretrained(init)
-    target = params.shared.target_lang
-    scale = 1.0
-    if r.kind == "original":
-        sample = first_bytes(load_texts(params, target, "train"), 200_000)
-        new_tok = AutoTokenizer.from_pretrained(params.path("tokenizer", "target"))
-        scale = fertility(new_tok, sample)["bytes_per_token"] / fertility(tok, sample)["bytes_per_token"]
-    common = dict(
-        tokenizer_path=str(init),
-        train_files={"target": [corpus_file(params, target)]},
-        seq_len=p.seq_len,
-        micro_batch=p.micro_batch,
-        grad_accum=p.grad_accum,
-        masked_share=p.masked_share,
-        doc_mask=p.doc_mask,
-        log_every=p.log_every,
-        signals_every=p.signals_every,
-        z_loss=p.z_loss,
-        precision=p.precision,
-        seed=seed,
-        keep_last=1,
-        trust_remote_code=params.base.trust_remote_code,
-    )
-    phases = []
-    start = Path(init)
-    for phase, optim in (("phase1", p.phase1), ("phase2", p.phase2)):
-        train_only = list(p.phase1_train_only) if (phase == "phase1" and r.kind != "scratch") else []
-        tag = max(1, round(p.tag_every * scale)) if p.tag_every else None
-        cfg = TrainConfig(
-            model_path=str(start),
-            out_dir=str(out / phase),
-            train_only=train_only,
-            tag_every=tag,
-            **optim_fields(optim, scale),
-            **common,
-        )
-        launch(cfg, p.num_processes)
-        phases.append((phase, out / phase))
-        start = out / phase / "final"
-    log, table = merge_logs(phases)
-    fresh_dir(r.record_dir(params))
-    write_jsonl(r.log(params), log)
-    final = load_model(start)
-    info = {
-        "name": name,
-        "kind": r.kind,
-        "method": r.method,
-        "tokenizer": str(init),
-        "init": str(init),
-        "checkpoints": _checkpoints(Path(init), out, log, table),
-        "phases": table,
-        "final": str(start),
-        "log": str(r.log(params)),
-        "masked_share": p.masked_share,
-        "seq_len": p.seq_len,
-        "seed": seed,
-        "overrides": dict(r.overrides),
-        "step_scale": scale,
-        "params_count": count_params(final),
-        "vocab_size": len(tok),
-        "model_config": json.loads(final.config.to_json_string()),
-        "flops_per_token": flops_per_token(final.config, p.seq_len),
-        **summarize_log(log),
-        "tokens": log[-1]["tokens"] if log else 0,
-        "bytes": log[-1]["bytes"] if log else 0,
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_json(r.record(params), info)
-    if r.seed is not None:
-        return info
-    bpb = bpb_table(final, tok, params, p.seq_len, params.vocab_swap.eval_bytes)
+    trained = train_run(params, name)
+    info = trained.info
+    bpb = bpb_table(trained.model, trained.tokenizer, params, info["seq_len"], params.vocab_swap.eval_bytes)
     keep = ("name", "kind", "step_scale", "tokens", "bytes", "final_loss", "mean_tokens_per_s", "mean_mfu", "seconds")
     write_json(
         params.report_path("pretrain", f"{name}.json"), {k: info[k] for k in keep} | {"final_bits_per_byte": bpb}
     )
-    src = params.shared.source_lang
+    target, src = params.shared.target_lang, params.shared.source_lang
     return write_headline(
         params,
         f"pretrain/{name}",
         {
             "training_bytes": info["bytes"],
             "training_tokens": info["tokens"],
-            "step_scale": scale,
+            "step_scale": info["step_scale"],
             "final_loss": info["final_loss"],
             f"final_bpb_{target}": bpb[target],
             f"final_bpb_{src}": bpb[src],
