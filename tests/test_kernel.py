@@ -56,7 +56,7 @@ def test_installed_spec_starts_this_module_and_the_kernel_runs_tuned(tmp_path):
     spec_dir = install(name="ws-test", display_name="ws test", prefix=str(tmp_path))
     spec = json.loads((spec_dir / "kernel.json").read_text())
     argv = spec["argv"]
-    assert argv[argv.index("-m") + 1] == "warmstart.notebook.kernel" and "ipykernel_launcher" not in argv
+    assert argv[argv.index("-m") + 1] == "warmstart.notebook.zygote" and "ipykernel_launcher" not in argv
     assert argv[-2:] == ["-f", "{connection_file}"] and spec["display_name"] == "ws test"
 
     nb = nbformat.v4.new_notebook()

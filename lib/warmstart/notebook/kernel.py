@@ -20,7 +20,8 @@ closed by a ``with`` block or an explicit ``close``). The spawned workers of
 
 ``python -m warmstart.notebook.kernel install [--name warmstart]`` registers the kernel
 spec in ``sys.prefix`` (what ``make env`` runs); the spec starts ``python -m
-warmstart.notebook.kernel -f {connection_file}``.
+warmstart.notebook.zygote -f {connection_file}``, which forks the kernel from a server that imported the
+heavy packages once (:mod:`warmstart.notebook.zygote`) or, with no server, runs :func:`main` here.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def install(name: str = "warmstart", display_name: str = "Python (warmstart)", p
     argv = spec["argv"]
     if "ipykernel_launcher" not in argv:
         raise RuntimeError(f"{spec_file}: ipykernel wrote an argv without ipykernel_launcher: {argv}")
-    spec["argv"] = ["warmstart.notebook.kernel" if a == "ipykernel_launcher" else a for a in argv]
+    spec["argv"] = ["warmstart.notebook.zygote" if a == "ipykernel_launcher" else a for a in argv]
     spec_file.write_text(json.dumps(spec, indent=1) + "\n")
     return path
 
