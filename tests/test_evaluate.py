@@ -24,7 +24,8 @@ from warmstart.evaluate.probes import (
     translation_pairs,
     translation_prompt,
 )
-from warmstart.evaluate.runs import bytes_to_reach, load_run, select_checkpoints, speedup
+from warmstart.evaluate.runs import load_run, select_checkpoints
+from warmstart.evaluate.tables import bytes_to_reach, speedup
 from warmstart.model import build_model, save_model
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
@@ -511,7 +512,7 @@ def test_stage_on_a_tiny_study(tmp_path, root):
 
 
 def test_swap_study_numbers_and_goals():
-    from warmstart.evaluate.runs import swap_study
+    from warmstart.evaluate.tables import swap_study
 
     init = pd.DataFrame(
         [
@@ -551,7 +552,7 @@ def _seed_rows(runs=("scratch", "random"), steps=(0, 4, 8), seeds=(1, 2)) -> lis
 
 
 def test_seed_summary_means_and_stds_exactly():
-    from warmstart.evaluate.runs import covers, fmt_mean_sd, seed_summary
+    from warmstart.evaluate.tables import covers, fmt_mean_sd, seed_summary
 
     df = pd.DataFrame(_seed_rows())
     s = seed_summary(df).set_index(["run", "step"])

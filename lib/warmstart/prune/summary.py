@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from warmstart.evaluate.runs import bytes_to_reach, speedup
+from warmstart.evaluate.tables import bytes_to_reach, speedup
 from warmstart.fragments import table, write_fragment
 from warmstart.io import write_text
 from warmstart.outputs import read_records, save_figure, write_headline

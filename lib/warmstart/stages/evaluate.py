@@ -14,24 +14,20 @@ import pandas as pd
 
 from warmstart.describe import fmt_ci, fmt_flops, fmt_num
 from warmstart.evaluate import intervals as stats
-from warmstart.evaluate.runs import (
+from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json, read_log
+from warmstart.evaluate.seed_spread import seed_checkpoints, spread_for
+from warmstart.evaluate.tables import (
     covers,
-    evaluate_runs,
     flops_table,
     fmt_mean_sd,
     fmt_speedup_ci,
     init_table,
-    intervals,
-    load_runs,
-    metrics_json,
     plot_bpb_curves,
     plot_bpb_heatmap,
     plot_loss,
-    read_log,
     seed_summary,
     swap_study,
 )
-from warmstart.evaluate.seed_spread import seed_checkpoints, spread_for
 from warmstart.fragments import table, write_fragment
 from warmstart.io import write_json
 from warmstart.outputs import write_headline

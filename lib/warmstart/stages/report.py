@@ -58,7 +58,7 @@ def _with_heatmap(frags: list[dict], params: Any, tmp: Path) -> list[dict]:
         ):
             import pandas as pd
 
-            from warmstart.evaluate.runs import plot_bpb_heatmap
+            from warmstart.evaluate.tables import plot_bpb_heatmap
 
             sh = params.shared
             fig = plot_bpb_heatmap(pd.read_csv(ck_path), tmp / "bpb_heatmap.png", sh.source_lang, sh.target_lang)
