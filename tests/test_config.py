@@ -74,7 +74,7 @@ def test_target_switch_is_params_only(params_dict):
 
 def test_config_check_names_the_languages_the_sources_offer(params_dict, tmp_path, capsys):
     """`python -m warmstart.config check` refuses a language no source has, before any stage runs."""
-    from warmstart.config import main
+    from warmstart.config.__main__ import main
 
     raw = copy.deepcopy(params_dict)
     raw["shared"]["target_lang"] = "xx-XX"

@@ -11,15 +11,13 @@ Modules (this ``__init__`` re-exports their public names):
 * ``spikes``: the ``spikes`` section and the ``robust`` detector's parameters (:class:`RobustParams`,
   ``METHODS``), without the detectors;
 * ``downstream``: the later stages' sections (``evaluate``, ``stability``, ``context``, ``compress``, ``report``);
-* ``params``: :class:`Params`, every section checked together, and :func:`check_languages`;
-* ``load``: reading and validating a file, overlays and profiles (``lib/warmstart/profiles``);
-* ``cli``: ``main``, run by::
+* ``params``: :class:`Params`, every section checked together;
+* ``load``: reading and validating a file, overlays and profiles (``lib/warmstart/profiles``).
 
-    python -m warmstart.config check [params.yaml]
-    python -m warmstart.config apply-profile smoke [params.yaml]
+``python -m warmstart.config check|apply-profile`` (``__main__``) also checks that the corpus sources offer
+every study language (:func:`warmstart.data.sources.check_languages`).
 """
 
-from warmstart.config.cli import main
 from warmstart.config.downstream import (
     COMPRESS_VARIANTS,
     CONTEXT_METHODS,
@@ -45,7 +43,7 @@ from warmstart.config.load import (
     read_yaml,
     validate,
 )
-from warmstart.config.params import Params, check_languages, offered_languages
+from warmstart.config.params import Params
 from warmstart.config.sections import (
     LANG_PATTERN,
     Arm,
@@ -113,11 +111,8 @@ __all__ = [
     "VocabSwap",
     "apply_profile",
     "check_attention_shape",
-    "check_languages",
     "deep_merge",
     "load_params",
-    "main",
-    "offered_languages",
     "profile",
     "read_yaml",
     "validate",

@@ -12,7 +12,6 @@ from warmstart.config.sections import (
     Corpus,
     Pretrain,
     Shared,
-    Source,
     Study,
     Tokenizer,
     VocabSwap,
@@ -71,39 +70,3 @@ class Params(_Section):
 
     def report_path(self, *parts: str) -> Path:
         return Path(self.shared.reports_dir, *parts)
-
-
-def offered_languages(src: Source, params: Params) -> tuple[str, ...]:
-    """The corpus languages a source can provide: the handbook's list, or a local/HF source's one ``lang``."""
-    if src.kind == "handbook":  # by kind, the sources' discriminator
-        from warmstart.data import handbook  # bs4: only when asked
-
-        return handbook.available_languages(Path(src.deb_path)) if src.deb_path else handbook.LANGUAGES
-    return (params.resolve_lang(src.lang),)
-
-
-def check_languages(params: Params) -> None:
-    """Fail, before anything is read, on a source of no corpus language or a language of no source."""
-    langs = params.languages
-    for i, src in enumerate(params.corpus.sources):
-        if src.kind != "handbook" and params.resolve_lang(src.lang) not in langs:
-            raise ValueError(
-                f"corpus.sources[{i}].lang is {src.lang!r}, not a corpus language; "
-                f"corpus languages (shared.source_lang, shared.target_lang, corpus.extra_languages): {langs}"
-            )
-    offered = {
-        src.kind if len(params.corpus.sources) == 1 else f"corpus.sources[{i}] ({src.kind})": offered_languages(
-            src, params
-        )
-        for i, src in enumerate(params.corpus.sources)
-    }
-    every = {lang for langs in offered.values() for lang in langs}
-    roles = {params.shared.source_lang: "shared.source_lang", params.shared.target_lang: "shared.target_lang"}
-    problems = [f"{lang!r} ({roles.get(lang, 'corpus.extra_languages')})" for lang in langs if lang not in every]
-    if problems:
-        lists = "; ".join(f"{name} offers {', '.join(sorted(langs))}" for name, langs in offered.items())
-        raise ValueError(
-            f"{', '.join(problems)} {'is' if len(problems) == 1 else 'are'} offered by no configured corpus source "
-            f"({lists}). Pick one of those, "
-            "or add a source for it: {kind: local, lang: <code>, paths: [...]} or {kind: hf, lang: <code>, dataset: ...}"
-        )

@@ -83,9 +83,9 @@ def analyse_run(
 
 def event_context(records: list[dict], events: Any) -> list[dict | None]:
     """Per event, which instability signal (attention logit, log Z, update ratio; logged by the trainer with
-    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.stability.analysis.moved_first`);
+    ``signals_every``) moved first and how many steps before the loss (:func:`warmstart.spikes.onset.moved_first`);
     None per event when the log has no signals."""
-    from warmstart.stability.analysis import SIGNALS, moved_first, trajectory
+    from warmstart.spikes.onset import SIGNALS, moved_first, trajectory
 
     if not any(k in r for r in records for k in SIGNALS if k != "grad_norm"):  # grad_norm is in every log
         return [None for _ in events]
@@ -103,7 +103,7 @@ def event_context(records: list[dict], events: Any) -> list[dict | None]:
     return out
 
 
-def run_stage(params, show: bool = True) -> dict:
+def run_stage(params, show: bool = True, labels: dict[str, str] | None = None) -> dict:
     """The spikes stage: detection on every study run, figures, tables, metrics and the report fragment."""
     import time
 
@@ -161,9 +161,8 @@ def run_stage(params, show: bool = True) -> dict:
     short = [r["run"] for r in rows if r["armed_from"] is None]
     if short:
         paras.append("Too few log records for the detector to arm in: " + ", ".join(short) + ".")
-    from warmstart.report.labels import COLUMNS
-
-    human = {c: COLUMNS.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
+    labels = labels or {}
+    human = {c: labels.get(c, c) for c in [*runs.columns, *events.columns]}  # the report's labels, with units
     tables = [table(runs.rename(columns=human), "Spikes and OLMo 2 spike score (%) per run")] if len(runs) else []
     if len(events):
         cols = [

@@ -35,7 +35,7 @@ class ModelShape(_Strict):
 
 
 class MovedRule(_Strict):
-    """When a signal "moved" (``warmstart.stability.analysis``)."""
+    """When a signal "moved" (``warmstart.spikes.onset``)."""
 
     window: int = Field(default=20, ge=2)  # trailing records the median and MAD are taken over
     k: float = Field(default=5.0, gt=0)  # robust units above the trailing median

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from warmstart.outputs import write_headline
+from warmstart.report.labels import COLUMNS
 from warmstart.spikes.analysis import run_stage
 from warmstart.stages.contract import declared
 
@@ -19,7 +20,7 @@ PARAMS = ("shared.data_dir", "shared.reports_dir", "vocab_swap.methods", "study.
 def run(params: Any, show: bool = False) -> dict[str, Any]:
     """Detect spikes in every run; write details, figures, fragment and headline; return the headline."""
     params = declared(params, "spikes", PARAMS)
-    res = run_stage(params, show=show)
+    res = run_stage(params, show=show, labels=COLUMNS)  # column names in the report's words, with units
     rows = res["metrics"]["runs"]
     score = [r.get("score_loss_%") for r in rows.values() if r.get("score_loss_%") is not None]
     return write_headline(
