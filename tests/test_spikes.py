@@ -531,7 +531,7 @@ def test_cli_reads_the_trainer_log_and_its_tensorboard(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- package layout
 
-_LAYERS = ["params", "logs", "core", "detectors", "online", "plots", "analysis", "bench", "cli", "api"]
+_LAYERS = ["params", "onset", "logs", "core", "detectors", "online", "plots", "analysis", "bench", "cli", "api"]
 
 
 def test_submodules_import_only_lower_layers():

@@ -16,6 +16,8 @@ Modules (each imports only the ones above it):
 
 * ``params``: ``METHODS``, ``MAD_TO_SIGMA``, ``SpikeLogError``, ``RobustParams``
   (``METHODS`` and ``RobustParams`` from ``warmstart.config.spikes``: the params schema);
+* ``onset``: which instability signal (attention logit, log Z, update ratio) moved first before a loss spike,
+  and the rule's false-alarm rate (pure; the stability study reads it too);
 * ``logs``: the JSONL and TensorBoard readers (``load_log``), ``hotswap_steps``,
   ``resolve_warmup``;
 * ``core``: the streaming statistics of the ``robust`` rule and of ZClip;
