@@ -30,11 +30,11 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed-$(if $(GPU),gpu,cpu)
 PIP_LOCKED := --require-hashes --no-deps
 
-.PHONY: help env deb repro test seed-spread testbed-seeds kernel lock test-latest clean-env
+.PHONY: help env deb lint repro test seed-spread testbed-seeds kernel lock test-latest clean-env
 
 help:
 	@echo "make repro        run the whole study (dvc repro) -> reports/report.pdf"
-	@echo "make test         run the test suite"
+	@echo "make test         ruff (lint + format check), then the test suite"
 	@echo "make seed-spread  after repro: every run per seed (SEEDS) -> reports/metrics/seed_spread.json"
 	@echo "make testbed-seeds  the context testbed per seed (TESTBED_SEEDS) -> reports/metrics/testbed_seeds.json"
 	@echo "make env          create .venv from $(LOCK) only (GPU=1: the CUDA set)"
@@ -79,8 +79,13 @@ deb:
 repro: env deb
 	PATH="$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: env deb
+test: env deb lint
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (locked, configured in pyproject.toml): lint and formatting, checked before the tests.
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Run-to-run spread of the study (after `make repro`): every run trained again per seed (~9 min per extra
 # seed on 2 CPU cores), reports/metrics/seed_spread.json; then `make repro` reruns only the report.
@@ -104,7 +109,7 @@ $(UV): requirements/uv.txt
 	$(TOOLS)/bin/python -m pip install -q $(PIP_LOCKED) -r requirements/uv.txt
 
 lock: $(UV)
-	$(PYTHON) dev/lock.py --uv $(UV) --torch $(TORCH_VERSION) --torch-wheels $(TORCH_WHEELS)
+	$(PYTHON) dev/lock.py --uv $(UV) --torch $(TORCH_VERSION) --torch-wheels $(TORCH_WHEELS) $(if $(UPGRADE),--upgrade)
 	{ sed -n '1,2p' requirements/uv.txt; echo "uv==$(UV_VERSION)" | $(UV) pip compile -q --generate-hashes \
 	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header -; } > requirements/uv.txt.new
 	mv requirements/uv.txt.new requirements/uv.txt

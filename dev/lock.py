@@ -10,6 +10,8 @@ Writes, for CPython 3.11 on x86_64 Linux:
   under the GPU set's versions as constraints, so that the two agree on every package they share;
 * ``environment.yml``: the CPU set as exact pins for conda users (tests check the agreement).
 
+Packages already in the lock keep their pinned versions (uv reads the existing files as preferences), so
+adding a dependency changes nothing else; ``--upgrade`` (``make lock UPGRADE=1``) re-resolves everything.
 ``--latest DIR`` writes instead an unhashed ``DIR/latest.txt``: the newest versions the ranges in
 pyproject.toml allow today (the canary `make test-latest` installs it).
 """
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "--torch-wheels", required=True, help="where the +cpu torch wheel is found: a folder or a find-links/index URL"
     )
     ap.add_argument("--latest", type=Path, help="write DIR/latest.txt (newest allowed versions) instead")
+    ap.add_argument("--upgrade", action="store_true", help="re-resolve every package (default: keep the locked pins)")
     a = ap.parse_args(argv)
     links = ["--find-links", a.torch_wheels]
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"lock: {len(got)} packages at their newest allowed versions -> {a.latest / 'latest.txt'}")
             return
         ov.write_text(f"torch=={a.torch}\n")
+        if not a.upgrade:  # uv prefers the versions pinned in an existing output file: a new dependency moves no other
+            for name in ("gpu.txt", "cpu.txt"):
+                if (REQ / name).is_file():
+                    (Path(tmp) / name).write_text((REQ / name).read_text())
         gpu = compile_(a.uv, Path(tmp) / "gpu.txt", "--extra", "dev", "--extra", "gpu", "--override", str(ov))
         fa = {k: v for k, v in gpu.items() if k == "flash-attn"}
         gpu = {k: v for k, v in gpu.items() if k != "flash-attn"}
