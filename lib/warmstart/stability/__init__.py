@@ -100,9 +100,10 @@ seed 1337 | seed 0:
   1.691 mitigated, 1.690 clean | 1.839, 1.841, 1.833.
 
 Modules: :mod:`.config` (:class:`StabilityConfig`), :mod:`warmstart.stability.analysis` (pure, shared with the spikes stage:
-:func:`lr_sensitivity`, :func:`moved_first`, ...), :mod:`.run`
-(:func:`run_study`), :mod:`.report` (:func:`findings`, :func:`table_rows`,
-:func:`plots`, :func:`headline`).
+:func:`lr_sensitivity`, :func:`moved_first`, ...), :mod:`.data` (the toy pair or real files, held-out rows),
+:mod:`.run` (:func:`run_study`), :mod:`.report` (:func:`findings`, :func:`table_rows`,
+:func:`headline`), :mod:`.figures` (:func:`plots`); the opt-in ablations :mod:`.ablations` and their outputs
+:mod:`.ablations_report`.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ from warmstart.stability.analysis import (
     trajectory,
 )
 from warmstart.stability.config import VARIANTS, InducedSpike, ModelShape, MovedRule, StabilityConfig
-from warmstart.stability.report import findings, headline, plots, sensitivity_rows, table_rows
+from warmstart.stability.figures import plots
+from warmstart.stability.report import findings, headline, sensitivity_rows, table_rows
 from warmstart.stability.run import run_study, sensitivities
 
 __all__ = [
