@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from test_train import SPEC, assert_same_weights, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
 from warmstart.flops import flops_per_token
 from warmstart.model import build_model, load_model, save_model
+from warmstart.train.config import TrainConfig
 from warmstart.train.distil import benchmark_kd, kd_kl, kd_kl_reference, teacher_flops_per_token
-from warmstart.train.loop import TrainConfig, Trainer, train
+from warmstart.train.loop import Trainer, train
 
 
 def _softmax(xs: list[float]) -> list[float]:

@@ -10,7 +10,7 @@ The ``slow`` test runs the trainer under FSDP2 (``fully_shard``) with two
 CPU processes through ``accelerate launch`` and the shipped CPU config:
 three steps, a sharded checkpoint, a resume to six steps, compared with one
 unsharded process. accelerate 1.15 does not select FSDP on a machine
-without CUDA (under an FSDP config it builds DDP); ``warmstart.train.loop.make_accelerator``
+without CUDA (under an FSDP config it builds DDP); ``warmstart.train.distributed.make_accelerator``
 switches such a run to FSDP, and the test checks that the parameters were
 really sharded (the checkpoint holds accelerate's sharded states and no
 ``optimizer.pt``).
@@ -29,7 +29,8 @@ import yaml
 from test_train import _env, _free_port, assets, make_cfg, read_log, weights  # noqa: F401  (assets: a fixture)
 from warmstart.model import ModelSpec
 from warmstart.train.checkpoint import SHARDED_DIR, export_checkpoint, list_checkpoints, read_trainer_state
-from warmstart.train.loop import launch_command, train
+from warmstart.train.distributed import launch_command
+from warmstart.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))

@@ -11,7 +11,8 @@ import torch
 
 from test_train import SPEC, assets, make_cfg, read_log  # noqa: F401  (assets: a fixture)
 from warmstart.model import build_model
-from warmstart.train.loop import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig, train
+from warmstart.train.config import OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig
+from warmstart.train.loop import train
 from warmstart.train.objectives import Objective
 from warmstart.train.signals import Signals, label_positions, log_partition, max_attention_logit, probe_mask
 
@@ -194,7 +195,7 @@ def test_signals_on_a_skipped_step(assets, tmp_path):  # noqa: F811
 def test_qk_norm_architectures_train_save_reload(assets, tmp_path, arch):  # noqa: F811
     from transformers import AutoModelForCausalLM
 
-    from warmstart.train.loop import load_model
+    from warmstart.model import load_model
 
     res = train(make_cfg(assets, tmp_path / arch, model=dict(SPEC, arch=arch), steps=2, signals_every=1, z_loss=1e-4))
     m = AutoModelForCausalLM.from_pretrained(res.export_dir)

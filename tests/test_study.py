@@ -115,8 +115,9 @@ def test_launch_with_two_processes_runs_ddp(tmp_path, monkeypatch):
     from warmstart.config import Tokenizer as TokCfg
     from warmstart.model import ModelSpec
     from warmstart.tokenizer import train_tokenizer
+    from warmstart.train.checkpoint import list_checkpoints
+    from warmstart.train.config import TrainConfig
     from warmstart.train.launch import launch
-    from warmstart.train.loop import TrainConfig, list_checkpoints
 
     for k in [k for k in __import__("os").environ if k.startswith("ACCELERATE_")]:
         monkeypatch.delenv(k)

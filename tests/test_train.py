@@ -27,19 +27,12 @@ from conftest import WORDS_EN as WORDS_A
 from conftest import WORDS_NB as WORDS_B
 from warmstart.kernels.masks import document_attention_mask
 from warmstart.model import ModelSpec, load_model
-from warmstart.train.loop import (
-    LOG_FIELDS,
-    TrainConfig,
-    Trainer,
-    export_checkpoint,
-    hybrid_batch,
-    latest_checkpoint,
-    launch_command,
-    list_checkpoints,
-    lr_multiplier,
-    ramp_batch_rows,
-    train,
-)
+from warmstart.train.checkpoint import export_checkpoint, latest_checkpoint, list_checkpoints
+from warmstart.train.config import LOG_FIELDS, TrainConfig
+from warmstart.train.distributed import launch_command
+from warmstart.train.loop import Trainer, train
+from warmstart.train.objectives import hybrid_batch
+from warmstart.train.schedules import lr_multiplier, ramp_batch_rows
 
 SPEC = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64, seed=0)
 
@@ -512,7 +505,7 @@ def test_masked_share_learns_masked_prediction(assets, tmp_path):
     better (masked-token loss lower by > 0.1 nat; observed ~0.35) than a causal-only one."""
     from transformers import AutoTokenizer
 
-    from warmstart.train.loop import build_stream
+    from warmstart.data.stream import build_stream
 
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in _texts(WORDS_A, 40, seed=7)))

@@ -169,7 +169,7 @@ class TinyModel(_Section):
 
 
 class Optim(_Section):
-    """One training phase's schedule and optimiser (see warmstart.train.loop.TrainConfig)."""
+    """One training phase's schedule and optimiser (see warmstart.train.config.TrainConfig)."""
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0, le=1.0)

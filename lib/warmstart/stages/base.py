@@ -22,8 +22,8 @@ from warmstart.model import count_params, load_model
 from warmstart.outputs import save_figure, write_headline
 from warmstart.runs import BASE, base_model_dir
 from warmstart.stages.contract import declared
+from warmstart.train.checkpoint import export_checkpoint, list_checkpoints
 from warmstart.train.launch import base_train_config, bpb_table, fresh_dir, launch, summarize_log
-from warmstart.train.loop import export_checkpoint, list_checkpoints
 
 PARAMS = (
     "shared.seed",

@@ -119,7 +119,7 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     from warmstart.context.retrieval import build_suite
     from warmstart.context.rope_scaling import METHODS, extend_dir
     from warmstart.model import load_model
-    from warmstart.train.loop import TrainConfig
+    from warmstart.train.config import TrainConfig
 
     params = declared(params, "context_run", PARAMS["context_run"])
     if method != SHORT and method not in METHODS:

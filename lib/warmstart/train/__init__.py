@@ -1,6 +1,8 @@
 """The trainer: an ``accelerate`` loop with exact resume for Hugging Face causal LMs, and what it runs.
 
 * ``loop``: :class:`~warmstart.train.loop.Trainer` and :func:`~warmstart.train.loop.train`;
+* ``step``: the trainer's optimizer step (batch size, forward/backward, clipping, skipped steps);
+* ``resume``: the trainer's checkpoint side (its state, save/restore, rollbacks);
 * ``config``: :class:`~warmstart.train.config.TrainConfig` (one YAML per run) and the step log's fields;
 * ``checkpoint``: the checkpoint writer and reader (atomic, sharded under FSDP2), export to a HF model dir;
 * ``schedules``: learning-rate schedules and the batch-size ramp;

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from warmstart.train.loop import TrainConfig, Trainer
+from warmstart.train.config import TrainConfig
+from warmstart.train.loop import Trainer
 
 
 def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> dict:

@@ -1,6 +1,6 @@
 """Training-run mechanics shared by the study's stages (``warmstart.stages.base``, ``swap``, ``pretrain``).
 
-Launching a :class:`~warmstart.train.loop.TrainConfig` in-process or through
+Launching a :class:`~warmstart.train.config.TrainConfig` in-process or through
 ``accelerate launch``, the optimiser fields of a phase, the tiny base model's
 spec and run config, log summaries and merging, bits-per-byte tables, reading
 a finished run's ``run.json``; and ``python -m warmstart.train.launch bench`` (trainer
@@ -25,8 +25,9 @@ from warmstart.config import Optim, Params
 from warmstart.io import read_jsonl, write_json
 from warmstart.model import ModelSpec
 from warmstart.train.bench import benchmark_overhead
+from warmstart.train.config import TrainConfig
 from warmstart.train.distributed import launch_command
-from warmstart.train.loop import TrainConfig, train
+from warmstart.train.loop import train
 
 # ---------------------------------------------------------------- paths
 

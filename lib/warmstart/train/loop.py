@@ -12,13 +12,14 @@ DeepSpeed come from the accelerate config, never from here)::
     python -m warmstart.train --export data/runs/x/checkpoints/step0000500 --out data/models/x
 
 What one optimizer step is (step numbers are 1-based: step ``k`` is the
-``k``-th update, as logged and as checkpoint ``stepK`` names it):
+``k``-th update, as logged and as checkpoint ``stepK`` names it; the step's
+code is :mod:`warmstart.train.step`, the rollbacks' :mod:`warmstart.train.resume`):
 
 1. Every rank draws the same *global* batch (``micro_batch x world x accum``
    rows) from the packed stream (``warmstart.data.packing``) and keeps its
    own micro-batches, so the data, its position and the result do not depend
    on the number of processes. ``accum`` is ``grad_accum``, or follows the
-   Megatron/Lucie batch ramp-up (:func:`ramp_batch_rows`).
+   Megatron/Lucie batch ramp-up (:func:`~warmstart.train.schedules.ramp_batch_rows`).
 2. Optional hybrid masked-causal objective (NorMistral, ``masked_share``):
    some rows become masked-next-token rows with bidirectional attention
    inside each document, seeded by ``(seed, step)`` (``warmstart.train.objectives``).
@@ -45,63 +46,46 @@ Off by default (a run without them is bit-identical to one before they existed):
 ``signals_every`` steps (:mod:`warmstart.train.signals`).
 
 Logs: ``<out_dir>/log.jsonl`` (one JSON object per logged step, see
-:data:`LOG_FIELDS`), TensorBoard scalars in ``<out_dir>/tb``, a tqdm bar.
+:data:`~warmstart.train.config.LOG_FIELDS`), TensorBoard scalars in ``<out_dir>/tb``, a tqdm bar.
 On resume, log records past the checkpoint are dropped and TensorBoard purges
 them, so the logs of a resumed run read like those of an uninterrupted one.
 
 Tested here on CPU: one process, DDP (gloo) and FSDP2 (gloo, two processes,
 sharded checkpoints and resume; tests/test_distributed.py). accelerate 1.x
 does not select FSDP on a machine without CUDA (it falls back to DDP), so a
-CPU run with an FSDP accelerate config is switched to FSDP here
-(:func:`make_accelerator`). DeepSpeed is untested here.
+CPU run with an FSDP accelerate config is switched to FSDP by
+:func:`~warmstart.train.distributed.make_accelerator`. DeepSpeed is untested here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import math
 import os
 import re
 import resource
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from warmstart.data.packing import PackedBatch
-from warmstart.data.stream import build_stream, read_documents  # noqa: F401  (re-exported)
+from warmstart.data.stream import build_stream
 from warmstart.flops import device_peak, flops_per_token, mfu
 from warmstart.model import load_model
-from warmstart.train.checkpoint import (  # noqa: F401  (re-exported: warmstart.train.loop's public names)
-    CKPT_RE,
-    TRAINER_FILES,
-    checkpoint_before,
+from warmstart.train.checkpoint import (
     export_checkpoint,
     latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
+    list_checkpoints,  # noqa: F401  (re-exported for warmstart.prune.students, until it imports it from checkpoint)
     pause_for_tests,
-    read_trainer_state,
     remove_partial_checkpoints,
-    restore_rng,
-    save_checkpoint,
 )
-from warmstart.train.config import (  # noqa: F401  (re-exported)
-    KERNEL_ATTENTION,
-    LOG_FIELDS,
-    OPTIONAL_LOG_FIELDS,
-    SIGNAL_FIELDS,
-    BatchRamp,
-    TrainConfig,
-)
-from warmstart.train.distributed import launch_command, make_accelerator  # noqa: F401  (re-exported)
-from warmstart.train.objectives import Objective, hybrid_batch, model_inputs, resolve_mask_id
-from warmstart.train.schedules import lr_multiplier, ramp_batch_rows  # noqa: F401  (re-exported)
-from warmstart.train.signals import Signals, probe_mask
+from warmstart.train.config import KERNEL_ATTENTION, LOG_FIELDS, OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig
+from warmstart.train.distributed import make_accelerator
+from warmstart.train.objectives import Objective, resolve_mask_id
+from warmstart.train.resume import CheckpointMixin
+from warmstart.train.schedules import lr_multiplier
+from warmstart.train.signals import Signals
+from warmstart.train.step import StepMixin
 
 # ---------------------------------------------------------------- trainer
 
@@ -120,8 +104,13 @@ class TrainResult:
     skipped_batches: int = 0
 
 
-class Trainer:
-    """Holds the model, optimizer, data stream and counters of one run; :meth:`fit` runs it."""
+class Trainer(StepMixin, CheckpointMixin):
+    """Holds the model, optimizer, data stream and counters of one run; :meth:`fit` runs it.
+
+    One step (:meth:`train_step`, :meth:`batch_rows`) is :class:`~warmstart.train.step.StepMixin`'s; saving,
+    restoring and rolling back (:meth:`save_checkpoint`, :meth:`load_checkpoint`, :meth:`trainer_state`) are
+    :class:`~warmstart.train.resume.CheckpointMixin`'s.
+    """
 
     def __init__(self, cfg: TrainConfig):
         from accelerate.utils import set_seed
@@ -251,201 +240,11 @@ class Trainer:
             raise ImportError("optimizer: lion needs the lion-pytorch package (pip install lion-pytorch)") from e
         return Lion(groups, lr=cfg.lr, betas=cfg.betas)  # LionW: decoupled decay p *= 1 - lr * wd
 
-    def batch_rows(self) -> int:
-        """Global rows of the next step (ramp-up aware); a multiple of micro_batch x world."""
-        c, unit = self.cfg, self.cfg.micro_batch * self.acc.num_processes
-        final = unit * c.grad_accum
-        if c.batch_ramp is None:
-            return final
-        r = c.batch_ramp
-        rows = ramp_batch_rows(self.samples, r.start, r.increment, r.samples, final)
-        if r.start % unit or r.increment % unit:
-            raise ValueError(f"batch_ramp start/increment must be multiples of micro_batch x processes = {unit}")
-        return rows
-
     def _is_tagged(self, step: int) -> bool:
         return step in self.cfg.tag_steps or bool(self.cfg.tag_every and step % self.cfg.tag_every == 0)
 
     def _is_log(self, step: int) -> bool:
         return step % self.cfg.log_every == 0 or step == self.cfg.steps
-
-    # -- checkpoints (warmstart.train.checkpoint) --------------------------------
-    def trainer_state(self) -> dict:
-        """What ``trainer_state.json`` records: counters, data position, detector."""
-        return {
-            "step": self.step,
-            "samples": self.samples,
-            "tokens": self.tokens,
-            "bytes": self.bytes,
-            "bad_streak": self.bad_streak,
-            "skipped": self.skipped,
-            "rollbacks": self.rollbacks,
-            "data_state": self.data.state_dict(),
-            "tagged": self._is_tagged(self.step),
-            "world_size": self.acc.num_processes,
-            "spike_rollbacks": self.spike_rollbacks,
-            "skipped_batches": self.skipped_batches,
-            "detector": self.detector.state_dict() if self.detector is not None else None,
-        } | ({"teacher_flops_per_token": self.teacher_flops_per_token} if self.teacher is not None else {})
-
-    def save_checkpoint(self) -> Path:
-        return save_checkpoint(
-            self.acc,
-            self.model,
-            self.unwrapped,
-            self.optimizer,
-            self.scheduler,
-            self.tokenizer,
-            self.ckpt_root,
-            self.step,
-            self.trainer_state(),
-            self.cfg.keep_last,
-        )
-
-    def load_checkpoint(self, ckpt: Path, progress: bool = True) -> None:
-        """Restore weights, optimizer and scheduler; with ``progress`` also counters, data position and RNG."""
-        state = load_checkpoint(self.acc, self.unwrapped, self.optimizer, self.scheduler, ckpt, keep_rng=not progress)
-        if not progress:
-            return
-        self.step, self.samples, self.tokens, self.bytes = (
-            state["step"],
-            state["samples"],
-            state["tokens"],
-            state["bytes"],
-        )
-        self.bad_streak, self.skipped, self.rollbacks = state["bad_streak"], state["skipped"], state["rollbacks"]
-        self.spike_rollbacks, self.skipped_batches = state.get("spike_rollbacks", 0), state.get("skipped_batches", 0)
-        if self.detector is not None and state.get("detector") is not None:
-            self.detector.load_state_dict(state["detector"])
-        self.data.load_state_dict(state["data_state"])
-        restore_rng(ckpt, self.acc.process_index)
-
-    def _rollback(self, ckpt: Path | None = None) -> Path:
-        ckpt = ckpt or latest_checkpoint(self.ckpt_root)
-        if ckpt is None:
-            raise RuntimeError(f"{self.bad_streak} non-finite steps in a row and no checkpoint to roll back to")
-        self.load_checkpoint(ckpt, progress=False)
-        self.scheduler.last_epoch = self.step  # the LR schedule keeps following the step count
-        for g, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
-            g["lr"] = base * self._lr_lambda(self.step)
-        self.bad_streak, self.prev_update = 0, None
-        self.rollbacks += 1
-        return ckpt
-
-    def _spike_rollback(self, start: int) -> Path | None:
-        """PaLM's mitigation: back to the latest checkpoint before step ``start``, then discard batches.
-
-        The data stream keeps going (the batches since the checkpoint are not replayed), the step
-        count and LR schedule go on, and ``spike_skip_batches`` more batches are drawn and discarded.
-        The detector goes back to its state at that checkpoint (it matches the restored weights).
-        Without a checkpoint old enough only the batches are skipped.
-        """
-        ckpt = checkpoint_before(self.ckpt_root, start)
-        if ckpt is not None:
-            self._rollback(ckpt)
-            det = read_trainer_state(ckpt).get("detector")
-            if det is not None:
-                self.detector.load_state_dict(det)
-        for _ in range(self.cfg.spike_skip_batches):
-            self.data.next_rows(self.batch_rows(), self.step + 1)
-            self.skipped_batches += 1
-        self.spike_rollbacks += 1
-        return ckpt
-
-    # -- one step ----------------------------------------------------------
-    def _model_inputs(
-        self, batch: PackedBatch, labels: torch.Tensor, masked: torch.Tensor, inputs: torch.Tensor
-    ) -> dict:
-        attn = self.unwrapped.config._attn_implementation
-        return model_inputs(attn, batch, labels, masked, inputs, self.cfg.doc_mask, self.acc.device)
-
-    def train_step(self) -> dict:
-        cfg, acc = self.cfg, self.acc
-        k = self.step + 1
-        rows = self.batch_rows()
-        world, mb = acc.num_processes, cfg.micro_batch
-        accum = rows // (mb * world)
-        batch = self.data.next_rows(rows, k)
-        draw = k + self.skipped_batches  # 1-based draws from the stream, discarded ones included
-        if draw in cfg.inject_bad_batches:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + draw)
-            batch = dataclasses.replace(
-                batch, input_ids=torch.randint(0, len(self.tokenizer), batch.input_ids.shape, generator=g)
-            )
-        inputs, labels, masked = hybrid_batch(
-            batch.input_ids, batch.doc_ids, k, cfg.seed, cfg.masked_share, cfg.mask_prob, cfg.mask_span, self.mask_id
-        )
-        self.model.train()
-        loss_sum = torch.zeros((), device=acc.device)
-        sig = self.signals is not None and self.signals.active(k)
-        part_sums: dict[str, torch.Tensor] = {}  # ce_loss / kd_loss when the loss is more than the plain CE
-        for a in range(accum):
-            lo = (a * world + acc.process_index) * mb
-            sl = slice(lo, lo + mb)
-            kw = self._model_inputs(batch.select(sl), labels[sl], masked[sl], inputs[sl])
-            ctx = acc.no_sync(self.model) if a < accum - 1 else contextlib.nullcontext()
-            with ctx:
-                with self.signals.capture() if sig and a == 0 and acc.process_index == 0 else contextlib.nullcontext():
-                    out = self.model(**kw)
-                loss, parts = self.objective(out, kw)
-                lse = parts.pop("lse", None)
-                if sig:
-                    self.signals.add_logits(out.logits, kw["labels"], lse)
-                del out
-                if k in cfg.inject_nan_steps and a == 0:
-                    loss = loss * float("nan")
-                acc.backward(loss / accum)
-            loss_sum += loss.detach()
-            for name, v in parts.items():
-                part_sums[name] = part_sums.get(name, 0) + v
-        loss_val = acc.reduce(loss_sum / accum, "mean").item()
-        parts = {name: acc.reduce(v / accum, "mean").item() for name, v in part_sums.items()}
-        grad_norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
-        grad_norm = float(grad_norm)
-        lr = self.optimizer.param_groups[0]["lr"]
-        bad = not (math.isfinite(loss_val) and math.isfinite(grad_norm))
-        cos = None
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_streak += 1
-            self.skipped.append(k)
-            self.prev_update = None
-        else:
-            snap = cfg.update_cos and (self._is_log(k) or self._is_log(k + 1))
-            before = [p.detach().clone() for p in self.params] if snap else None
-            if sig:
-                self.signals.snapshot()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.bad_streak = 0
-            if snap:
-                upd = [p.detach().float() - b.float() for p, b in zip(self.params, before)]
-                if self.prev_update is not None and self._is_log(k):
-                    cos = _cosine(upd, self.prev_update)
-                self.prev_update = upd if self._is_log(k + 1) else None
-            else:
-                self.prev_update = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" after a skipped first step
-            self.scheduler.step()
-        if sig:  # the global batch's first row (process 0's first micro-batch) was probed
-            mask = probe_mask(batch.doc_ids[0], masked[0], cfg.doc_mask)
-            parts |= self.signals.finish(mask, updated=not bad, probed=acc.process_index == 0)
-        self.step = k
-        self.samples += rows
-        self.tokens += rows * cfg.seq_len
-        self.bytes += batch.bytes
-        return {
-            "step": k,
-            "loss": loss_val if math.isfinite(loss_val) else None,
-            "lr": lr,
-            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-            "update_cos": cos,
-            "skipped": bad,
-            "corpus": self.data.corpus_at(k),
-            "batch_rows": rows,
-            "masked_rows": int(masked.sum()),
-        } | {name: v if not isinstance(v, float) or math.isfinite(v) else None for name, v in parts.items()}
 
     # -- the loop ----------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
@@ -568,30 +367,6 @@ class Trainer:
             self.spike_rollbacks,
             self.skipped_batches,
         )
-
-
-def _cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float | None:
-    if a and _is_dtensor(a[0]):  # FSDP2 shards: sums over the local shards, then over the processes
-        parts = torch.stack(
-            [
-                sum((x.to_local().double() * y.to_local().double()).sum() for x, y in zip(a, b)),
-                sum(x.to_local().double().square().sum() for x in a),
-                sum(y.to_local().double().square().sum() for y in b),
-            ]
-        )
-        torch.distributed.all_reduce(parts)
-        dot, na, nb = float(parts[0]), math.sqrt(float(parts[1])), math.sqrt(float(parts[2]))
-    else:
-        dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
-        na = math.sqrt(sum(float(x.double().square().sum()) for x in a))
-        nb = math.sqrt(sum(float(y.double().square().sum()) for y in b))
-    return dot / (na * nb) if na > 0 and nb > 0 else None
-
-
-def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
 
 
 def _peak_mem(device: torch.device) -> int:

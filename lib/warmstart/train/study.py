@@ -37,8 +37,9 @@ from warmstart.io import write_json, write_jsonl
 from warmstart.model import count_params, load_model
 from warmstart.runs import base_model_dir, get_run
 from warmstart.tokenizer import fertility
+from warmstart.train.checkpoint import list_checkpoints
+from warmstart.train.config import TrainConfig
 from warmstart.train.launch import corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
-from warmstart.train.loop import TrainConfig, list_checkpoints
 
 
 @dataclass
