@@ -200,6 +200,7 @@ def test_smoke_study_end_to_end(smoke):
     assert {"data", "bases", "runs", "total"} <= set(res["seconds"])
     head = res["headline"]
     assert len(head) <= 12 and all(isinstance(v, (int, float, str, bool, type(None))) for v in head.values())
+    assert not any("second" in k or "time" in k for k in head)  # wall time is provenance, not a result
 
 
 def test_smoke_reporting(smoke):

@@ -50,14 +50,14 @@ def goal_runs(result: dict) -> list[dict]:
 
 
 def headline(result: dict, max_keys: int = 12) -> dict[str, Any]:
-    """At most ``max_keys`` flat numbers for ``reports/metrics/stability.json`` (most important first)."""
+    """At most ``max_keys`` flat numbers for ``reports/metrics/stability.json`` (most important first); no wall
+    time (it is in the fragment's provenance), so that ``dvc metrics diff`` shows only changed results."""
     h: dict[str, Any] = {}
     red = [v for v in qk_reduction(result).values() if v is not None]
     h["qk_norm_sensitivity_reduction_pct"] = sum(red) / len(red) if red else None
     h["spiking_runs"] = sum(r["spiked"] for r in result["sweep"])
     h["diverged_runs"] = sum(r["diverged"] for r in result["sweep"])
     h["signal_moved_before_loss"] = bool(goal_runs(result))
-    h["seconds"] = round(result["seconds"]["total"], 1)
     ind = result.get("induced")
     if ind:
         h["induced_final_loss_unmitigated"] = ind["unmitigated"]["final_loss"]

@@ -73,7 +73,6 @@ LABELS = {
     "spiking_runs": "sweep runs the spike detector flagged",
     "diverged_runs": "sweep runs that diverged",
     "signal_moved_before_loss": "an instability signal moved before the loss",
-    "seconds": "stage wall time (s)",
     "induced_final_loss_unmitigated": "induced spike: final held-out loss without mitigation (nats)",
     "induced_final_loss_mitigated": "induced spike: final held-out loss with rollback-and-skip (nats)",
     **{
