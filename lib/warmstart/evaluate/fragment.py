@@ -29,7 +29,6 @@ from warmstart.evaluate.tables import (
     seed_summary,
 )
 from warmstart.fragments import table
-from warmstart.report.labels import Labels
 
 PROBE_KEYS = (
     "cloze_acc_target",
@@ -92,7 +91,7 @@ class SeedSpread:
         r = self.by_step.loc[(run, int(self.final_step[run] if step is None else step))]
         return [fmt_mean_sd(r[f"bpb_{role}"], r[f"bpb_{role}_std"])]
 
-    def columns(self, lab: Labels, key: str) -> list[str]:
+    def columns(self, lab: Any, key: str) -> list[str]:
         return [f"{lab.column(key)}, mean ± std over {self.n}"] if self.n else []
 
 
@@ -265,13 +264,13 @@ def _flops_rows(flops: pd.DataFrame) -> list[list]:
 
 
 def tables(
-    params: Any, res: dict, metrics: dict, init: pd.DataFrame, flops: pd.DataFrame, seeds: SeedSpread
+    params: Any, res: dict, metrics: dict, init: pd.DataFrame, flops: pd.DataFrame, seeds: SeedSpread, lab: Any
 ) -> list[dict]:
     """Initialisation methods, final bits per byte, probes, the comparison with the lowest run, the study arms,
-    every checkpoint (appendix) and the training FLOPs."""
+    every checkpoint (appendix) and the training FLOPs; ``lab``: the report's column labels
+    (:class:`warmstart.report.labels.Labels` of the two languages)."""
     src, tgt = params.shared.source_lang, params.shared.target_lang
     ck, fin = res["checkpoints"], res["final"]
-    lab = Labels(src, tgt)
     probe_keys = [k for k in PROBE_KEYS if k in fin]
     chance = res.get("cloze_chance")
     comp_rows, arm_rows = _comparison_rows(metrics), _arm_rows(metrics)

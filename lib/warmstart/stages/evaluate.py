@@ -19,6 +19,7 @@ from warmstart.evaluate.tables import flops_table, init_table, swap_study
 from warmstart.fragments import write_fragment
 from warmstart.io import write_json
 from warmstart.outputs import write_headline
+from warmstart.report.labels import Labels
 from warmstart.stages.contract import declared
 
 # corpus ... pretrain whole: the seed spread's fingerprint (warmstart.evaluate.seed_spread) reads them, to use the spread only
@@ -69,7 +70,7 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         60,
         "Evaluation",
         paragraphs(params, res, metrics),
-        tables(params, res, metrics, init, flops, seeds),
+        tables(params, res, metrics, init, flops, seeds, Labels(params.shared.source_lang, params.shared.target_lang)),
         figs,
         numbers(metrics),
         seconds=time.perf_counter() - t0,
