@@ -19,8 +19,8 @@ from warmstart.context import rope_scaling as M
 from warmstart.context import tasks as T
 from warmstart.context import traps
 from warmstart.context.measure import bpb_by_length, bpb_by_position
-from warmstart.context.stats import wilson
 from warmstart.context.testbed import TestbedConfig, run_testbed, score_items, summarise
+from warmstart.evaluate.intervals import wilson_or_unit_interval as wilson
 from warmstart.model import build_model
 
 L, S = 64, 4.0

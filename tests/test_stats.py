@@ -77,3 +77,158 @@ def test_seed_spread_file(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="no run with a std"):
         stats.seed_spread(tmp_path)
+
+
+# ---------------------------------------------------------------- scipy agreement, exact values, bad input
+
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
+
+
+def _scipy_wilson(k, n, level):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def test_wilson_agrees_with_scipy():
+    """The closed form is kept (scipy differs in the last bits, see ``wilson``): it must agree to float rounding,
+    with exact 0 at k = 0 and exact 1 at k = n, like scipy."""
+    rng = np.random.default_rng(0)
+    cases = [(k, n, lv) for n in range(1, 31) for k in range(n + 1) for lv in LEVELS]
+    cases += [(0, n, 0.95) for n in (100, 400, 10_000)] + [(n, n, 0.95) for n in (100, 400, 10_000)]
+    cases += [(int(rng.integers(0, n + 1)), int(n), 0.95) for n in rng.integers(31, 100_000, 100)]
+    worst = 0.0
+    for k, n, lv in cases:
+        lo, hi = stats.wilson(k, n, lv)
+        slo, shi = _scipy_wilson(k, n, lv)
+        assert 0.0 <= lo < hi <= 1.0
+        if k == 0:
+            assert lo == slo == 0.0
+        if k == n:
+            assert hi == shi == 1.0
+        for a, b in ((lo, slo), (hi, shi)):
+            worst = max(worst, abs(a - b) / abs(b) if b else abs(a))
+    assert worst < 1e-13, worst  # measured: 3.0e-14 over 64,598 cases
+
+
+def test_z_value_agrees_with_scipy():
+    from scipy.stats import norm
+
+    for lv in (*LEVELS, *np.linspace(0.01, 0.999, 200)):
+        assert stats.z_value(lv) == pytest.approx(float(norm.ppf(0.5 + lv / 2)), rel=1e-15, abs=0)
+    assert stats.z_value() == 1.9599639845400536  # the z of every committed Wilson bound (scipy: ...054)
+
+
+def test_wilson_exact_values_on_tiny_inputs():
+    # pinned to the last bit: these floats are what the committed metrics carry
+    assert stats.wilson(0, 1) == (0.0, 0.7934506856227626)
+    assert stats.wilson(1, 1) == (0.20654931437723745, 1.0)
+    assert stats.wilson(1, 2) == (0.09453120573423074, 0.9054687942657693)
+    assert stats.wilson(1, 3) == (0.06149194472039632, 0.7923403991979523)
+    assert stats.wilson(3, 4) == (0.300641842582402, 0.9544127391902995)
+    assert stats.wilson(10, 40) == (0.14187118639096308, 0.4019396142076802)
+    z2 = stats.z_value() ** 2
+    assert stats.wilson(0, 1)[1] == pytest.approx(z2 / (1 + z2), rel=1e-15)  # k = 0: upper bound z^2 / (n + z^2)
+    lo, hi = stats.wilson(1, 2)
+    assert lo + hi == pytest.approx(1.0, rel=1e-15)  # symmetric about 1/2
+    assert stats.wilson(0, 0) is None
+
+
+def test_wilson_or_unit_interval_and_accuracy_cell():
+    assert stats.wilson_or_unit_interval(0, 0) == (0.0, 1.0)
+    assert stats.wilson_or_unit_interval(3, 4) == stats.wilson(3, 4)
+    cell = stats.accuracy_cell(3, 4)
+    assert cell == {"acc": 0.75, "lo": 0.300641842582402, "hi": 0.9544127391902995, "n": 4, "correct": 3}
+    empty = stats.accuracy_cell(0, 0)
+    assert math.isnan(empty["acc"]) and (empty["lo"], empty["hi"], empty["n"]) == (0.0, 1.0, 0)
+
+
+def test_binomial_tail_is_scipy_and_exact_on_tiny_inputs():
+    from fractions import Fraction
+
+    assert stats.binomial_tail(1, 1, 0.5) == 0.5
+    assert stats.binomial_tail(1, 5, 0.5) == 0.96875 and stats.binomial_tail(5, 5, 0.5) == 0.03125
+    assert stats.binomial_tail(2, 3, 0.5) == 0.5 and stats.binomial_tail(10, 10, 0.5) == 0.5**10
+    assert stats.binomial_tail(0, 7, 0.3) == 1.0 and stats.binomial_tail(-2, 7, 0.3) == 1.0
+    assert stats.binomial_tail(8, 7, 0.3) == 0.0 and stats.binomial_tail(0, 0, 0.3) == 1.0
+    assert stats.binomial_tail(1, 4, 0.0) == 0.0 and stats.binomial_tail(4, 4, 1.0) == 1.0
+    for n in range(1, 41):  # against the exact rational sum
+        for k in range(n + 1):
+            for p in (Fraction(1, 4), Fraction(1, 2), Fraction(3, 4)):
+                exact = float(sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+                assert stats.binomial_tail(k, n, float(p)) == pytest.approx(exact, rel=1e-13)
+    # large n, where a sum of comb(n, i) p^i (1-p)^(n-i) overflows: P(X >= 1001) = (1 - P(X = 1000)) / 2
+    from scipy.stats import binom
+
+    assert stats.binomial_tail(1001, 2000, 0.5) == pytest.approx((1 - binom.pmf(1000, 2000, 0.5)) / 2, rel=1e-12)
+
+
+def test_bad_input_is_refused_with_a_message():
+    with pytest.raises(ValueError, match=r"wilson: need 0 <= k <= n, got k=5, n=3"):
+        stats.wilson(5, 3)
+    with pytest.raises(ValueError, match=r"wilson: need 0 <= k <= n, got k=-1, n=3"):
+        stats.wilson(-1, 3)
+    with pytest.raises(ValueError, match=r"wilson: need n >= 0, got n=-2"):
+        stats.wilson(0, -2)
+    with pytest.raises(ValueError, match=r"successes must be in \[0, n\], got 5 of 4"):
+        stats.wilson_or_unit_interval(5, 4)
+    with pytest.raises(ValueError, match=r"successes must be in \[0, n\], got 0 of -1"):
+        stats.wilson_or_unit_interval(0, -1)
+    with pytest.raises(ValueError, match=r"successes must be in \[0, n\], got 1 of 0"):
+        stats.accuracy_cell(1, 0)
+    with pytest.raises(ValueError, match=r"binomial_tail: need n >= 0, got n=-1"):
+        stats.binomial_tail(0, -1, 0.5)
+    with pytest.raises(ValueError, match=r"binomial_tail: need 0 <= p <= 1, got p=1.5"):
+        stats.binomial_tail(1, 3, 1.5)
+    with pytest.raises(ValueError, match=r"z_value: need 0 < level < 1, got 1.0"):
+        stats.wilson(1, 3, level=1.0)
+    with pytest.raises(ValueError, match="bootstrap needs at least one document"):
+        stats.bootstrap_weights(0)
+    with pytest.raises(ValueError, match="3 document losses but 2 byte counts"):
+        stats.bpb_samples([1.0, 2.0, 3.0], [10, 20], stats.bootstrap_weights(3, 5))
+
+
+def test_percentile_interval_exact_values():
+    assert stats.percentile_interval([0.0, 1.0, 2.0, 3.0, 4.0], level=0.5) == (1.0, 3.0)
+    assert stats.percentile_interval([math.nan, math.inf, 2.0], level=0.9) == (2.0, 2.0)
+    assert stats.percentile_interval([math.nan, -math.inf]) is None
+
+
+def _bpb_example():
+    rng = np.random.default_rng(0)
+    nbytes = rng.integers(100, 600, 80)
+    return nbytes * math.log(2) * rng.normal(1.8, 0.3, 80), nbytes
+
+
+def test_bpb_bootstrap_is_kept_because_scipy_resamples_differently():
+    """``scipy.stats.bootstrap`` agrees in method but not in numbers (see ``bootstrap_weights``): it draws
+    other resamples for the same seed; on the same resamples the ratio agrees to float rounding."""
+    from scipy.stats import bootstrap
+
+    nll, nbytes = _bpb_example()
+    lo, hi = stats.bpb_interval(nll, nbytes, seed=1)
+    assert (lo, hi) == pytest.approx((1.7484435138527858, 1.89471737194346), rel=1e-12)  # the study's numbers
+
+    def ratio(a, b, axis=-1):
+        return a.sum(axis=axis) / b.sum(axis=axis) / stats.LN2
+
+    kw = dict(paired=True, vectorized=True, n_resamples=stats.N_BOOT, method="percentile")
+    r = bootstrap((nll, nbytes.astype(float)), ratio, rng=np.random.default_rng(1), **kw)
+    assert (r.confidence_interval.low, r.confidence_interval.high) == pytest.approx((lo, hi), abs=2e-3)
+    assert (r.confidence_interval.low, r.confidence_interval.high) != (lo, hi)  # other draws, other digits
+    # the same resamples as counts (what bootstrap_weights hands to bpb_samples) give the same replicates
+    idx = np.random.default_rng(1).integers(0, len(nll), (stats.N_BOOT, len(nll)))
+    counts = np.stack([np.bincount(i, minlength=len(nll)) for i in idx]).astype(float)
+    np.testing.assert_allclose(
+        stats.bpb_samples(nll, nbytes, counts), ratio(nll[idx], nbytes[idx].astype(float)), rtol=1e-15
+    )
+    # paired: the weights are shared, so the difference's replicates are the replicates' difference
+    w = stats.bootstrap_weights(len(nll), 200, seed=3)
+    other = nll * 1.01
+    np.testing.assert_allclose(
+        stats.bpb_samples(other - nll, nbytes, w),
+        stats.bpb_samples(other, nbytes, w) - stats.bpb_samples(nll, nbytes, w),
+        rtol=1e-12,
+        atol=1e-15,
+    )

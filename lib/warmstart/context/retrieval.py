@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from warmstart.context.stats import accuracy_cell
+from warmstart.evaluate.intervals import accuracy_cell
 
 TASKS = ("kv_uuid", "topic", "line", "multidoc", "passkey")
 _SENT = re.compile(r"(?<=[.!?])\s+")

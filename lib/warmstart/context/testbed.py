@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from warmstart.context import tasks as T
 from warmstart.context.rope_scaling import METHODS, check_factor, check_method, extend, extend_dir
-from warmstart.context.stats import accuracy_cell
+from warmstart.evaluate.intervals import accuracy_cell
 from warmstart.pool import process_pool
 
 # fine-tuning every method does not fit the 4-minute budget on 2 cores: Alfred's comparison (YaRN against the

@@ -10,7 +10,9 @@ Two kinds of noise, kept apart because they answer different questions:
   (:func:`bpb_interval`); two runs scored on the same texts are compared with
   a *paired* bootstrap of their difference (:func:`paired_difference`), which
   is much tighter than two separate intervals. Probe accuracies are binomial:
-  the Wilson score interval (:func:`wilson`), and their chance level.
+  the Wilson score interval (:func:`wilson`; :func:`accuracy_cell` and
+  :func:`wilson_or_unit_interval` for the context suites), and their chance
+  level (:func:`binomial_tail`).
 * **run-to-run noise** (the seed spread, :func:`seed_spread`): how much a
   number moves when the same configuration is trained with another seed.
   Only repeated training measures it; :func:`within_seed_noise` says whether a
@@ -19,6 +21,15 @@ Two kinds of noise, kept apart because they answer different questions:
 Every interval is a two-sided 95% interval unless ``level`` says otherwise;
 bootstraps are percentile intervals with a fixed seed (reproducible to the
 last digit).
+
+What goes through a library and what does not: the binomial tail is
+``scipy.stats.binom``; the normal quantile is the standard library's
+``statistics.NormalDist``, percentiles are ``numpy.quantile``. The Wilson
+closed form and the bootstrap (seeded resampling counts shared between
+statistics) stay written out here because ``scipy.stats.binomtest(...).proportion_ci``
+and ``scipy.stats.bootstrap`` do not reproduce the committed numbers to the
+last bit; :func:`wilson` and :func:`bootstrap_weights` say by how much, and
+``tests/test_stats.py`` checks that scipy agrees with them to float rounding.
 """
 
 from __future__ import annotations
@@ -40,15 +51,37 @@ SEED_K = 2.0
 
 
 def z_value(level: float = LEVEL) -> float:
-    """The standard normal quantile of a two-sided ``level`` interval (1.95996 for 0.95)."""
+    """The standard normal quantile of a two-sided ``level`` interval (1.95996 for 0.95).
+
+    ``statistics.NormalDist``, not ``scipy.stats.norm.ppf``: the two differ in the last bit for most levels
+    (0.95: 1.9599639845400536 here, 1.959963984540054 from scipy; at most 5.6e-16 relative over 10,000 levels),
+    and every Wilson bound the study has committed was computed with this one.
+    """
     from statistics import NormalDist
 
+    if not 0 < level < 1:
+        raise ValueError(f"z_value: need 0 < level < 1, got {level}")
     return NormalDist().inv_cdf(0.5 + level / 2)
 
 
 def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float] | None:
-    """Wilson score interval of a binomial proportion ``k / n`` (None when ``n`` is 0)."""
-    if n <= 0:
+    """Wilson score interval of a binomial proportion ``k / n`` (None when ``n`` is 0).
+
+    The closed form (Wilson 1927) is kept rather than
+    ``scipy.stats.binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")``, which gives the
+    same interval up to float rounding but not to the last bit: scipy writes it as
+    ``(2np + z^2) / (2(n + z^2)) -+ z / (2(n + z^2)) * sqrt(4npq + z^2)`` with ``z`` from ``scipy.special.ndtri``,
+    this is ``(p + z^2/2n) / (1 + z^2/n) -+ z sqrt(pq/n + z^2/4n^2) / (1 + z^2/n)`` with ``z`` from
+    :func:`z_value`. Over 64,598 cases (every k of n = 1..129 at seven levels, 5,000 random n up to 100,000)
+    40,321 intervals differ, by at most 3.0e-14 relative (at n = 400 and 0.95: 185 of the 401 values of k).
+    The intervals are stored as full floats in the committed outputs (the context cells' ``lo``/``hi``, the
+    probes' ``acc_ci``, ``best_zero_shot_ci`` in ``reports/metrics/testbed_seeds.json``), about half of which
+    scipy would change in the last digits; ``tests/test_stats.py`` checks the agreement. ``k == 0`` gives a
+    lower bound of exactly 0 and ``k == n`` an upper bound of exactly 1 (as scipy does).
+    """
+    if n < 0:
+        raise ValueError(f"wilson: need n >= 0, got n={n}")
+    if n == 0:
         return None
     if not 0 <= k <= n:
         raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
@@ -60,14 +93,45 @@ def wilson(k: int, n: int, level: float = LEVEL) -> tuple[float, float] | None:
     return (0.0 if k == 0 else max(0.0, mid - half)), (1.0 if k == n else min(1.0, mid + half))
 
 
+def wilson_or_unit_interval(successes: int, n: int) -> tuple[float, float]:
+    """:func:`wilson` at 95%, but ``(0.0, 1.0)`` (the unit interval: nothing known) when ``n == 0`` instead of None.
+
+    For the context suites' cells (:func:`accuracy_cell`), where an empty cell still needs bounds. Unlike the
+    normal approximation it stays inside [0, 1] and is not degenerate at 0 or n successes (0/400 gives
+    [0, 0.0095]).
+    """
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"successes must be in [0, n], got {successes} of {n}")
+    return wilson(successes, n) or (0.0, 1.0)
+
+
+def accuracy_cell(successes: int, n: int) -> dict[str, float | int]:
+    """``{"acc", "lo", "hi", "n", "correct"}``: an accuracy with its 95% Wilson interval
+    (:func:`wilson_or_unit_interval`; ``acc`` is NaN and the interval (0, 1) when ``n == 0``)."""
+    lo, hi = wilson_or_unit_interval(successes, n)
+    return {"acc": successes / n if n else float("nan"), "lo": lo, "hi": hi, "n": n, "correct": successes}
+
+
 def successes(acc: float, n: int) -> int:
     """The count behind an accuracy measured on ``n`` items (accuracies are k / n)."""
     return int(round(acc * n))
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
-    """``P(X >= k)`` for ``X ~ Binomial(n, p)``: the one-sided p-value of doing better than chance."""
-    return float(sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(max(k, 0), n + 1)))
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``: the one-sided p-value of doing better than chance.
+
+    ``scipy.stats.binom.sf(k - 1, n, p)``: 1 for ``k <= 0``, 0 for ``k > n``. It replaced a summation of
+    ``comb(n, i) p^i (1-p)^(n-i)``, which agreed with it to 1.2e-13 relative wherever the tail exceeds 1e-75
+    (5.6e-14 absolute at most, n < 1,000), lost the far tail to underflow (0 where the exact tail is 1.1e-296)
+    and raised OverflowError past n of about 1,030. No committed number goes through it.
+    """
+    from scipy.stats import binom
+
+    if n < 0:
+        raise ValueError(f"binomial_tail: need n >= 0, got n={n}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"binomial_tail: need 0 <= p <= 1, got p={p}")
+    return float(binom.sf(k - 1, n, p))
 
 
 def accuracy_interval(acc: float, n: int, chance: float | None = None, level: float = LEVEL) -> dict[str, Any]:
@@ -91,7 +155,27 @@ def accuracy_interval(acc: float, n: int, chance: float | None = None, level: fl
 
 
 def bootstrap_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """``(n_boot, n)`` resampling counts: row b says how often each of the ``n`` documents is drawn."""
+    """``(n_boot, n)`` resampling counts: row b says how often each of the ``n`` documents is drawn.
+
+    Every bootstrap here is a statistic of these rows, and is kept rather than ``scipy.stats.bootstrap``
+    because scipy cannot reproduce the committed intervals bit for bit:
+
+    * **other draws.** Each row here is ``Generator.multinomial(n, [1/n] * n)``; scipy draws indices,
+      ``Generator.integers(0, n, (n_resamples, n))``. The counts have the same distribution but, for the same
+      seed, not the same values, so every interval moves (the 80-text example of ``tests/test_stats.py`` at
+      seed 1: (1.748444, 1.894717) here, (1.748420, 1.895595) from ``scipy.stats.bootstrap(..., paired=True,
+      method="percentile")``).
+    * **shared rows across calls and statistics.** One matrix per text role is applied to every checkpoint of
+      every run (:func:`warmstart.evaluate.runs.intervals`, the speed-up curves of
+      :func:`warmstart.evaluate.runs.speedup_samples`), to both runs of a paired difference and to statistics of
+      counts rather than of samples (:func:`bootstrap_stat`, chrF from summed sentence statistics in
+      :func:`warmstart.evaluate.probes.chrf_interval`); scipy resamples within one call (``paired=True`` shares
+      indices only among that call's samples) and passes resampled values, not counts, to the statistic.
+    * **other rounding.** Bits per byte is a ratio of sums, computed here as ``weights @ values``; even on the
+      same resamples, scipy's sums over indexed values differ in the last bit (682 of 2,000 replicates, at most
+      6.2e-16 relative), and its percentiles (``scipy.stats.quantile``) differ from ``numpy.quantile`` in the
+      last bit in about half of the cases.
+    """
     if n < 1:
         raise ValueError("bootstrap needs at least one document")
     rng = np.random.default_rng(seed)
@@ -99,7 +183,10 @@ def bootstrap_weights(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray
 
 
 def percentile_interval(samples: Sequence[float] | np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
-    """The central ``level`` range of bootstrap samples (finite ones; None when there are none)."""
+    """The central ``level`` range of bootstrap samples (finite ones; None when there are none).
+
+    ``numpy.quantile`` (linear interpolation), not ``scipy.stats.quantile``, which differs in the last bit
+    (see :func:`bootstrap_weights`)."""
     a = np.asarray(samples, dtype=float)
     a = a[np.isfinite(a)]
     if not len(a):
@@ -126,7 +213,9 @@ def bpb_samples(
 def bpb_interval(
     nll: Sequence[float], n_bytes: Sequence[int], n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
 ) -> tuple[float, float] | None:
-    """Bootstrap interval of bits per byte over documents (``nll``: per-document NLL in nats)."""
+    """Bootstrap interval of bits per byte over documents (``nll``: per-document NLL in nats).
+
+    Hand-written rather than ``scipy.stats.bootstrap``: see :func:`bootstrap_weights`."""
     if len(nll) < 2:
         return None
     return percentile_interval(bpb_samples(nll, n_bytes, bootstrap_weights(len(nll), n_boot, seed)), level)
@@ -143,7 +232,9 @@ def paired_difference(
     """Bits per byte of run ``a`` minus run ``b`` on the same documents, with a paired bootstrap interval.
 
     ``{"diff", "ci", "distinguishable"}``: ``distinguishable`` is True when the interval excludes 0 (the
-    difference would keep its sign on other text of this kind), False when it includes 0.
+    difference would keep its sign on other text of this kind), False when it includes 0. The two runs share
+    each resample's weights (a ratio of summed NLL differences over summed bytes); hand-written rather than
+    ``scipy.stats.bootstrap(..., paired=True)`` for the reasons in :func:`bootstrap_weights`.
     """
     b = np.asarray(n_bytes, dtype=float)
     a_, b_ = np.asarray(nll_a, dtype=float), np.asarray(nll_b, dtype=float)
