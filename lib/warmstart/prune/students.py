@@ -70,7 +70,7 @@ def student_curve(params: Any, init: Path, train_dir: Path, log: list[dict], tok
     """Bits per byte of the starting model (step 0) and of every step-tagged checkpoint, with the bytes and
     tokens seen: the bytes-to-reach curve."""
     from warmstart.model import load_model
-    from warmstart.train.loop import list_checkpoints
+    from warmstart.train.checkpoint import list_checkpoints
 
     by_step = {rec["step"]: rec for rec in log}
     curve = []

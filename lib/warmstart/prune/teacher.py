@@ -50,7 +50,7 @@ def teacher_dir(params: Any) -> tuple[str, Path]:
 
 def train_config(params: Any, model_path: Path, out_dir: Path, optim: Any, **kw: Any) -> Any:
     """A run of ``model_path`` on the target training text (the students' and the correction's)."""
-    from warmstart.train.loop import TrainConfig
+    from warmstart.train.config import TrainConfig
 
     return TrainConfig(
         model_path=str(model_path),
