@@ -19,7 +19,8 @@ from warmstart.context import rope_scaling as M
 from warmstart.context import tasks as T
 from warmstart.context import traps
 from warmstart.context.measure import bpb_by_length, bpb_by_position
-from warmstart.context.testbed import TestbedConfig, run_testbed, score_items, summarise
+from warmstart.context.testbed import run_testbed, score_items, summarise
+from warmstart.context.testbed_config import TestbedConfig
 from warmstart.evaluate.intervals import wilson_or_unit_interval as wilson
 from warmstart.model import build_model
 

@@ -67,7 +67,7 @@ class Context(_Section):
     eval_bytes: int = Field(default=32_000, ge=1000)  # test text (long documents) for bits per byte by length
     position_buckets: int = Field(default=8, ge=1)
     suite: ContextSuite = ContextSuite()
-    testbed: dict[str, Any] = {}  # warmstart.context.testbed.TestbedConfig fields (validated by the stage)
+    testbed: dict[str, Any] = {}  # warmstart.context.testbed_config.TestbedConfig fields (validated by the stage)
 
     @model_validator(mode="after")
     def _check(self) -> Context:

@@ -1,6 +1,6 @@
 """Context-length extension of RoPE models: methods, a retrieval testbed, long-document measures.
 
-Kept light (nothing is imported here); the modules are:
+The modules (nothing is imported here):
 
 :mod:`warmstart.context.rope_scaling`
     The registry of extension methods (``none``, ``pi``, ``ntk``,
@@ -24,8 +24,17 @@ Kept light (nothing is imported here); the modules are:
     ``factor x L`` (:func:`~warmstart.context.testbed.run_testbed`).
 :mod:`warmstart.context.measure`
     Bits per byte of long documents by context length and by position.
-:mod:`warmstart.context.stats`
-    Wilson intervals.
+:mod:`warmstart.context.testbed_config`
+    :class:`~warmstart.context.testbed_config.TestbedConfig`, validated before anything trains.
+:mod:`warmstart.context.testbed_seeds`
+    The testbed once per training seed (``make testbed-seeds``).
+:mod:`warmstart.context.retrieval`
+    The long-context retrieval suite for real models (``kv_uuid``, ``topic``, ``line``, ``multidoc``,
+    ``passkey``), built from corpus text at any token length.
+:mod:`warmstart.context.plan`
+    Whether a run fits a device, and with what (``python -m warmstart.context plan``).
+:mod:`warmstart.context.summary`
+    The context stage's collection: the testbed and the adapted model's extensions, figures and card.
 
-The text suite for real models is :mod:`warmstart.context.retrieval`.
+Accuracy intervals (Wilson) come from :mod:`warmstart.evaluate.intervals`.
 """

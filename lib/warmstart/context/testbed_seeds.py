@@ -42,7 +42,7 @@ _NOT_RESULT = ("seed", "workers")
 
 def testbed_config(params: Any, seed: int) -> Any:
     """The ``context_testbed`` stage's configuration with ``seed``."""
-    from warmstart.context.testbed import TestbedConfig
+    from warmstart.context.testbed_config import TestbedConfig
 
     return TestbedConfig(**{**params.context.testbed, "seed": seed})
 

@@ -77,8 +77,8 @@ def _texts_by_document(params: Any, split: str) -> list[str]:
 
 def run_testbed(params: Any) -> dict[str, Any]:
     """The retrieval testbed: train at ``L``, every method zero-shot and fine-tuned at ``factor x L``."""
-    from warmstart.context.testbed import TestbedConfig
     from warmstart.context.testbed import run_testbed as testbed
+    from warmstart.context.testbed_config import TestbedConfig
 
     params = declared(params, "context_testbed", PARAMS["context_testbed"])
     cfg = TestbedConfig(**{"seed": params.shared.seed, **params.context.testbed})
