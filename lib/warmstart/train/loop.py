@@ -75,7 +75,6 @@ from warmstart.model import load_model
 from warmstart.train.checkpoint import (
     export_checkpoint,
     latest_checkpoint,
-    list_checkpoints,  # noqa: F401  (re-exported for warmstart.prune.students, until it imports it from checkpoint)
     pause_for_tests,
     remove_partial_checkpoints,
 )
