@@ -96,8 +96,12 @@ def sync(root: Path) -> list[str]:
         entry["params"] = _flow(want_params)
         changed.append(name)
     if changed:
-        with path.open("w") as fh:
-            y.dump(doc, fh)
+        import io
+
+        buf = io.StringIO()
+        y.dump(doc, buf)
+        # ruamel ends a wrapped flow sequence's lines with a space
+        path.write_text("".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines()))
     return changed
 
 
