@@ -91,24 +91,16 @@ def plot_growth(result: dict, path: Path) -> dict:
             rs = _runs(result, variant=v, init=init)
             ls = "-" if init == "warm" else "--"
             lab = f"{LABELS[v]}, {init}"
-            axes[0].plot(
-                [r["lr"] for r in rs],
-                [r["attn_logit_max_max"] if finite(r["attn_logit_max_max"]) else math.nan for r in rs],
-                ls,
-                marker="o",
-                ms=3,
-                color=COLORS[v],
-                label=lab,
-            )
-            axes[1].plot(
-                [r["lr"] for r in rs],
-                [r["log_z_mean_end"] if finite(r["log_z_mean_end"]) else math.nan for r in rs],
-                ls,
-                marker="o",
-                ms=3,
-                color=COLORS[v],
-                label=lab,
-            )
+            for ax, key in zip(axes, ("attn_logit_max_max", "log_z_mean_end")):
+                ax.plot(
+                    [r["lr"] for r in rs],
+                    [r[key] if finite(r[key]) else math.nan for r in rs],
+                    ls,
+                    marker="o",
+                    ms=3,
+                    color=COLORS[v],
+                    label=lab,
+                )
     thr = result["config"]["moved"]["attn_logit_threshold"]
     if thr:
         axes[0].axhline(thr, color="0.5", ls=":", lw=1)
