@@ -22,11 +22,27 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from warmstart.train.config import TrainConfig
 from warmstart.train.loop import Trainer
+
+
+def _quiet(**over: Any) -> dict[str, Any]:
+    """TrainConfig overrides for a benchmark's trainer: no checkpoints, tags, exported model, progress bar,
+    TensorBoard or injected NaN steps; ``over`` on top."""
+    return dict(
+        checkpoint_every=0,
+        tag_every=None,
+        tag_steps=[],
+        export_final=False,
+        progress=False,
+        tensorboard=False,
+        inject_nan_steps=[],
+        **over,
+    )
 
 
 def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> dict:
@@ -42,19 +58,7 @@ def benchmark_overhead(cfg: TrainConfig, steps: int = 40, warmup: int = 10) -> d
     if steps <= warmup or steps % warmup:
         raise ValueError("steps must be a multiple of warmup, and larger")
     with tempfile.TemporaryDirectory() as tmp:
-        over = dict(
-            steps=steps,
-            log_every=warmup,
-            checkpoint_every=0,
-            tag_every=None,
-            tag_steps=[],
-            export_final=False,
-            progress=False,
-            tensorboard=False,
-            inject_nan_steps=[],
-            batch_ramp=None,
-            masked_share=0.0,
-        )
+        over = _quiet(steps=steps, log_every=warmup, batch_ramp=None, masked_share=0.0)
         tr = Trainer(cfg.model_copy(update=over | {"out_dir": str(Path(tmp) / "trainer")}))
         tr.fit()
         log = {r["step"]: r for r in map(json.loads, tr.log_path.read_text().splitlines())}
@@ -117,18 +121,7 @@ def benchmark_signals(cfg: TrainConfig, every: int = 5, blocks: int = 12, warmup
     if every < 1 or blocks < 1:
         raise ValueError("every and blocks must be >= 1")
     n = every * (blocks + warmup_blocks)
-    over = dict(
-        steps=n,
-        warmup_steps=min(cfg.warmup_steps, n),
-        checkpoint_every=0,
-        tag_every=None,
-        tag_steps=[],
-        export_final=False,
-        progress=False,
-        tensorboard=False,
-        inject_nan_steps=[],
-        inject_bad_batches=[],
-    )
+    over = _quiet(steps=n, warmup_steps=min(cfg.warmup_steps, n), inject_bad_batches=[])
     clocks = {"wall": time.perf_counter, "cpu": time.process_time}
     times = {c: {"signal": [], "other": [], "plain": []} for c in clocks}
     block = {c: {"signals": [0.0] * blocks, "plain": [0.0] * blocks} for c in clocks}
