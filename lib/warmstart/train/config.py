@@ -33,17 +33,14 @@ from warmstart.model import ModelSpec
 # - teacher_path (warmstart.train.distil): kd_loss (KL(teacher || student) at kd_temperature, nats per label
 #   position, without the T^2 factor) and mfu_with_teacher (student 6N + teacher forward 2N FLOPs).
 KERNEL_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2", "warmstart_flex")  # through warmstart.kernels
+# the step log's scalars that TensorBoard also gets (train/<field>, with the optional fields below)
+TB_FIELDS = ("loss", "lr", "grad_norm", "update_cos", "tokens_per_s", "mfu")
 LOG_FIELDS = (
     "step",
     "samples",
     "tokens",
     "bytes",
-    "loss",
-    "lr",
-    "grad_norm",
-    "update_cos",
-    "tokens_per_s",
-    "mfu",
+    *TB_FIELDS,
     "peak_mem_bytes",
     "data_state",
     "skipped",

@@ -78,7 +78,14 @@ from warmstart.train.checkpoint import (
     pause_for_tests,
     remove_partial_checkpoints,
 )
-from warmstart.train.config import KERNEL_ATTENTION, LOG_FIELDS, OPTIONAL_LOG_FIELDS, SIGNAL_FIELDS, TrainConfig
+from warmstart.train.config import (
+    KERNEL_ATTENTION,
+    LOG_FIELDS,
+    OPTIONAL_LOG_FIELDS,
+    SIGNAL_FIELDS,
+    TB_FIELDS,
+    TrainConfig,
+)
 from warmstart.train.distributed import make_accelerator
 from warmstart.train.objectives import Objective, resolve_mask_id
 from warmstart.train.resume import CheckpointMixin
@@ -322,15 +329,7 @@ class Trainer(StepMixin, CheckpointMixin):
                         )
                         log.flush()
                         if tb is not None:
-                            for key in (
-                                "loss",
-                                "lr",
-                                "grad_norm",
-                                "update_cos",
-                                "tokens_per_s",
-                                "mfu",
-                                *OPTIONAL_LOG_FIELDS,
-                            ):
+                            for key in (*TB_FIELDS, *OPTIONAL_LOG_FIELDS):
                                 vals = rec.get(key)  # per-layer lists: one scalar per layer, train/<key>/<layer>
                                 for tag, v in enumerate(vals) if isinstance(vals, list) else [(None, vals)]:
                                     if v is not None:
