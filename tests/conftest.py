@@ -23,6 +23,24 @@ WORDS_EN = "the cat sat on a mat with some dog and it ran far away from home to 
 WORDS_NB = "en katt satt paa ei matte med noen hunder og den sprang langt hjemmefra for aa se".split()
 
 
+def assert_acyclic(graph: dict[str, set[str]], what: str) -> None:
+    """Fail naming the first cycle (``what: a -> b -> a``) a depth-first walk of ``graph`` finds."""
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        state[n] = 1
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                pytest.fail(f"{what}: " + " -> ".join([*path[path.index(m) :], m]))
+            if m not in state:
+                visit(m, [*path, m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run fastest on one thread, and two xdist workers then share 2 cores without oversubscription."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import assert_acyclic
 from warmstart.closure import import_closure
 from warmstart.closure import imports as _imports
 from warmstart.stages.__main__ import diff
@@ -76,20 +77,7 @@ def test_no_import_cycle_in_the_package():
             if imp and imp != name and not name.startswith(imp + "."):
                 deps.add(imp)
         graph[name] = deps
-    state: dict[str, int] = {}
-
-    def visit(n, path):
-        state[n] = 1
-        for m in sorted(graph[n]):
-            if state.get(m) == 1:
-                pytest.fail("import cycle: " + " -> ".join([*path[path.index(m) :], m]))
-            if m not in state:
-                visit(m, [*path, m])
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            visit(n, [n])
+    assert_acyclic(graph, "import cycle")
 
 
 @pytest.mark.parametrize("stage", sorted(set(STAGES)))

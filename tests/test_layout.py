@@ -6,8 +6,7 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
+from conftest import assert_acyclic
 from warmstart.closure import imports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,20 +59,7 @@ def test_no_import_cycle_between_packages():
                 imp = imp.rpartition(".")[0]
             if imp and imp != "warmstart" and _node(imp) != src:
                 graph.setdefault(src, set()).add(_node(imp))
-    state: dict[str, int] = {}
-
-    def visit(n: str, path: list[str]) -> None:
-        state[n] = 1
-        for m in sorted(graph.get(n, ())):
-            if state.get(m) == 1:
-                pytest.fail("package import cycle: " + " -> ".join([*path[path.index(m) :], m]))
-            if m not in state:
-                visit(m, [*path, m])
-        state[n] = 2
-
-    for n in sorted(graph):
-        if n not in state:
-            visit(n, [n])
+    assert_acyclic(graph, "package import cycle")
 
 
 def test_each_stage_run_reads_in_about_50_lines():
