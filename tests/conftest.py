@@ -22,6 +22,40 @@ def params_dict():
 WORDS_EN = "the cat sat on a mat with some dog and it ran far away from home to see blue sky".split()
 WORDS_NB = "en katt satt paa ei matte med noen hunder og den sprang langt hjemmefra for aa se".split()
 
+# The tests' tokenizers' special tokens, ids 0..4 in this order, and the PreTrainedTokenizerFast argument of each.
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+SPECIAL_ARGS = {
+    "<pad>": "pad_token",
+    "<s>": "bos_token",
+    "</s>": "eos_token",
+    "<unk>": "unk_token",
+    "<mask>": "mask_token",
+}
+
+
+def fast_tokenizer(tok, specials=SPECIALS):
+    """A ``tokenizers.Tokenizer`` as a ``PreTrainedTokenizerFast`` with ``specials`` as its special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **{SPECIAL_ARGS[s]: s for s in specials})
+
+
+def byte_bpe(texts, vocab_size, specials=SPECIALS):
+    """A byte-level BPE trained on ``texts``, ``specials`` first (ids 0..), as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return fast_tokenizer(tok, specials)
+
 
 def assert_acyclic(graph: dict[str, set[str]], what: str) -> None:
     """Fail naming the first cycle (``what: a -> b -> a``) a depth-first walk of ``graph`` finds."""

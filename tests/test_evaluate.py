@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import SPECIALS, byte_bpe
 from conftest import WORDS_EN as EN
 from conftest import WORDS_NB as NB
 from warmstart.bpb import bits_per_byte
@@ -28,29 +29,10 @@ from warmstart.evaluate.runs import load_run, select_checkpoints
 from warmstart.evaluate.tables import bytes_to_reach, speedup
 from warmstart.model import build_model, save_model
 
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
-
 
 def make_tokenizer(texts, vocab_size=300, mask=True):
     """A byte-level BPE; with vocab_size = 256 + specials it has no merges (one token per byte)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = SPECIALS if mask else SPECIALS[:4]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    kw = {"mask_token": "<mask>"} if mask else {}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>", **kw
-    )
+    return byte_bpe(texts, vocab_size, SPECIALS if mask else SPECIALS[:4])
 
 
 def tiny_model(tok, seed=0):

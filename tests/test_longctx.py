@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from conftest import byte_bpe
 from warmstart.context.retrieval import (
     TASKS,
     alfred_normalised_mean,
@@ -40,20 +41,7 @@ def _texts(n: int = 40, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    t = Tokenizer(models.BPE(unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    t.train_from_iterator(_texts(80, 1), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=t, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return byte_bpe(_texts(80, 1), 1000, ["<pad>", "</s>", "<unk>"])
 
 
 def test_suite_fills_the_length_deterministically(tok):

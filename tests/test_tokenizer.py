@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from conftest import SPECIALS
 from warmstart import tokenizer as wtok
 from warmstart.config import SpecialTokens
 from warmstart.config import Tokenizer as TokenizerConfig
@@ -26,7 +27,6 @@ from warmstart.tokenizer import (
 )
 
 KINDS = ["byte_bpe", "sp_bpe", "sp_unigram"]
-SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 
 # Tiny Norwegian training text: enough repetition for merges at min_frequency=2.
 TRAIN = [

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from conftest import WORDS_EN as WORDS_A
 from conftest import WORDS_NB as WORDS_B
+from conftest import byte_bpe
 from warmstart.kernels.masks import document_attention_mask
 from warmstart.model import ModelSpec, load_model
 from warmstart.train.checkpoint import export_checkpoint, latest_checkpoint, list_checkpoints
@@ -45,30 +46,9 @@ def _texts(words, n, seed):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """A 300-token byte-level BPE tokenizer (with <mask>) and two small jsonl corpora."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     root = tmp_path_factory.mktemp("assets")
     a, b = _texts(WORDS_A, 200, 0), _texts(WORDS_B, 100, 1)
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(a + b, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(root / "tok")
+    byte_bpe(a + b, 300).save_pretrained(root / "tok")
     for name, texts in (("a", a), ("b", b)):
         with open(root / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps({"text": t}) + "\n" for t in texts)

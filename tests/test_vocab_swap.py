@@ -33,11 +33,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from conftest import SPECIALS, fast_tokenizer
 from warmstart import vocab_swap as vs
 
 B2U = vs.BYTE_TO_UNICODE
 SP = "\u2581"
-SP_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
 PAD_MULTIPLE = 64
 # gensim trains FOCUS's fastText vectors; it is an optional dependency until pyproject lists it
 needs_gensim = pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim is not installed")
@@ -82,7 +82,7 @@ def sp_tokenizer() -> PreTrainedTokenizerFast:
     chars = [SP] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["å", "ø", "æ"]
     words = [SP + "house", SP + "hus", SP + "the", SP + "dog", SP + "kat", SP + "er", "at", SP + "bøk", SP + "aaa"]
     merges = _merges(words)
-    vocab = {s: i for i, s in enumerate(SP_SPECIALS)}
+    vocab = {s: i for i, s in enumerate(SPECIALS)}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for c in chars:
@@ -94,15 +94,8 @@ def sp_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.Sequence(
         [decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")]
     )
-    tok.add_special_tokens(SP_SPECIALS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
+    tok.add_special_tokens(SPECIALS)
+    return fast_tokenizer(tok)
 
 
 NB_TEXTS = [
@@ -298,7 +291,7 @@ def test_batch_omp_recovers_sparse_combination():
 
 def unigram_tokenizer() -> PreTrainedTokenizerFast:
     """SentencePiece Unigram with byte fallback (what ``sp_unigram`` trains)."""
-    pieces = [(s, 0.0) for s in SP_SPECIALS] + [(f"<0x{b:02X}>", -100.0) for b in range(256)]
+    pieces = [(s, 0.0) for s in SPECIALS] + [(f"<0x{b:02X}>", -100.0) for b in range(256)]
     pieces += [(c, -5.0) for c in [SP] + [chr(c) for c in range(ord("a"), ord("z") + 1)]]
     pieces += [(SP + "hus", -2.0), ("hus", -3.0), (SP + "h", -3.0), ("et", -3.0), (SP + "house", -2.0)]
     tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=True))
@@ -306,15 +299,8 @@ def unigram_tokenizer() -> PreTrainedTokenizerFast:
     tok.decoder = decoders.Sequence(
         [decoders.ByteFallback(), decoders.Metaspace(replacement=SP, prepend_scheme="first")]
     )
-    tok.add_special_tokens(SP_SPECIALS)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
+    tok.add_special_tokens(SPECIALS)
+    return fast_tokenizer(tok)
 
 
 def test_unigram_tokenizer_both_ways(toks):
