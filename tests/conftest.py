@@ -31,6 +31,8 @@ SPECIAL_ARGS = {
     "<unk>": "unk_token",
     "<mask>": "mask_token",
 }
+# The tests' tiny Llama's shape (build_model's names; test_flops counts its FLOPs by hand).
+TINY_LLAMA = dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64)
 
 
 def fast_tokenizer(tok, specials=SPECIALS):
@@ -55,6 +57,13 @@ def byte_bpe(texts, vocab_size, specials=SPECIALS):
     )
     tok.train_from_iterator(texts, trainer)
     return fast_tokenizer(tok, specials)
+
+
+def model_for(tok, **kw):
+    """``build_model`` sized to ``tok`` (its vocabulary, eos and pad ids); ``kw``: the shape and the rest."""
+    from warmstart.model import build_model
+
+    return build_model(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
 
 
 def assert_acyclic(graph: dict[str, set[str]], what: str) -> None:

@@ -2,36 +2,21 @@
 
 import pytest
 
+from test_flops import HEAD_DIM_3, LLAMA_3_2_1B, TINY
 from warmstart.kernels import bench
 from warmstart.model import build_model
 
 
 def test_mfu_arithmetic_by_hand():
     # tests/test_flops.py's tiny Llama: N = 28032, FLOPs/token at T = 32: 6 N + 12*2*4*8*32 = 192768
-    cfg = build_model(vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64).config
+    cfg = build_model(**TINY).config
     assert bench.mfu_of(1000.0, cfg, 32, 1e9) == pytest.approx(1000 * 192768 / 1e9)
     # Llama-3.2-1B shape at T = 4096 (see test_flops): 9_025_093_632 FLOPs/token; 40k tokens/s on an H100
-    big = dict(
-        vocab_size=128256,
-        hidden_size=2048,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-    )
-    assert bench.mfu_of(40_000.0, big, 4096, 989e12) == pytest.approx(40_000 * 9_025_093_632 / 989e12)  # 36.5%
+    assert bench.mfu_of(40_000.0, LLAMA_3_2_1B, 4096, 989e12) == pytest.approx(40_000 * 9_025_093_632 / 989e12)  # 36.5%
 
 
 def test_ratios_to_eager():
-    cfg = dict(
-        vocab_size=10,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=3,
-        intermediate_size=5,
-    )  # (FLOPs/token at T=7: 6*344 + 12*1*2*3*7 = 2568)
+    cfg = HEAD_DIM_3  # (FLOPs/token at T=7: 6*344 + 12*1*2*3*7 = 2568)
     res = [
         dict(config="eager", tokens_per_s=100.0, peak_mem_gib=10.0, loss=2.0, model_config=cfg),
         dict(config="full", tokens_per_s=150.0, peak_mem_gib=5.0, loss=2.002, model_config=cfg),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import SPECIALS, byte_bpe
+from conftest import SPECIALS, TINY_LLAMA, byte_bpe, model_for
 from conftest import WORDS_EN as EN
 from conftest import WORDS_NB as NB
 from warmstart.bpb import bits_per_byte
@@ -27,7 +27,7 @@ from warmstart.evaluate.probes import (
 )
 from warmstart.evaluate.runs import load_run, select_checkpoints
 from warmstart.evaluate.tables import bytes_to_reach, speedup
-from warmstart.model import build_model, save_model
+from warmstart.model import save_model
 
 
 def make_tokenizer(texts, vocab_size=300, mask=True):
@@ -36,18 +36,7 @@ def make_tokenizer(texts, vocab_size=300, mask=True):
 
 
 def tiny_model(tok, seed=0):
-    return build_model(
-        vocab_size=len(tok),
-        hidden=32,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        intermediate=64,
-        max_pos=256,
-        seed=seed,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    return model_for(tok, **TINY_LLAMA, max_pos=256, seed=seed)
 
 
 def sentences(words, n, seed):

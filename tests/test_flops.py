@@ -5,16 +5,36 @@ import math
 import pytest
 from transformers import MistralConfig
 
+from conftest import TINY_LLAMA
 from warmstart import flops
 from warmstart.model import build_model
 
 # The tests' tiny Llama: vocab 300, hidden 32, 2 layers, 4 heads (head dim 8), 2 kv heads, MLP 64, T = 32.
-TINY = dict(vocab_size=300, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, max_pos=64)
+TINY = dict(vocab_size=300, **TINY_LLAMA, max_pos=64)
 # N by hand, per layer: q 32*32 = 1024, k 32*(2*8) = 512, v 512, o 1024, gate+up+down 3*32*64 = 6144 -> 9216;
 # two layers 18432, plus the LM head 300*32 = 9600 -> N = 28032 (the input embedding is not counted).
 N_TINY = 28032
 # 6 N = 168192; attention 12 * L * H * Q * T = 12 * 2 * 4 * 8 * 32 = 24576; total 192768 per token.
 FPT_TINY = 192768
+# A Hugging Face config as a dict, head_dim not hidden / heads (test_bench uses it too).
+HEAD_DIM_3 = dict(
+    vocab_size=10,
+    hidden_size=8,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=3,
+    intermediate_size=5,
+)
+# The benchmark's model: Llama-3.2-1B's shape (test_bench uses it too).
+LLAMA_3_2_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    intermediate_size=8192,
+)
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -31,18 +51,9 @@ def test_tiny_flops_by_hand(tie):
 
 def test_dict_config_and_explicit_head_dim():
     # head_dim need not be hidden / heads (Mistral-Nemo: 5120 / 32 = 160, head_dim 128)
-    cfg = dict(
-        vocab_size=10,
-        hidden_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=3,
-        intermediate_size=5,
-    )
     # q 8*2*3 = 48, k 8*1*3 = 24, v 24, o 2*3*8 = 48, mlp 3*8*5 = 120 -> 264, head 10*8 = 80 -> N = 344
-    assert flops.matmul_params(cfg) == 344
-    assert flops.flops_per_token(cfg, 7) == 6 * 344 + 12 * 1 * 2 * 3 * 7
+    assert flops.matmul_params(HEAD_DIM_3) == 344
+    assert flops.flops_per_token(HEAD_DIM_3, 7) == 6 * 344 + 12 * 1 * 2 * 3 * 7
 
 
 def test_normistral_order_of_magnitude():
@@ -73,19 +84,11 @@ def test_mfu_and_peak():
 
 def test_llama_3_2_1b_by_hand():
     """The benchmark's model: Llama-3.2-1B shape (tied head still counted), T = 4096."""
-    cfg = dict(
-        vocab_size=128256,
-        hidden_size=2048,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        intermediate_size=8192,
-    )
     # per layer: q 2048*2048 = 4194304, k = v = 2048*512 = 1048576, o 4194304, mlp 3*2048*8192 = 50331648
     # -> 60817408; x16 = 973078528; head 128256*2048 = 262668288 -> N = 1235746816
-    assert flops.matmul_params(cfg) == 1_235_746_816
+    assert flops.matmul_params(LLAMA_3_2_1B) == 1_235_746_816
     # 6 N = 7414480896; attention 12*16*32*64*4096 = 1610612736
-    assert flops.flops_per_token(cfg, 4096) == 9_025_093_632
+    assert flops.flops_per_token(LLAMA_3_2_1B, 4096) == 9_025_093_632
 
 
 # ---------------------------------------------------------------- credible throughput: MFU only against a stated peak

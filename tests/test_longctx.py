@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from conftest import byte_bpe
+from conftest import byte_bpe, model_for
 from warmstart.context.retrieval import (
     TASKS,
     alfred_normalised_mean,
@@ -18,7 +18,6 @@ from warmstart.context.retrieval import (
     score_generations,
     score_suite,
 )
-from warmstart.model import build_model
 
 WORDS = (
     "system package kernel network file server user debian install archive mirror service daemon "
@@ -109,15 +108,7 @@ def test_scores_of_hand_made_generations(tok):
 
 def test_score_suite_runs_greedy_generation(tok):
     suite = build_suite(_texts(), tok, 768, 2, seed=0, tasks=["passkey", "line"])
-    model = build_model(
-        vocab_size=len(tok),
-        hidden=32,
-        layers=1,
-        heads=2,
-        max_pos=768,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    model = model_for(tok, hidden=32, layers=1, heads=2, max_pos=768)
     res = score_suite(model, tok, suite, batch_size=3)
     json.dumps(res)
     assert set(res["tasks"]) == {"passkey", "line"} and len(res["items"]) == 4

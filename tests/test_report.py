@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_LLAMA, model_for
 from warmstart.describe import (
     CorpusSource,
     Language,
@@ -264,7 +265,7 @@ def _study(
     with weights, for running the card's example)."""
     from warmstart.config import load_params
     from warmstart.io import write_json
-    from warmstart.model import build_model, save_model
+    from warmstart.model import save_model
 
     data, reports = tmp / "data", tmp / "reports"
     overrides = {
@@ -294,17 +295,7 @@ def _study(
         from transformers import AutoTokenizer
 
         t = AutoTokenizer.from_pretrained(tok)
-        model = build_model(
-            vocab_size=len(t),
-            hidden=32,
-            layers=2,
-            heads=4,
-            kv_heads=2,
-            intermediate=64,
-            max_pos=256,
-            eos_token_id=t.eos_token_id,
-            pad_token_id=t.pad_token_id,
-        )
+        model = model_for(t, **TINY_LLAMA, max_pos=256)
         save_model(model, t, final)
         final_cfg = model.config.to_dict()
     write_json(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, WORDS_EN, WORDS_NB
+from conftest import ROOT, WORDS_EN, WORDS_NB, model_for
 
 
 def _corpus(root: Path, lang: str, words: list[str]) -> None:
@@ -43,24 +43,14 @@ def test_base_stage_loads_a_locally_saved_hf_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from warmstart.config import Tokenizer as TokCfg
-    from warmstart.model import build_model, save_model
+    from warmstart.model import save_model
     from warmstart.stages import base as stage
     from warmstart.tokenizer import train_tokenizer
 
     _corpus(tmp_path / "data", "en-US", WORDS_EN)
     _corpus(tmp_path / "data", "nb-NO", WORDS_NB)
     tok = train_tokenizer([" ".join(WORDS_EN + WORDS_NB)] * 4, TokCfg(vocab_size=300, target_mix={"target": 1.0}))
-    model = build_model(
-        vocab_size=len(tok),
-        hidden=16,
-        layers=1,
-        heads=2,
-        max_pos=64,
-        seed=0,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    model = model_for(tok, hidden=16, layers=1, heads=2, max_pos=64, seed=0, bos_token_id=tok.bos_token_id)
     save_model(model, tok, tmp_path / "hub-model")
     params = _params(tmp_path, source="hf", model_id=str(tmp_path / "hub-model"))
     headline = stage.run(params)

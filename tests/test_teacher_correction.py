@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, WORDS_EN, WORDS_NB
+from conftest import ROOT, TINY_LLAMA, WORDS_EN, WORDS_NB, model_for
 from test_study import _corpus
 
 TEACHER = "fvt"  # a study run name: the tiny teacher's run.json stands in for the pretrain stage's
@@ -40,26 +40,14 @@ def _params(tmp_path, steps: int, variants=("width_kd",)):
 def project(tmp_path):
     """A corpus and a tiny trained-looking teacher run (``data/logs/fvt/run.json`` naming its final model)."""
     from warmstart.config import Tokenizer as TokCfg
-    from warmstart.model import build_model, save_model
+    from warmstart.model import save_model
     from warmstart.tokenizer import train_tokenizer
 
     data = tmp_path / "data"
     _corpus(data, "en-US", WORDS_EN)
     _corpus(data, "nb-NO", WORDS_NB)
     tok = train_tokenizer([" ".join(WORDS_EN + WORDS_NB)] * 4, TokCfg(vocab_size=300, target_mix={"target": 1.0}))
-    model = build_model(
-        vocab_size=len(tok),
-        hidden=32,
-        layers=2,
-        heads=4,
-        kv_heads=2,
-        intermediate=64,
-        max_pos=64,
-        seed=0,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.bos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    model = model_for(tok, **TINY_LLAMA, max_pos=64, seed=0, bos_token_id=tok.bos_token_id)
     final = save_model(model, tok, data / "runs" / TEACHER / "final")
     (data / "logs" / TEACHER).mkdir(parents=True)
     (data / "logs" / TEACHER / "run.json").write_text(

@@ -23,9 +23,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import TINY_LLAMA, byte_bpe
 from conftest import WORDS_EN as WORDS_A
 from conftest import WORDS_NB as WORDS_B
-from conftest import byte_bpe
 from warmstart.kernels.masks import document_attention_mask
 from warmstart.model import ModelSpec, load_model
 from warmstart.train.checkpoint import export_checkpoint, latest_checkpoint, list_checkpoints
@@ -308,18 +308,7 @@ def test_save_model_is_atomic_and_loadable(assets, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(assets / "tok")
     for seed in (0, 1):  # the second save replaces the first
-        model = build_model(
-            "mistral",
-            vocab_size=300,
-            hidden=32,
-            layers=2,
-            heads=4,
-            kv_heads=2,
-            intermediate=64,
-            max_pos=64,
-            tie_embeddings=True,
-            seed=seed,
-        )
+        model = build_model("mistral", vocab_size=300, **TINY_LLAMA, max_pos=64, tie_embeddings=True, seed=seed)
         save_model(model, tok, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert type(loaded).__name__ == "MistralForCausalLM" and loaded.config.tie_word_embeddings
