@@ -7,6 +7,12 @@ import json
 from warmstart.stability import ablations as A
 
 SPEC = dict(hidden=16, layers=1, heads=2, kv_heads=1, intermediate=32, max_pos=32, seed=0)
+TOY = dict(seq_len=32, micro_batch=4, every=10, spec=SPEC)  # every toy run's size
+
+
+def _run_ablations(tmp_path, lrs, steps, **kw):
+    """The ablations at toy size into ``tmp_path / "abl"``, from a base trained 20 steps, without progress lines."""
+    return A.run_ablations(tmp_path / "abl", lrs=lrs, steps=steps, base_steps=20, **TOY, log=lambda m: None, **kw)
 
 
 def test_toy_corpora_are_deterministic_and_disjoint():
@@ -16,17 +22,7 @@ def test_toy_corpora_are_deterministic_and_disjoint():
 
 
 def test_ablations_end_to_end_and_resume_variants(tmp_path):
-    res = A.run_ablations(
-        tmp_path / "abl",
-        lrs=[1e-3, 3e-1],
-        steps=40,
-        base_steps=20,
-        seq_len=32,
-        micro_batch=4,
-        every=10,
-        spec=SPEC,
-        log=lambda m: None,
-    )
+    res = _run_ablations(tmp_path, [1e-3, 3e-1], 40)
     assert [(r["init"], r["lr"]) for r in res["sweep"]] == [
         ("warm", 1e-3),
         ("scratch", 1e-3),
@@ -51,10 +47,7 @@ def test_ablations_end_to_end_and_resume_variants(tmp_path):
         0.3,
         seed=0,
         model_path=str(tmp_path / "abl/runs/base/final"),
-        seq_len=32,
-        micro_batch=4,
-        every=10,
-        spec=SPEC,
+        **TOY,
     )
     orig = A.analyse_run(run)["loss"]
     out = {}
@@ -69,18 +62,7 @@ def test_induced_spike_drives_the_resume_ablation(tmp_path):
     """No natural spike at toy scale: corrupting batches 80..84 of a warm run makes one. Resumed from the
     checkpoint before it, the spike recurs with the optimizer kept (an exact replay) or reset (same data),
     and not when the resumed run skips past the corrupted stretch."""
-    res = A.run_ablations(
-        tmp_path / "abl",
-        lrs=[3e-3],
-        steps=120,
-        base_steps=20,
-        seq_len=32,
-        micro_batch=4,
-        every=10,
-        spec=SPEC,
-        induce_spike=80,
-        log=lambda m: None,
-    )
+    res = _run_ablations(tmp_path, [3e-3], 120, induce_spike=80)
     r = res["resume"]
     assert r["induced"] == {"inject_bad_batches": [80, 81, 82, 83, 84]} and r["run"] == "warm-lr0.003-induced"
     assert (r["first_spike"], r["from_step"]) == (80, 70)
