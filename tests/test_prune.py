@@ -41,6 +41,22 @@ def _randomise_vectors(model, seed=0):
     return model
 
 
+def _from_config(config_cls, model_cls, seed: int, **extra):
+    """:func:`make`'s shape built straight from a transformers config (with ``extra``), seeded."""
+    cfg = config_cls(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        initializer_range=0.1,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    return model_cls(cfg).float()
+
+
 def make(kind: str, seed: int = 0):
     """Tiny real HF models: GQA Llama (untied/tied), Llama with biases, Mistral, Qwen3 (q/k norms)."""
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -55,33 +71,9 @@ def make(kind: str, seed: int = 0):
     elif kind == "mistral":
         m = build_model(arch="mistral", **kw)
     elif kind == "llama-bias":
-        cfg = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=96,
-            attention_bias=True,
-            mlp_bias=True,
-            initializer_range=0.1,
-        )
-        torch.manual_seed(seed)
-        m = LlamaForCausalLM(cfg).float()
+        m = _from_config(LlamaConfig, LlamaForCausalLM, seed, attention_bias=True, mlp_bias=True)
     elif kind == "qwen3":
-        cfg = Qwen3Config(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=24,
-            intermediate_size=96,
-            initializer_range=0.1,
-            tie_word_embeddings=False,
-        )
-        torch.manual_seed(seed)
-        m = Qwen3ForCausalLM(cfg).float()
+        m = _from_config(Qwen3Config, Qwen3ForCausalLM, seed, head_dim=24, tie_word_embeddings=False)
     else:
         raise KeyError(kind)
     return _randomise_vectors(m, seed).eval()
