@@ -179,6 +179,20 @@ def _write_parallel(tmp_path):
     return tmp_path
 
 
+def _parallel_params(params_dict, tmp_path):
+    """:func:`_write_parallel`'s documents as local en-US and nb-NO sources, near-duplicate removal off."""
+    _write_parallel(tmp_path)
+    return _local_params(
+        params_dict,
+        tmp_path,
+        [
+            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
+            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
+        ],
+        dedup={"near_threshold": None},
+    )
+
+
 def test_local_sources_build_a_parallel_split(params_dict, tmp_path):
     from warmstart.data.corpus import build_corpus, load_split
 
@@ -208,17 +222,8 @@ def test_local_sources_build_a_parallel_split(params_dict, tmp_path):
 def test_english_in_target_is_filtered_and_counted(params_dict, tmp_path):
     from warmstart.data.corpus import build_corpus, load_texts
 
-    _write_parallel(tmp_path)
+    p = _parallel_params(params_dict, tmp_path)
     (tmp_path / "nb" / "doc0.txt").write_text(NB[0] + "\n\n" + EN[1] + "\n")
-    p = _local_params(
-        params_dict,
-        tmp_path,
-        [
-            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
-        ],
-        dedup={"near_threshold": None},
-    )
     m = build_corpus(p)
     assert m["languages"]["nb-NO"]["removed"]["langid"] == 1
     nb_text = sum((load_texts(p, "nb-NO", s) for s in ("train", "val", "test")), [])
@@ -228,16 +233,7 @@ def test_english_in_target_is_filtered_and_counted(params_dict, tmp_path):
 def test_dedup_prefers_held_out_copy(params_dict, tmp_path):
     from warmstart.data.corpus import build_corpus, load_split
 
-    _write_parallel(tmp_path)
-    p = _local_params(
-        params_dict,
-        tmp_path,
-        [
-            {"kind": "local", "lang": "en-US", "paths": [str(tmp_path / "en")]},
-            {"kind": "local", "lang": "nb-NO", "paths": [str(tmp_path / "nb")]},
-        ],
-        dedup={"near_threshold": None},
-    )
+    p = _parallel_params(params_dict, tmp_path)
     test_doc = next(
         r["doc"] for r in (build_corpus(p, tmp_path / "probe"), load_split(tmp_path / "probe", "en-US", "test"))[1]
     )
