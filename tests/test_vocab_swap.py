@@ -249,6 +249,7 @@ def test_package_modules_import_only_lower_ones():
         "apply",
         "surgery",
         "neighbours",
+        "details",
         "cli",
         "__main__",
     ]

@@ -36,7 +36,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -418,6 +418,19 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
+def target_weights(mix: Mapping[str, float], resolve: Callable[[str], str], languages: list[str]) -> dict[str, float]:
+    """``tokenizer.target_mix`` by corpus language: keys resolved by ``resolve``, a language named twice summed."""
+    weights: dict[str, float] = {}
+    for key, w in mix.items():
+        if (lang := resolve(key)) not in languages:
+            raise ValueError(
+                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
+                f"available: {languages} (add it to corpus.extra_languages)"
+            )
+        weights[lang] = weights.get(lang, 0.0) + w
+    return weights
+
+
 def fertility(tok: Any, texts: Iterable[str]) -> dict[str, float | int]:
     """Fertility of ``tok`` on ``texts``.
 
@@ -477,3 +490,9 @@ def fertility_table(tokenizers: Mapping[str, Any], texts_by_lang: Mapping[str, l
         for lang, texts in texts_by_lang.items()
     ]
     return pd.DataFrame(rows, columns=FERTILITY_COLUMNS)
+
+
+def fertility_ratios(table: pd.DataFrame, languages: Iterable[str]) -> dict[str, float]:
+    """Per language, tokens per word of the ``target`` tokenizer over the ``source`` one (rows of ``table``)."""
+    tpw = table.set_index(["tokenizer", "lang"])["tokens_per_word"]
+    return {lang: ratio(tpw[("target", lang)], tpw[("source", lang)]) for lang in languages}

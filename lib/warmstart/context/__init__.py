@@ -33,6 +33,9 @@ The modules (nothing is imported here):
     ``passkey``), built from corpus text at any token length.
 :mod:`warmstart.context.plan`
     Whether a run fits a device, and with what (``python -m warmstart.context plan``).
+:mod:`warmstart.context.finetune`
+    The ``context@<method>`` stage's pieces: the adapted model extended (or ``short``), its long documents,
+    retrieval suites and measures, the fine-tune's trainer config, the run's record and headline.
 :mod:`warmstart.context.summary`
     The context stage's collection: the testbed and the adapted model's extensions, figures and card.
 

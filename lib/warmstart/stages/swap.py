@@ -8,7 +8,6 @@ headline: ``reports/metrics/vocab_swap/<method>.json``.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from warmstart.bpb import held_out_texts
@@ -32,21 +31,6 @@ PARAMS = (
 )
 
 
-def probe_tokens(tokenizer: Any, texts: list[str], n: int, min_chars: int = 4) -> list[int]:
-    """The ``n`` most frequent whole-word tokens of ``texts`` (alphabetic, ``min_chars`` letters or more)."""
-    counts: Counter[int] = Counter()
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        counts.update(ids)
-    out = []
-    for i, _ in counts.most_common():
-        text = tokenizer.decode([i]).strip()
-        if len(text) >= min_chars and text.isalpha():
-            out.append(i)
-            if len(out) == n:
-                break
-    return out
-
-
 def details_path(params: Any, method: str):
     return params.report_path("vocab_swap", f"{method}.json")
 
@@ -56,6 +40,8 @@ def run(params: Any, method: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from warmstart import vocab_swap as vs
+    from warmstart.vocab_swap.details import swap_details, swap_headline
+    from warmstart.vocab_swap.neighbours import probe_tokens
 
     params = declared(params, "vocab_swap", PARAMS)
     v = params.vocab_swap
@@ -83,38 +69,6 @@ def run(params: Any, method: str) -> dict[str, Any]:
     base_bpb = bpb_table(base, base_tok, params, seq_len, v.eval_bytes)
     probes = probe_tokens(tok, held_out_texts(params, target, "test", v.eval_bytes), v.neighbours)
     nn = vs.nearest_neighbours(model, tok, base, base_tok, probes, k=3)
-    r = report.to_dict()
-    keep = (
-        "aligned",
-        "decomposed",
-        "mean_init",
-        "specials_mapped",
-        "padded_rows",
-        "new_vocab",
-        "padded_vocab",
-        "old_vocab",
-        "tied",
-        "seconds",
-    )
-    details = {
-        "method": method,
-        **{k: r[k] for k in keep},
-        "random": r["fallback_random"],
-        "bpb_step0": bpb,
-        "bpb_base": base_bpb,
-        "languages": {"target": target, "source": source},
-        "neighbours": nn.to_dict(orient="records"),
-    }
+    details = swap_details(method, report, bpb, base_bpb, target, source, nn)
     write_json(details_path(params, method), details)
-    return write_headline(
-        params,
-        f"vocab_swap/{method}",
-        {
-            "aligned_rows": r["aligned"],
-            "decomposed_rows": r["decomposed"],
-            "random_rows": r["fallback_random"],
-            "new_vocab": r["new_vocab"],
-            f"step0_bpb_{target}": bpb[target],
-            f"step0_bpb_{source}": bpb[source],
-        },
-    )
+    return write_headline(params, f"vocab_swap/{method}", swap_headline(details))

@@ -24,7 +24,7 @@ from warmstart.data.mixing import mixed_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
 from warmstart.stages.contract import declared
-from warmstart.tokenizer import fertility_table, ratio, train_tokenizer
+from warmstart.tokenizer import fertility_ratios, fertility_table, target_weights, train_tokenizer
 
 PARAMS = (
     "shared.seed",
@@ -55,21 +55,34 @@ def _mix(weights: dict[str, float]) -> str:
     return ", ".join(f"{lang} {w / total:.0%}" for lang, w in weights.items())
 
 
+def _about(kind: str, vocab_size: int, training_bytes: int, weights: dict[str, float]) -> str:
+    """The fragment's paragraph: both tokenizers, the target one's training text, how fertility is measured."""
+    return (
+        f"Both tokenizers are {kind} with {vocab_size:,} tokens; the target one is trained on "
+        f"{training_bytes:,} bytes of text mixed as {_mix(weights)}. Fertility is measured "
+        "on each language's test split (tokens per whitespace word; lower is better)."
+    )
+
+
+def _tables(table, ratios: dict[str, float]) -> list[dict]:
+    """The fragment's tables: the fertility table and the target-over-source ratios by language."""
+    return [
+        fragments.table(table, "Fertility of the source and target tokenizers"),
+        fragments.table(
+            [[k, v] for k, v in ratios.items()],
+            "Tokens per word, target over source tokenizer",
+            columns=["language", "ratio"],
+        ),
+    ]
+
+
 def run(params: Any) -> dict[str, Any]:
     """Train both tokenizers, measure fertility; write details, headline, figure and fragment."""
     params = declared(params, "tokenizer", PARAMS)
     t0 = time.perf_counter()
     cfg = params.tokenizer
     src, tgt = params.shared.source_lang, params.shared.target_lang
-    weights: dict[str, float] = {}
-    for key, w in cfg.target_mix.items():
-        lang = params.resolve_lang(key)
-        if lang not in params.languages:
-            raise ValueError(
-                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
-                f"available: {params.languages} (add it to corpus.extra_languages)"
-            )
-        weights[lang] = weights.get(lang, 0.0) + w
+    weights = target_weights(cfg.target_mix, params.resolve_lang, params.languages)
     train = {lang: load_texts(params, lang, "train") for lang in params.languages}
     target_text = mixed_texts({k: train[k] for k in weights}, weights, cfg.max_repeats, params.shared.seed)
     toks = {
@@ -78,11 +91,7 @@ def run(params: Any) -> dict[str, Any]:
     }
     tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
     table = fertility_table(toks, tests)
-    by = table.set_index(["tokenizer", "lang"])
-    ratios = {
-        lang: ratio(by.loc[("target", lang), "tokens_per_word"], by.loc[("source", lang), "tokens_per_word"])
-        for lang in params.languages
-    }
+    ratios = fertility_ratios(table, params.languages)
     details = {
         "vocab_size": {name: len(tok) for name, tok in toks.items()},
         "kind": cfg.kind,
@@ -100,19 +109,8 @@ def run(params: Any) -> dict[str, Any]:
         "tokenizer",
         20,
         "Tokenizers and fertility",
-        paragraphs=[
-            f"Both tokenizers are {cfg.kind} with {cfg.vocab_size:,} tokens; the target one is trained on "
-            f"{details['target_training_bytes']:,} bytes of text mixed as {_mix(weights)}. Fertility is measured "
-            "on each language's test split (tokens per whitespace word; lower is better)."
-        ],
-        tables=[
-            fragments.table(table, "Fertility of the source and target tokenizers"),
-            fragments.table(
-                [[k, v] for k, v in ratios.items()],
-                "Tokens per word, target over source tokenizer",
-                columns=["language", "ratio"],
-            ),
-        ],
+        paragraphs=[_about(cfg.kind, cfg.vocab_size, details["target_training_bytes"], weights)],
+        tables=_tables(table, ratios),
         figures=[{"path": str(fig), "caption": "Tokens per word per test language."}],
         numbers={f"ratio_tokens_per_word.{k}": v for k, v in ratios.items()},
         seconds=details["seconds"],

@@ -12,6 +12,7 @@
 * ``distributed``: the ``Accelerator`` and the ``accelerate launch`` command;
 * ``launch``: the study's runs as trainer configs, launched in-process or through accelerate;
 * ``study``: one study run trained (both phases, log, ``run.json``), for the pretrain stages and the seed spread;
+* ``base_model``: the base stage's model, pretrained here or loaded, its details record, table rows and figure;
 * ``bench``: the trainer's overhead over a bare loop (``python -m warmstart.train.bench``).
 
 ``python -m warmstart.train --config run.yaml [--resume]`` trains one run (``__main__``).

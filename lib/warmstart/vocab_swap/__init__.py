@@ -45,7 +45,9 @@ starts from), :mod:`.sampling`, :mod:`.lexical`, :mod:`.focus`, :mod:`.omp`
 (the methods), :mod:`.methods` (registry, :func:`build_plan`),
 :mod:`.apply` (:func:`apply_plan`), :mod:`.surgery` (:func:`swap_embeddings`
 on tensors, :func:`swap_model`, :func:`swap_model_dir`), :mod:`.neighbours`
-(:func:`nearest_neighbours`), :mod:`.cli` (:func:`main`, :func:`load_texts`).
+(:func:`nearest_neighbours` and the tokens it probes), :mod:`.details` (the
+vocab_swap stage's details and headline of a swap), :mod:`.cli` (:func:`main`,
+:func:`load_texts`).
 
 CLI::
 

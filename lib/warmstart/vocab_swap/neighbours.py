@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,3 +74,19 @@ def nearest_neighbours(
             )
     cols = ["token", "new_id", "text", "rank", "old_token", "old_id", "old_text", "cosine"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def probe_tokens(tokenizer: Any, texts: list[str], n: int, min_chars: int = 4) -> list[int]:
+    """The ``n`` most frequent whole-word tokens of ``texts`` (alphabetic, ``min_chars`` letters or more): the
+    new tokens the sanity table probes."""
+    counts: Counter[int] = Counter()
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        counts.update(ids)
+    out = []
+    for i, _ in counts.most_common():
+        text = tokenizer.decode([i]).strip()
+        if len(text) >= min_chars and text.isalpha():
+            out.append(i)
+            if len(out) == n:
+                break
+    return out
