@@ -67,37 +67,14 @@ def test_cloze_items_exact_on_handmade_corpus():
     items = build_cloze_items(CORPUS, n_items=10, context_chars=9, ending_chars=11, seed=0)
     # 4 documents, one eligible paragraph each: the 3 distractors are forced (the other documents' endings,
     # in corpus order) and the true ending sits at index % 4.
+    endings = ["three four", "beta gamma", "blue cyan", "south east"]
     assert items == [
-        {
-            "id": "a1",
-            "doc": "A",
-            "context": "one two",
-            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
-            "label": 0,
-        },
-        {
-            "id": "b1",
-            "doc": "B",
-            "context": "alpha",
-            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
-            "label": 1,
-        },
-        {
-            "id": "c1",
-            "doc": "C",
-            "context": "red green",
-            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
-            "label": 2,
-        },
-        {
-            "id": "d1",
-            "doc": "D",
-            "context": "north",
-            "endings": ["three four", "beta gamma", "blue cyan", "south east"],
-            "label": 3,
-        },
+        {"id": "a1", "doc": "A", "context": "one two", "endings": endings, "label": 0},
+        {"id": "b1", "doc": "B", "context": "alpha", "endings": endings, "label": 1},
+        {"id": "c1", "doc": "C", "context": "red green", "endings": endings, "label": 2},
+        {"id": "d1", "doc": "D", "context": "north", "endings": endings, "label": 3},
     ]
-    assert [it["endings"][it["label"]] for it in items] == ["three four", "beta gamma", "blue cyan", "south east"]
+    assert [it["endings"][it["label"]] for it in items] == endings
 
 
 def test_cloze_items_sampled_are_seeded_and_distractors_from_other_documents():

@@ -32,25 +32,14 @@ def test_diverged_and_shared_events():
     assert A.diverged(6.5, init_loss=10.0, uniform_loss=6.2)  # warm start: judged against a uniform guess too
     assert A.diverged(None, 6.0, 6.2) and A.diverged(2.0, 6.0, 6.2, nonfinite_steps=1)
     runs = [
-        {
-            "name": "a",
-            "variant": "baseline",
-            "arch": "llama",
-            "init": "warm",
-            "lr": 1.0,
-            "events": [{"start_step": 40}],
-        },
-        {"name": "b", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 1.0, "events": [{"start_step": 41}]},
-        {"name": "c", "variant": "z_loss", "arch": "llama", "init": "warm", "lr": 1.0, "events": [{"start_step": 40}]},
-        {
-            "name": "d",
-            "variant": "qk_norm",
-            "arch": "qwen3",
-            "init": "scratch",
-            "lr": 1.0,
-            "events": [{"start_step": 40}],
-        },
-        {"name": "e", "variant": "qk_norm", "arch": "qwen3", "init": "warm", "lr": 0.1, "events": [{"start_step": 90}]},
+        {"name": name, "variant": variant, "arch": arch, "init": init, "lr": lr, "events": [{"start_step": start}]}
+        for name, variant, arch, init, lr, start in (
+            ("a", "baseline", "llama", "warm", 1.0, 40),
+            ("b", "qk_norm", "qwen3", "warm", 1.0, 41),
+            ("c", "z_loss", "llama", "warm", 1.0, 40),
+            ("d", "qk_norm", "qwen3", "scratch", 1.0, 40),
+            ("e", "qk_norm", "qwen3", "warm", 0.1, 90),
+        )
     ]
     # another architecture, same (init, lr), within 2 steps; z-loss (same architecture as the baseline) does not count
     assert A.shared_events(runs) == {"a": ["qk_norm"], "b": ["baseline", "z_loss"], "c": ["qk_norm"], "d": [], "e": []}
