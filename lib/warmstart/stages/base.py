@@ -18,16 +18,12 @@ from warmstart.describe import base_model, language
 from warmstart.io import write_json
 from warmstart.outputs import write_headline
 from warmstart.runs import BASE, base_model_dir
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 from warmstart.train.base_model import base_details, base_rows, build_base, plot_training
 from warmstart.train.launch import bpb_table, fresh_dir
 
 PARAMS = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
+    *SHARED,
     "base.source",
     "base.model_id",
     "base.tokenizer_id",

@@ -4,7 +4,7 @@
     Every stage module declares the params keys it reads (dotted; a section name covers all its keys), or a dict
     ``{dvc stage: keys}`` where one module runs several stages. ``run`` sees the params only through
     :func:`declared`, a view that refuses any other key, so a stage cannot depend on a value DVC does not track.
-    ``dvc.yaml`` lists exactly these keys.
+    ``dvc.yaml`` lists exactly these keys. :data:`SHARED` is the run of ``shared.*`` keys most stages start with.
 code deps
     The stage module's import closure (:mod:`warmstart.closure`), as DVC deps by package folder
     (:func:`code_deps`): the folder of every subpackage the closure enters (``lib/warmstart/train``), every
@@ -49,6 +49,9 @@ STAGES = {
     "compress": "warmstart.stages.compress",
     "report": "warmstart.stages.report",
 }
+
+# the shared keys most stages read, in the order their PARAMS list them (spread in: ``(*SHARED, ...)``)
+SHARED = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir")
 
 # what the Params helpers read: calling them through a view needs these keys declared
 _HELPERS = {

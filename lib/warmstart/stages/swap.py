@@ -16,19 +16,10 @@ from warmstart.io import write_json
 from warmstart.model import load_model
 from warmstart.outputs import write_headline
 from warmstart.runs import base_model_dir, swap_model_dir
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 from warmstart.train.launch import bpb_table, read_run
 
-PARAMS = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
-    "base.trust_remote_code",
-    "base.seq_len",
-    "vocab_swap",
-)
+PARAMS = (*SHARED, "base.trust_remote_code", "base.seq_len", "vocab_swap")
 
 
 def details_path(params: Any, method: str):

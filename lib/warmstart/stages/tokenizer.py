@@ -23,18 +23,10 @@ from warmstart.data.corpus import load_texts
 from warmstart.data.mixing import mixed_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 from warmstart.tokenizer import fertility_ratios, fertility_table, target_weights, train_tokenizer
 
-PARAMS = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
-    "corpus.extra_languages",
-    "tokenizer",
-)
+PARAMS = (*SHARED, "corpus.extra_languages", "tokenizer")
 
 
 def plot(table, vocab_size: int, kind: str, path) -> None:
