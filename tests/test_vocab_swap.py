@@ -583,19 +583,20 @@ def test_nearest_neighbours_table(world, toks):
 # ---------------------------------------------------------------- CLI and errors
 
 
+def _swap_argv(world, method, out, *more) -> list[str]:
+    """The command line swapping the world's GPT-2 to its SentencePiece tokenizer with ``method`` into ``out``."""
+    model_and_tokenizer = ["--model", str(world["gpt2"]), "--tokenizer", str(world["tok_sp"])]
+    return [*model_and_tokenizer, "--method", method, "--out", str(out), *more]
+
+
 @pytest.mark.parametrize("method", ["fvt", pytest.param("focus", marks=needs_gensim)])
 def test_cli_writes_model_tokenizer_and_report(world, capsys, method):
     out = world["root"] / f"cli-{method}"
     rc = vs.main(
-        [
-            "--model",
-            str(world["gpt2"]),
-            "--tokenizer",
-            str(world["tok_sp"]),
-            "--method",
+        _swap_argv(
+            world,
             method,
-            "--out",
-            str(out),
+            out,
             "--seed",
             "3",
             "--pad-multiple",
@@ -609,7 +610,7 @@ def test_cli_writes_model_tokenizer_and_report(world, capsys, method):
             "--fasttext-bucket",
             "1000",
             "-q",
-        ]
+        )
     )
     assert rc == 0
     printed = json.loads(capsys.readouterr().out)
@@ -644,18 +645,7 @@ def test_errors_are_clear(world, toks, tmp_path, capsys):
     with pytest.raises(vs.VocabSwapError) as e:
         vs.swap_embeddings(emb, None, bl, sp, "magic")
     assert all(m in str(e.value) for m in vs.METHODS)
-    rc = vs.main(
-        [
-            "--model",
-            str(world["gpt2"]),
-            "--tokenizer",
-            str(world["tok_sp"]),
-            "--method",
-            "magic",
-            "--out",
-            str(tmp_path / "x"),
-        ]
-    )
+    rc = vs.main(_swap_argv(world, "magic", tmp_path / "x"))
     assert rc == 2 and "random, exact, fvt, focus, omp" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         vs.swap_model_dir(tmp_path / "no-such-model", world["tok_sp"], tmp_path / "o", "exact")
