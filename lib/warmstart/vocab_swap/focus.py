@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import torch
 
@@ -36,17 +37,38 @@ def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.clamp(z - tau, min=0).transpose(dim, -1)
 
 
+def _cosines(tn: torch.Tensor, an_t: torch.Tensor) -> torch.Tensor:
+    """``tn @ an_t`` on one thread: the same bits whatever ``torch.get_num_threads()``.
+
+    MKL's sgemm splits small products (both sides up to a hundred or so rows)
+    differently for different thread counts, and the sums then round
+    differently; large ones (a chunk against a few thousand anchors, as in the
+    study) give the single-threaded bits on any thread count (1 to 16
+    measured), so pinning one thread changes no result there.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        return tn @ an_t
+    torch.set_num_threads(1)
+    try:
+        return tn @ an_t
+    finally:
+        torch.set_num_threads(n)
+
+
 def focus_weights(targets: torch.Tensor, anchors: torch.Tensor, chunk: int = 1024) -> Combination:
     """Sparsemax over the cosine similarities of each target vector to the anchor vectors.
 
     Returns a :class:`Combination` whose ``rows`` are target positions and
-    ``src`` anchor positions (the caller maps both to token ids).
+    ``src`` anchor positions (the caller maps both to token ids). The same
+    bits whatever the thread count (:func:`_cosines`).
     """
     tn = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)
     an = anchors / anchors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    an_t = an.T
     rows, srcs, ws, counts = [], [], [], []
     for a in range(0, tn.shape[0], chunk):
-        w = sparsemax(tn[a : a + chunk] @ an.T)
+        w = sparsemax(_cosines(tn[a : a + chunk], an_t))
         r, c = w.nonzero(as_tuple=True)
         rows.append(r + a)
         srcs.append(c)
@@ -69,8 +91,10 @@ def plan_focus(req: PlanRequest) -> tuple[InitPlan, InitPlan]:
         if req.texts is None:
             raise VocabSwapError("method 'focus' needs target texts (texts=..., CLI --fasttext-texts)")
         t0 = time.perf_counter()
-        fasttext_vectors = train_fasttext(req.texts, new, req.fasttext, seed=req.seed)
+        info: dict[str, Any] = {}
+        fasttext_vectors = train_fasttext(req.texts, new, req.fasttext, seed=req.seed, info=info)
         extra["fasttext_seconds"] = round(time.perf_counter() - t0, 3)
+        extra["fasttext_blas"] = info["blas"]  # the vectors' bits depend on the kernel (FastTextOptions)
     names_a = [new.tokens[i] for i in anchors_new]
     names_t = [new.tokens[i] for i in base.rest]
     pos_a, vec_a = _vectors_for(fasttext_vectors, names_a)  # type: ignore[arg-type]
