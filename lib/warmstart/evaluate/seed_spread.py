@@ -39,14 +39,18 @@ from typing import Any
 
 from warmstart.evaluate.intervals import SEED_SPREAD_FILE
 
-# the params that decide a study run's final bits per byte (the data dirs and the later stages do not)
-FINGERPRINT_KEYS = (
+# the sections (and the arms) that define the study's runs; the evaluate stage declares them whole for the fingerprint
+STUDY_KEYS = (
     "corpus",
     "tokenizer",
     "base",
     "vocab_swap",
     "pretrain",
     "study.arms",
+)
+# the params that decide a study run's final bits per byte (the data dirs and the later stages do not)
+FINGERPRINT_KEYS = (
+    *STUDY_KEYS,
     "evaluate.eval_bytes",
     "shared.seed",
     "shared.source_lang",

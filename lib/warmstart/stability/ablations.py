@@ -82,8 +82,7 @@ def toy_corpora(seed: int = 0, n_docs: int = 600, n_words: int = 150) -> dict[st
 
 def make_assets(root: Path, seed: int = 0, vocab_size: int = 512) -> dict[str, Any]:
     """Toy corpora as jsonl and a byte-level BPE tokenizer trained on both."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from warmstart.vocab_swap.tokens import train_byte_bpe
 
     root.mkdir(parents=True, exist_ok=True)
     texts = toy_corpora(seed)
@@ -92,25 +91,7 @@ def make_assets(root: Path, seed: int = 0, vocab_size: int = 512) -> dict[str, A
         p = root / f"{lang}.jsonl"
         p.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
         files[lang] = [str(p)]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts["source"] + texts["target"], tr)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(root / "tok")
+    train_byte_bpe(texts["source"] + texts["target"], vocab_size, root / "tok", unk_token="<unk>")
     return {"files": files, "tokenizer": str(root / "tok")}
 
 

@@ -54,15 +54,11 @@ from warmstart.prune.teacher import (
     train_config,
 )
 from warmstart.runs import derived_run
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 from warmstart.train.launch import bpb_table, fresh_dir, launch, merge_logs
 
 _COMMON = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
+    *SHARED,
     "vocab_swap.methods",
     "study.arms",
     "base.trust_remote_code",

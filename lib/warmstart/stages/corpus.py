@@ -13,9 +13,9 @@ from warmstart.data.corpus import build_corpus, corpus_table, filter_table
 from warmstart.describe import corpus_sources
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 
-PARAMS = ("shared.seed", "shared.source_lang", "shared.target_lang", "shared.data_dir", "shared.reports_dir", "corpus")
+PARAMS = (*SHARED, "corpus")
 
 
 def plot(table, filters, path) -> None:

@@ -15,29 +15,17 @@ import pandas as pd
 
 from warmstart.evaluate.fragment import SeedSpread, figures, headline, numbers, paragraphs, tables
 from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json
+from warmstart.evaluate.seed_spread import STUDY_KEYS
 from warmstart.evaluate.tables import flops_table, init_table, swap_study
 from warmstart.fragments import write_fragment
 from warmstart.io import write_json
 from warmstart.outputs import write_headline
 from warmstart.report.labels import Labels
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 
-# corpus ... pretrain whole: the seed spread's fingerprint (warmstart.evaluate.seed_spread) reads them, to use the spread only
+# STUDY_KEYS (corpus ... pretrain whole, study.arms): the seed spread's fingerprint (warmstart.evaluate.seed_spread) reads them, to use the spread only
 # when it was measured for this configuration
-PARAMS = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
-    "corpus",
-    "tokenizer",
-    "base",
-    "vocab_swap",
-    "pretrain",
-    "study.arms",
-    "evaluate",
-)
+PARAMS = (*SHARED, *STUDY_KEYS, "evaluate")
 
 
 def run(params: Any, progress: bool = True) -> dict[str, Any]:

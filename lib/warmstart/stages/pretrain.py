@@ -17,16 +17,12 @@ from typing import Any
 
 from warmstart.io import write_json
 from warmstart.outputs import write_headline
-from warmstart.stages.contract import declared
+from warmstart.stages.contract import SHARED, declared
 from warmstart.train.launch import bpb_table
 from warmstart.train.study import train_run
 
 _COMMON = (
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-    "shared.data_dir",
-    "shared.reports_dir",
+    *SHARED,
     "base.trust_remote_code",
     "vocab_swap.methods",
     "vocab_swap.eval_bytes",

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from warmstart.vocab_swap.tokens import train_byte_bpe
+
 GOALS = {"fvt": 60.0, "focus": 600.0}
 MEM_GOAL = 3.0
 TARGET_LANGS = ("nb", "sv", "da", "en")  # NorMistral-style: Scandinavian + English
@@ -123,34 +125,6 @@ def corpus_texts(root: Path) -> dict[str, list[str]] | None:
 # ---------------------------------------------------------------- tokenizers
 
 
-def train_byte_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(str(out_dir))
-    return fast
-
-
 def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Tokenizers and fastText text in ``work_dir`` (reused when the settings match)."""
     work = Path(args.work_dir)
@@ -192,10 +166,10 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         all_texts.extend(texts[:n])
     target_texts = [t for lang in targets for t in by_lang[lang]]
     t1 = time.perf_counter()
-    old = train_byte_bpe(all_texts, args.old_vocab, d / "old")
+    old = train_byte_bpe(all_texts, args.old_vocab, d / "old", min_frequency=2)
     t_old = time.perf_counter() - t1
     t1 = time.perf_counter()
-    new = train_byte_bpe(target_texts, args.new_vocab, d / "new")
+    new = train_byte_bpe(target_texts, args.new_vocab, d / "new", min_frequency=2)
     t_new = time.perf_counter() - t1
     per_lang = args.fasttext_words // len(ft_langs)  # words of fastText text per language
     ft_words = 0

@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: Special-token roles mapped explicitly. When one token has several roles
@@ -227,3 +228,34 @@ def tokenizer_view(tok: Any) -> TokenizerView:
 
 def _view(tok: Any) -> TokenizerView:
     return tok if isinstance(tok, TokenizerView) else tokenizer_view(tok)
+
+
+def train_byte_bpe(
+    texts: list[str], vocab_size: int, out_dir: str | Path, *, unk_token: str | None = None, min_frequency: int = 0
+) -> Any:
+    """A GPT-2 style byte-level BPE tokenizer (``<pad> <s> </s> <unk> <mask>`` specials) trained on ``texts``,
+    saved to ``out_dir`` as a Hugging Face tokenizer; returns it (a ``PreTrainedTokenizerFast``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=unk_token))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    fast.save_pretrained(str(out_dir))
+    return fast
