@@ -40,7 +40,17 @@ def _run(tmp_path, name, zygote: bool):
     nb.metadata["kernelspec"] = {"name": "warmstart", "display_name": "warmstart", "language": "python"}
     nbformat.write(nb, work / "in.ipynb")
     env = {**os.environ, ENV_SWITCH: "1" if zygote else "0", "WARMSTART_TEST_MARKER": name}
-    cmd = [sys.executable, "-m", "warmstart.notebook.run", "-k", "warmstart", "--cwd", str(work), "in.ipynb", "out.ipynb"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "warmstart.notebook.run",
+        "-k",
+        "warmstart",
+        "--cwd",
+        str(work),
+        "in.ipynb",
+        "out.ipynb",
+    ]
     subprocess.run(cmd, cwd=work, env=env, check=True, capture_output=True, timeout=300)
     return json.loads((work / "out.json").read_text())
 
