@@ -90,12 +90,21 @@ def measure(stages: list[str], repeats: int) -> dict:
 
 
 def report(result: dict) -> str:
+    from importlib.metadata import version
+
     from warmstart.hardware import cpu_model, usable_cores
 
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "lib"], capture_output=True, text=True).stdout.strip()
+    pkgs = ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "papermill", "ipykernel", "pandas"))
     lines = [
         "# Stage start-up: plain kernel vs kernel fork server",
         "",
-        f"- machine: {cpu_model()}, {usable_cores()} usable cores; Python {sys.version.split()[0]}",
+        f"- command: `python -m warmstart.notebook.bench --stages {' '.join(result['stages'])} "
+        f"--repeats {result['repeats']}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- code: commit {commit or 'unknown'}{' (lib/ modified)' if dirty else ''}",
+        f"- machine: {cpu_model()}, {usable_cores()} usable cores, no GPU; Python {sys.version.split()[0]}",
+        f"- software: {pkgs}",
         f"- {result['repeats']} trials per mode and stage, modes alternating; medians in seconds",
         "",
         "| stage module | to first line, plain | with fork server | ratio | total, plain | with fork server | ratio |",
