@@ -69,3 +69,27 @@ def test_forked_kernel_matches_a_plain_one(tmp_path):
     assert forked["value"] == plain["value"]  # bit for bit
     assert forked["cwd"] == str(tmp_path / "forked") and forked["marker"] == "forked"  # the client's, not the server's
     assert forked["warmstart_file"] == plain["warmstart_file"]  # the project's code, imported from disk
+
+
+def test_a_server_that_closes_on_the_client_means_a_plain_kernel(tmp_path):
+    """A server that exits while a request waits (its idle deadline) answers nothing: the client falls back."""
+    import socket
+    import threading
+
+    from warmstart.notebook.zygote import _forked_kernel
+
+    path = tmp_path / "z.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def accept_and_close():
+        conn, _ = listener.accept()
+        conn.close()
+
+    t = threading.Thread(target=accept_and_close)
+    t.start()
+    assert _forked_kernel(path, ["-f", "x.json"]) is None
+    t.join()
+    listener.close()
+    assert _forked_kernel(tmp_path / "none.sock", []) is None  # no server at all

@@ -270,8 +270,11 @@ def _forked_kernel(path: Path, argv: list[str]) -> int | None:
         sock.close()
         return None
     req = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "pid": os.getpid()}
-    _send(sock, req, [0, 1, 2])
-    reply, _ = _recv(sock)
+    try:
+        _send(sock, req, [0, 1, 2])
+        reply, _ = _recv(sock)
+    except OSError:  # the server closed while this request waited (its idle exit): run a plain kernel
+        reply = None
     if reply is None or "pid" not in reply:
         sock.close()
         return None
@@ -285,12 +288,15 @@ def _forked_kernel(path: Path, argv: list[str]) -> int | None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, forward)
+    done = None
     while True:
         try:
             done, _ = _recv(sock)
             break
         except InterruptedError:
             continue
+        except OSError:  # the waiter is gone; the kernel, which watches this process, exits when it does
+            break
     sock.close()
     return int(done["exit"]) if done and "exit" in done else 1
 
