@@ -5,10 +5,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
+from warmstart.notebook.bench import wait_for_server
 from warmstart.notebook.zygote import ENV_SWITCH, server_key, socket_path
 
 CELL = """import json, os, sys
@@ -59,11 +59,7 @@ def _run(tmp_path, name, zygote: bool):
 def test_forked_kernel_matches_a_plain_one(tmp_path):
     plain = _run(tmp_path, "plain", zygote=False)
     _run(tmp_path, "first", zygote=True)  # no server yet for this environment: it starts one, runs plainly
-    path = socket_path(server_key({**os.environ, ENV_SWITCH: "1"}))
-    t0 = time.monotonic()
-    while not path.exists() and time.monotonic() - t0 < 240:
-        time.sleep(0.5)
-    assert path.exists(), "the fork server did not come up"
+    assert wait_for_server(timeout=240), "the fork server did not come up"
     forked = _run(tmp_path, "forked", zygote=True)
     assert not plain["preloaded"] and forked["preloaded"]  # the server's imports were inherited
     assert forked["value"] == plain["value"]  # bit for bit
