@@ -13,6 +13,7 @@ from warmstart.config.sections import (
     Pretrain,
     Shared,
     Study,
+    Tokenize,
     Tokenizer,
     VocabSwap,
     _Section,
@@ -24,6 +25,7 @@ class Params(_Section):
     shared: Shared
     corpus: Corpus
     tokenizer: Tokenizer
+    tokenize: Tokenize
     base: Base
     vocab_swap: VocabSwap
     pretrain: Pretrain

@@ -101,6 +101,30 @@ class Corpus(_Section):
     on_bad_file: Literal["error", "skip"] = "error"
 
 
+# ---------------------------------------------------------------- tokenize
+
+
+class Tokenize(_Section):
+    """Each corpus split tokenized once per tokenizer into memory-mapped shards (``data/tokens``)."""
+
+    # tokenizer -> languages (codes, or the words source/target) whose splits it tokenizes; tokenizers:
+    # ``target`` (data/tokenizer/target) and ``base`` (the base model's: data/tokenizer/source for the tiny
+    # base, base.tokenizer_id or base.model_id for a Hugging Face one)
+    corpora: dict[Literal["target", "base"], list[str]] = Field(min_length=1)
+    splits: list[Literal["train", "val", "test"]] = Field(default=["train"], min_length=1)
+    workers: int = Field(default=1, ge=1)  # encoding processes; 1: in this process, on the tokenizer's threads
+    batch_docs: int = Field(default=1024, ge=1)  # documents per encoded batch (memory: 2 x workers batches)
+    shard_tokens: int = Field(default=1 << 28, ge=1)  # tokens per shard file
+
+    @field_validator("corpora")
+    @classmethod
+    def _nonempty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        empty = [k for k, langs in v.items() if not langs]
+        if empty:
+            raise ValueError(f"tokenize.corpora: {empty} list no language")
+        return v
+
+
 # ---------------------------------------------------------------- tokenizer
 
 

@@ -4,7 +4,9 @@ This is CSMPT's ``Concat`` dataset: documents are concatenated, each followed
 by one EOS token, and the stream is cut into rows of exactly ``seq_len``
 tokens; a document may straddle rows. Nothing is padded and nothing dropped.
 
-* :class:`PackedStream`: one corpus. Deterministic and resumable: the
+* :class:`PackedStream`: one corpus, held in memory (:class:`ListDocuments`)
+  or memory-mapped from token shards (:class:`MappedDocuments`, the trainer's
+  path: :mod:`warmstart.data.shards`); both give the same rows. Deterministic and resumable: the
   document order of epoch ``e`` is a permutation drawn from ``(seed, e)``, so
   the whole position is three integers ``{epoch, index, offset}`` (offset =
   tokens of the current document already emitted, EOS included in its
@@ -35,7 +37,7 @@ it has been emitted in full.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,33 +63,85 @@ class PackedBatch:
         return PackedBatch(self.input_ids[idx], self.doc_ids[idx], self.position_ids[idx], 0, corp)
 
 
-class PackedStream:
-    """Endless, deterministic stream of packed rows over one list of documents.
+class ListDocuments:
+    """Documents held in memory: token-id sequences, each followed by ``eos_id`` (and preceded by ``bos_id``)."""
 
-    ``docs``: token-id sequences *without* the separator; ``eos_id`` is
-    appended to each. ``doc_bytes``: optional UTF-8 byte length per document.
-    ``shuffle``: a fresh seeded permutation of the documents every epoch.
+    def __init__(self, docs: Sequence[Sequence[int]], eos_id: int, doc_bytes: Sequence[int] | None = None, bos_id=None):
+        pre = [] if bos_id is None else [int(bos_id)]
+        self.docs = [np.asarray([*pre, *d, eos_id], dtype=np.int64) for d in docs]
+        self.doc_bytes = list(doc_bytes) if doc_bytes is not None else [0] * len(self.docs)
+        if len(self.doc_bytes) != len(self.docs):
+            raise ValueError("doc_bytes must have one entry per document")
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def length(self, i: int) -> int:
+        return len(self.docs[i])
+
+    def nbytes(self, i: int) -> int:
+        return self.doc_bytes[i]
+
+    def fill(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+        out[:] = self.docs[i][lo:hi]
+
+
+class MappedDocuments:
+    """Documents of memory-mapped token shards (:class:`~warmstart.data.shards.TokenShards`), with the same
+    separators as :class:`ListDocuments`: only the rows' slices are ever read from disk."""
+
+    def __init__(self, shards, eos_id: int, bos_id: int | None = None):
+        self.shards, self.eos_id, self.bos_id = shards, int(eos_id), bos_id
+        self.pre = 0 if bos_id is None else 1
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def length(self, i: int) -> int:
+        return self.shards.length(i) + self.pre + 1
+
+    def nbytes(self, i: int) -> int:
+        return self.shards.nbytes(i)
+
+    def fill(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+        s, a, b = self.shards.span(i)
+        n, k = b - a, 0
+        if self.pre and lo == 0:
+            out[0], k = self.bos_id, 1
+        t_lo, t_hi = max(lo - self.pre, 0), min(hi - self.pre, n)
+        if t_hi > t_lo:
+            out[k : k + t_hi - t_lo] = self.shards.shard_tokens(s)[a + t_lo : a + t_hi]
+            k += t_hi - t_lo
+        if k < hi - lo:  # the separator after the document
+            out[k] = self.eos_id
+
+
+class PackedStream:
+    """Endless, deterministic stream of packed rows over one corpus of documents.
+
+    ``docs``: token-id sequences *without* the separator (``eos_id`` is appended to each), or a
+    :class:`ListDocuments`/:class:`MappedDocuments` source. ``doc_bytes``: optional UTF-8 byte length per
+    document (for a list). ``shuffle``: a fresh seeded permutation of the documents every epoch.
+    Only the permutation (8 bytes per document) is held in memory; a mapped corpus is read row by row.
     """
 
     def __init__(
         self,
-        docs: Sequence[Sequence[int]],
+        docs,
         seq_len: int,
         eos_id: int,
         seed: int = 0,
         shuffle: bool = True,
         doc_bytes: Sequence[int] | None = None,
     ):
-        if not docs:
+        if not isinstance(docs, ListDocuments | MappedDocuments):
+            docs = ListDocuments(docs, eos_id, doc_bytes)
+        if not len(docs):
             raise ValueError("PackedStream needs at least one document")
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        self.docs = [np.append(np.asarray(d, dtype=np.int64), np.int64(eos_id)) for d in docs]
+        self.docs = docs
         self.seq_len, self.eos_id, self.seed, self.shuffle = seq_len, eos_id, seed, shuffle
-        self.doc_bytes = list(doc_bytes) if doc_bytes is not None else [0] * len(self.docs)
-        if len(self.doc_bytes) != len(self.docs):
-            raise ValueError("doc_bytes must have one entry per document")
-        self.total_tokens = sum(len(d) for d in self.docs)
         self.epoch = self.index = self.offset = 0
         self._perm_epoch, self._perm = -1, None
 
@@ -106,37 +160,49 @@ class PackedStream:
             self._perm_epoch = self.epoch
         return self._perm
 
-    def next_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """One row: (input_ids, doc_ids, position_ids, bytes consumed)."""
+    def next_row(self, read: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, int]:
+        """One row: (input_ids, doc_ids, position_ids, bytes consumed). ``read=False`` advances the position and
+        counts the bytes without reading tokens (the rows another rank trains on); the arrays are then None."""
         T = self.seq_len
-        ids, seg, pos = np.empty(T, np.int64), np.empty(T, np.int64), np.empty(T, np.int64)
+        if read:
+            ids, seg, pos = np.empty(T, np.int64), np.empty(T, np.int64), np.empty(T, np.int64)
         filled, nseg, nbytes = 0, 0, 0
+        docs, n_docs = self.docs, len(self.docs)
         while filled < T:
             d = int(self._order()[self.index])
-            doc = self.docs[d]
-            take = min(T - filled, len(doc) - self.offset)
-            ids[filled : filled + take] = doc[self.offset : self.offset + take]
-            seg[filled : filled + take] = nseg
-            pos[filled : filled + take] = np.arange(take)
-            b, n = self.doc_bytes[d], len(doc)
+            n = docs.length(d)
+            take = min(T - filled, n - self.offset)
+            if read:
+                docs.fill(d, self.offset, self.offset + take, ids[filled : filled + take])
+                seg[filled : filled + take] = nseg
+                pos[filled : filled + take] = np.arange(take)
+            b = docs.nbytes(d)
             nbytes += b * (self.offset + take) // n - b * self.offset // n
             filled, nseg, self.offset = filled + take, nseg + 1, self.offset + take
-            if self.offset == len(doc):
+            if self.offset == n:
                 self.offset, self.index = 0, self.index + 1
-                if self.index == len(self.docs):
+                if self.index == n_docs:
                     self.index, self.epoch = 0, self.epoch + 1
+        if not read:
+            return None, None, None, nbytes
         return ids, seg, pos, nbytes
 
     def next_rows(self, n: int, name: str = "") -> PackedBatch:
         rows = [self.next_row() for _ in range(n)]
-        return _stack(rows, [name] * n)
+        return _stack(rows, [name] * n, self.seq_len)
 
 
-def _stack(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]], corpora: list[str]) -> PackedBatch:
+def _stack(rows: list[tuple], corpora: list[str], seq_len: int) -> PackedBatch:
+    """Rows into a batch; a row that was not read (another rank's) is zeros."""
+    zero = np.zeros(seq_len, np.int64)
+
+    def col(k: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([zero if r[k] is None else r[k] for r in rows]))
+
     return PackedBatch(
-        input_ids=torch.from_numpy(np.stack([r[0] for r in rows])),
-        doc_ids=torch.from_numpy(np.stack([r[1] for r in rows])),
-        position_ids=torch.from_numpy(np.stack([r[2] for r in rows])),
+        input_ids=col(0),
+        doc_ids=col(1),
+        position_ids=col(2),
         bytes=sum(r[3] for r in rows),
         corpora=corpora,
     )
@@ -191,16 +257,18 @@ class CorpusStream:
         k = self.rows
         return max(self.mix, key=lambda c: (self.mix[c] * (k + 1) - self.counts[c], -list(self.mix).index(c)))
 
-    def next_rows(self, n: int, step: int) -> PackedBatch:
+    def next_rows(self, n: int, step: int, read: Container[int] | None = None) -> PackedBatch:
+        """The next ``n`` rows. ``read``: the row indices (0..n-1) to read; the others advance the stream and
+        count their bytes but are zeros (a rank reads only its own rows). None reads every row."""
         rows, names = [], []
-        for _ in range(n):
+        for r in range(n):
             name = self._mixed_choice() if self.mix else self.corpus_at(step)
             if self.mix:
                 self.counts[name] += 1
-            rows.append(self.streams[name].next_row())
+            rows.append(self.streams[name].next_row(read is None or r in read))
             names.append(name)
             self.rows += 1
-        return _stack(rows, names)
+        return _stack(rows, names, next(iter(self.streams.values())).seq_len)
 
     def state_dict(self) -> dict:
         return {

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from warmstart.data.tokenize import token_dir
 from warmstart.runs import adapted_run
-from warmstart.train.launch import bpb_table, corpus_file, launch, merge_logs, optim_fields, read_run, summarize_log
+from warmstart.train.launch import bpb_table, launch, merge_logs, optim_fields, read_run, summarize_log
 
 
 def adapted_teacher(params: Any) -> tuple[str, Path]:
@@ -54,7 +55,7 @@ def train_config(params: Any, model_path: Path, out_dir: Path, optim: Any, **kw:
 
     return TrainConfig(
         model_path=str(model_path),
-        train_files={"target": [corpus_file(params, params.shared.target_lang)]},
+        train_files={"target": [str(token_dir(params, "target", "target"))]},
         seq_len=params.pretrain.seq_len,
         micro_batch=params.pretrain.micro_batch,
         **optim_fields(optim),

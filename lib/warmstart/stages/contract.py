@@ -32,6 +32,7 @@ from warmstart.closure import import_closure, lib_root, module_file
 STAGES = {
     "corpus": "warmstart.stages.corpus",
     "tokenizer": "warmstart.stages.tokenizer",
+    "tokenize": "warmstart.stages.tokenize",
     "base": "warmstart.stages.base",
     "scratch": "warmstart.stages.pretrain",
     "vocab_swap": "warmstart.stages.swap",

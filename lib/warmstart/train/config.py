@@ -93,8 +93,10 @@ class TrainConfig(BaseModel):
     fused_kernels: bool = (
         False  # Liger RMSNorm/SwiGLU/RoPE + fused linear-CE where the device allows (warmstart.kernels)
     )
-    # data: corpus name -> jsonl files (or globs) with a text field
+    # data: corpus name -> a tokenized split's directory (the tokenize stage's shards), or jsonl files (globs
+    # allowed) with a text field, tokenized once into token_cache (default <out_dir>/.tokens)
     train_files: dict[str, list[str]] = Field(min_length=1)
+    token_cache: str | None = None
     text_field: str = "text"
     corpus_schedule: list[tuple[int, str]] = []  # hot-swap: [(step, corpus)], first at step 0
     mix: dict[str, float] | None = None  # or: fixed mixing weights over the corpora

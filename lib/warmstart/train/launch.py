@@ -22,6 +22,7 @@ import yaml
 
 from warmstart.bpb import bits_per_byte, held_out_texts
 from warmstart.config import Optim, Params
+from warmstart.data.tokenize import token_dir
 from warmstart.io import read_jsonl, write_json
 from warmstart.model import ModelSpec
 from warmstart.train.bench import benchmark_overhead
@@ -30,10 +31,6 @@ from warmstart.train.distributed import launch_command
 from warmstart.train.loop import train
 
 # ---------------------------------------------------------------- paths
-
-
-def corpus_file(params: Params, lang: str, split: str = "train") -> str:
-    return str(params.path("corpus", lang, f"{split}.jsonl"))
 
 
 def fresh_dir(path: Path) -> Path:
@@ -131,7 +128,7 @@ def base_train_config(params: Params, out_dir: str | Path) -> TrainConfig:
     return TrainConfig(
         model=tiny_spec(params),
         tokenizer_path=str(params.path("tokenizer", "source")),
-        train_files={"source": [corpus_file(params, params.shared.source_lang)]},
+        train_files={"source": [str(token_dir(params, "base", "source"))]},
         seq_len=b.seq_len,
         micro_batch=b.micro_batch,
         grad_accum=b.grad_accum,

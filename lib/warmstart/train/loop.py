@@ -191,7 +191,7 @@ class Trainer(StepMixin, CheckpointMixin):
         self.params = [p for p in self.unwrapped.parameters() if p.requires_grad]
         if cfg.compile:
             self.model = torch.compile(self.model)
-        self.data = build_stream(cfg, self.tokenizer)
+        self.data = build_stream(cfg, self.tokenizer, self.acc.is_main_process, self.acc.wait_for_everyone)
         self.flops_per_token = flops_per_token(self.unwrapped.config, cfg.seq_len)
         self.peak = cfg.peak_flops or (device_peak(self.acc.device) if self.acc.is_main_process else 1.0)
         self.step = self.samples = self.tokens = self.bytes = self.bad_streak = self.rollbacks = 0

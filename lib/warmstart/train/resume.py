@@ -99,7 +99,7 @@ class CheckpointMixin:
             if det is not None:
                 self.detector.load_state_dict(det)
         for _ in range(self.cfg.spike_skip_batches):
-            self.data.next_rows(self.batch_rows(), self.step + 1)
+            self.data.next_rows(self.batch_rows(), self.step + 1, read=())
             self.skipped_batches += 1
         self.spike_rollbacks += 1
         return ckpt

@@ -32,6 +32,7 @@ import torch
 
 from warmstart.bpb import first_bytes
 from warmstart.data.corpus import load_texts
+from warmstart.data.tokenize import token_dir
 from warmstart.flops import flops_per_token
 from warmstart.io import write_json, write_jsonl
 from warmstart.model import count_params, load_model
@@ -39,7 +40,7 @@ from warmstart.runs import base_model_dir, get_run
 from warmstart.tokenizer import fertility
 from warmstart.train.checkpoint import list_checkpoints
 from warmstart.train.config import TrainConfig
-from warmstart.train.launch import corpus_file, fresh_dir, launch, merge_logs, optim_fields, summarize_log
+from warmstart.train.launch import fresh_dir, launch, merge_logs, optim_fields, summarize_log
 
 
 @dataclass
@@ -122,7 +123,7 @@ def train_run(params: Any, name: str, seed: int | None = None) -> TrainedRun:
     scale = step_scale(params, r.kind, tok)
     common = dict(
         tokenizer_path=str(init),
-        train_files={"target": [corpus_file(params, params.shared.target_lang)]},
+        train_files={"target": [str(token_dir(params, "base" if r.kind == "original" else "target", "target"))]},
         seq_len=p.seq_len,
         micro_batch=p.micro_batch,
         grad_accum=p.grad_accum,
