@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from smoke import SMOKE_COMPRESS, SMOKE_CONTEXT, run_checked, smoke_copy
 
@@ -51,6 +52,34 @@ def test_repro_writes_every_stage_output(smoke_project):
     assert head["fertility_ratio_nb-NO"] == fert["ratio_tokens_per_word"]["nb-NO"]
     for fig in ("corpus.png", "fertility.png", "base.png"):
         assert (dst / "reports/figures" / fig).stat().st_size > 10_000
+
+
+def test_shard_stream_equals_the_in_memory_stream_on_the_handbook(smoke_project):
+    """The trainer's rows from the tokenize stage's shards are the rows the old in-memory path gave: the target
+    training split tokenized by the tokenizer's batch call, packed by the same PackedStream."""
+    dst = smoke_project[0]
+    from transformers import AutoTokenizer
+
+    from warmstart.data.packing import CorpusStream, ListDocuments, MappedDocuments, PackedStream
+    from warmstart.data.shards import TokenShards, fingerprint
+    from warmstart.data.stream import read_documents
+
+    tok = AutoTokenizer.from_pretrained(dst / "data/tokenizer/target")
+    texts = read_documents([str(dst / "data/corpus/nb-NO/train.jsonl")])
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    old = ListDocuments(ids, tok.eos_token_id, [len(t.encode()) for t in texts])
+    shards = TokenShards(dst / "data/tokens/target/nb-NO/train", fingerprint(tok), len(tok))
+    assert shards.documents == len(texts) and shards.bytes == sum(old.doc_bytes)
+    head = json.loads((dst / "reports/metrics/tokenize.json").read_text())
+    assert head["tokens_target_nb-NO_train"] == shards.tokens == sum(map(len, ids))
+    a, b = (
+        CorpusStream({"target": PackedStream(d, 128, tok.eos_token_id, seed=1337)})
+        for d in (old, MappedDocuments(shards, tok.eos_token_id))
+    )
+    for step in range(1, 200):
+        x, y = a.next_rows(16, step), b.next_rows(16, step)
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.doc_ids, y.doc_ids) and x.bytes == y.bytes
+    assert a.state_dict() == b.state_dict() and a.streams["target"].epoch >= 1
 
 
 def test_every_study_run_and_model_loads(smoke_project):

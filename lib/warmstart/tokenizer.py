@@ -166,7 +166,7 @@ def _nonempty(texts: Iterable[str]) -> Iterator[str]:
 
 
 def train_tokenizer(
-    texts: Iterable[str],
+    texts: Iterable[str] | Callable[[], Iterable[str]],
     cfg: TokenizerConfig,
     out_dir: str | Path | None = None,
 ) -> PreTrainedTokenizerFast:
@@ -178,12 +178,32 @@ def train_tokenizer(
     merges (a warning is logged). With ``out_dir`` the tokenizer is written
     with ``save_pretrained`` into a temporary sibling directory that then
     replaces ``out_dir``, so a reader never sees a half-written tokenizer.
+
+    ``texts`` may be a function returning the texts afresh (a streamed sample,
+    :func:`~warmstart.data.mixing.sampled_texts`): they are then never held in memory.
     """
     specials = cfg.special_tokens.as_list()
     _check_vocab_size(cfg)
-    corpus = list(_nonempty(texts))
-    if not corpus:
-        raise ValueError("no training text: the tokenizer needs at least one non-empty text")
+    counted = [0]
+    if callable(texts):
+        stream = texts
+
+        def corpus() -> Iterator[str]:
+            counted[0] = 0
+            for t in _nonempty(stream()):
+                counted[0] += 1
+                yield t
+
+        if next(iter(corpus()), None) is None:
+            raise ValueError("no training text: the tokenizer needs at least one non-empty text")
+    else:
+        held = list(_nonempty(texts))
+        if not held:
+            raise ValueError("no training text: the tokenizer needs at least one non-empty text")
+        counted[0] = len(held)
+
+        def corpus() -> list[str]:
+            return held
 
     if cfg.kind == "byte_bpe":
         tok = _train_byte_bpe(corpus, cfg, specials)
@@ -203,7 +223,7 @@ def train_tokenizer(
             "the training text (%d texts) ran out of pieces",
             size,
             cfg.vocab_size,
-            len(corpus),
+            counted[0],
         )
     ids = [tok.token_to_id(s) for s in specials]
     if ids != list(range(len(specials))):  # pragma: no cover - guarded by construction
@@ -225,7 +245,7 @@ def train_tokenizer(
     return fast
 
 
-def _train_byte_bpe(corpus: list[str], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
+def _train_byte_bpe(corpus: Callable[[], Iterable[str]], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
     tok = _pipeline(HFTokenizer(models.BPE()), cfg)
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size,
@@ -234,7 +254,7 @@ def _train_byte_bpe(corpus: list[str], cfg: TokenizerConfig, specials: list[str]
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    tok.train_from_iterator(corpus(), trainer=trainer)
     # the unk token is in the vocabulary (id 3) but byte-level BPE never needs it
     return tok
 
@@ -249,7 +269,7 @@ def _with_specials(model: models.Model, cfg: TokenizerConfig, specials: list[str
     return tok
 
 
-def _train_sp_bpe(corpus: list[str], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
+def _train_sp_bpe(corpus: Callable[[], Iterable[str]], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
     n_special, n_bytes = len(specials), len(BYTE_TOKENS)
     budget = cfg.vocab_size - n_bytes  # specials + characters + merges
     tok = _pipeline(HFTokenizer(models.BPE(unk_token=cfg.special_tokens.unk, byte_fallback=True)), cfg)
@@ -261,7 +281,7 @@ def _train_sp_bpe(corpus: list[str], cfg: TokenizerConfig, specials: list[str]) 
         limit_alphabet=budget - n_special,
         show_progress=False,
     )
-    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    tok.train_from_iterator(corpus(), trainer=trainer)
     trained = _model_json(tok)
     # insert the byte tokens after the specials; merges refer to strings, not ids
     vocab: dict[str, int] = {}
@@ -285,11 +305,11 @@ def _train_sp_bpe(corpus: list[str], cfg: TokenizerConfig, specials: list[str]) 
     return _with_specials(model, cfg, specials)
 
 
-def _train_sp_unigram(corpus: list[str], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
+def _train_sp_unigram(corpus: Callable[[], Iterable[str]], cfg: TokenizerConfig, specials: list[str]) -> HFTokenizer:
     n_special, n_bytes = len(specials), len(BYTE_TOKENS)
     budget = cfg.vocab_size - n_bytes
     tok = _pipeline(HFTokenizer(models.Unigram()), cfg)
-    chars = _char_counts(corpus, tok)
+    chars = _char_counts(corpus(), tok)
     trainer = trainers.UnigramTrainer(
         # the trainer refuses to start with fewer slots than distinct characters
         vocab_size=max(budget, n_special + len(chars)),
@@ -297,7 +317,7 @@ def _train_sp_unigram(corpus: list[str], cfg: TokenizerConfig, specials: list[st
         unk_token=cfg.special_tokens.unk,
         show_progress=False,
     )
-    tok.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    tok.train_from_iterator(corpus(), trainer=trainer)
     trained = _model_json(tok)["vocab"]  # [[piece, log prob], ...], specials first
     head = [p for p, _ in trained[:n_special]]
     if head != specials:  # pragma: no cover - the trainer puts specials first
@@ -323,7 +343,7 @@ def _train_sp_unigram(corpus: list[str], cfg: TokenizerConfig, specials: list[st
 _UNIGRAM_PENALTY_DELTA = 1e-4
 
 
-def _char_counts(corpus: list[str], tok: HFTokenizer) -> Counter[str]:
+def _char_counts(corpus: Iterable[str], tok: HFTokenizer) -> Counter[str]:
     """Character counts of the text the trainer sees (normalised, ``▁`` for space)."""
     counts: Counter[str] = Counter()
     norm = tok.normalizer

@@ -80,6 +80,10 @@ class Dedup(_Section):
     near_threshold: float | None = Field(default=0.8, gt=0.0, le=1.0)  # MinHash Jaccard; None = off
     num_perm: int = Field(default=64, ge=16, le=1024)
     shingle_chars: int = Field(default=5, ge=2, le=32)
+    # LSH bands: datasketch's choice for near_threshold, weighing missed pairs by this (0.5: its default)
+    false_negative_weight: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # a band-sharing candidate is a duplicate only if its MinHash Jaccard estimate is >= verify; None: any
+    verify: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
 class Split(_Section):
@@ -99,6 +103,7 @@ class Corpus(_Section):
     dedup: Dedup
     split: Split
     on_bad_file: Literal["error", "skip"] = "error"
+    workers: int = Field(default=1, ge=1)  # processes for language ID and dedup signatures; 1: this one
 
 
 # ---------------------------------------------------------------- tokenize
@@ -149,6 +154,7 @@ class Tokenizer(_Section):
     # language codes or the words "source" / "target".
     target_mix: dict[str, float] = Field(min_length=1)
     max_repeats: float = Field(default=16.0, ge=1.0)
+    max_train_bytes: int | None = Field(default=None, ge=1)  # train on a streamed sample of about this many bytes
     normalization: Literal["none", "NFC", "NFKC"] = "NFC"
     split_digits: bool = True
     min_frequency: int = Field(default=2, ge=1)

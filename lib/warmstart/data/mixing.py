@@ -10,6 +10,8 @@ If every language hits its cap the total shrinks and the plan says so.
 :func:`take_bytes` realises a plan for one language: whole shuffled passes over
 the items, then a seeded partial pass, until the byte target is reached.
 :func:`mixed_texts` puts the two together: a tokenizer's training text drawn from several languages by weight.
+:func:`sampled_texts` draws the same kind of mix as a stream capped at a byte budget (``tokenizer.max_train_bytes``),
+for corpora too large to hold.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 
@@ -157,3 +159,47 @@ def mixed_texts(
         out.extend(take_bytes(list(texts_by_lang[lang]), p.target, seed=_lang_seed(seed, lang)))
     random.Random(seed).shuffle(out)
     return out
+
+
+def _keep(seed: int, lang: str, n: int, rate: float) -> bool:
+    """Whether text ``n`` of ``lang`` is in the partial pass at ``rate`` (a seeded hash, no state)."""
+    h = hashlib.blake2b(f"{seed}:{lang}:{n}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") < rate * 2**64
+
+
+def sampled_texts(
+    sources: Mapping[str, Callable[[], Iterable[str]]],
+    weights: Mapping[str, float],
+    max_repeats: float,
+    max_bytes: int,
+    seed: int,
+) -> tuple[Callable[[], Iterator[str]], dict[str, MixPlan]]:
+    """A streamed sample of at most about ``max_bytes`` of text mixed by ``weights`` (NorMistral trained its
+    tokenizer on a sample): nothing is held in memory, the sources are read as they are needed.
+
+    ``sources``: language -> a function returning its texts afresh. One pass counts each language's bytes;
+    :func:`plan_mixture` gives the byte target per language (capped at ``max_repeats`` passes), scaled down to
+    ``max_bytes`` in all. Each language is then read ``floor(rate)`` whole times plus a partial pass that keeps
+    text ``n`` where a hash of ``(seed, lang, n)`` falls below the fractional rate, so the sample is spread over
+    the whole corpus and is the same every time. Returns a function giving the sample's texts (it can be
+    iterated more than once, as a unigram trainer does) and the plan, with the targets after scaling.
+    """
+    if max_bytes <= 0:
+        raise ValueError(f"max_train_bytes must be > 0, got {max_bytes}")
+    unknown = sorted(set(weights) - set(sources))
+    if unknown:
+        raise ValueError(f"mixing weights name languages with no data: {unknown}; available: {sorted(sources)}")
+    sizes = {lang: sum(len(t.encode("utf-8")) for t in sources[lang]()) for lang in weights}
+    plan = plan_mixture(sizes, dict(weights), max_repeats=max_repeats)
+    scale = min(1.0, max_bytes / sum(p.target for p in plan.values()))
+    rates = {lang: p.target * scale / p.size for lang, p in plan.items()}
+
+    def texts() -> Iterator[str]:
+        for lang, rate in rates.items():
+            whole, frac = int(rate), rate - int(rate)
+            for _ in range(whole):
+                yield from sources[lang]()
+            if frac > 0:
+                yield from (t for n, t in enumerate(sources[lang]()) if _keep(seed, lang, n, frac))
+
+    return texts, plan

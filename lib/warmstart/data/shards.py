@@ -25,13 +25,13 @@ import glob
 import hashlib
 import json
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from warmstart.data.parallel import ordered_map
 from warmstart.io import atomic_dir, write_json
 
 FORMAT = "warmstart.tokens/1"
@@ -137,44 +137,22 @@ def _batches(texts: Iterable[str], n: int) -> Iterator[list[str]]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec: str, dtype: str) -> None:
-    os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker process; the pool is the parallelism
+def _init_worker(spec: str, dtype: str, threads: bool) -> None:
+    if not threads:
+        os.environ["RAYON_NUM_THREADS"] = "1"  # one core per worker process: the pool is the parallelism
     from tokenizers import Tokenizer
 
     _WORKER["tok"], _WORKER["dtype"] = Tokenizer.from_str(spec), np.dtype(dtype)
 
 
-def _encode(texts: list[str], tok: Any = None, dtype: np.dtype | None = None) -> tuple[np.ndarray, ...]:
+def _encode(texts: list[str]) -> tuple[np.ndarray, ...]:
     """One batch: (token ids back to back, tokens per document, UTF-8 bytes per document)."""
-    tok = tok if tok is not None else _WORKER["tok"]
-    dtype = dtype if dtype is not None else _WORKER["dtype"]
+    tok, dtype = _WORKER["tok"], _WORKER["dtype"]
     encs = tok.encode_batch_fast(texts, add_special_tokens=False)
     lengths = np.fromiter((len(e.ids) for e in encs), np.uint64, len(encs))
     ids = np.fromiter((i for e in encs for i in e.ids), dtype, int(lengths.sum()))
     nbytes = np.fromiter((len(t.encode("utf-8")) for t in texts), np.uint64, len(texts))
     return ids, lengths, nbytes
-
-
-def _encoded(batches: Iterator[list[str]], spec: str, dtype: np.dtype, workers: int) -> Iterator[tuple]:
-    """Encoded batches in input order; with ``workers > 1`` at most ``2 x workers`` in flight."""
-    if workers <= 1:
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(spec)
-        for b in batches:
-            yield _encode(b, tok, dtype)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")  # a fork of a process holding torch/rayon threads can deadlock
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(spec, dtype.str)) as pool:
-        pending: deque = deque()
-        for b in batches:
-            pending.append(pool.apply_async(_encode, (b,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 # ---------------------------------------------------------------- writing
@@ -250,8 +228,10 @@ def tokenize_files(
     with atomic_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         try:
-            for ids, lengths, nbytes in _encoded(
-                _batches(iter_texts(paths, text_field, hashes), batch_docs), spec, dtype, workers
+            batches = _batches(iter_texts(paths, text_field, hashes), batch_docs)
+            # one worker: this process, on the tokenizer's own threads; more: one thread per worker process
+            for ids, lengths, nbytes in ordered_map(
+                _encode, batches, workers, _init_worker, (spec, dtype.str, workers == 1)
             ):
                 writer.add(ids, lengths, nbytes)
         finally:

@@ -76,6 +76,37 @@ def decode_file(path: Path) -> str:
         raise BadFileError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
 
 
+def check_file(path: Path) -> None:
+    """:func:`decode_file`'s checks in a stream (a large ``.jsonl`` is never held whole): BadFileError if the file
+    is empty, binary or not UTF-8."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    seen, offset = False, 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            if offset == 0 and b"\x00" in block[:65536]:
+                raise BadFileError(f"{path} is binary (contains NUL bytes), not text")
+            try:
+                dec.decode(block)
+            except UnicodeDecodeError as err:
+                at = offset + err.start
+                raise BadFileError(f"{path} is not UTF-8 text (byte 0x{block[err.start]:02x} at offset {at})") from None
+            seen = seen or bool(block.strip())
+            offset += len(block)
+        try:
+            dec.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise BadFileError(f"{path} is not UTF-8 text (truncated character at offset {offset})") from None
+    if not seen:
+        raise BadFileError(f"{path} is empty")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        yield from (line.rstrip("\r\n") for line in fh)
+
+
 def expand_paths(patterns: list[str]) -> list[Path]:
     files: list[Path] = []
     for pat in patterns:
@@ -99,7 +130,10 @@ def _local_documents(src: LocalSource, lang: str, on_bad: str, report: SourceRep
         if path.suffix not in (".txt", ".jsonl"):
             raise BadFileError(f"{path}: unsupported corpus file type {path.suffix!r} (use .txt or .jsonl)")
         try:
-            text = decode_file(path)
+            if path.suffix == ".txt":
+                text = decode_file(path)  # one document: read whole
+            else:
+                check_file(path)  # checked first, so a bad file is skipped whole, as before
         except BadFileError as err:
             if on_bad == "skip":
                 report.skipped_files.append({"path": str(path), "reason": str(err)})
@@ -108,7 +142,7 @@ def _local_documents(src: LocalSource, lang: str, on_bad: str, report: SourceRep
         if path.suffix == ".txt":
             yield Document(doc=path.stem, page=str(path), lang=lang, paragraphs=split_paragraphs(text))
             continue
-        for i, line in enumerate(text.splitlines(), 1):
+        for i, line in enumerate(_lines(path), 1):
             if not line.strip():
                 continue
             try:

@@ -20,7 +20,8 @@ from typing import Any
 
 from warmstart import fragments
 from warmstart.data.corpus import load_texts
-from warmstart.data.mixing import mixed_texts
+from warmstart.data.mixing import mixed_texts, sampled_texts
+from warmstart.data.shards import iter_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
 from warmstart.stages.contract import SHARED, declared
@@ -68,6 +69,27 @@ def _tables(table, ratios: dict[str, float]) -> list[dict]:
     ]
 
 
+def _training_text(params: Any, weights: dict[str, float]) -> dict[str, Any]:
+    """Each tokenizer's training text: the whole mix in memory, or (``tokenizer.max_train_bytes``) a streamed
+    sample read from the corpus files as the trainer consumes it (a function giving the texts afresh)."""
+    cfg, src, seed = params.tokenizer, params.shared.source_lang, params.shared.seed
+    if cfg.max_train_bytes is None:
+        train = {lang: load_texts(params, lang, "train") for lang in {src, *weights}}
+        return {
+            "source": train[src],
+            "target": mixed_texts({k: train[k] for k in weights}, weights, cfg.max_repeats, seed),
+        }
+    files = {lang: params.path("corpus", lang, "train.jsonl") for lang in {src, *weights}}
+    sources = {lang: (lambda f=f: iter_texts([f], "text")) for lang, f in files.items()}
+    source, _ = sampled_texts({src: sources[src]}, {src: 1.0}, 1.0, cfg.max_train_bytes, seed)
+    target, _ = sampled_texts(sources, weights, cfg.max_repeats, cfg.max_train_bytes, seed)
+    return {"source": source, "target": target}
+
+
+def _utf8_bytes(texts: Any) -> int:
+    return sum(len(t.encode("utf-8")) for t in (texts() if callable(texts) else texts))
+
+
 def run(params: Any) -> dict[str, Any]:
     """Train both tokenizers, measure fertility; write details, headline, figure and fragment."""
     params = declared(params, "tokenizer", PARAMS)
@@ -75,19 +97,15 @@ def run(params: Any) -> dict[str, Any]:
     cfg = params.tokenizer
     src, tgt = params.shared.source_lang, params.shared.target_lang
     weights = target_weights(cfg.target_mix, params.resolve_lang, params.languages)
-    train = {lang: load_texts(params, lang, "train") for lang in params.languages}
-    target_text = mixed_texts({k: train[k] for k in weights}, weights, cfg.max_repeats, params.shared.seed)
-    toks = {
-        "source": train_tokenizer(train[src], cfg, params.path("tokenizer", "source")),
-        "target": train_tokenizer(target_text, cfg, params.path("tokenizer", "target")),
-    }
+    texts = _training_text(params, weights)
+    toks = {name: train_tokenizer(texts[name], cfg, params.path("tokenizer", name)) for name in ("source", "target")}
     tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
     table = fertility_table(toks, tests)
     ratios = fertility_ratios(table, params.languages)
     details = {
         "vocab_size": {name: len(tok) for name, tok in toks.items()},
         "kind": cfg.kind,
-        "target_training_bytes": sum(len(t.encode("utf-8")) for t in target_text),
+        "target_training_bytes": _utf8_bytes(texts["target"]),
         "target_mix": weights,
         "ratio_tokens_per_word": ratios,
         "table": table.to_dict(orient="records"),

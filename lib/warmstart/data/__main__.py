@@ -1,0 +1,44 @@
+"""``python -m warmstart.data bench``: the data path at scale (:mod:`warmstart.data.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_child":  # one measurement, in its own process
+        from warmstart.data.bench import CHILDREN
+
+        print(json.dumps(CHILDREN[argv[1]](*argv[2:])))
+        return
+    ap = argparse.ArgumentParser(prog="python -m warmstart.data")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bench", help="tokenizing, trainer and corpus-stage scaling on synthetic corpora")
+    b.add_argument("--sizes", default="10,100,1000", help="corpus sizes in MB for tokenizing, trainer and reader")
+    b.add_argument("--corpus-sizes", default="100,1000", help="corpus sizes in MB for the corpus stage")
+    b.add_argument("--work", default=None, help="scratch folder (default: a temporary one beside data/)")
+    b.add_argument("--out", default=None, help="the record, JSON (default reports/bench/data-path_cpu_<date>.json)")
+    args = ap.parse_args(argv)
+    from warmstart.data.bench import run_bench
+    from warmstart.data.bench_report import write_report
+
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    corpus = [int(x) for x in args.corpus_sizes.split(",") if x]
+    out = Path(args.out or f"reports/bench/data-path_cpu_{datetime.date.today().isoformat()}.json")
+    Path("data").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=args.work or "data") as work:
+        record = run_bench(sizes, corpus, Path(work))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_report(record, out.with_suffix(".md"))
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

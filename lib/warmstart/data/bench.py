@@ -1,0 +1,366 @@
+"""The data path at scale: seeded synthetic corpora of 10 MB to 1 GB, measured in one run.
+
+    python -m warmstart.data bench [--sizes 10,100,1000] [--corpus-sizes 100,1000] [--out reports/bench/...]
+
+* **tokenizing**: :func:`~warmstart.data.shards.tokenize_files` with 1 and 2 workers against raw
+  ``tokenizers`` ``encode_batch`` on the same text, batches and cores (ratio = raw time / ours);
+* **trainer**: a 2-step run of a tiny model on the shards: seconds from process start to the end of the first
+  step, and peak memory, at each size;
+* **reader**: tokens per second of the packed stream over the shards, one process;
+* **corpus stage**: :func:`~warmstart.data.corpus.build_corpus` on corpora with planted exact duplicates, near
+  duplicates (5% of words replaced) and off-language documents (real German and French handbook paragraphs):
+  peak memory, throughput and the exact counts removed, scored against the plant.
+
+Each measurement runs in its own process; peak memory is the largest sum of RSS over its process tree
+(polled every 0.1 s; shared pages counted once per process, so an upper bound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+MB = 1_000_000
+
+
+# ---------------------------------------------------------------- the planted corpus
+
+
+def handbook_texts(langs: list[str]) -> dict[str, list[str]]:
+    """Paragraphs of the handbook's pages per language that py3langid calls that language (p >= 0.99): real,
+    translated text (the handbook leaves some paragraphs in English)."""
+    from warmstart.data import handbook
+    from warmstart.data.clean import LanguageFilter, langid_code
+
+    deb = handbook.fetch()
+    pages = handbook.read_html(deb, langs)
+    lid = LanguageFilter(0.99, None)
+    out = {}
+    for lang in langs:
+        paras = [
+            p.text for name in sorted(pages[lang]) for p in handbook.parse_page(name, pages[lang][name]).paragraphs
+        ]
+        want = langid_code(lang)
+        out[lang] = [t for t in paras if len(t) > 200 and _is(lid.classify(t), want)]
+    return out
+
+
+def _is(verdict: tuple[str, float], lang: str) -> bool:
+    return verdict[0] == lang and verdict[1] >= 0.99
+
+
+def planted_corpus(out: Path, n_bytes: int, seed: int, english: list[str], foreign: list[str]) -> dict:
+    """Synthetic English documents (sentences of words drawn by frequency from ``english``; ~2 KB, one
+    paragraph each) into ``out/part-NN.jsonl`` until ``n_bytes``, with planted defects: for every 20 clean
+    documents one exact copy, one near copy (5% of the
+    words replaced) and one off-language document (consecutive ``foreign`` paragraphs). Returns the plant:
+    document ids by kind and, for copies, the id of their original."""
+    rng = random.Random(seed)
+    counts = Counter(w for t in english for w in re.findall(r"[a-z]+", t.lower()) if len(w) > 1)
+    vocab = [w for w, _ in counts.most_common(5000)]
+    weights = [counts[w] for w in vocab]
+
+    def doc() -> str:
+        sents = []
+        for _ in range(rng.randint(14, 24)):
+            ws = rng.choices(vocab, weights, k=rng.randint(8, 22))
+            sents.append(" ".join([ws[0].capitalize(), *ws[1:]]) + rng.choice(".?!."))
+        return " ".join(sents)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = [open(out / f"part-{i:02d}.jsonl", "w", encoding="utf-8") for i in range(4)]
+    plant: dict[str, Any] = {"clean": [], "exact": {}, "near": {}, "foreign": []}
+    written, n = 0, 0
+
+    def put(i: str, text: str) -> None:
+        nonlocal written, n
+        line = json.dumps({"id": i, "text": text}, ensure_ascii=False) + "\n"
+        files[n % 4].write(line)
+        written, n = written + len(line.encode()), n + 1
+
+    try:
+        while written < n_bytes:
+            base = [(f"c{n + k}", doc()) for k in range(20)]
+            for i, t in base:
+                put(i, t)
+                plant["clean"].append(i)
+            (ie, te), (iN, tn) = base[0], base[1]
+            put(f"x-{ie}", te)
+            plant["exact"][f"x-{ie}"] = ie
+            ws = tn.split(" ")
+            for k in rng.sample(range(len(ws)), max(1, round(0.05 * len(ws)))):
+                ws[k] = rng.choice(vocab)
+            put(f"n-{iN}", " ".join(ws))
+            plant["near"][f"n-{iN}"] = iN
+            k, text = rng.randrange(len(foreign)), []
+            while sum(map(len, text)) < 1800:
+                text.append(foreign[k % len(foreign)])
+                k += 1
+            i = f"f{n}"
+            put(i, " ".join(text))
+            plant["foreign"].append(i)
+    finally:
+        for f in files:
+            f.close()
+    plant["bytes"], plant["documents"] = written, n
+    return plant
+
+
+def score(plant: dict, kept_ids: set[str]) -> dict:
+    """The corpus stage's output against the plant: of each planted pair exactly one kept (held-out text wins
+    over train, so either may be the one), every off-language document removed, every clean one kept."""
+    pairs = {**plant["exact"], **plant["near"]}
+    paired = set(pairs.values())
+    lone = [i for i in plant["clean"] if i not in paired]
+    return {
+        "exact_pairs_resolved": sum((c in kept_ids) + (o in kept_ids) == 1 for c, o in plant["exact"].items()),
+        "exact_pairs": len(plant["exact"]),
+        "near_pairs_resolved": sum((c in kept_ids) + (o in kept_ids) == 1 for c, o in plant["near"].items()),
+        "near_pairs": len(plant["near"]),
+        "foreign_removed": sum(i not in kept_ids for i in plant["foreign"]),
+        "foreign": len(plant["foreign"]),
+        "clean_lost": sum(i not in kept_ids for i in lone),
+        "clean": len(lone),
+    }
+
+
+# ---------------------------------------------------------------- measuring a child process
+
+
+def measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak summed RSS of its process tree (MiB) and its stdout's last JSON line."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    last = [line for line in out.splitlines() if line.startswith("{")]
+    return {"seconds": round(time.perf_counter() - t0, 2), "peak_mib": round(peak / 2**20, 1)} | (
+        json.loads(last[-1]) if last else {}
+    )
+
+
+def _child(*args: str) -> list[str]:
+    return [sys.executable, "-m", "warmstart.data", "_child", *args]
+
+
+# ---------------------------------------------------------------- the children's work
+
+
+def child_raw(tok_dir: str, files: str) -> dict:
+    """Raw ``encode_batch`` over the corpus texts, batches of 1024, the tokenizer's own threads."""
+    from tokenizers import Tokenizer
+
+    from warmstart.data.shards import _batches, expand, iter_texts
+
+    tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    t0, n = time.perf_counter(), 0
+    for batch in _batches(iter_texts(expand(json.loads(files)), "text"), 1024):
+        n += sum(len(e.ids) for e in tok.encode_batch_fast(batch, add_special_tokens=False))
+    return {"tokens": n, "work_seconds": time.perf_counter() - t0}
+
+
+def child_tokenize(tok_dir: str, files: str, out: str, workers: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from warmstart.data.shards import tokenize_files
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    t0 = time.perf_counter()
+    m = tokenize_files(json.loads(files), out, tok, workers=int(workers))
+    return {"tokens": m["tokens"], "documents": m["documents"], "work_seconds": time.perf_counter() - t0}
+
+
+def child_train(tok_dir: str, shards: str, out: str) -> dict:
+    """Two steps of a tiny Llama on the shards; seconds from this process's start to the first step's end."""
+    import psutil
+
+    t_start = psutil.Process().create_time()
+    from warmstart.model import ModelSpec
+    from warmstart.train.config import TrainConfig
+    from warmstart.train.loop import Trainer
+
+    cfg = TrainConfig(
+        model=ModelSpec(hidden=64, layers=2, heads=4, kv_heads=2, max_pos=256),
+        tokenizer_path=tok_dir,
+        train_files={"corpus": [shards]},
+        seq_len=256,
+        micro_batch=8,
+        steps=2,
+        out_dir=out,
+        checkpoint_every=0,
+        tag_every=None,
+        export_final=False,
+        progress=False,
+        tensorboard=False,
+        log_every=1,
+    )
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    first = time.time() - t_start
+    trainer.train_step()
+    return {"first_step_seconds": round(first, 2)}
+
+
+def child_reader(tok_dir: str, shards: str, seq_len: str) -> dict:
+    """Tokens per second of the packed stream over the shards (one process, 16-row batches)."""
+    from transformers import AutoTokenizer
+
+    from warmstart.data.packing import CorpusStream, MappedDocuments, PackedStream
+    from warmstart.data.shards import TokenShards, fingerprint
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    s = TokenShards(shards, fingerprint(tok), len(tok))
+    T = int(seq_len)
+    stream = CorpusStream({"c": PackedStream(MappedDocuments(s, tok.eos_token_id), T, tok.eos_token_id, seed=1)})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 10:
+        n += stream.next_rows(16, 1).input_ids.numel()
+    return {"tokens_per_s": round(n / (time.perf_counter() - t0))}
+
+
+def child_corpus(params_json: str) -> dict:
+    from warmstart.config import validate
+    from warmstart.data.corpus import build_corpus
+
+    p = validate(json.loads(params_json))
+    m = build_corpus(p)
+    return {"metrics": m}
+
+
+CHILDREN = {
+    "raw": child_raw,
+    "tokenize": child_tokenize,
+    "train": child_train,
+    "reader": child_reader,
+    "corpus": child_corpus,
+}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def _provenance() -> dict:
+    import numpy
+    import tokenizers
+    import torch
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], capture_output=True, text=True)
+        return r.stdout.strip()
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tokenizers": tokenizers.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def run_bench(sizes_mb: list[int], corpus_mb: list[int], work: Path, seed: int = 1234) -> dict:
+    """Every measurement of the module docstring; ``work`` holds the corpora and shards (deleted per size)."""
+    from warmstart.config import load_params
+    from warmstart.tokenizer import train_tokenizer
+
+    hb = handbook_texts(["en-US", "de-DE", "fr-FR", "nb-NO"])
+    foreign = hb["de-DE"] + hb["fr-FR"]
+    params = load_params("params.yaml")
+    tok_dir = work / "tokenizer"
+    record: dict[str, Any] = {"provenance": _provenance(), "seed": seed, "sizes": {}, "corpus": {}}
+    for mb in sorted(set(sizes_mb) | set(corpus_mb)):
+        src = work / f"c{mb}"
+        plant = planted_corpus(src, mb * MB, seed, hb["en-US"], foreign)
+        files = json.dumps([str(src / "part-*.jsonl")])
+        if not tok_dir.exists():  # the study's tokenizer config (8,192 tokens) on the first 10 MB
+            from warmstart.data.shards import expand, iter_texts
+
+            sample = []
+            for t in iter_texts(expand([str(src / "part-*.jsonl")]), "text"):
+                sample.append(t)
+                if len(sample) > 5000:
+                    break
+            train_tokenizer(sample, params.tokenizer, tok_dir)
+        row: dict[str, Any] = {"bytes": plant["bytes"], "documents": plant["documents"]}
+        if mb in sizes_mb:
+            raw = measured(_child("raw", str(tok_dir), files))
+            for w in (1, 2):
+                row[f"tokenize_{w}"] = measured(_child("tokenize", str(tok_dir), files, str(work / f"t{w}"), str(w)))
+                row[f"tokenize_{w}"]["vs_raw"] = round(raw["work_seconds"] / row[f"tokenize_{w}"]["work_seconds"], 3)
+            row["raw"] = raw
+            shards = str(work / "t1")
+            row["train"] = measured(_child("train", str(tok_dir), shards, str(work / "run")))
+            row["reader"] = {str(T): measured(_child("reader", str(tok_dir), shards, str(T))) for T in (128, 4096)}
+        if mb in corpus_mb:
+            row_c = _bench_corpus(params, src, work / "corpus-out", plant)
+            record["corpus"][str(mb)] = row_c
+        record["sizes"][str(mb)] = row
+        subprocess.run(["rm", "-rf", str(src), str(work / "t1"), str(work / "t2"), str(work / "corpus-out")])
+    return record
+
+
+def _bench_corpus(params: Any, src: Path, out: Path, plant: dict) -> dict:
+    """The corpus stage on the planted corpus (English source; a small real nb-NO target from the handbook)."""
+    nb = handbook_texts(["nb-NO"])["nb-NO"]
+    nb_file = out.parent / "nb.jsonl"
+    with open(nb_file, "w", encoding="utf-8") as f:
+        for i, t in enumerate(nb):
+            f.write(json.dumps({"id": f"nb{i}", "text": t}, ensure_ascii=False) + "\n")
+    over = params.model_dump(mode="json")
+    over["shared"] |= {"data_dir": str(out), "reports_dir": str(out / "reports")}
+    over["corpus"] |= {
+        "sources": [
+            {"kind": "local", "lang": "source", "paths": [str(src / "part-*.jsonl")], "id_field": "id"},
+            {"kind": "local", "lang": "target", "paths": [str(nb_file)], "id_field": "id"},
+        ],
+        "min_train_bytes": 0,
+        "workers": 2,
+        "langid": {"threshold": 0.9, "candidates": "all"},
+        # recall for pairs at character 5-gram Jaccard >= 0.82 (5% of words replaced): 42 bands of 6, verified
+        "dedup": {
+            "exact": True,
+            "near_threshold": 0.6,
+            "num_perm": 256,
+            "shingle_chars": 5,
+            "false_negative_weight": 0.9,
+            "verify": 0.7,
+        },
+    }
+    res = measured(_child("corpus", json.dumps(over)))
+    m = res.pop("metrics")
+    kept = set()
+    for split in ("train", "val", "test"):
+        with open(out / "corpus" / "en-US" / f"{split}.jsonl", encoding="utf-8") as f:
+            kept.update(json.loads(line)["doc"] for line in f)
+    removed = m["languages"]["en-US"]["removed"]
+    return res | {
+        "mb_per_s": round(plant["bytes"] / MB / res["seconds"], 3),
+        "removed": removed,
+        "score": score(plant, kept),
+        "digest": hashlib.sha256(json.dumps(sorted(kept)).encode()).hexdigest()[:16],
+    }
