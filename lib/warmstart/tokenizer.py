@@ -184,26 +184,17 @@ def train_tokenizer(
     """
     specials = cfg.special_tokens.as_list()
     _check_vocab_size(cfg)
+    held = None if callable(texts) else list(_nonempty(texts))
     counted = [0]
-    if callable(texts):
-        stream = texts
 
-        def corpus() -> Iterator[str]:
-            counted[0] = 0
-            for t in _nonempty(stream()):
-                counted[0] += 1
-                yield t
+    def corpus() -> Iterator[str]:
+        counted[0] = 0
+        for t in _nonempty(held if held is not None else texts()):
+            counted[0] += 1
+            yield t
 
-        if next(iter(corpus()), None) is None:
-            raise ValueError("no training text: the tokenizer needs at least one non-empty text")
-    else:
-        held = list(_nonempty(texts))
-        if not held:
-            raise ValueError("no training text: the tokenizer needs at least one non-empty text")
-        counted[0] = len(held)
-
-        def corpus() -> list[str]:
-            return held
+    if next(iter(corpus()), None) is None:
+        raise ValueError("no training text: the tokenizer needs at least one non-empty text")
 
     if cfg.kind == "byte_bpe":
         tok = _train_byte_bpe(corpus, cfg, specials)
@@ -436,19 +427,6 @@ def _split_words(text: str, offsets: list[tuple[int, int]]) -> tuple[int, int]:
 
 def ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
-
-
-def target_weights(mix: Mapping[str, float], resolve: Callable[[str], str], languages: list[str]) -> dict[str, float]:
-    """``tokenizer.target_mix`` by corpus language: keys resolved by ``resolve``, a language named twice summed."""
-    weights: dict[str, float] = {}
-    for key, w in mix.items():
-        if (lang := resolve(key)) not in languages:
-            raise ValueError(
-                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
-                f"available: {languages} (add it to corpus.extra_languages)"
-            )
-        weights[lang] = weights.get(lang, 0.0) + w
-    return weights
 
 
 def fertility(tok: Any, texts: Iterable[str]) -> dict[str, float | int]:

@@ -161,6 +161,19 @@ def mixed_texts(
     return out
 
 
+def target_weights(mix: Mapping[str, float], resolve: Callable[[str], str], languages: list[str]) -> dict[str, float]:
+    """``tokenizer.target_mix`` by corpus language: keys resolved by ``resolve``, a language named twice summed."""
+    weights: dict[str, float] = {}
+    for key, w in mix.items():
+        if (lang := resolve(key)) not in languages:
+            raise ValueError(
+                f"tokenizer.target_mix names {key!r} ({lang}), not a corpus language; "
+                f"available: {languages} (add it to corpus.extra_languages)"
+            )
+        weights[lang] = weights.get(lang, 0.0) + w
+    return weights
+
+
 def _keep(seed: int, lang: str, n: int, rate: float) -> bool:
     """Whether text ``n`` of ``lang`` is in the partial pass at ``rate`` (a seeded hash, no state)."""
     h = hashlib.blake2b(f"{seed}:{lang}:{n}".encode(), digest_size=8).digest()

@@ -20,12 +20,12 @@ from typing import Any
 
 from warmstart import fragments
 from warmstart.data.corpus import load_texts
-from warmstart.data.mixing import mixed_texts, sampled_texts
+from warmstart.data.mixing import mixed_texts, sampled_texts, target_weights
 from warmstart.data.shards import iter_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
 from warmstart.stages.contract import SHARED, declared
-from warmstart.tokenizer import fertility_ratios, fertility_table, target_weights, train_tokenizer
+from warmstart.tokenizer import fertility_ratios, fertility_table, train_tokenizer
 
 PARAMS = (*SHARED, "corpus.extra_languages", "tokenizer")
 
