@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="validate a params file")
     c.add_argument("params", nargs="?", default="params.yaml")
-    a = sub.add_parser("apply-profile", help="overlay a profile onto a params file in place")
+    a = sub.add_parser("apply-profile", help="overlay a profile (a name, or a .yaml path) onto a params file in place")
     a.add_argument("name")
     a.add_argument("params", nargs="?", default="params.yaml")
     args = ap.parse_args(argv)

@@ -72,6 +72,11 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 
 def profile(name: str) -> dict[str, Any]:
+    """A packaged profile by name (``smoke``), or any overlay file by path (``configs/corpus/slurm.yaml``)."""
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ParamsError(f"no overlay file {name!r}")
+        return read_yaml(name)
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))

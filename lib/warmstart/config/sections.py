@@ -86,6 +86,14 @@ class Dedup(_Section):
     verify: float | None = Field(default=None, gt=0.0, le=1.0)
 
 
+class Executor(_Section):
+    """Where the corpus stage's filter pass runs (datatrove executors, :mod:`warmstart.data.engine`)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    tasks: int | None = Field(default=None, ge=1)  # shards of the filter pass; None: corpus.workers
+    slurm: dict[str, Any] = {}  # SlurmPipelineExecutor arguments (partition, time, cpus_per_task, ...)
+
+
 class Split(_Section):
     val_fraction: float = Field(ge=0.0, lt=0.5)
     test_fraction: float = Field(gt=0.0, lt=0.5)
@@ -103,7 +111,8 @@ class Corpus(_Section):
     dedup: Dedup
     split: Split
     on_bad_file: Literal["error", "skip"] = "error"
-    workers: int = Field(default=1, ge=1)  # processes for language ID and dedup signatures; 1: this one
+    workers: int = Field(default=1, ge=1)  # local processes for language ID and dedup signatures
+    executor: Executor = Executor()
 
 
 # ---------------------------------------------------------------- tokenize

@@ -14,18 +14,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from warmstart.config import Params
-from warmstart.data.clean import LanguageFilter, utf8_len, words
-from warmstart.data.dedup import Signer, StreamDeduplicator
-from warmstart.data.parallel import ordered_map
-from warmstart.data.sources import Document, SourceReport, iter_documents
+from warmstart.data.clean import LanguageFilter, words
+from warmstart.data.dedup import StreamDeduplicator
+from warmstart.data.engine import FILTERS, candidates, read_docs, read_paragraphs, run_pass1
 from warmstart.data.split import SPLITS, assign_splits
 from warmstart.io import atomic_dir, read_jsonl
-
-FILTERS = ("code", "min_chars", "langid", "exact_dup", "near_dup")
 
 
 def corpus_dir(params: Params) -> Path:
@@ -46,119 +40,24 @@ def load_texts(params_or_dir: Params | str | Path, lang: str, split: str) -> lis
     return [r["text"] for r in load_split(params_or_dir, lang, split)]
 
 
-# ---------------------------------------------------------------- pass 1: filter and sign (in workers)
-
-_WORKER: dict = {}
-
-
-def _init_worker(threshold: float, candidates: list[str] | None, keep_code: bool, min_chars: int, signer) -> None:
-    _WORKER.update(lid=LanguageFilter(threshold, candidates), keep_code=keep_code, min_chars=min_chars, sign=signer)
-
-
-def _classify(docs: list[Document]) -> list[tuple[Document, list[str | None], list[tuple]]]:
-    """Per document: each paragraph's verdict (None: kept, else the filter that removed it) and the kept
-    paragraphs' dedup signatures."""
-    w = _WORKER
-    out = []
-    for d in docs:
-        verdicts, sigs = [], []
-        for p in d.paragraphs:
-            if p.kind == "code":
-                v = None if w["keep_code"] else "code"
-            elif len(p.text) < w["min_chars"]:
-                v = "min_chars"
-            elif not w["lid"].keep(p.text, d.lang):
-                v = "langid"
-            else:
-                v = None
-            verdicts.append(v)
-            if v is None:
-                sigs.append(w["sign"](p.text))
-        out.append((d, verdicts, sigs))
-    return out
-
-
-def _doc_batches(docs, size: int = 64):
-    batch = []
-    for d in docs:
-        batch.append(d)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-class _Spill:
-    """One language's kept paragraphs in reading order, on disk: a jsonl of records and a file of fixed-size
-    signatures (exact key, MinHash values), read back in step."""
-
-    def __init__(self, root: Path, lang: str, num_perm: int):
-        self.root, self.num_perm = root / lang, num_perm
-        self.root.mkdir(parents=True)
-        self.text = open(self.root / "paragraphs.jsonl", "w", encoding="utf-8")
-        self.sigs = open(self.root / "signatures.bin", "wb")
-
-    def add(self, rec: dict, key: int, sig) -> None:
-        self.text.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        self.sigs.write(np.uint64(key).tobytes())
-        self.sigs.write(np.zeros(self.num_perm, np.uint32).tobytes() if sig is None else sig.tobytes())
-
-    def close(self) -> None:
-        self.text.close()
-        self.sigs.close()
-
-    def read(self):
-        size = 8 + 4 * self.num_perm
-        with (
-            open(self.root / "paragraphs.jsonl", encoding="utf-8") as ft,
-            open(self.root / "signatures.bin", "rb") as fs,
-        ):
-            for line in ft:
-                raw = fs.read(size)
-                yield json.loads(line), int(np.frombuffer(raw[:8], np.uint64)[0]), np.frombuffer(raw[8:], np.uint32)
-
-
-def _pass1(params: Params, report: SourceReport, spill_root: Path, langs: list[str]) -> dict:
-    """Read, filter and sign every document (``corpus.workers`` processes); kept paragraphs go to the spills."""
-    cfg = params.corpus
-    candidates = (
-        None
-        if cfg.langid.candidates == "all"
-        else (params.languages if cfg.langid.candidates == "corpus" else list(cfg.langid.candidates))
-    )
-    LanguageFilter(cfg.langid.threshold, candidates)  # a bad candidate list fails here, before any worker starts
-    d = cfg.dedup
-    signer = Signer(d.exact, d.near_threshold is not None, d.num_perm, d.shingle_chars, params.shared.seed)
-    spills = {lang: _Spill(spill_root, lang, d.num_perm) for lang in langs}
+def _pass1(params: Params, spill: Path, langs: list[str]) -> dict:
+    """Read, filter and sign every document on ``corpus.executor`` (:mod:`warmstart.data.engine`); the counts."""
+    LanguageFilter(params.corpus.langid.threshold, candidates(params))  # a bad candidate list fails before any task
+    parts = run_pass1(params, spill)
     stats_in = {lang: {"documents": 0, "paragraphs": 0, "bytes": 0} for lang in langs}
     doc_sets: dict[str, set] = defaultdict(set)
     removed: dict[str, Counter] = defaultdict(Counter)
     doc_bytes: Counter = Counter()
-    args = (cfg.langid.threshold, candidates, cfg.keep_code, cfg.min_chars, signer)
-    batches = _doc_batches(iter_documents(params, report))
-    try:
-        for results in tqdm(
-            ordered_map(_classify, batches, cfg.workers, _init_worker, args), desc="filter", leave=False
-        ):
-            for doc, verdicts, sigs in results:
-                doc_sets[doc.lang].add(doc.doc)
-                stats_in[doc.lang]["paragraphs"] += len(doc.paragraphs)
-                stats_in[doc.lang]["bytes"] += utf8_len(p.text for p in doc.paragraphs)
-                kept = [p for p, v in zip(doc.paragraphs, verdicts) if v is None]
-                for v in verdicts:
-                    if v is not None:
-                        removed[doc.lang][v] += 1
-                doc_bytes[doc.doc] += utf8_len(p.text for p in kept)
-                for i, (p, (key, sig)) in enumerate(zip(kept, sigs)):
-                    rec = {"id": f"{doc.page}#{i}", "doc": doc.doc, "page": doc.page, "lang": doc.lang, "kind": p.kind}
-                    spills[doc.lang].add(rec | {"text": p.text}, key, sig)
-    finally:
-        for sp in spills.values():
-            sp.close()
+    for r in read_docs(parts):
+        doc_sets[r["lang"]].add(r["doc"])
+        stats_in[r["lang"]]["paragraphs"] += r["paragraphs"]
+        stats_in[r["lang"]]["bytes"] += r["bytes"]
+        removed[r["lang"]].update(r["removed"])
+        doc_bytes[r["doc"]] += r["kept_bytes"]
     for lang in langs:
         stats_in[lang]["documents"] = len(doc_sets[lang])
-    return {"spills": spills, "stats_in": stats_in, "removed": removed, "doc_bytes": dict(doc_bytes)}
+    report = json.loads((parts[0] / "report.json").read_text(encoding="utf-8"))
+    return {"parts": parts, "stats_in": stats_in, "removed": removed, "doc_bytes": dict(doc_bytes), "report": report}
 
 
 def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
@@ -172,13 +71,12 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
     """
     t0 = time.time()
     cfg = params.corpus
-    report = SourceReport()
     langs = params.languages
     out = Path(out_dir) if out_dir is not None else corpus_dir(params)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.spill-", dir=out.parent) as spill_root:
-        p1 = _pass1(params, report, Path(spill_root), langs)
-        stats_in, removed, spills = p1["stats_in"], p1["removed"], p1["spills"]
+        p1 = _pass1(params, Path(spill_root), langs)
+        stats_in, removed, parts, report = p1["stats_in"], p1["removed"], p1["parts"], p1["report"]
         empty = [lang for lang in langs if stats_in[lang]["documents"] == 0]
         if empty:
             raise ValueError(f"no documents for language(s) {empty}: add a source for them in corpus.sources")
@@ -193,7 +91,7 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
         splits_stats: dict[str, dict] = {}
         with atomic_dir(out) as tmp:
             for lang in langs:
-                splits_stats[lang] = _pass2(params, spills[lang], assignment, removed[lang], tmp / lang, spill_root)
+                splits_stats[lang] = _pass2(params, lang, parts, assignment, removed[lang], tmp / lang, spill_root)
             for lang in langs:  # a too-small language fails the stage, loudly, before the output is put in place
                 _check_train_bytes(params, lang, splits_stats[lang], stats_in[lang], removed[lang])
             for lang in langs:
@@ -216,16 +114,16 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
         },
         "split_documents": split_docs,
         "sources": {
-            "handbook": report.handbook,
-            "skipped_files": report.skipped_files,
-            "skipped_line_count": report.skipped_line_count,
-            "skipped_lines": report.skipped_lines,
+            "handbook": report["handbook"],
+            "skipped_files": report["skipped_files"],
+            "skipped_line_count": report["skipped_line_count"],
+            "skipped_lines": report["skipped_lines"],
         },
         "seconds": round(time.time() - t0, 2),
     }
 
 
-def _pass2(params: Params, spill: _Spill, assignment: dict, removed: Counter, out: Path, spill_root) -> dict:
+def _pass2(params: Params, lang: str, parts: list, assignment: dict, removed: Counter, out: Path, spill_root) -> dict:
     """Deduplicate one language's paragraphs in priority order (test, val, train) and write its splits."""
     d = params.corpus.dedup
     dedup = StreamDeduplicator(d.exact, d.near_threshold, d.num_perm, d.false_negative_weight, d.verify, spill_root)
@@ -235,7 +133,7 @@ def _pass2(params: Params, spill: _Spill, assignment: dict, removed: Counter, ou
         for split in ("test", "val", "train"):  # held-out text first
             docs, n, nbytes, nwords = set(), 0, 0, 0
             with open(out / f"{split}.jsonl", "w", encoding="utf-8") as fh:
-                for rec, key, sig in spill.read():
+                for rec, key, sig in read_paragraphs(parts, lang, d.num_perm):
                     if assignment[rec["doc"]] != split:
                         continue
                     dup = dedup.check(key, sig if d.near_threshold is not None else None)
