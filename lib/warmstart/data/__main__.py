@@ -32,10 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     corpus = [int(x) for x in args.corpus_sizes.split(",") if x]
     out = Path(args.out or f"reports/bench/data-path_cpu_{datetime.date.today().isoformat()}.json")
     Path("data").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".bench-", dir=args.work or "data") as work:
-        record = run_bench(sizes, corpus, Path(work))
     out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bench-", dir=args.work or "data") as work:
+        record = run_bench(sizes, corpus, Path(work), partial=out.with_suffix(".partial.json"))
     out.write_text(json.dumps(record, indent=2) + "\n")
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
     write_report(record, out.with_suffix(".md"))
     print(out.with_suffix(".md").read_text())
 

@@ -5,7 +5,7 @@
 * **tokenizing**: :func:`~warmstart.data.shards.tokenize_files` with 1 and 2 workers against raw
   ``tokenizers`` ``encode_batch`` on the same text, batches and cores (ratio = raw time / ours);
 * **trainer**: a 1-step run of a tiny model on the shards (``python -m warmstart.train``): seconds from process
-  start to its end, an upper bound on the time to the first step, and peak memory, at each size;
+  start to the first step's log line, and peak memory, at each size;
 * **reader**: tokens per second of the packed stream over the shards, one process;
 * **corpus stage**: :func:`~warmstart.data.corpus.build_corpus` on corpora with planted exact duplicates, near
   duplicates (5% of words replaced) and off-language documents (real German and French handbook paragraphs):
@@ -137,27 +137,31 @@ def score(plant: dict, kept_ids: set[str]) -> dict:
 # ---------------------------------------------------------------- measuring a child process
 
 
-def measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
-    """Run ``cmd``; wall seconds, peak summed RSS of its process tree (MiB) and its stdout's last JSON line."""
+def measured(cmd: list[str], watch: Path | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak summed RSS of its process tree (MiB) and its stdout's last JSON line.
+    ``watch``: a file the process appends to; ``first_write_s`` is when it first held a complete line."""
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    root, peak = psutil.Process(proc.pid), 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root, peak, first = psutil.Process(proc.pid), 0, None
     while proc.poll() is None:
+        if watch is not None and first is None and watch.is_file() and b"\n" in watch.read_bytes():
+            first = round(time.perf_counter() - t0, 2)
         try:
             procs = [root, *root.children(recursive=True)]
             peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
         except psutil.Error:
             pass
-        time.sleep(0.1)
+        time.sleep(0.05)
     out, err = proc.communicate()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     last = [line for line in out.splitlines() if line.startswith("{")]
-    return {"seconds": round(time.perf_counter() - t0, 2), "peak_mib": round(peak / 2**20, 1)} | (
-        json.loads(last[-1]) if last else {}
-    )
+    rec = {"seconds": round(time.perf_counter() - t0, 2), "peak_mib": round(peak / 2**20, 1)}
+    if watch is not None:
+        rec["first_write_s"] = first
+    return rec | (json.loads(last[-1]) if last else {})
 
 
 def _child(*args: str) -> list[str]:
@@ -271,8 +275,11 @@ def _provenance() -> dict:
     }
 
 
-def run_bench(sizes_mb: list[int], corpus_mb: list[int], work: Path, seed: int = 1234) -> dict:
-    """Every measurement of the module docstring; ``work`` holds the corpora and shards (deleted per size)."""
+def run_bench(
+    sizes_mb: list[int], corpus_mb: list[int], work: Path, seed: int = 1234, partial: Path | None = None
+) -> dict:
+    """Every measurement of the module docstring; ``work`` holds the corpora and shards (deleted per size).
+    ``partial``: the record so far is written there after each size."""
     from warmstart.config import load_params
     from warmstart.tokenizer import train_tokenizer
 
@@ -303,14 +310,17 @@ def run_bench(sizes_mb: list[int], corpus_mb: list[int], work: Path, seed: int =
             row["raw"] = raw
             shards = str(work / "t1")
             run_yaml = work / "run.yaml"
-            run_yaml.write_text(json.dumps(train_config(str(tok_dir), shards, str(work / "run"))))
-            # process start to the end of a 1-step run: an upper bound on the time to the first step
-            row["train"] = measured([sys.executable, "-m", "warmstart.train", "--config", str(run_yaml)])
+            run_yaml.write_text(json.dumps(train_config(str(tok_dir), shards, str(work / f"run{mb}"))))
+            # process start to the first step's log line (log_every 1): imports, model, opening the shards, step 1
+            cmd = [sys.executable, "-m", "warmstart.train", "--config", str(run_yaml)]
+            row["train"] = measured(cmd, watch=work / f"run{mb}" / "log.jsonl")
             row["reader"] = {str(T): measured(_child("reader", str(tok_dir), shards, str(T))) for T in (128, 4096)}
         if mb in corpus_mb:
             row_c = _bench_corpus(params, src, work / "corpus-out", plant)
             record["corpus"][str(mb)] = row_c
         record["sizes"][str(mb)] = row
+        if partial is not None:
+            partial.write_text(json.dumps(record, indent=2) + "\n")
         subprocess.run(["rm", "-rf", str(src), str(work / "t1"), str(work / "t2"), str(work / "corpus-out")])
     return record
 
