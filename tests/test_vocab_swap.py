@@ -168,6 +168,7 @@ SCENARIOS = {  # name: (model dir, new tokenizer dir, donor dir)
     "llama": ("llama", "tok_bl", "donor_bl"),
 }
 FT = vs.FastTextOptions(dim=16, epochs=5, min_count=1, bucket=2000, workers=1)
+TD = vs.TokDistilOptions(start="fvt", layers=[-1], snippets=2, snippet_len=8, steps=2)  # tokdistil, small and fast
 
 
 def _swap_dir(world, scenario: str, method: str, out_name: str | None = None, **kw) -> tuple[vs.SwapReport, object]:
@@ -179,8 +180,9 @@ def _swap_dir(world, scenario: str, method: str, out_name: str | None = None, **
         out,
         method,
         donor_dir=world[donor] if method == "omp" else None,
-        texts=NB_TEXTS if method == "focus" else None,
+        texts=NB_TEXTS if method in ("focus", "tokdistil") else None,
         fasttext=FT,
+        tokdistil=TD,
         pad_multiple=kw.pop("pad_multiple", PAD_MULTIPLE),
         seed=kw.pop("seed", 0),
         **kw,
@@ -216,8 +218,8 @@ def test_sparsemax_hand_case():
 
 
 def test_method_registry_names_every_method_once():
-    assert vs.METHODS == ("random", "exact", "fvt", "focus", "omp") == tuple(vs.PLANNERS)
-    with pytest.raises(TypeError):  # read-only: the valid names stay these five
+    assert vs.METHODS == ("random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil") == tuple(vs.PLANNERS)
+    with pytest.raises(TypeError):  # read-only: the valid names stay these seven
         vs.PLANNERS["magic"] = vs.PLANNERS["exact"]  # type: ignore[index]
 
 
@@ -227,12 +229,14 @@ def test_every_planner_makes_each_row_once(toks, method):
     kw = {
         "focus": {"fasttext_vectors": {"▁house": [1.0, 0.0], "▁the": [0.0, 1.0], "▁hus": [1.0, 0.5]}},
         "omp": {"donor_embed": torch.randn(len(sp), 16, generator=torch.Generator().manual_seed(0)), "omp_k": 2},
+        "tokdistil": {"tokdistil_start": "fvt"},
     }.get(method, {})
     plan, head_plan, _ = vs.build_plan(bl, sp, method, old_rows=len(bl), pad_multiple=PAD_MULTIPLE, **kw)
     made = torch.cat([plan.copy_new, plan.combo.rows, plan.mean_rows, plan.random_rows, plan.zero_rows])
     assert sorted(made.tolist()) == list(range(plan.n_rows)) and plan.n_rows == vs.padded_size(len(sp), PAD_MULTIPLE)
     assert head_plan is plan  # no donor head: one plan for both matrices
-    assert (len(plan.combo) > 0) == (method in ("fvt", "focus", "omp"))
+    assert (len(plan.combo) > 0) == (method in ("fvt", "focus", "omp", "tokdistil"))  # tokdistil: its start's
+    assert plan.sampler == ("hf" if method == "hf_default" else "mvn")
 
 
 def test_package_modules_import_only_lower_ones():
@@ -245,12 +249,16 @@ def test_package_modules_import_only_lower_ones():
         "lexical",
         "focus",
         "omp",
+        "hf_default",
+        "snippets",
+        "tokdistil",
         "methods",
         "apply",
         "surgery",
         "neighbours",
         "details",
         "cli",
+        "tokdistil_bench",
         "bench",  # the benchmark runs the whole package (warmstart.vocab_swap), like the command line
         "__main__",
     ]

@@ -254,12 +254,34 @@ class Base(_Section):
 # ---------------------------------------------------------------- vocab swap and pretrain
 
 
+class TokDistil(_Section):
+    """Token Distillation's settings (``vocab_swap.tokdistil``; :class:`warmstart.vocab_swap.TokDistilOptions`)."""
+
+    start: Literal["fvt", "focus"] = "focus"  # the heuristic whose rows it starts from
+    layers: list[int] = Field(default=[1], min_length=1)  # output_hidden_states indices: 1..L or -L..-1
+    snippets: int = Field(default=8, ge=1, le=4096)  # per new token, from the target training text
+    snippet_len: int = Field(default=16, ge=2, le=8192)  # old-tokenizer tokens per snippet
+    steps: int = Field(default=6, ge=1, le=10_000)  # full-batch Adam steps per batch of tokens
+    lr: float = Field(default=0.03, gt=0, le=10)  # peak learning rate, cosine decay to 0
+    batch_tokens: int = Field(default=256, ge=1)  # tokens per step: all their snippets in one forward
+    output: Literal["start", "ce"] = "start"  # untied head rows: the start's, or next-token cross-entropy
+
+    @field_validator("layers")
+    @classmethod
+    def _no_input_layer(cls, v: list[int]) -> list[int]:
+        if 0 in v:
+            raise ValueError("layer 0 is the input embedding: use 1..L or -L..-1")
+        return v
+
+
 class VocabSwap(_Section):
-    methods: list[Literal["random", "exact", "fvt", "focus", "omp"]] = Field(min_length=1)
+    methods: list[Literal["random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil"]] = Field(min_length=1)
     pad_multiple: int = Field(default=64, ge=1, le=4096)
     omp_k: int = Field(default=8, ge=1, le=256)  # anchors per token for omp
     fasttext_dim: int = Field(default=64, ge=8, le=1024)  # focus: gensim fastText vectors
     fasttext_epochs: int = Field(default=5, ge=1, le=100)
+    hf_mean_resizing: bool = True  # hf_default: resize_token_embeddings(mean_resizing=...), transformers' default
+    tokdistil: TokDistil = TokDistil()
     neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
     eval_bytes: int = Field(default=32_000, ge=1000)  # test text for step-0 bits per byte, per language
 

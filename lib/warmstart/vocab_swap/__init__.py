@@ -1,7 +1,7 @@
 """Vocabulary swap: give a pretrained causal LM a new tokenizer.
 
 The input and output embedding rows of the new vocabulary are initialised
-from the old model's rows by one of five methods (:data:`METHODS`), each
+from the old model's rows by one of seven methods (:data:`METHODS`), each
 planned by its own module (the registry is :data:`PLANNERS`):
 
 ``random`` (:mod:`.sampling`)
@@ -19,6 +19,16 @@ planned by its own module (the registry is :data:`PLANNERS`):
 ``omp`` (:mod:`.omp`)
     Orthogonal matching pursuit in a donor model that uses the new
     tokenizer (mergekit's ``tokensurgeon``), applied to the old anchor rows.
+``hf_default`` (:mod:`.hf_default`)
+    Exact matches copied; the rest get the rows transformers'
+    ``resize_token_embeddings`` adds (mean resizing: the old mean plus
+    1e-9-covariance noise), drawn by transformers itself.
+``tokdistil`` (:mod:`.tokdistil`)
+    Token Distillation (Dobler et al., ICLR 2026): from an ``fvt`` or
+    ``focus`` start, each new token's input row is learned, the model frozen,
+    so that its hidden states on target snippets match those of the token's
+    old multi-piece tokenization; untied head rows by next-token
+    cross-entropy. Needs the model (:func:`swap_model`) and target texts.
 
 Normalised strings (:mod:`.tokens`)
     Every token is reduced to the UTF-8 *bytes* it stands for, so
@@ -41,8 +51,10 @@ Modules, lowest first (a module imports only modules above it in this list):
 :mod:`.tokens` (normalised strings, :class:`TokenizerView`),
 :mod:`.fasttext` (:class:`FastTextOptions`, :func:`train_fasttext`),
 :mod:`.plan` (:class:`InitPlan`, :class:`SwapReport`, the split every method
-starts from), :mod:`.sampling`, :mod:`.lexical`, :mod:`.focus`, :mod:`.omp`
-(the methods), :mod:`.methods` (registry, :func:`build_plan`),
+starts from), :mod:`.sampling`, :mod:`.lexical`, :mod:`.focus`, :mod:`.omp`,
+:mod:`.hf_default`, :mod:`.snippets` (tokdistil's data), :mod:`.tokdistil` (the methods;
+:class:`TokDistilOptions`),
+:mod:`.methods` (registry, :func:`build_plan`),
 :mod:`.apply` (:func:`apply_plan`), :mod:`.surgery` (:func:`swap_embeddings`
 on tensors, :func:`swap_model`, :func:`swap_model_dir`), :mod:`.neighbours`
 (:func:`nearest_neighbours` and the tokens it probes), :mod:`.details` (the
@@ -53,7 +65,7 @@ CLI::
 
     python -m warmstart.vocab_swap --model DIR --tokenizer DIR --method fvt --out DIR
         [--donor DIR] [--seed N] [--pad-multiple 64] [--omp-k 8]
-        [--fasttext-texts PATH ...] [--fasttext-dim 100] [--cov-rows 16384] ...
+        [--texts PATH ...] [--fasttext-dim 100] [--cov-rows 16384] [--tokdistil-steps 8] ...
 """
 
 from __future__ import annotations
@@ -76,6 +88,7 @@ from warmstart.vocab_swap.plan import (
 )
 from warmstart.vocab_swap.sampling import COV_ROWS, sample_like
 from warmstart.vocab_swap.surgery import SwapResult, swap_embeddings, swap_model, swap_model_dir
+from warmstart.vocab_swap.tokdistil import TokDistilOptions, distil
 from warmstart.vocab_swap.tokens import (
     BYTE_TO_UNICODE,
     ROLES,
@@ -100,11 +113,13 @@ __all__ = [
     "PlanRequest",
     "SwapReport",
     "SwapResult",
+    "TokDistilOptions",
     "TokenizerView",
     "VocabSwapError",
     "apply_plan",
     "batch_omp",
     "build_plan",
+    "distil",
     "focus_weights",
     "load_texts",
     "main",

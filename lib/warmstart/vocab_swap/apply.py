@@ -38,8 +38,17 @@ def _combine(old: torch.Tensor, combo: Combination, out: torch.Tensor) -> None:
             out[combo.rows, a:b] = res.to(out.dtype)
 
 
-def apply_plan(old: torch.Tensor, plan: InitPlan, seed: int, cov_rows: int | None = COV_ROWS) -> torch.Tensor:
-    """The new matrix (``plan.n_rows`` rows, ``old``'s dtype) made from ``old`` by ``plan``."""
+def apply_plan(
+    old: torch.Tensor,
+    plan: InitPlan,
+    seed: int,
+    cov_rows: int | None = COV_ROWS,
+    random_values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The new matrix (``plan.n_rows`` rows, ``old``'s dtype) made from ``old`` by ``plan``.
+
+    ``random_values``: the rows of ``plan.random_rows`` (in that order) made elsewhere (``hf_default``: by
+    transformers); None: sampled here (:func:`~warmstart.vocab_swap.sampling.sample_like`)."""
     old = old.detach()
     with torch.no_grad():
         out = torch.zeros(plan.n_rows, old.shape[1], dtype=old.dtype)
@@ -51,7 +60,15 @@ def apply_plan(old: torch.Tensor, plan: InitPlan, seed: int, cov_rows: int | Non
         if plan.mean_rows.numel():
             out[plan.mean_rows] = _mean_row(old).to(old.dtype)
         if plan.random_rows.numel():
-            out[plan.random_rows] = sample_like(old, plan.random_rows.numel(), seed, cov_rows).to(old.dtype)
+            if random_values is not None:
+                if random_values.shape != (plan.random_rows.numel(), old.shape[1]):
+                    raise ValueError(
+                        f"random_values has shape {tuple(random_values.shape)}, "
+                        f"the plan needs ({plan.random_rows.numel()}, {old.shape[1]})"
+                    )
+                out[plan.random_rows] = random_values.to(old.dtype)
+            else:
+                out[plan.random_rows] = sample_like(old, plan.random_rows.numel(), seed, cov_rows).to(old.dtype)
         if plan.zero_rows.numel():
             out[plan.zero_rows] = 0
     return out

@@ -14,7 +14,16 @@ Only the matrices and the tokenizers are built, not a model:
 
 Goals (2 cores): fvt <= 60 s, focus <= 10 min, peak RSS <= 3x the matrices.
 
-    python -m warmstart.vocab_swap.bench [--methods fvt,focus] [--dtype bfloat16] [--out FILE.json]
+``tokdistil`` needs a model body: the worker builds Mistral-Nemo-shaped decoder layers (hidden 5120, 14336
+intermediate, 32 heads, 8 KV heads; ``--tokdistil-model-layers`` of them, fp32), starts from the ``fvt`` swap,
+and distils ``--tokdistil-tokens`` sampled new tokens at the deepest built layer with the study's snippet and
+step settings. It reports the measured CPU cost per token (snippet mining, a fixed cost, apart) and FLOPs per
+token, then projects, from the FLOPs, distilling at layer ``--tokdistil-target-layer`` of the full 40-layer
+model: CPU time per token at the FLOP rate just measured, and GPU time for a 131,072-token vocabulary (and for
+this swap's new tokens) at the H100's bf16 dense peak (989 TFLOP/s, :data:`warmstart.flops.GPU_PEAK_BF16`),
+both at 100% of peak (a lower bound) and at ``--tokdistil-mfu``.
+
+    python -m warmstart.vocab_swap.bench [--methods fvt,focus,tokdistil] [--dtype bfloat16] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -232,6 +241,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     rows = max(args.old_vocab, len(old_tok))
     embed = _random_matrix(rows, args.hidden, dtype, args.seed)
     head = _random_matrix(rows, args.hidden, dtype, args.seed + 1)
+    if method == "tokdistil":
+        from warmstart.vocab_swap.tokdistil_bench import tokdistil_worker
+
+        return {"method": method, "matrix_shape": [rows, args.hidden], "dtype": args.dtype} | tokdistil_worker(
+            args, old_tok, new_tok, embed, head
+        )
     kw: dict[str, Any] = {}
     if method == "focus":
         kw["texts"] = vs.load_texts([d / "focus_texts.jsonl"])
@@ -315,7 +330,11 @@ def _env() -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m warmstart.vocab_swap.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default="fvt,focus", help="comma-separated methods (random,exact,fvt,focus,omp)")
+    p.add_argument(
+        "--methods",
+        default="fvt,focus",
+        help="comma-separated methods (random,exact,fvt,focus,omp,hf_default,tokdistil)",
+    )
     p.add_argument("--old-vocab", type=int, default=131072)
     p.add_argument("--new-vocab", type=int, default=51200)
     p.add_argument("--hidden", type=int, default=5120)
@@ -332,6 +351,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fasttext-workers", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     p.add_argument("--omp-k", type=int, default=8)
     p.add_argument("--donor-hidden", type=int, default=1024, help="omp: hidden size of the (synthetic) donor")
+    p.add_argument("--intermediate", type=int, default=14336, help="tokdistil: MLP width of the built layers")
+    p.add_argument("--heads", type=int, default=32, help="tokdistil: attention heads (head dim: hidden / heads)")
+    p.add_argument("--kv-heads", type=int, default=8, help="tokdistil: key/value heads")
+    p.add_argument("--tokdistil-tokens", type=int, default=4, help="tokdistil: new tokens distilled on this CPU")
+    p.add_argument("--tokdistil-model-layers", type=int, default=2, help="tokdistil: decoder layers built")
+    p.add_argument("--tokdistil-full-layers", type=int, default=40, help="tokdistil: layers of the full model")
+    p.add_argument(
+        "--tokdistil-target-layer", type=int, default=14, help="tokdistil: distilled layer of the full model"
+    )
+    p.add_argument("--tokdistil-mfu", type=float, default=0.4, help="tokdistil: the GPU projection's assumed MFU")
+    p.add_argument(
+        "--tokdistil-lr", type=float, default=1e-4, help="tokdistil: learning rate (the reference's, for real models)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--text",
@@ -373,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
             "fasttext_workers",
             "omp_k",
             "donor_hidden",
+            "intermediate",
+            "heads",
+            "kv_heads",
+            "tokdistil_tokens",
+            "tokdistil_model_layers",
+            "tokdistil_full_layers",
+            "tokdistil_target_layer",
+            "tokdistil_mfu",
+            "tokdistil_lr",
         ):
             cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -383,6 +424,18 @@ def main(argv: list[str] | None = None) -> int:
             continue
         r = json.loads(lines[-1][len("RESULT ") :])
         results.append(r)
+        if method == "tokdistil":
+            pr = r["projection"]
+            gpu = ", ".join(f"{v:.2f} h {k.replace('_', ' ')}" for k, v in pr["gpu_hours_131072_tokens"].items())
+            print(
+                f"tokdistil {r['distilled']} tokens at layer {r['model_layers_built']} of {r['model_layers_built']} "
+                f"built: {r['cpu_seconds_per_token']:.1f} s/token on CPU ({r['flops_per_token'] / 1e12:.2f} TFLOP, "
+                f"{r['cpu_flop_rate'] / 1e9:.0f} GFLOP/s; snippets {r['snippet_seconds']:.0f} s once)  full model, "
+                f"layer {pr['target_layer']} of {pr['full_layers']}: {pr['flops_per_token'] / 1e12:.1f} TFLOP/token, "
+                f"{pr['cpu_seconds_per_token']:.0f} s/token on CPU; 131,072 tokens on one {pr['gpu']}: {gpu}",
+                flush=True,
+            )
+            continue
         goal = GOALS.get(method)
         ok_t = "" if goal is None else (f" (goal <= {goal:.0f}s: " + ("ok" if r["seconds"] <= goal else "MISSED") + ")")
         ok_m = "ok" if r["peak_ratio"] <= MEM_GOAL else "MISSED"

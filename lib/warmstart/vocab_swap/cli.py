@@ -4,7 +4,8 @@
 
     python -m warmstart.vocab_swap --model DIR --tokenizer DIR --method fvt --out DIR
         [--donor DIR] [--seed N] [--pad-multiple 64] [--omp-k 8]
-        [--fasttext-texts PATH ...] [--fasttext-dim 100] [--cov-rows 16384] ...
+        [--texts PATH ...] [--fasttext-dim 100] [--cov-rows 16384] [--no-hf-mean-resizing]
+        [--tokdistil-start fvt] [--tokdistil-layers 1] [--tokdistil-steps 6] ...
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from warmstart.vocab_swap.methods import METHODS, _check_method
 from warmstart.vocab_swap.plan import PAD_MULTIPLE
 from warmstart.vocab_swap.sampling import COV_ROWS
 from warmstart.vocab_swap.surgery import swap_model_dir
+from warmstart.vocab_swap.tokdistil import OUTPUTS, STARTS, TokDistilOptions
 from warmstart.vocab_swap.tokens import VocabSwapError
 
 #: FastTextOptions fields the CLI sets, each by ``--fasttext-<field>`` (in this order in --help).
 _FASTTEXT_FLAGS = ("dim", "epochs", "window", "min_count", "bucket", "workers")
+#: TokDistilOptions fields the CLI sets, each by ``--tokdistil-<field>``.
+_TOKDISTIL_FLAGS = ("start", "layers", "snippets", "snippet_len", "steps", "lr", "batch_tokens", "output")
 
 
 def load_texts(paths: Sequence[str | Path], text_field: str = "text") -> list[str]:
@@ -78,11 +82,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     d = FastTextOptions()
     p.add_argument(
-        "--fasttext-texts", nargs="+", default=None, help="focus: target texts (.jsonl or .txt files, dirs, globs)"
+        "--texts",
+        "--fasttext-texts",
+        dest="texts",
+        nargs="+",
+        default=None,
+        help="focus, tokdistil: target texts (.jsonl or .txt files, dirs, globs)",
     )
     p.add_argument("--text-field", default="text", help="field of .jsonl texts")
     for name in _FASTTEXT_FLAGS:  # --fasttext-dim ... --fasttext-workers
         p.add_argument(f"--fasttext-{name.replace('_', '-')}", type=int, default=getattr(d, name))
+    p.add_argument(
+        "--hf-mean-resizing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hf_default: resize_token_embeddings(mean_resizing=...) (transformers' default: on)",
+    )
+    t = TokDistilOptions()
+    kinds = {"start": {"choices": STARTS}, "output": {"choices": OUTPUTS}, "layers": {"type": int, "nargs": "+"}}
+    for name in _TOKDISTIL_FLAGS:  # --tokdistil-start ... --tokdistil-output
+        default = getattr(t, name)
+        kw = kinds.get(name, {"type": type(default)})
+        p.add_argument(
+            f"--tokdistil-{name.replace('_', '-')}",
+            default=list(default) if name == "layers" else default,
+            help="tokdistil (default " + (" ".join(map(str, default)) if name == "layers" else str(default)) + ")",
+            **kw,
+        )
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -95,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         _check_method(args.method)
-        texts = load_texts(args.fasttext_texts, args.text_field) if args.fasttext_texts else None
+        td = TokDistilOptions(**{name: getattr(args, f"tokdistil_{name}") for name in _TOKDISTIL_FLAGS})
+        texts = load_texts(args.texts, args.text_field) if args.texts else None
         ft = FastTextOptions(**{name: getattr(args, f"fasttext_{name}") for name in _FASTTEXT_FLAGS})
-        same = {name: getattr(args, name) for name in ("seed", "pad_multiple", "omp_k", "trust_remote_code")}
+        same = {
+            name: getattr(args, name)
+            for name in ("seed", "pad_multiple", "omp_k", "trust_remote_code", "hf_mean_resizing")
+        }
         report = swap_model_dir(
             args.model,
             args.tokenizer,
@@ -107,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             donor_dir=args.donor,
             texts=texts,
             fasttext=ft,
+            tokdistil=td,
             cov_rows=args.cov_rows or None,
             **same,
         )

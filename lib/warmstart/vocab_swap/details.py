@@ -1,7 +1,9 @@
 """What the ``vocab_swap`` stage records of one swap (``reports/vocab_swap/<method>.json``): the swap report's
 row counts and vocabulary sizes, step-0 bits per byte of the swapped and of the base model, and the
 nearest-neighbour sanity table (:func:`~warmstart.vocab_swap.neighbours.nearest_neighbours`); and its headline
-metrics."""
+metrics. A ``tokdistil`` swap also records its start method and its distillation (``tokdistil``: the objective
+curve, tokens distilled and without a snippet, time and FLOPs per token; :mod:`~warmstart.vocab_swap.tokdistil`);
+an ``hf_default`` swap what transformers was asked (``hf``)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def swap_details(
     bits per byte by language of the swapped model at step 0 and of the base model, and the ``neighbours``
     table (a DataFrame) as records."""
     r = report.to_dict()
+    extra = r.get("extra") or {}
     return {
         "method": method,
         **{k: r[k] for k in KEEP},
@@ -37,13 +40,15 @@ def swap_details(
         "bpb_base": base_bpb,
         "languages": {"target": target, "source": source},
         "neighbours": neighbours.to_dict(orient="records"),
+        **{k: extra[k] for k in ("start", "tokdistil", "hf") if k in extra},
     }
 
 
 def swap_headline(details: dict[str, Any]) -> dict[str, Any]:
-    """The headline of a swap from its :func:`swap_details`: row counts, new vocabulary, step-0 bits per byte."""
+    """The headline of a swap from its :func:`swap_details`: row counts, new vocabulary, step-0 bits per byte;
+    for ``tokdistil`` also the rows distilled and the new tokens without a snippet (they keep the start's rows)."""
     target, source = details["languages"]["target"], details["languages"]["source"]
-    return {
+    head = {
         "aligned_rows": details["aligned"],
         "decomposed_rows": details["decomposed"],
         "random_rows": details["random"],
@@ -51,3 +56,8 @@ def swap_headline(details: dict[str, Any]) -> dict[str, Any]:
         f"step0_bpb_{target}": details["bpb_step0"][target],
         f"step0_bpb_{source}": details["bpb_step0"][source],
     }
+    td = details.get("tokdistil")
+    if td:
+        head["distilled_rows"] = td["distilled"]
+        head["no_snippet_rows"] = td["without_snippet"]
+    return head

@@ -76,6 +76,9 @@ class InitPlan:
     mean_rows: torch.Tensor  # rows set to the mean old row
     random_rows: torch.Tensor  # rows sampled like the old rows
     zero_rows: torch.Tensor  # padding (and ids without a token): zero, never generated
+    #: who makes ``random_rows``: "mvn" (:func:`~warmstart.vocab_swap.sampling.sample_like`) or "hf"
+    #: (transformers' ``resize_token_embeddings``, :mod:`~warmstart.vocab_swap.hf`)
+    sampler: str = "mvn"
 
 
 @dataclass
@@ -219,4 +222,5 @@ class PlanRequest:
     donor_embed: torch.Tensor | None  # omp
     donor_head: torch.Tensor | None  # omp
     omp_k: int  # omp
+    tokdistil_start: str = "focus"  # tokdistil: the heuristic whose rows it starts from
     extra: dict[str, Any] = field(default_factory=dict)

@@ -20,9 +20,11 @@ import torch
 
 from warmstart.io import atomic_dir
 from warmstart.vocab_swap.apply import apply_plan
+from warmstart.vocab_swap.hf_default import COVARIANCE_SCALE, resize_rows
 from warmstart.vocab_swap.methods import _check_method, build_plan
 from warmstart.vocab_swap.plan import PAD_MULTIPLE, REPORT_NAME, InitPlan, SwapReport, _map_specials, padded_size
 from warmstart.vocab_swap.sampling import COV_ROWS
+from warmstart.vocab_swap.tokdistil import TokDistilOptions, check_layers, distil, num_layers
 from warmstart.vocab_swap.tokens import VocabSwapError, _view
 
 log = logging.getLogger("warmstart.vocab_swap")  # the package's logger, as before the split into modules
@@ -35,6 +37,7 @@ class SwapResult:
     report: SwapReport
     plan: InitPlan
     head_plan: InitPlan
+    bias: torch.Tensor | None = None  # the head's new bias, when ``old_bias`` was given
 
 
 def swap_embeddings(
@@ -46,6 +49,9 @@ def swap_embeddings(
     *,
     seed: int = 0,
     cov_rows: int | None = COV_ROWS,
+    old_bias: torch.Tensor | None = None,
+    hf_mean_resizing: bool = True,
+    hf_initializer_range: float = 0.02,
     **plan_options: Any,
 ) -> SwapResult:
     """New embedding (and head) matrices for ``new_tok`` made from the old ones.
@@ -60,17 +66,50 @@ def swap_embeddings(
     ``plan_options`` are :func:`~warmstart.vocab_swap.methods.build_plan`'s:
     ``pad_multiple`` (64), ``texts``, ``fasttext``, ``fasttext_vectors``
     (focus), ``donor_embed``, ``donor_head``, ``omp_k`` (omp).
+
+    ``old_bias``: the head's bias; the result's ``bias`` gets the head plan (one column). ``hf_default``: the
+    rest is made by transformers' ``resize_token_embeddings`` (:mod:`~warmstart.vocab_swap.hf_default`) with
+    ``hf_mean_resizing`` and, without it, ``hf_initializer_range``. ``tokdistil`` needs the model
+    (:func:`swap_model`).
     """
     t0 = time.perf_counter()
     _check_method(method)
+    if method == "tokdistil":
+        raise VocabSwapError("method 'tokdistil' runs the model: use swap_model or swap_model_dir, not swap_embeddings")
     if old_head is not None and old_head.shape != old_embed.shape:
         raise VocabSwapError(f"embedding {tuple(old_embed.shape)} and head {tuple(old_head.shape)} shapes differ")
     old, new = _view(old_tok), _view(new_tok)
     if old_head is None:  # tied: no head rows, so no donor head coefficients either
         plan_options["donor_head"] = None
+    if old_bias is not None and old_head is None:
+        raise VocabSwapError("a head bias needs an untied head (old_head)")
     plan, head_plan, extra = build_plan(old, new, method, old_rows=old_embed.shape[0], seed=seed, **plan_options)
-    embed = apply_plan(old_embed, plan, seed, cov_rows)
-    head = apply_plan(old_head, head_plan, seed + 1, cov_rows) if old_head is not None else None
+    given: tuple[Any, Any, Any] = (None, None, None)
+    if plan.sampler == "hf":  # one call: transformers draws the head's rows after the embedding's
+        given = resize_rows(
+            old_embed,
+            old_head,
+            old_bias,
+            int(plan.random_rows.numel()),
+            seed,
+            mean_resizing=hf_mean_resizing,
+            initializer_range=hf_initializer_range,
+        )
+        import transformers
+
+        extra["hf"] = {
+            "transformers": transformers.__version__,
+            "mean_resizing": bool(hf_mean_resizing),
+            "covariance_scale": COVARIANCE_SCALE if hf_mean_resizing else None,
+            "initializer_range": None if hf_mean_resizing else float(hf_initializer_range),
+            "rows": int(plan.random_rows.numel()),
+        }
+    embed = apply_plan(old_embed, plan, seed, cov_rows, given[0])
+    head = apply_plan(old_head, head_plan, seed + 1, cov_rows, given[1]) if old_head is not None else None
+    bias = None
+    if old_bias is not None:  # same rows as the head (the bias as a 1-column matrix); padding 0
+        values = None if given[2] is None else given[2][:, None]
+        bias = apply_plan(old_bias.detach()[:, None], head_plan, seed + 2, cov_rows, values)[:, 0]
     specials = {}
     n_mapped = 0
     for nid, (oid, label) in sorted(_map_specials(old, new, old_embed.shape[0]).items()):
@@ -113,7 +152,7 @@ def swap_embeddings(
         report.padded_rows,
         report.seconds,
     )
-    return SwapResult(embed, head, report, plan, head_plan)
+    return SwapResult(embed, head, report, plan, head_plan, bias)
 
 
 # ---------------------------------------------------------------- models
@@ -155,13 +194,26 @@ def swap_model(
     embeddings give the coefficients, and its head too when both it and
     ``model`` are untied. ``seed``, ``cov_rows`` and ``plan_options`` as
     for :func:`swap_embeddings` (``donor_embed`` and ``donor_head`` come
-    from ``donor``).
+    from ``donor``; ``hf_initializer_range`` from the model's config).
+
+    ``tokdistil`` (options: ``tokdistil=``:class:`~warmstart.vocab_swap.tokdistil.TokDistilOptions`, target
+    ``texts``): the start method's swap, then the model (still the old one) distils the new rows
+    (:func:`~warmstart.vocab_swap.tokdistil.distil`); its record is ``report.extra["tokdistil"]``.
     """
     t0 = time.perf_counter()
     _check_method(method)
+    opts = _tokdistil_options(plan_options.pop("tokdistil", None))
+    if method == "tokdistil":  # every check before any work
+        check_layers(opts.layers, num_layers(model.config))
+        if plan_options.get("texts") is None:
+            raise VocabSwapError("method 'tokdistil' needs target texts to take snippets from (texts=..., --texts)")
+        if opts.start == "focus" and iter(plan_options["texts"]) is plan_options["texts"]:
+            plan_options["texts"] = list(plan_options["texts"])  # read twice: fastText, then the snippets
     emb_mod = model.get_input_embeddings()
     out_mod = model.get_output_embeddings()
     tied = _is_tied(model)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    plan_options.setdefault("hf_initializer_range", getattr(cfg, "initializer_range", None) or 0.02)
     donor_embed = donor_head = None
     if donor is not None:
         donor_embed = donor.get_input_embeddings().weight
@@ -170,20 +222,32 @@ def swap_model(
     elif method == "omp":
         raise VocabSwapError("method 'omp' needs a donor model that uses the new tokenizer (--donor DIR)")
     old_head = None if tied or out_mod is None else out_mod.weight
+    old_bias = getattr(out_mod, "bias", None) if out_mod is not None else None
+    texts = plan_options.get("texts")
+    if method == "tokdistil" and opts.start != "focus":
+        plan_options["texts"] = None  # the start does not read them
     res = swap_embeddings(
         emb_mod.weight,
         old_head,
         old_tok,
         new_tok,
-        method,
+        opts.start if method == "tokdistil" else method,
         seed=seed,
         cov_rows=cov_rows,
         donor_embed=donor_embed,
         donor_head=donor_head,
+        old_bias=None if tied else old_bias,
         **plan_options,
     )
     n_rows = res.embed.shape[0]
     new = _view(new_tok)
+    if method == "tokdistil":
+        rows = sorted(set(res.plan.combo.rows.tolist()) | set(res.plan.random_rows.tolist()))
+        res.report.method = "tokdistil"
+        res.report.extra["start"] = opts.start
+        res.report.extra["tokdistil"] = _distil(
+            model, old_tok, new_tok, rows, res, emb_mod.weight, old_head, old_bias, texts, opts, seed
+        )
     grad = emb_mod.weight.requires_grad
     emb_mod.weight = torch.nn.Parameter(res.embed, requires_grad=grad)
     if hasattr(emb_mod, "num_embeddings"):
@@ -201,9 +265,10 @@ def swap_model(
             out_mod.out_features = n_rows
         bias = getattr(out_mod, "bias", None)
         if bias is not None:  # same rows as the head (bias as a 1-column matrix); padding 0
-            nb = apply_plan(bias.detach()[:, None], res.head_plan, seed + 2, cov_rows)[:, 0]
+            nb = res.bias
+            if nb is None:  # tied head with a bias of its own
+                nb = apply_plan(bias.detach()[:, None], res.head_plan, seed + 2, cov_rows)[:, 0]
             out_mod.bias = torch.nn.Parameter(nb, requires_grad=bias.requires_grad)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     ids = {r: new.roles.get(r) for r in ("bos", "eos", "pad")}
     for c in {id(cfg): cfg, id(model.config): model.config}.values():
         c.vocab_size = n_rows
@@ -231,9 +296,58 @@ def swap_model(
     return res.report
 
 
-def _load_model(path: str | Path, what: str, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoModelForCausalLM
+def _tokdistil_options(opts: Any) -> TokDistilOptions:
+    if opts is None:
+        return TokDistilOptions()
+    if isinstance(opts, TokDistilOptions):
+        return opts
+    if isinstance(opts, Mapping):
+        return TokDistilOptions(**opts)
+    raise VocabSwapError(f"tokdistil options must be TokDistilOptions or a mapping, not {type(opts).__name__}")
 
+
+def _distil(
+    model: Any,
+    old_tok: Any,
+    new_tok: Any,
+    rows: list[int],
+    res: SwapResult,
+    old_embed: torch.Tensor,
+    old_head: torch.Tensor | None,
+    old_bias: torch.Tensor | None,
+    texts: Any,
+    opts: TokDistilOptions,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`~warmstart.vocab_swap.tokdistil.distil` on the old ``model``, frozen and in eval mode meanwhile."""
+    training = model.training
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in grads:
+        p.requires_grad_(False)
+    try:
+        return distil(
+            model,
+            _view(old_tok),
+            _view(new_tok),
+            rows,
+            res.embed,
+            res.head,
+            old_embed,
+            old_head,
+            None if old_head is None else old_bias,
+            res.bias,
+            texts,
+            opts,
+            seed,
+        )
+    finally:
+        for p, g in grads:
+            p.requires_grad_(g)
+        model.train(training)
+
+
+def _load_model_dir_check(path: str | Path, what: str) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"{what} directory {str(path)!r} does not exist")
@@ -241,6 +355,13 @@ def _load_model(path: str | Path, what: str, trust_remote_code: bool = False) ->
         raise FileNotFoundError(
             f"{what} directory {str(path)!r} has no config.json (not a Hugging Face model directory)"
         )
+    return p
+
+
+def _load_model(path: str | Path, what: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    p = _load_model_dir_check(path, what)
     return AutoModelForCausalLM.from_pretrained(
         str(p), use_safetensors=True, trust_remote_code=trust_remote_code, dtype="auto"
     )
@@ -289,6 +410,15 @@ def swap_model_dir(
     if method == "focus" and options.get("texts") is None:
         raise VocabSwapError("method 'focus' needs target texts to train fastText on (--fasttext-texts PATH)")
     padded_size(1, options.get("pad_multiple", PAD_MULTIPLE))
+    if method == "tokdistil":  # every check before loading anything big
+        if options.get("texts") is None:
+            raise VocabSwapError("method 'tokdistil' needs target texts to take snippets from (texts=..., --texts)")
+        opts = _tokdistil_options(options.get("tokdistil"))
+        from transformers import AutoConfig
+
+        _load_model_dir_check(model_dir, "model")
+        config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+        check_layers(opts.layers, num_layers(config))
     model = _load_model(model_dir, "model", trust_remote_code)
     old_tok = _load_tokenizer(old_tokenizer_dir or model_dir, "old tokenizer (model)", trust_remote_code)
     new_tok = _load_tokenizer(tokenizer_dir, "tokenizer", trust_remote_code)
