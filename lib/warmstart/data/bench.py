@@ -175,11 +175,11 @@ def child_raw(tok_dir: str, files: str) -> dict:
     """Raw ``encode_batch`` over the corpus texts, batches of 1024, the tokenizer's own threads."""
     from tokenizers import Tokenizer
 
-    from warmstart.data.shards import _batches, expand, iter_texts
+    from warmstart.data.shards import batches, expand, iter_texts
 
     tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
     t0, n = time.perf_counter(), 0
-    for batch in _batches(iter_texts(expand(json.loads(files)), "text"), 1024):
+    for batch in batches(iter_texts(expand(json.loads(files)), "text"), 1024):
         n += sum(len(e.ids) for e in tok.encode_batch_fast(batch, add_special_tokens=False))
     return {"tokens": n, "work_seconds": time.perf_counter() - t0}
 

@@ -121,7 +121,8 @@ def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | 
             hashes[str(path)] = h.hexdigest()
 
 
-def _batches(texts: Iterable[str], n: int) -> Iterator[list[str]]:
+def batches(texts: Iterable[str], n: int) -> Iterator[list[str]]:
+    """Lists of ``n`` texts (the last one shorter), read lazily."""
     batch: list[str] = []
     for t in texts:
         batch.append(t)
@@ -228,10 +229,10 @@ def tokenize_files(
     with atomic_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         try:
-            batches = _batches(iter_texts(paths, text_field, hashes), batch_docs)
+            chunks = batches(iter_texts(paths, text_field, hashes), batch_docs)
             # one worker: this process, on the tokenizer's own threads; more: one thread per worker process
             for ids, lengths, nbytes in ordered_map(
-                _encode, batches, workers, _init_worker, (spec, dtype.str, workers == 1)
+                _encode, chunks, workers, _init_worker, (spec, dtype.str, workers == 1)
             ):
                 writer.add(ids, lengths, nbytes)
         finally:

@@ -49,8 +49,10 @@ def run(params: Any, method: str) -> dict[str, Any]:
         seed=params.shared.seed,
         pad_multiple=v.pad_multiple,
         omp_k=v.omp_k,
-        texts=load_texts(params, target, "train") if method == "focus" else None,
+        texts=load_texts(params, target, "train") if method in ("focus", "tokdistil") else None,
         fasttext=vs.FastTextOptions(dim=v.fasttext_dim, epochs=v.fasttext_epochs, min_count=3),
+        hf_mean_resizing=v.hf_mean_resizing,
+        tokdistil=vs.TokDistilOptions(**v.tokdistil.model_dump()),
         trust_remote_code=params.base.trust_remote_code,
     )
     model, tok = load_model(out), AutoTokenizer.from_pretrained(out)

@@ -11,12 +11,14 @@ tokens' windows into tensors (:mod:`warmstart.vocab_swap.tokdistil` runs them).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from warmstart.data.shards import batches
 
 _TEXT_BATCH = 256  # texts tokenized per call of the old tokenizer
 
@@ -30,17 +32,6 @@ class Snippets:
     texts: int = 0
     old_tokens: int = 0
     seconds: float = 0.0
-
-
-def _text_batches(texts: Iterable[str], n: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for t in texts:
-        batch.append(t)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def collect_snippets(
@@ -91,7 +82,7 @@ def collect_snippets(
         else:
             lst[slot] = w
 
-    for batch in _text_batches(texts, _TEXT_BATCH):
+    for batch in batches(texts, _TEXT_BATCH):
         out.texts += len(batch)
         for doc in old_tok(batch, add_special_tokens=False)["input_ids"]:
             ids = np.asarray(doc, dtype=np.int64)
