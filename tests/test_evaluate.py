@@ -477,9 +477,34 @@ def test_swap_study_numbers_and_goals():
         "fvt_step0_below_random": True,
         "focus_step0_below_random": False,
         "best_speedup_at_least_3": True,
+        "tokdistil_step0_below_start": None,  # no tokdistil run
     }
     assert s["runs"]["focus"]["speedup"] is None  # NaN (never reached scratch's final bpb) -> null in JSON
     assert swap_study(init[init["run"] == "scratch"])["goals"]["fvt_step0_below_random"] is None
+    # the tokdistil goal follows the paired step-0 interval against its start (the first tokdistil pair)
+    below = {"tokdistil vs focus": {"run": "tokdistil", "reference": "focus", "diff": -0.05, "ci": [-0.07, -0.03]}}
+    assert swap_study(init, below)["goals"]["tokdistil_step0_below_start"] is True
+    below["tokdistil vs focus"]["ci"] = [-0.07, 0.01]
+    assert swap_study(init, below)["goals"]["tokdistil_step0_below_start"] is False
+
+
+def test_step0_pairs_name_the_start_and_the_best_heuristic():
+    from warmstart.evaluate.runs import step0_pairs
+
+    init = pd.DataFrame(
+        [
+            {"run": "scratch", "bpb_step0": 8.0},
+            {"run": "fvt", "bpb_step0": 3.1},
+            {"run": "focus", "bpb_step0": 3.0},
+            {"run": "omp", "bpb_step0": 2.9},
+            {"run": "hf-default", "bpb_step0": 3.05},
+            {"run": "tokdistil", "bpb_step0": 2.95},
+        ]
+    )
+    methods = ["fvt", "focus", "omp", "hf-default", "tokdistil"]
+    assert step0_pairs(methods, "focus", init) == [("tokdistil", "focus"), ("tokdistil", "omp"), ("hf-default", "omp")]
+    assert step0_pairs(methods, "omp", init) == [("tokdistil", "omp"), ("hf-default", "omp")]
+    assert step0_pairs(["fvt", "focus"], "focus", init) == []
 
 
 def _seed_rows(runs=("scratch", "random"), steps=(0, 4, 8), seeds=(1, 2)) -> list[dict]:

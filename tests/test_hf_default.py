@@ -1,4 +1,4 @@
-"""``hf_default``: the rows transformers' ``resize_token_embeddings`` adds, exact matches copied.
+"""``hf-default``: the rows transformers' ``resize_token_embeddings`` adds, exact matches copied.
 
 A tiny Llama on an "English" byte-level BPE is swapped to a "Norwegian" one; the reference is the same model
 resized by transformers itself under the same seed: the rows it adds must be the rest rows of the swap, bit
@@ -54,9 +54,9 @@ def test_rows_are_what_resize_token_embeddings_adds(toks, mean_resizing):
     old_h = model.get_output_embeddings().weight.detach().clone()
     swapped = copy.deepcopy(model)
     state = torch.random.get_rng_state()
-    rep = vs.swap_model(swapped, old_tok, new_tok, "hf_default", seed=11, hf_mean_resizing=mean_resizing)
+    rep = vs.swap_model(swapped, old_tok, new_tok, "hf-default", seed=11, hf_mean_resizing=mean_resizing)
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is left alone
-    res = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf_default", seed=11, hf_mean_resizing=mean_resizing)
+    res = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf-default", seed=11, hf_mean_resizing=mean_resizing)
     rest = _rest(res)
     assert len(rest) == rep.fallback_random > 20 and rep.decomposed == 0
     ref_e, ref_h = _resized(model, len(rest), 11, mean_resizing)
@@ -86,8 +86,8 @@ def test_rows_are_what_resize_token_embeddings_adds(toks, mean_resizing):
         assert abs(float(ref_e.std()) - model.config.initializer_range) < 0.003
         assert rep.extra["hf"]["initializer_range"] == model.config.initializer_range
     # the same seed gives the same rows, another seed others
-    again = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf_default", seed=11, hf_mean_resizing=mean_resizing)
-    other = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf_default", seed=12, hf_mean_resizing=mean_resizing)
+    again = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf-default", seed=11, hf_mean_resizing=mean_resizing)
+    other = vs.swap_embeddings(old_e, old_h, old_tok, new_tok, "hf-default", seed=12, hf_mean_resizing=mean_resizing)
     assert torch.equal(again.embed, res.embed) and not torch.equal(other.embed[rest], res.embed[rest])
 
 
@@ -95,8 +95,8 @@ def test_tied_model_rows_and_the_rank_deficient_mean(toks):
     old_tok, new_tok = toks
     model = _model(old_tok, 1, tie_embeddings=True)
     swapped = copy.deepcopy(model)
-    rep = vs.swap_model(swapped, old_tok, new_tok, "hf_default", seed=3)
-    rest = _rest(vs.swap_embeddings(model.get_input_embeddings().weight, None, old_tok, new_tok, "hf_default"))
+    rep = vs.swap_model(swapped, old_tok, new_tok, "hf-default", seed=3)
+    rest = _rest(vs.swap_embeddings(model.get_input_embeddings().weight, None, old_tok, new_tok, "hf-default"))
     ref_e, _ = _resized(model, len(rest), 3)
     emb = swapped.get_input_embeddings().weight
     assert rep.tied and emb is swapped.get_output_embeddings().weight
@@ -113,9 +113,9 @@ def test_cli_records_the_transformers_call(toks, tmp_path, capsys):
     _model(old_tok, 2).save_pretrained(tmp_path / "m")
     old_tok.save_pretrained(tmp_path / "m")
     new_tok.save_pretrained(tmp_path / "t")
-    argv = ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "t"), "--method", "hf_default"]
+    argv = ["--model", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "t"), "--method", "hf-default"]
     assert vs.main([*argv, "--out", str(tmp_path / "o"), "--no-hf-mean-resizing", "-q"]) == 0
     rep = json.loads((tmp_path / "o" / vs.REPORT_NAME).read_text())
-    assert rep["method"] == "hf_default" and rep["extra"]["hf"]["mean_resizing"] is False
+    assert rep["method"] == "hf-default" and rep["extra"]["hf"]["mean_resizing"] is False
     assert json.loads(capsys.readouterr().out)["fallback_random"] == rep["extra"]["hf"]["rows"]
     AutoModelForCausalLM.from_pretrained(tmp_path / "o")

@@ -86,7 +86,7 @@ def test_every_study_run_and_model_loads(smoke_project):
     dst = smoke_project[0]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    methods = ["random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil"]
+    methods = ["random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]
     for m in methods:
         swap = json.loads((dst / "reports/vocab_swap" / f"{m}.json").read_text())
         assert swap["padded_vocab"] % 64 == 0 and swap["new_vocab"] == 1024
@@ -115,10 +115,11 @@ def test_metrics_are_small_flat_headlines(smoke_project):
     shown = json.loads(run_checked(["dvc", "metrics", "show", "--json"], dst, env))
     files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
     names = {Path(f).relative_to("reports/metrics").as_posix() for f in files}
-    methods = ["random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil"]
+    methods = ["random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]
     assert names == {
         "corpus.json",
         "tokenizer.json",
+        "tokenize.json",
         "base.json",
         "evaluate.json",
         "spikes.json",
@@ -162,9 +163,21 @@ def test_report_pdf_and_model_card(smoke_project):
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a details JSON value, through its fragment
     study = json.loads((dst / "reports/evaluate/swap_study.json").read_text())
-    runs = {"scratch", "original", "random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil", "fvt-hybrid"}
+    runs = {"scratch", "original", "random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil", "fvt-hybrid"}
     assert set(study["runs"]) == runs
-    assert set(study["goals"]) == {"fvt_step0_below_random", "focus_step0_below_random", "best_speedup_at_least_3"}
+    assert set(study["goals"]) == {
+        "fvt_step0_below_random",
+        "focus_step0_below_random",
+        "best_speedup_at_least_3",
+        "tokdistil_step0_below_start",
+    }
+    # tokdistil against its start (focus) and the best heuristic, hf-default against the best, at step 0
+    pairs = evaluation_step0 = json.loads((dst / "reports/evaluate/eval.json").read_text())["step0_pairs"]
+    assert {(d["run"], d["reference"]) for d in pairs.values()} >= {("tokdistil", "focus")}
+    assert {d["run"] for d in pairs.values()} == {"tokdistil", "hf-default"}
+    for d in evaluation_step0.values():
+        assert d["ci"][0] <= d["diff"] <= d["ci"][1]
+    assert study["goals"]["tokdistil_step0_below_start"] == (pairs["tokdistil vs focus"]["ci"][1] < 0)
     evaluation = json.loads((dst / "reports/evaluate/eval.json").read_text())
     assert evaluation["best"] in runs
     # the hybrid-objective arm against fvt: a paired difference and both runs' masked-token accuracy

@@ -139,7 +139,7 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
     from warmstart.runs import BASE, get_run, run_names, study_runs
 
     params = _params(tmp_path)
-    swaps = ["random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil"]
+    swaps = ["random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]
     assert run_names(params) == ["scratch", "original", *swaps, "fvt-hybrid"]
     kinds = {r.name: (r.kind, r.method) for r in study_runs(params)}
     assert (

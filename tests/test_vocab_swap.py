@@ -218,7 +218,7 @@ def test_sparsemax_hand_case():
 
 
 def test_method_registry_names_every_method_once():
-    assert vs.METHODS == ("random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil") == tuple(vs.PLANNERS)
+    assert vs.METHODS == ("random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil") == tuple(vs.PLANNERS)
     with pytest.raises(TypeError):  # read-only: the valid names stay these seven
         vs.PLANNERS["magic"] = vs.PLANNERS["exact"]  # type: ignore[index]
 
@@ -236,7 +236,7 @@ def test_every_planner_makes_each_row_once(toks, method):
     assert sorted(made.tolist()) == list(range(plan.n_rows)) and plan.n_rows == vs.padded_size(len(sp), PAD_MULTIPLE)
     assert head_plan is plan  # no donor head: one plan for both matrices
     assert (len(plan.combo) > 0) == (method in ("fvt", "focus", "omp", "tokdistil"))  # tokdistil: its start's
-    assert plan.sampler == ("hf" if method == "hf_default" else "mvn")
+    assert plan.sampler == ("hf" if method == "hf-default" else "mvn")
 
 
 def test_package_modules_import_only_lower_ones():

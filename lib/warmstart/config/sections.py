@@ -275,12 +275,12 @@ class TokDistil(_Section):
 
 
 class VocabSwap(_Section):
-    methods: list[Literal["random", "exact", "fvt", "focus", "omp", "hf_default", "tokdistil"]] = Field(min_length=1)
+    methods: list[Literal["random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]] = Field(min_length=1)
     pad_multiple: int = Field(default=64, ge=1, le=4096)
     omp_k: int = Field(default=8, ge=1, le=256)  # anchors per token for omp
     fasttext_dim: int = Field(default=64, ge=8, le=1024)  # focus: gensim fastText vectors
     fasttext_epochs: int = Field(default=5, ge=1, le=100)
-    hf_mean_resizing: bool = True  # hf_default: resize_token_embeddings(mean_resizing=...), transformers' default
+    hf_mean_resizing: bool = True  # hf-default: resize_token_embeddings(mean_resizing=...), transformers' default
     tokdistil: TokDistil = TokDistil()
     neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
     eval_bytes: int = Field(default=32_000, ge=1000)  # test text for step-0 bits per byte, per language

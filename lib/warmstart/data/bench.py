@@ -140,10 +140,13 @@ def score(plant: dict, kept_ids: set[str]) -> dict:
 def measured(cmd: list[str], watch: Path | None = None) -> dict:
     """Run ``cmd``; wall seconds, peak summed RSS of its process tree (MiB) and its stdout's last JSON line.
     ``watch``: a file the process appends to; ``first_write_s`` is when it first held a complete line."""
+    import tempfile
+
     import psutil
 
+    out_f, err_f = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # a pipe would fill and block it
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True)
     root, peak, first = psutil.Process(proc.pid), 0, None
     while proc.poll() is None:
         if watch is not None and first is None and watch.is_file() and b"\n" in watch.read_bytes():
@@ -154,7 +157,11 @@ def measured(cmd: list[str], watch: Path | None = None) -> dict:
         except psutil.Error:
             pass
         time.sleep(0.05)
-    out, err = proc.communicate()
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
+    out_f.close()
+    err_f.close()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     last = [line for line in out.splitlines() if line.startswith("{")]

@@ -212,6 +212,14 @@ def _comparison_rows(metrics: dict) -> list[list]:
     ]
 
 
+def _step0_rows(metrics: dict) -> list[list]:
+    yes = {True: "yes", False: "no", None: "–"}
+    return [
+        [d["run"], d["reference"], fmt_ci(d["diff"], d.get("ci"), 3), yes[d.get("distinguishable")]]
+        for d in (metrics.get("step0_pairs") or {}).values()
+    ]
+
+
 def _arm_rows(metrics: dict) -> list[list]:
     ev_runs = metrics["runs"]
     return [
@@ -273,7 +281,7 @@ def tables(
     ck, fin = res["checkpoints"], res["final"]
     probe_keys = [k for k in PROBE_KEYS if k in fin]
     chance = res.get("cloze_chance")
-    comp_rows, arm_rows = _comparison_rows(metrics), _arm_rows(metrics)
+    comp_rows, arm_rows, step0_rows = _comparison_rows(metrics), _arm_rows(metrics), _step0_rows(metrics)
     vs = metrics.get("vs_lowest") or {}
     caption = seeds.caption()
     cols_init = [
@@ -322,6 +330,19 @@ def tables(
                 )
             ]
             if comp_rows
+            else []
+        ),
+        *(
+            [
+                table(
+                    step0_rows,
+                    f"Learned and default initialisations at step 0, before any training: difference in {tgt} "
+                    "bits per byte to the heuristic they start from or the best one (run minus reference, paired "
+                    "bootstrap over the same held-out texts) [95% interval].",
+                    columns=["run", "reference", "difference (bits/byte)", "distinguishable"],
+                )
+            ]
+            if step0_rows
             else []
         ),
         *(

@@ -280,6 +280,7 @@ def intervals(
     seed: int = 0,
     n_boot: int = stats.N_BOOT,
     pairs: dict[str, str] | None = None,
+    step0_pairs: list[tuple[str, str]] | None = None,
 ) -> dict:
     """Evaluation-text intervals of the final numbers, from the per-text NLL (:mod:`warmstart.evaluate.intervals`).
 
@@ -287,6 +288,8 @@ def intervals(
     run, "runs": {run: {"diff", "ci", "distinguishable"}}}, "pairs": {run: {"reference", "target": {...},
     "source": {...}}}, "method": {...}}``; ``{}`` without per-text NLL. ``pairs`` maps a run to the run it is
     compared with (an arm to its init): the paired difference in target and source bits per byte.
+    ``step0_pairs``: (run, reference) pairs compared at step 0 in target bits per byte (``"step0"``: a vocabulary
+    transfer method against the heuristic it starts from and against the best one, before any training).
     """
     if not doc_nll or not doc_nll.get("checkpoints") or finals.empty:
         return {}
@@ -324,11 +327,19 @@ def intervals(
                 )
                 for role in weights
             }
+    at0 = {r["run"]: r for r in doc_nll["checkpoints"] if int(r["step"]) == 0}
+    step0 = {}
+    for a, b in step0_pairs or []:
+        if a in at0 and b in at0 and "target" in weights:
+            step0[f"{a} vs {b}"] = {"run": a, "reference": b} | stats.paired_difference(
+                at0[a]["target"], at0[b]["target"], doc_nll["bytes"]["target"], n_boot=n_boot, seed=seed
+            )
     docs = doc_nll.get("docs") or {}
     return {
         "runs": out_runs,
         "vs_lowest": {"reference": lowest, "runs": comp},
         "pairs": paired,
+        "step0": step0,
         "method": {
             "level": stats.LEVEL,
             "bootstrap_samples": n_boot,
@@ -412,7 +423,26 @@ def metrics_json(res: dict, init: pd.DataFrame, ints: dict | None = None) -> dic
         out["intervals"] = ints["method"]
     if ints.get("pairs"):
         out["arms"] = ints["pairs"]
+    if ints.get("step0"):
+        out["step0_pairs"] = ints["step0"]
     return _clean(out)
+
+
+HEURISTICS = ("random", "exact", "fvt", "focus", "omp")  # initialisations computed from other rows only
+
+
+def step0_pairs(methods: list[str], tokdistil_start: str, init: pd.DataFrame) -> list[tuple[str, str]]:
+    """What the step-0 comparison asks of the learned and the default initialisations: ``tokdistil`` against
+    the heuristic it starts from and the best heuristic at step 0, ``hf-default`` against the best heuristic."""
+    s0 = {r["run"]: r["bpb_step0"] for _, r in init.iterrows() if pd.notna(r["bpb_step0"])}
+    heur = [m for m in methods if m in HEURISTICS and m in s0]
+    best = min(heur, key=s0.get) if heur else None
+    out = []
+    if "tokdistil" in methods:
+        out += [("tokdistil", ref) for ref in dict.fromkeys([tokdistil_start, best]) if ref]
+    if "hf-default" in methods and best:
+        out.append(("hf-default", best))
+    return out
 
 
 def best_run(eval_json: dict) -> str:

@@ -96,7 +96,7 @@ def init_table(runs: Sequence[dict], ck: pd.DataFrame, params: Any) -> pd.DataFr
     return pd.DataFrame(out)
 
 
-def swap_study(init: pd.DataFrame) -> dict:
+def swap_study(init: pd.DataFrame, pairs0: dict | None = None) -> dict:
     """The warm-start study's numbers (``reports/metrics/swap_study.json``) and its goals, as measured.
 
     ``speedup`` is scratch's total bytes over the bytes the run needed to reach scratch's final target
@@ -114,6 +114,8 @@ def swap_study(init: pd.DataFrame) -> dict:
         return None if step0.get(a) is None or step0.get(b) is None else bool(step0[a] < step0[b])
 
     best_sp = swapped[best].get("speedup") if best else None
+    # tokdistil below the heuristic it starts from at step 0, by the paired interval over the same texts
+    start = next((p for p in (pairs0 or {}).values() if p["run"] == "tokdistil"), None)  # listed first: its start
     return {
         "runs": rows,
         "best_swapped": best,
@@ -122,6 +124,7 @@ def swap_study(init: pd.DataFrame) -> dict:
             "fvt_step0_below_random": below("fvt", "random"),
             "focus_step0_below_random": below("focus", "random"),
             "best_speedup_at_least_3": None if best_sp is None else bool(best_sp >= 3.0),
+            "tokdistil_step0_below_start": None if not start or not start.get("ci") else bool(start["ci"][1] < 0),
         },
     }
 

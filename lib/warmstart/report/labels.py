@@ -26,7 +26,7 @@ RUNS = {
     "fvt": "swap; FVT: a new token gets the mean of the old rows its string splits into",
     "focus": "swap; FOCUS: overlapping tokens copied, the rest sparsemax-weighted by fastText similarity",
     "omp": "swap; OMP: each new token as k anchor rows, fitted on the scratch run's embeddings",
-    "hf_default": "swap; exact matches copied, the rest as transformers' resize_token_embeddings adds rows "
+    "hf-default": "swap; exact matches copied, the rest as transformers' resize_token_embeddings adds rows "
     "(the old mean, 1e-9 of the covariance)",
     "tokdistil": "swap; Token Distillation: from fvt/focus rows, each new input row learned on the frozen model so "
     "its hidden states on target snippets match the old multi-piece tokenization's",

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from warmstart.evaluate.fragment import SeedSpread, figures, headline, numbers, paragraphs, tables
-from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json
+from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json, step0_pairs
 from warmstart.evaluate.seed_spread import STUDY_KEYS
 from warmstart.evaluate.tables import flops_table, init_table, swap_study
 from warmstart.fragments import write_fragment
@@ -49,9 +49,12 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     seeds = SeedSpread.of(params, ck)
     figs = figures(runs, ck, out, params.shared, seeds)
     arms = {n: a.init for n, a in params.study.arms.items()}
-    metrics = metrics_json(res, init, intervals(res["doc_nll"], fin, seed=params.shared.seed, pairs=arms))
+    vs = params.vocab_swap
+    at0 = step0_pairs(list(vs.methods), vs.tokdistil.start, init)
+    ints = intervals(res["doc_nll"], fin, seed=params.shared.seed, pairs=arms, step0_pairs=at0)
+    metrics = metrics_json(res, init, ints)
     write_json(out / "eval.json", metrics)
-    write_json(out / "swap_study.json", swap_study(init))
+    write_json(out / "swap_study.json", swap_study(init, metrics.get("step0_pairs")))
     write_fragment(
         params.shared.reports_dir,
         "evaluate",

@@ -19,7 +19,7 @@ planned by its own module (the registry is :data:`PLANNERS`):
 ``omp`` (:mod:`.omp`)
     Orthogonal matching pursuit in a donor model that uses the new
     tokenizer (mergekit's ``tokensurgeon``), applied to the old anchor rows.
-``hf_default`` (:mod:`.hf_default`)
+``hf-default`` (:mod:`.hf_default`)
     Exact matches copied; the rest get the rows transformers'
     ``resize_token_embeddings`` adds (mean resizing: the old mean plus
     1e-9-covariance noise), drawn by transformers itself.

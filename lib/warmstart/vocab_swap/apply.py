@@ -47,7 +47,7 @@ def apply_plan(
 ) -> torch.Tensor:
     """The new matrix (``plan.n_rows`` rows, ``old``'s dtype) made from ``old`` by ``plan``.
 
-    ``random_values``: the rows of ``plan.random_rows`` (in that order) made elsewhere (``hf_default``: by
+    ``random_values``: the rows of ``plan.random_rows`` (in that order) made elsewhere (``hf-default``: by
     transformers); None: sampled here (:func:`~warmstart.vocab_swap.sampling.sample_like`)."""
     old = old.detach()
     with torch.no_grad():

@@ -333,7 +333,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="fvt,focus",
-        help="comma-separated methods (random,exact,fvt,focus,omp,hf_default,tokdistil)",
+        help="comma-separated methods (random,exact,fvt,focus,omp,hf-default,tokdistil)",
     )
     p.add_argument("--old-vocab", type=int, default=131072)
     p.add_argument("--new-vocab", type=int, default=51200)

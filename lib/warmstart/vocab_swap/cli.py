@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         "--hf-mean-resizing",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="hf_default: resize_token_embeddings(mean_resizing=...) (transformers' default: on)",
+        help="hf-default: resize_token_embeddings(mean_resizing=...) (transformers' default: on)",
     )
     t = TokDistilOptions()
     kinds = {"start": {"choices": STARTS}, "output": {"choices": OUTPUTS}, "layers": {"type": int, "nargs": "+"}}

@@ -3,7 +3,7 @@ row counts and vocabulary sizes, step-0 bits per byte of the swapped and of the 
 nearest-neighbour sanity table (:func:`~warmstart.vocab_swap.neighbours.nearest_neighbours`); and its headline
 metrics. A ``tokdistil`` swap also records its start method and its distillation (``tokdistil``: the objective
 curve, tokens distilled and without a snippet, time and FLOPs per token; :mod:`~warmstart.vocab_swap.tokdistil`);
-an ``hf_default`` swap what transformers was asked (``hf``)."""
+an ``hf-default`` swap what transformers was asked (``hf``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``hf_default`` method: the rows transformers' ``resize_token_embeddings`` adds.
+"""The ``hf-default`` method: the rows transformers' ``resize_token_embeddings`` adds.
 
 What transformers 5 does (``PreTrainedModel.resize_token_embeddings``, "mean resizing" since PR #33325,
 ``mean_resizing=True`` by default; read in 5.24):
@@ -35,7 +35,7 @@ COVARIANCE_SCALE = 1e-9
 
 
 def plan_hf_default(req: PlanRequest) -> tuple[InitPlan, InitPlan]:
-    """``hf_default``: exact matches copied, the rest made by transformers (:func:`resize_rows`)."""
+    """``hf-default``: exact matches copied, the rest made by transformers (:func:`resize_rows`)."""
     base = req.base
     plan = _assemble(base, base.matches, Combination.empty(), base.rest)
     plan.sampler = "hf"

@@ -51,7 +51,7 @@ PLANNERS: MappingProxyType[str, Planner] = MappingProxyType(
         "fvt": plan_fvt,
         "focus": plan_focus,
         "omp": plan_omp,
-        "hf_default": plan_hf_default,
+        "hf-default": plan_hf_default,
         "tokdistil": _plan_tokdistil,
     }
 )

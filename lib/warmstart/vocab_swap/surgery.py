@@ -67,7 +67,7 @@ def swap_embeddings(
     ``pad_multiple`` (64), ``texts``, ``fasttext``, ``fasttext_vectors``
     (focus), ``donor_embed``, ``donor_head``, ``omp_k`` (omp).
 
-    ``old_bias``: the head's bias; the result's ``bias`` gets the head plan (one column). ``hf_default``: the
+    ``old_bias``: the head's bias; the result's ``bias`` gets the head plan (one column). ``hf-default``: the
     rest is made by transformers' ``resize_token_embeddings`` (:mod:`~warmstart.vocab_swap.hf_default`) with
     ``hf_mean_resizing`` and, without it, ``hf_initializer_range``. ``tokdistil`` needs the model
     (:func:`swap_model`).
