@@ -40,6 +40,7 @@ def _params(tmp_path, steps: int, variants=("width_kd",)):
 def project(tmp_path):
     """A corpus and a tiny trained-looking teacher run (``data/logs/fvt/run.json`` naming its final model)."""
     from warmstart.config import Tokenizer as TokCfg
+    from warmstart.data.shards import tokenize_files
     from warmstart.model import save_model
     from warmstart.tokenizer import train_tokenizer
 
@@ -49,6 +50,10 @@ def project(tmp_path):
     tok = train_tokenizer([" ".join(WORDS_EN + WORDS_NB)] * 4, TokCfg(vocab_size=300, target_mix={"target": 1.0}))
     model = model_for(tok, **TINY_LLAMA, max_pos=64, seed=0, bos_token_id=tok.bos_token_id)
     final = save_model(model, tok, data / "runs" / TEACHER / "final")
+    # what the tokenize stage writes: the students train on the target split's token shards
+    tokenize_files(
+        [str(data / "corpus" / "nb-NO" / "train.jsonl")], data / "tokens" / "target" / "nb-NO" / "train", tok
+    )
     (data / "logs" / TEACHER).mkdir(parents=True)
     (data / "logs" / TEACHER / "run.json").write_text(
         json.dumps({"name": TEACHER, "final": str(final), "bytes": 1000, "tokens": 300})
