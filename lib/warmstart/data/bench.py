@@ -323,7 +323,7 @@ def run_bench(
             row["train"] = measured(cmd, watch=work / f"run{mb}" / "log.jsonl")
             row["reader"] = {str(T): measured(_child("reader", str(tok_dir), shards, str(T))) for T in (128, 4096)}
         if mb in corpus_mb:
-            row_c = _bench_corpus(params, src, work / "corpus-out", plant)
+            row_c = _bench_corpus(params, src, work / "corpus-out", plant, hb["nb-NO"])
             record["corpus"][str(mb)] = row_c
         record["sizes"][str(mb)] = row
         if partial is not None:
@@ -332,9 +332,8 @@ def run_bench(
     return record
 
 
-def _bench_corpus(params: Any, src: Path, out: Path, plant: dict) -> dict:
+def _bench_corpus(params: Any, src: Path, out: Path, plant: dict, nb: list[str]) -> dict:
     """The corpus stage on the planted corpus (English source; a small real nb-NO target from the handbook)."""
-    nb = handbook_texts(["nb-NO"])["nb-NO"]
     nb_file = out.parent / "nb.jsonl"
     with open(nb_file, "w", encoding="utf-8") as f:
         for i, t in enumerate(nb):

@@ -64,9 +64,9 @@ def build_corpus(params: Params, out_dir: str | Path | None = None) -> dict:
     """Run the whole corpus stage; returns the metrics it also writes to JSON.
 
     Two passes over the sources, in bounded memory (what grows with the corpus: a few integers per document,
-    8 bytes per kept paragraph and LSH band, and the disk spill). 1. Read, filter (code, length, language ID)
-    and sign each paragraph, in ``corpus.workers`` processes; kept paragraphs go to a spill on disk in reading
-    order. 2. Split by document, then deduplicate held-out text first (test, val, train: a paragraph shared
+    8-12 bytes per kept paragraph and LSH band, and the disk spill). 1. Read, filter (code, length, language ID)
+    and sign each paragraph on ``corpus.executor`` (:mod:`warmstart.data.engine`); kept paragraphs go to the
+    tasks' parts on disk, merged back into reading order. 2. Split by document, then deduplicate held-out text first (test, val, train: a paragraph shared
     with train is dropped from train) and write each split in reading order.
     """
     t0 = time.time()
@@ -136,7 +136,7 @@ def _pass2(params: Params, lang: str, parts: list, assignment: dict, removed: Co
                 for rec, key, sig in read_paragraphs(parts, lang, d.num_perm):
                     if assignment[rec["doc"]] != split:
                         continue
-                    dup = dedup.check(key, sig if d.near_threshold is not None else None)
+                    dup = dedup.check(key, sig)  # without near dedup there are no bands and sig is not read
                     if dup:
                         removed[dup] += 1
                         continue

@@ -1,4 +1,4 @@
-"""An ordered, bounded parallel map for the streaming data stages (tokenizing, corpus filtering).
+"""An ordered, bounded parallel map for the tokenize stage's encoding workers (:mod:`warmstart.data.shards`).
 
 ``ordered_map(fn, items, workers, init, initargs)`` yields ``fn(item)`` in input order. With one worker it runs
 in this process (after ``init(*initargs)``); with more, a ``spawn`` pool runs it with at most ``2 x workers``

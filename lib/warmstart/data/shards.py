@@ -173,6 +173,7 @@ class _ShardWriter:
         self._files = tuple(open(self.root / f"{name}.{ext}", "wb") for ext in ("tokens", "ends", "bytes"))
 
     def add(self, ids: np.ndarray, lengths: np.ndarray, nbytes: np.ndarray) -> None:
+        offs = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # each document's start in ``ids``
         lo = 0
         while lo < len(lengths):
             if self._files is None or self.shards[-1]["tokens"] >= self.shard_tokens:
@@ -181,13 +182,10 @@ class _ShardWriter:
             cur = self.shards[-1]
             # documents of this batch that go into the current shard (at least one: a document is never split)
             room = self.shard_tokens - cur["tokens"]
-            cum = np.cumsum(lengths[lo:], dtype=np.uint64)
-            hi = lo + max(1, int(np.searchsorted(cum, room, side="right")))
-            tok_lo = int(lengths[:lo].sum())
-            tok_hi = tok_lo + int(lengths[lo:hi].sum())
+            hi = lo + max(1, int(np.searchsorted(offs[lo + 1 :] - offs[lo], room, side="right")))
             ftok, fends, fbytes = self._files
-            ftok.write(np.ascontiguousarray(ids[tok_lo:tok_hi], dtype=self.dtype).tobytes())
-            ends = cur["tokens"] + np.cumsum(lengths[lo:hi], dtype=np.uint64)
+            ftok.write(np.ascontiguousarray(ids[offs[lo] : offs[hi]], dtype=self.dtype).tobytes())
+            ends = (cur["tokens"] + offs[lo + 1 : hi + 1] - offs[lo]).astype(np.uint64)
             fends.write(ends.astype("<u8").tobytes())
             fbytes.write(nbytes[lo:hi].astype("<u8").tobytes())
             cur["documents"] += hi - lo

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from warmstart import fragments
+from warmstart.data.clean import utf8_len
 from warmstart.data.corpus import load_texts
 from warmstart.data.mixing import mixed_texts, sampled_texts, target_weights
 from warmstart.data.shards import iter_texts
@@ -86,10 +87,6 @@ def _training_text(params: Any, weights: dict[str, float]) -> dict[str, Any]:
     return {"source": source, "target": target}
 
 
-def _utf8_bytes(texts: Any) -> int:
-    return sum(len(t.encode("utf-8")) for t in (texts() if callable(texts) else texts))
-
-
 def run(params: Any) -> dict[str, Any]:
     """Train both tokenizers, measure fertility; write details, headline, figure and fragment."""
     params = declared(params, "tokenizer", PARAMS)
@@ -105,7 +102,7 @@ def run(params: Any) -> dict[str, Any]:
     details = {
         "vocab_size": {name: len(tok) for name, tok in toks.items()},
         "kind": cfg.kind,
-        "target_training_bytes": _utf8_bytes(texts["target"]),
+        "target_training_bytes": utf8_len(texts["target"]() if callable(texts["target"]) else texts["target"]),
         "target_mix": weights,
         "ratio_tokens_per_word": ratios,
         "table": table.to_dict(orient="records"),

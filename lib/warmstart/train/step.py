@@ -47,8 +47,10 @@ class StepMixin:
         rows = self.batch_rows()
         world, mb = acc.num_processes, cfg.micro_batch
         accum = rows // (mb * world)
-        mine = {(a * world + acc.process_index) * mb + i for a in range(accum) for i in range(mb)}
-        batch = self.data.next_rows(rows, k, read=None if world == 1 else mine)  # a rank reads only its rows
+        mine = (
+            None if world == 1 else {(a * world + acc.process_index) * mb + i for a in range(accum) for i in range(mb)}
+        )
+        batch = self.data.next_rows(rows, k, read=mine)  # a rank reads only its own rows
         draw = k + self.skipped_batches  # 1-based draws from the stream, discarded ones included
         if draw in cfg.inject_bad_batches:
             g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + draw)
