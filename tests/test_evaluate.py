@@ -372,7 +372,8 @@ def make_study(tmp: Path, with_masked: bool = False) -> dict:
     return {
         "shared": {"data_dir": str(data), "reports_dir": str(reports)},
         "vocab_swap": {"methods": ["random"]},
-        "study": {"arms": {"fvt-hybrid": {"init": "random"}}},  # the arm: untrained here
+        # the arm: untrained here; the replay and annealing arms (their init, focus, is not a method here) dropped
+        "study": {"arms": {"fvt-hybrid": {"init": "random"}, "replay-5": None, "replay-25": None, "anneal": None}},
         "pretrain": {"seq_len": 32},
         "evaluate": {
             "eval_bytes": 1000,
@@ -543,7 +544,7 @@ def test_seed_summary_means_and_stds_exactly():
 
 def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
     from warmstart.config import load_params
-    from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.evaluate.seed_spread import run_fingerprints
     from warmstart.fragments import read_fragments
     from warmstart.io import write_json
     from warmstart.stages import evaluate as stage
@@ -555,7 +556,7 @@ def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
         {
             "metric": "final target bits per byte",
             "seeds": [1, 2],
-            "fingerprint": fingerprint(params),
+            "fingerprints": run_fingerprints(params),
             "checkpoints": rows,
             "runs": {
                 r: {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 2, "values": [0.99, 1.01]}
@@ -575,10 +576,11 @@ def test_stage_shows_mean_and_spread_when_seeds_were_measured(tmp_path, root):
         "Mean over 2 seeds" in frag["figures"][0]["caption"]
         and "each cell also prints" in frag["figures"][1]["caption"]
     )
-    # another configuration's spread: one seed, no extra columns
+    # the spread of another configuration of an evaluated run: one seed, no extra columns
+    spread = json.loads((tmp_path / "reports/metrics/seed_spread.json").read_text())
     write_json(
         tmp_path / "reports/metrics/seed_spread.json",
-        json.loads((tmp_path / "reports/metrics/seed_spread.json").read_text()) | {"fingerprint": "0" * 16},
+        spread | {"fingerprints": spread["fingerprints"] | {"random": "0" * 16}},
     )
     stage.run(params, progress=False)
     (frag,) = read_fragments(tmp_path / "reports")

@@ -130,18 +130,24 @@ def test_stage_params_reads_params_yaml_with_dotted_overrides(project, params_di
     tmp, styled = project
     plain = stage_params()
     assert Path(os.getcwd()) == tmp.resolve() and styled == [True], "chdir to the project root, figure style applied"
-    assert plain.pretrain.phase2.lr == params_dict["pretrain"]["phase2"]["lr"]
-    lr = plain.pretrain.phase2.lr * 1.5
-    p = stage_params({"pretrain.phase2.lr": lr, "study.arms.fvt-hybrid.masked_share": 0.2, "spikes.warmup": 7})
-    assert p.pretrain.phase2.lr == lr
-    assert p.pretrain.phase2.steps == plain.pretrain.phase2.steps, "only the overridden key changes"
+    assert plain.pretrain.phase("phase2").lr == params_dict["pretrain"]["phases"][1]["lr"]
+    lr = plain.pretrain.phase("phase2").lr * 1.5
+    p = stage_params({"pretrain.phases.phase2.lr": lr, "study.arms.fvt-hybrid.masked_share": 0.2, "spikes.warmup": 7})
+    assert p.pretrain.phase("phase2").lr == lr
+    assert p.pretrain.phase("phase2").steps == plain.pretrain.phase("phase2").steps, "only the overridden key changes"
+    assert p.pretrain.phase("phase1") == plain.pretrain.phase("phase1")
     assert p.study.arms["fvt-hybrid"].overrides["masked_share"] == 0.2
     assert p.spikes.warmup == 7
 
 
 @pytest.mark.parametrize(
     ("key", "named"),
-    [("pretrain.phase2.lrr", "'lrr'"), ("pretrian.seq_len", "'pretrian'"), ("shared.seed.x", "shared.seed")],
+    [
+        ("pretrain.phases.phase2.lrr", "'lrr'"),
+        ("pretrain.phase2.lr", "'phase2'"),
+        ("pretrian.seq_len", "'pretrian'"),
+        ("shared.seed.x", "shared.seed"),
+    ],
 )
 def test_stage_params_refuses_a_key_not_in_the_schema(project, key, named):
     from warmstart.config import ParamsError
@@ -156,8 +162,8 @@ def test_stage_params_validates_override_values(project):
     from warmstart.config import ParamsError
     from warmstart.notebook.setup import stage_params
 
-    with pytest.raises(ParamsError, match="pretrain.phase2.lr"):
-        stage_params({"pretrain.phase2.lr": -1.0})
+    with pytest.raises(ParamsError, match=r"pretrain.phases\[phase2\].lr: Input should be greater than 0"):
+        stage_params({"pretrain.phases.phase2.lr": -1.0})
 
 
 def test_notebook_runner_is_papermill_without_the_slow_import(root, tmp_path):

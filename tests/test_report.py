@@ -418,7 +418,8 @@ def test_model_card_of_the_scratch_baseline(tmp_path, root):
         "the study's baseline, not a warm start: the base architecture with a Czech tokenizer and random weights, "
         f"trained on 1.50 MB of the Czech text of {HANDBOOK_TEXT}."
     ) in card
-    assert "| phase 1 (embeddings + head) | skipped (scratch) |" in card
+    assert "| phase phase1 (full model) | 40 steps, lr 0.003, constant, warm-up 4, min lr ratio 1;" in card  # scratch
+    assert "| phase phase2 (full model) | 120 steps, lr 0.002, cosine, warm-up 12, min lr ratio 0.1;" in card
 
 
 def test_model_card_of_a_loaded_base(tmp_path, root):
@@ -638,10 +639,10 @@ def test_summary_numbers_equal_the_committed_metrics(tmp_path, root):
 
 @pytest.mark.parametrize("std", [0.004, 0.0001])
 def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
-    """Runs within 2 sqrt(sd_a^2 + sd_b^2) of the lowest are tied with it; a spread measured for another
-    configuration (its fingerprint) is not used at all."""
+    """Runs within 2 sqrt(sd_a^2 + sd_b^2) of the lowest are tied with it; a run's spread measured for another
+    configuration (its fingerprint) is not used, and the limitations name the runs without one."""
     from warmstart.evaluate.intervals import SEED_K
-    from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.evaluate.seed_spread import run_fingerprints
     from warmstart.io import write_json
     from warmstart.report.findings import study_summary
 
@@ -652,8 +653,10 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
     tied = sorted(
         (r for r in final if r != low and final[r] - final[low] <= SEED_K * (2 * std * std) ** 0.5), key=final.get
     )
+    fps = run_fingerprints(params)  # every current study run (the arms the reference has not evaluated too)
     runs = {r: {"mean": v, "std": std, "min": v - std, "max": v + std, "n": 3} for r, v in final.items()}
-    record = {"seeds": [1, 2, 3], "runs": runs, "fingerprint": fingerprint(params)}
+    runs |= {r: {"mean": 9.0, "std": std, "min": 9.0 - std, "max": 9.0 + std, "n": 3} for r in fps if r not in runs}
+    record = {"seeds": [1, 2, 3], "runs": runs, "fingerprints": fps}
     write_json(tmp_path / "reports/metrics/seed_spread.json", record)
     s = study_summary(params)
     assert s.ranking["tied"] == tied and s.ranking["best"] == (None if tied else low) and s.ranking["seed_measured"]
@@ -664,7 +667,15 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
     else:
         assert f"{low} is distinguishable from every other run beyond run-to-run noise (3 seeds" in text
     assert not any(lim.startswith("Seeds:") for lim in s.limitations)
-    write_json(tmp_path / "reports/metrics/seed_spread.json", record | {"fingerprint": "another"})
+    # one run measured for another configuration: the others' spread still ranks, the limitations name it
+    other = next(r for r in final if r != low)
+    write_json(tmp_path / "reports/metrics/seed_spread.json", record | {"fingerprints": fps | {other: "another"}})
+    s = study_summary(params)
+    assert s.ranking["seed_measured"] and other in s.ranking["by_seed"]
+    (lim,) = [lim for lim in s.limitations if lim.startswith("Seeds:")]
+    assert f"no spread for the run {other} as configured now" in lim
+    assert f"python -m warmstart.evaluate.seed_spread --runs {other} measures it" in lim
+    write_json(tmp_path / "reports/metrics/seed_spread.json", record | {"fingerprints": dict.fromkeys(fps, "another")})
     s = study_summary(params)
     assert not s.ranking["seed_measured"] and s.ranking["best"] is None
     assert any("measured for another configuration" in lim for lim in s.limitations)
@@ -749,11 +760,12 @@ def test_reproduce_box_states_the_params_diff_from_the_commit(tmp_path, root):
     assert box["commands"].splitlines()[1] == "make repro" and box["diff"] == []
     assert "reports/notebooks (1 notebooks" in " ".join(box["after"])
     other = load_params(
-        tmp_path / "params.yaml", overrides={"evaluate": {"eval_bytes": 1000}, "vocab_swap": {"methods": ["fvt"]}}
+        tmp_path / "params.yaml",
+        overrides={"evaluate": {"eval_bytes": 1000}, "vocab_swap": {"methods": ["fvt", "focus"]}},
     )
     box = reproduce_box(other, provenance(tmp_path), tmp_path)
-    assert box["diff"] == ["evaluate.eval_bytes=1000", 'vocab_swap.methods=["fvt"]']
-    assert "dvc exp run -S 'evaluate.eval_bytes=1000' -S 'vocab_swap.methods=[\"fvt\"]'" in box["commands"]
+    assert box["diff"] == ["evaluate.eval_bytes=1000", 'vocab_swap.methods=["fvt", "focus"]']
+    assert "dvc exp run -S 'evaluate.eval_bytes=1000' -S 'vocab_swap.methods=[\"fvt\", \"focus\"]'" in box["commands"]
 
 
 def test_model_card_calls_a_run_best_only_when_the_seed_spread_shows_it(tmp_path, root):
@@ -765,40 +777,56 @@ def test_model_card_calls_a_run_best_only_when_the_seed_spread_shows_it(tmp_path
     card = model_card(params, run, ev)
     assert "it is the study's best run" not in card and "not shown to be the best" in card
     assert "| MFU | not stated: " in card and "%" not in card.split("| MFU |")[1].split("\n")[0]
-    from warmstart.evaluate.seed_spread import fingerprint
+    from warmstart.evaluate.seed_spread import run_fingerprint
 
-    fp = fingerprint(params)  # the spread counts only for the configuration it was measured for
+    # a run's spread counts only for the configuration it was measured for
+    fps = {r: run_fingerprint(params, r) for r in ("fvt", "scratch")}
     write_json(
         tmp_path / "reports/metrics/seed_spread.json",
-        {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": fp},
+        {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprints": fps},
     )
     card = model_card(params, run, ev)
     assert "it is the study's best run by held-out Czech bits per byte (1.234), beyond run-to-run noise" in card
     write_json(
         tmp_path / "reports/metrics/seed_spread.json",
-        {"runs": {"fvt": {"mean": 1.2345, "std": 0.2}, "scratch": {"mean": 1.5, "std": 0.2}}, "fingerprint": fp},
+        {"runs": {"fvt": {"mean": 1.2345, "std": 0.2}, "scratch": {"mean": 1.5, "std": 0.2}}, "fingerprints": fps},
     )
     assert "but scratch is within noise of it" in model_card(params, run, ev)
     write_json(
         tmp_path / "reports/metrics/seed_spread.json",
-        {"runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}}, "fingerprint": "x"},
+        {
+            "runs": {"fvt": {"mean": 1.2345, "std": 0.01}, "scratch": {"mean": 1.5, "std": 0.01}},
+            "fingerprints": {"fvt": "x", "scratch": "x"},
+        },
     )
     assert "not shown to be the best" in model_card(params, run, ev)
 
 
 def test_committed_seed_spread_is_for_the_committed_params(root):
-    """The reference study's report uses its 3-seed spread: measured for params.yaml as committed (a change
-    to what a run trains on needs `make seed-spread` again, or the report says the spread is not used)."""
+    """The reference study's report uses its 3-seed spread: every run it covers measured for that run's
+    configuration in params.yaml as committed (a change to what a run trains on needs that run measured again,
+    `python -m warmstart.evaluate.seed_spread --runs <run>`, or the report says it has no spread), and every
+    current study run covered."""
     from warmstart.config import load_params
-    from warmstart.evaluate.seed_spread import spread_for
+    from warmstart.evaluate.intervals import seed_spread
+    from warmstart.evaluate.seed_spread import run_fingerprint, spread_for
     from warmstart.runs import run_names
 
     params = load_params(root / "params.yaml", overrides={"shared": {"reports_dir": str(root / "reports")}})
+    recorded = seed_spread(root / "reports")
+    assert recorded is not None and set(recorded["fingerprints"]) == set(recorded["runs"])
+    for run, fp in recorded["fingerprints"].items():  # every run the file holds is this configuration's
+        assert fp == run_fingerprint(params, run), run
     spread, why = spread_for(params)
     assert spread is not None, why
-    assert set(spread["runs"]) == set(run_names(params)) and len(spread["seeds"]) >= 3
+    pre_existing = ["scratch", "original", "random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]
+    assert set(pre_existing + ["fvt-hybrid"]) <= set(spread["runs"]) and len(spread["seeds"]) >= 3
     assert all(r["n"] == len(spread["seeds"]) and r["min"] <= r["mean"] <= r["max"] for r in spread["runs"].values())
     ev = json.loads((root / "reports/metrics/evaluate.json").read_text())  # shared.seed's values are the study's
     i = spread["seeds"].index(params.shared.seed)
     for run, r in spread["runs"].items():
-        assert r["values"][i] == pytest.approx(ev[f"final_bpb_{run}"], abs=1e-9), run
+        if f"final_bpb_{run}" in ev:
+            assert r["values"][i] == pytest.approx(ev[f"final_bpb_{run}"], abs=1e-9), run
+    # every current study run covered: fails until the runs it names are measured (the why says how)
+    uncovered = [n for n in run_names(params) if n not in spread["runs"]]
+    assert not uncovered and why == "", why

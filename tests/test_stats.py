@@ -64,11 +64,13 @@ def test_seed_spread_file(tmp_path):
                     "focus": {"values": [1.846, 1.850, 1.842]},
                     "bad": {"mean": 1.0},
                 },
+                "fingerprints": {"fvt": "0123456789abcdef"},
             }
         )
     )
     s = stats.seed_spread(tmp_path)
     assert set(s["runs"]) == {"fvt", "focus"} and s["seeds"] == [1, 2, 3]
+    assert s["fingerprints"] == {"fvt": "0123456789abcdef"}  # as recorded: spread_for decides what they cover
     assert s["runs"]["focus"]["std"] == pytest.approx(0.004) and s["runs"]["focus"]["n"] == 3
     w = stats.within_seed_noise("focus", "fvt", 1.847, 1.844, s)
     assert w["within"] is True and w["threshold"] == pytest.approx(2 * math.sqrt(2) * 0.004)

@@ -140,7 +140,7 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
 
     params = _params(tmp_path)
     swaps = ["random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil"]
-    assert run_names(params) == ["scratch", "original", *swaps, "fvt-hybrid"]
+    assert run_names(params) == ["scratch", "original", *swaps, "fvt-hybrid", "replay-5", "replay-25", "anneal"]
     kinds = {r.name: (r.kind, r.method) for r in study_runs(params)}
     assert (
         kinds["scratch"] == ("scratch", None)
@@ -162,6 +162,8 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
     # the arm: fvt's swapped model, its own directories, its pretrain settings
     arm = get_run(params, "fvt-hybrid")
     assert (arm.kind, arm.method, dict(arm.overrides)) == ("arm", "fvt", {"masked_share": 0.1})
+    replay = get_run(params, "replay-5")
+    assert (replay.kind, replay.method) == ("arm", "focus") and dict(replay.overrides)["phases"]["phase2"]["steps"] == 126
     assert arm.init_dir(params) == data / "models/swap-fvt" and arm.dir(params) == data / "runs/fvt-hybrid"
     # a seed-spread run: the same run under data/seeds/s<seed>, never in the DVC study's directories
     s = arm.at_seed(7)
@@ -200,45 +202,6 @@ def test_study_params_name_what_is_wrong(tmp_path, study, message):
 
     with pytest.raises(ParamsError, match=message):
         load_params(ROOT / "params.yaml", overrides={"study": study})
-
-
-def test_seed_spread_is_used_only_for_its_own_configuration(tmp_path):
-    from warmstart.config import load_params
-    from warmstart.evaluate.seed_spread import fingerprint, measure, spread_for, spread_path, spread_section
-
-    params = _params(tmp_path)
-    fp = fingerprint(params)
-    from warmstart.report.build import PARAMS as REPORT_PARAMS
-    from warmstart.stages.contract import declared
-
-    assert fingerprint(declared(params, "report", REPORT_PARAMS)) == fp  # the report stage reads it key by key
-    assert fp == fingerprint(_params(tmp_path / "elsewhere"))  # the directories are not the configuration
-    other = load_params(ROOT / "params.yaml", overrides={"pretrain": {"masked_share": 0.05}})
-    assert fingerprint(other) != fp
-    spread, why = spread_for(params)
-    assert spread is None and "no run-to-run spread is recorded" in why and spread_section(params) is None
-    rec = {
-        "metric": "m",
-        "seeds": [1, 2, 3],
-        "fingerprint": fp,
-        "seconds": 60,
-        "hardware": "cpu",
-        "runs": {"fvt": {"mean": 1.0, "std": 0.01, "min": 0.99, "max": 1.01, "n": 3, "values": [0.99, 1.0, 1.01]}},
-    }
-    spread_path(params).parent.mkdir(parents=True)
-    spread_path(params).write_text(json.dumps(rec))
-    spread, why = spread_for(params)
-    assert why == "" and spread["runs"]["fvt"]["std"] == 0.01 and spread["seeds"] == [1, 2, 3]
-    section = spread_section(params)
-    assert section["tables"][0]["rows"] == [["fvt", "0.990, 1.000, 1.010", "1.000", "0.0100", "0.990–1.010"]]
-    spread_path(params).write_text(json.dumps(rec | {"fingerprint": "0" * 16}))
-    spread, why = spread_for(params)
-    assert spread is None and f"fingerprint {'0' * 16}, this study's is {fp}" in why
-    assert spread_section(params) is None  # another configuration's spread: no section (the limitations say why)
-    with pytest.raises(ValueError, match=r"at least two seeds, got \[1337\]"):
-        measure(params, [1337])
-    with pytest.raises(ValueError, match=r"unknown runs \['fvtt'\]"):
-        measure(params, [1, 2], ["fvtt"])
 
 
 def test_params_view_refuses_undeclared_keys(tmp_path):

@@ -22,6 +22,21 @@ class Evaluate(_Section):
     translation_max_new_tokens: int = Field(default=32, ge=1)
     translation_max_chars: int = Field(default=300, ge=10)  # skip longer paragraphs (tiny models read 128 tokens)
     masked_items: int = Field(default=50, ge=0)
+    # Standard benchmarks through lm-evaluation-harness (warmstart.evaluate.harness), default: none.
+    lm_eval_tasks: list[str] = []  # lm-eval task/group/tag names, its own registry: [hellaswag, arc_easy, mmlu]
+    lm_eval_include: list[str] = []  # extra folders of task YAMLs (e.g. a local translated task); same names override
+    lm_eval_limit: int | None = Field(default=None, ge=1)  # items per task; null = all
+    lm_eval_num_fewshot: int | None = Field(default=None, ge=0)  # null = each task's own default (0 if it has none)
+
+    @model_validator(mode="after")
+    def _check_lm_eval(self) -> Evaluate:
+        for key in ("lm_eval_tasks", "lm_eval_include"):
+            values = getattr(self, key)
+            if any(not v.strip() for v in values):
+                raise ValueError(f"{key}: {values} holds an empty name")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key}: {values} repeats a name")
+        return self
 
 
 class Stability(_Section):

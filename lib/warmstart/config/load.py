@@ -19,17 +19,35 @@ class ParamsError(ValueError):
     """A params file that is missing, unreadable or invalid."""
 
 
+def _loc(loc: tuple[Any, ...], raw: Any) -> str:
+    """A dotted error location; a list item that has a name is shown by it (``pretrain.phases[phase2].lr``)."""
+    out, node = "", raw
+    for p in loc:
+        if isinstance(p, str) and p in ("handbook", "local", "hf"):  # the source kind's union tag
+            continue
+        item = node[p] if isinstance(node, (list, dict)) and (isinstance(p, int) or p in node) else None
+        if isinstance(p, int) and isinstance(node, list):
+            named = item.get("name") if isinstance(item, dict) else None
+            out += f"[{named}]" if isinstance(named, str) else f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+        node = item
+    return out
+
+
 def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("handbook", "local", "hf")))
+        loc = _loc(e["loc"], raw)
         msg = e["msg"]
         if e["type"] == "missing":
             lines.append(f"  {loc}: missing key (required)")
         elif e["type"] == "extra_forbidden":
             lines.append(f"  {loc}: unknown key (check the spelling against params.yaml)")
         else:
-            lines.append(f"  {loc}: {msg} (got {e.get('input')!r})")
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"  # a whole section: the msg says it
+            lines.append(f"  {loc or 'params'}: {msg}{shown}")
     return "\n".join(lines)
 
 
@@ -62,13 +80,27 @@ def load_params(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: dicts merge key by key, other values (lists too) replace. A list of named
+    dicts (``pretrain.phases``) merges with a dict keyed by those names (``{phase2: {lr: 0.001}}`` changes one
+    phase; a new name appends a phase)."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
+        elif isinstance(value, dict) and _named_list(out.get(key)):
+            items = {item["name"]: item for item in out[key]}
+            for name, fields in value.items():
+                if not isinstance(fields, dict):
+                    raise ParamsError(f"{key}.{name}: a mapping of the fields to change, got {fields!r}")
+                items[name] = deep_merge(items.get(name, {}), {**fields, "name": name})
+            out[key] = list(items.values())
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "name" in v for v in value)
 
 
 def profile(name: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 LANG_PATTERN = r"^[a-z]{2,3}(-[A-Z]{2})?$"
 LangCode = Annotated[str, Field(pattern=LANG_PATTERN)]
@@ -200,6 +200,8 @@ class TinyModel(_Section):
     intermediate: int | None = Field(default=None, ge=1)
     max_pos: int = Field(default=1024, ge=16)
     tie_embeddings: bool = False
+    rope_theta: float = Field(default=10_000.0, gt=0)  # Lucie: 500,000
+    initializer_range: float = Field(default=0.02, gt=0, le=1)  # std of the initial weights
 
     @model_validator(mode="after")
     def _shapes(self) -> TinyModel:
@@ -212,18 +214,27 @@ class Optim(_Section):
 
     steps: int = Field(ge=1)
     lr: float = Field(gt=0, le=1.0)
-    warmup_steps: int = Field(default=0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)  # in a later phase: re-warming (Ibrahim et al. 2024)
     lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    decay_steps: int = Field(default=0, ge=0)
+    decay_steps: int = Field(default=0, ge=0)  # wsd: the final linear decay (the annealing of a WSD schedule)
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     optimizer: Literal["adamw", "lion"] = "adamw"
     weight_decay: float = Field(default=0.1, ge=0)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)  # Adam (Lion: its interpolation and momentum betas)
+    eps: float = Field(default=1e-8, gt=0, le=1e-2)  # Lucie: 1e-5
+    no_decay: list[str] = [r"norm", r"\.bias$", r"embed_tokens"]  # regexes: parameters without weight decay
 
     @model_validator(mode="after")
     def _warmup(self) -> Optim:
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be <= steps ({self.steps})")
+        if self.lr_schedule == "wsd" and not 0 < self.decay_steps <= self.steps - self.warmup_steps:
+            raise ValueError(f"wsd needs 0 < decay_steps <= steps - warmup_steps, got {self.decay_steps}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {list(self.betas)}")
+        for rx in self.no_decay:
+            re.compile(rx)
         return self
 
 
@@ -293,16 +304,59 @@ class VocabSwap(_Section):
         return v
 
 
+class BatchRamp(_Section):
+    """Megatron's ``--rampup-batch-size start increment samples`` (Lucie: 256, 64 over 10M samples): rows per
+    step start at ``start`` and grow by ``increment`` until ``samples`` rows are consumed, then the full batch."""
+
+    start: int = Field(ge=1)
+    increment: int = Field(ge=1)
+    samples: int = Field(ge=1)
+
+
+PHASE_NAME = r"[a-z][a-z0-9_-]*"
+
+
+class Phase(Optim):
+    """One phase of every study run's training (``pretrain.phases``): a schedule and optimiser, the
+    parameters it trains, its data mix and its objective. Phases run in order, each from the last one's model
+    with a fresh optimiser (a warm-up in a later phase re-warms) and a fresh data stream."""
+
+    name: str = Field(pattern=f"^{PHASE_NAME}$")
+    # regexes on parameter names: only these train (embed_tokens, lm_head: NorMistral's realignment); [] = every
+    # parameter. scratch runs train everything in every phase (they have nothing to realign)
+    train: list[str] = []
+    mix: dict[str, float] = {"target": 1.0}  # row weights over named corpora: target, source, an extra language
+    masked_share: float | None = Field(default=None, ge=0, le=1)  # hybrid objective; None: pretrain.masked_share
+    batch_ramp: BatchRamp | None = None  # Megatron batch-size ramp within this phase
+
+    @model_validator(mode="after")
+    def _phase(self) -> Phase:
+        bad = {k: v for k, v in self.mix.items() if not v >= 0}
+        if not self.mix or bad or not sum(self.mix.values()) > 0:
+            raise ValueError(
+                f"phase {self.name}: mix weights must be >= 0 and sum to a positive number, got {dict(self.mix)}"
+            )
+        for rx in self.train:
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"phase {self.name}: train regex {rx!r}: {e}") from None
+        return self
+
+    @property
+    def corpora(self) -> list[str]:
+        """The corpora this phase reads (weight > 0), in the mix's order."""
+        return [k for k, v in self.mix.items() if v > 0]
+
+
 class Pretrain(_Section):
-    """The warm-start study: every swap method, plus `scratch` and `original`, same bytes and schedule."""
+    """The warm-start study: every swap method, plus `scratch` and `original`, same bytes and phases."""
 
     num_processes: int = Field(default=1, ge=1)  # >1: `accelerate launch` as a process
     seq_len: int = Field(ge=8)
     micro_batch: int = Field(ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    phase1: Optim  # embeddings and head only, body frozen (NorMistral stage 2.2); scratch skips it
-    phase2: Optim  # everything
-    phase1_train_only: list[str] = [r"embed_tokens", r"lm_head"]
+    phases: list[Phase] = Field(min_length=1)  # in order (NorMistral: embeddings and head, then everything)
     masked_share: float = Field(default=0.0, ge=0, le=1)  # hybrid masked-causal objective (NorMistral)
     doc_mask: bool = False
     tag_every: int | None = Field(default=40, ge=1)  # step-tagged checkpoints for the evaluation
@@ -312,17 +366,85 @@ class Pretrain(_Section):
     signals_every: int = Field(default=5, ge=0)
     z_loss: float = Field(default=0.0, ge=0)  # PaLM z-loss coefficient (e.g. 1e-4); 0: off
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # scratch's initial model: the base architecture with these changed (null: the base's own)
+    scratch_init_range: float | None = Field(default=None, gt=0, le=1)  # std of the initial weights
+    scratch_rope_theta: float | None = Field(default=None, gt=0)  # Lucie: 500,000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"phase1", "phase2", "phase1_train_only"} & set(data):
+            raise ValueError(
+                "pretrain.phase1/phase2/phase1_train_only became pretrain.phases, a list of named phases "
+                "(e.g. [{name: phase1, train: [embed_tokens, lm_head], steps: 40, ...}, {name: phase2, ...}]): "
+                "see params.yaml"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _names(self) -> Pretrain:
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pretrain.phases: phase names repeat: {names}")
+        unit = self.micro_batch * self.num_processes
+        for p in self.phases:
+            r = p.batch_ramp
+            if r and (r.start % unit or r.increment % unit):
+                raise ValueError(
+                    f"pretrain.phases[{p.name}].batch_ramp: start ({r.start}) and increment ({r.increment}) must be "
+                    f"multiples of micro_batch x num_processes = {unit}"
+                )
+        return self
+
+    def phase(self, name: str) -> Phase:
+        for p in self.phases:
+            if p.name == name:
+                return p
+        raise KeyError(f"no phase {name!r}; pretrain.phases are {[p.name for p in self.phases]}")
+
+    def with_overrides(self, overrides: dict[str, Any], where: str = "arm") -> Pretrain:
+        """These settings with an arm's ``overrides``: top-level keys replace; ``phases`` maps phase names to
+        the fields they change, and a name that is not a phase yet appends a new phase (all its fields given)."""
+        data = self.model_dump()
+        for key, value in overrides.items():
+            if key != "phases":
+                data[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}.phases: a mapping of phase name to the fields it changes, got {value!r}")
+            phases = {p["name"]: p for p in data["phases"]}
+            for name, fields in value.items():
+                if not isinstance(fields, dict):
+                    raise ValueError(f"{where}.phases.{name}: a mapping of phase fields, got {fields!r}")
+                phases[name] = {**phases.get(name, {}), **fields, "name": name}
+            data["phases"] = list(phases.values())
+        try:
+            return Pretrain.model_validate(data)
+        except ValidationError as err:
+            lines = []
+            for e in err.errors():
+                loc, prev = where, None
+                for part in e["loc"]:  # a phase by its name: study.arms.x.phases[anneal].lr
+                    named = prev == "phases" and isinstance(part, int) and part < len(data["phases"])
+                    loc += f"[{data['phases'][part].get('name')}]" if named else f".{part}"
+                    prev = part
+                missing = e["type"] == "missing"
+                lines.append(
+                    f"{loc}: " + ("missing key (a new phase gives every required field)" if missing else e["msg"])
+                )
+            raise ValueError("; ".join(lines)) from None
 
 
 class Arm(_Section):
-    """An extra study run: a swap method's model trained with some ``pretrain`` settings changed."""
+    """An extra study run: a swap method's model trained with some ``pretrain`` settings changed (any phase
+    field through ``phases: {<phase>: {field: value}}``; a phase name not in ``pretrain.phases`` appends one)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     init: str  # a vocab_swap method: the run starts from data/models/swap-<init>
 
     @model_validator(mode="after")
     def _pretrain_keys(self) -> Arm:
-        fixed = {"num_processes", "seq_len", "micro_batch", "grad_accum", "phase1", "phase2", "tag_every", "log_every"}
+        fixed = {"num_processes", "seq_len", "micro_batch", "grad_accum", "tag_every", "log_every"}
         bad = sorted(set(self.overrides) - (set(Pretrain.model_fields) - fixed))
         if not self.overrides or bad:
             raise ValueError(
@@ -343,6 +465,12 @@ class Study(_Section):
 
     seeds: list[int] = Field(default=[1337], min_length=1)
     arms: dict[str, Arm]
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _dropped(cls, v: Any) -> Any:
+        """``<arm>: null`` removes an arm (an overlay, a recipe or a test can drop one of params.yaml's)."""
+        return {k: a for k, a in v.items() if a is not None} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _check(self) -> Study:

@@ -92,6 +92,7 @@ def finetune_config(
     """The trainer config of the fine-tune (``context.finetune`` as ``f``) of ``init`` on ``train_file`` at
     ``length``, with the same tokens per step at any length, in ``out / "finetune"`` (``out``: the run's dir)."""
     from warmstart.train.config import TrainConfig
+    from warmstart.train.launch import optim_fields
 
     return TrainConfig(
         model_path=str(init),
@@ -99,12 +100,7 @@ def finetune_config(
         train_files={"long": [str(train_file)]},
         seq_len=length,
         micro_batch=max(1, f.tokens_per_step // length),
-        steps=f.steps,
-        lr=f.lr,
-        warmup_steps=f.warmup_steps,
-        lr_schedule=f.lr_schedule,
-        min_lr_ratio=f.min_lr_ratio,
-        weight_decay=f.weight_decay,
+        **optim_fields(f),  # every optimiser and schedule field of context.finetune
         out_dir=str(out / "finetune"),
         log_every=f.log_every,
         seed=seed,

@@ -293,8 +293,10 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
                   ...}}
 
     ``std`` is the sample standard deviation (ddof 1). Returns ``{"runs": {run: {mean, std, min, max, n,
-    values}}, "seeds": [...], "metric": str, "path": str, "fingerprint", "seconds", "hardware", "checkpoints"}``
-    (the last four as recorded, or None / []; :mod:`warmstart.evaluate.seed_spread`); runs without a usable std are left out.
+    values}}, "seeds": [...], "metric": str, "path": str, "fingerprints": {run: fingerprint}, "seconds",
+    "hardware", "checkpoints"}`` (the last four as recorded, or {} / None / []; which runs a fingerprint
+    still covers is :func:`warmstart.evaluate.seed_spread.spread_for`'s to say); runs without a usable std are
+    left out.
     """
     path = Path(reports_dir, *SEED_SPREAD_FILE)
     if not path.is_file():
@@ -311,7 +313,7 @@ def seed_spread(reports_dir: str | Path) -> dict[str, Any] | None:
         "seeds": list(raw.get("seeds") or []),
         "path": str(path),
         "metric": str(raw.get("metric") or "final target bits per byte"),
-        "fingerprint": raw.get("fingerprint"),
+        "fingerprints": {str(k): v for k, v in (raw.get("fingerprints") or {}).items()},
         "seconds": raw.get("seconds"),
         "hardware": raw.get("hardware"),
         "checkpoints": list(raw.get("checkpoints") or []),

@@ -45,6 +45,7 @@ import pandas as pd
 
 from warmstart.bpb import bits_per_byte, first_bytes, held_out_texts
 from warmstart.evaluate import intervals as stats
+from warmstart.evaluate.harness import checked_registry, run_tasks
 from warmstart.evaluate.probes import (
     EvalError,
     build_cloze_items,
@@ -161,6 +162,9 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     # costs ~7 s a run on 2 CPU cores and answers no question of the study).
     hybrid = {r["name"] for r in runs if r.get("masked_share", 0)}
     masked_runs = hybrid | {a.init for n, a in params.study.arms.items() if n in hybrid}
+    # lm-evaluation-harness tasks by name (evaluate.lm_eval_tasks, its default registry on): bad names fail here
+    registry = checked_registry(ev.lm_eval_tasks, ev.lm_eval_include) if ev.lm_eval_tasks else None
+    harness: list[dict] = []
     jobs = [(run, c) for run in runs for c in select_checkpoints(run, ev.checkpoints)]
     final_paths = {run["name"]: sorted(run["checkpoints"], key=lambda c: c["step"])[-1]["path"] for run in runs}
     bar = tqdm(jobs, desc="evaluate", disable=not progress)
@@ -209,6 +213,10 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
                 ci["chrf_ci"] = t["chrf_ci"]
                 if is_final:
                     translations += [{"run": run["name"], **e} for e in t["examples"]]
+            if registry is not None:
+                h = run_tasks(model, tok, ev.lm_eval_tasks, limit=ev.lm_eval_limit, num_fewshot=ev.lm_eval_num_fewshot,
+                              batch_size=ev.batch_size, seed=sh.seed, registry=registry)  # fmt: skip
+                harness.append({"run": run["name"], "step": int(ck["step"]), **h})
             if ev.masked_items and run["name"] in masked_runs and tok.mask_token_id is not None:
                 m = masked_token_accuracy(model, tok, masked_texts, ev.masked_items, seq_len, seed=sh.seed)
                 row["masked_acc"] = m["masked_acc"]
@@ -236,6 +244,7 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
         "pairs": len(pairs),
         "doc_nll": doc_nll,
         "probe_ci": probe_ci,
+        "harness": harness,
         "cloze_chance": (1 / len(next(iter(cloze_items.values()))[0]["endings"])) if cloze_items else None,
     }
 

@@ -19,12 +19,18 @@ the report stage; not a DVC output, so a one-seed study never overwrites it)::
     {"metric", "seeds", "runs": {run: {mean, std (ddof 1), min, max, n, values}},
      "checkpoints": [{run, seed, step, bytes, bpb_target, bpb_source}, ...]   (every checkpoint of every
                     (run, seed): the evaluation's curves and tables show their mean and spread),
-     "fingerprint": the configuration it was measured for (:func:`fingerprint`),
-     "train_seconds": the extra seeds' training (their run records), "seconds": this measurement's wall time,
+     "fingerprints": {run: the configuration that run was measured for (:func:`run_fingerprint`)},
+     "train_seconds": the extra seeds' training (their run records), "seconds": the measurements' wall time,
      "hardware", "torch"}
 
-The report uses it only when its fingerprint is the current configuration's
-(:func:`spread_for`); otherwise it says the spread is for another one.
+Each run carries its own fingerprint: what decides *that* run's final bits per byte (the data, tokenizer and
+base sections, the swap settings, its kind and starting method, its resolved phases and pretrain settings, the
+evaluation's text and the shared seed and languages). Adding an arm, or changing one arm's overrides, leaves
+every other run's spread valid. ``--runs`` measures some runs and merges them into the file
+(:func:`merge_spread`): the other runs' entries stay while their fingerprints match and the seeds are the same.
+
+The report uses a run's spread only when its fingerprint is that run's current one (:func:`spread_for`); it
+says which runs have no spread for this configuration.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ from typing import Any
 
 from warmstart.evaluate.intervals import SEED_SPREAD_FILE
 
-# the sections (and the arms) that define the study's runs; the evaluate stage declares them whole for the fingerprint
+# the sections the evaluate stage declares whole for the seed spread (with evaluate and shared.*): what
+# :func:`run_fingerprint` reads, key by key, lies within them
 STUDY_KEYS = (
     "corpus",
     "tokenizer",
@@ -48,14 +55,13 @@ STUDY_KEYS = (
     "pretrain",
     "study.arms",
 )
-# the params that decide a study run's final bits per byte (the data dirs and the later stages do not)
-FINGERPRINT_KEYS = (
-    *STUDY_KEYS,
-    "evaluate.eval_bytes",
-    "shared.seed",
-    "shared.source_lang",
-    "shared.target_lang",
-)
+# whole sections in every run's fingerprint
+RUN_SECTIONS = ("corpus", "tokenizer", "base")
+# vocab_swap fields that change no run's model: which methods exist (every other run is unaffected), the
+# nearest-neighbour table and step 0's evaluation text
+SWAP_SKIP = frozenset({"methods", "neighbours", "eval_bytes"})
+# single keys in every run's fingerprint
+RUN_KEYS = ("evaluate.eval_bytes", "shared.seed", "shared.source_lang", "shared.target_lang")
 
 
 def _plain(value: Any) -> Any:
@@ -68,43 +74,95 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def fingerprint(params: Any) -> str:
-    """A short hash of :data:`FINGERPRINT_KEYS` (sha256 of their canonical JSON, 16 hex digits); read key by
-    key, so a stage reads only those keys."""
-    picked = {}
-    for key in FINGERPRINT_KEYS:
-        node: Any = params
-        for part in key.split("."):
-            node = getattr(node, part)
-        picked[key] = _plain(node)
+def _key(params: Any, key: str) -> Any:
+    node: Any = params
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def run_fingerprint(params: Any, name: str) -> str:
+    """A short hash (sha256 of canonical JSON, 16 hex digits) of what decides study run ``name``'s final bits
+    per byte: :data:`RUN_SECTIONS` whole, ``vocab_swap`` but :data:`SWAP_SKIP`, the run's kind and method,
+    its resolved phases (:func:`warmstart.train.study.run_phases`, its arm's overrides applied), every other
+    ``pretrain`` setting (an arm's: ``params.pretrain_for(name)``) and :data:`RUN_KEYS`. Read key by key, so a
+    stage reads only those keys (within :data:`STUDY_KEYS`, ``evaluate`` and ``shared``)."""
+    from warmstart.config.sections import Pretrain, VocabSwap
+    from warmstart.runs import get_run
+    from warmstart.train.study import run_phases
+
+    r = get_run(params, name)
+    pt = params.pretrain_for(name) if r.kind == "arm" else params.pretrain
+    picked: dict[str, Any] = {key: _plain(_key(params, key)) for key in (*RUN_SECTIONS, *RUN_KEYS)}
+    picked["vocab_swap"] = {
+        f: _plain(getattr(params.vocab_swap, f)) for f in VocabSwap.model_fields if f not in SWAP_SKIP
+    }
+    picked["pretrain"] = {f: _plain(getattr(pt, f)) for f in Pretrain.model_fields if f != "phases"}
+    picked["run"] = {"kind": r.kind, "method": r.method}
+    picked["phases"] = run_phases(params, name)
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_fingerprints(params: Any) -> dict[str, str]:
+    """``{run: run_fingerprint}`` for every current study run, in the study's order."""
+    from warmstart.runs import run_names
+
+    return {n: run_fingerprint(params, n) for n in run_names(params)}
 
 
 def spread_path(params: Any) -> Path:
     return params.report_path(*SEED_SPREAD_FILE)
 
 
+def _measure_cmd(runs: list[str]) -> str:
+    return f"python -m warmstart.evaluate.seed_spread --runs {' '.join(runs)}"
+
+
 def spread_for(params: Any) -> tuple[dict[str, Any] | None, str]:
-    """(the recorded seed spread, '') when it was measured for this configuration; else (None, why not)."""
+    """(the recorded seed spread restricted to the runs measured for their current configuration, why).
+
+    ``why`` is ``""`` when every current study run is covered, else a sentence naming the runs without a
+    spread for this configuration; the spread is None (and ``why`` says why) when no run is covered. The
+    restricted spread's ``runs``, ``checkpoints`` and ``fingerprints`` hold only the covered runs."""
     from warmstart.evaluate.intervals import seed_spread
 
     path = spread_path(params)
     spread = seed_spread(params.shared.reports_dir)
     if spread is None:
         return None, f"no run-to-run spread is recorded ({path}: make seed-spread)"
-    want = fingerprint(params)
-    if spread["fingerprint"] != want:
+    want = run_fingerprints(params)
+    have = spread.get("fingerprints") or {}
+    covered = [n for n, fp in want.items() if n in spread["runs"] and have.get(n) == fp]
+    missing = [n for n in want if n not in covered]
+    if not covered:
+        if not have:
+            return None, (
+                f"the run-to-run spread in {path} records no per-run fingerprints (measured before they were "
+                "recorded, for another configuration); it is not used (make seed-spread measures it again)"
+            )
         return None, (
-            f"the run-to-run spread in {path} was measured for another configuration (fingerprint "
-            f"{spread['fingerprint']}, this study's is {want}); it is not used"
+            f"the run-to-run spread in {path} was measured for another configuration of every study run (no "
+            "recorded run fingerprint is the run's current one); it is not used (make seed-spread measures it again)"
         )
-    return spread, ""
+    keep = set(covered)
+    out = spread | {
+        "runs": {n: spread["runs"][n] for n in covered},
+        "checkpoints": [c for c in spread.get("checkpoints") or [] if c.get("run") in keep],
+        "fingerprints": {n: want[n] for n in covered},
+    }
+    if not missing:
+        return out, ""
+    some = "runs " + ", ".join(missing) if len(missing) > 1 else "run " + missing[0]
+    return out, (
+        f"the run-to-run spread in {path} has no spread for the {some} as configured now "
+        f"({_measure_cmd(missing)} measures {'them' if len(missing) > 1 else 'it'})"
+    )
 
 
 def spread_section(params: Any) -> dict[str, Any] | None:
     """The report's run-to-run spread section (fragment-shaped), or None when no spread is recorded for this
     configuration (the summary's limitations then say why)."""
-    spread, _ = spread_for(params)
+    spread, why = spread_for(params)
     if spread is None:
         return None
     rows = [
@@ -118,7 +176,8 @@ def spread_section(params: Any) -> dict[str, Any] | None:
         for name, r in spread["runs"].items()
     ]
     paras = [
-        f"Every study run trained again with seeds {', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
+        f"{'Every study run' if not why else 'Each run below'} trained again with seeds "
+        f"{', '.join(map(str, spread['seeds']))} ({spread['metric']}; "
         f"python -m warmstart.evaluate.seed_spread, {(spread.get('train_seconds') or spread['seconds'] or 0) / 60:.0f} min of "
         f"training on {spread['hardware'] or '?'}). The seed "
         "changes the order of the training batches (and scratch's initial weights); everything else is the "
@@ -128,6 +187,11 @@ def spread_section(params: Any) -> dict[str, Any] | None:
         "This is the spread the summary's ranking uses: two runs whose difference is within twice "
         "the root sum of their seed variances are not told apart."
     )
+    if why:
+        paras.append(
+            f"Not every run is covered: {why}. The ranking compares such a run with the median standard "
+            "deviation of the measured runs."
+        )
     table = {
         "caption": "Final bits per byte per seed, mean, standard deviation (n - 1) and range.",
         "columns": ["run", "per seed", "mean", "std", "range"],
@@ -199,7 +263,7 @@ def _record_path(params: Any, name: str, seed: int) -> Path:
 
 
 def _record(params: Any, name: str, seed: int, fp: str) -> dict[str, Any] | None:
-    """The trained run's ``run.json`` for this seed and configuration (fingerprint ``fp``), or None."""
+    """The trained run's ``run.json`` for this seed and configuration (the run's fingerprint ``fp``), or None."""
     path = _record_path(params, name, seed)
     if not path.is_file():
         return None
@@ -209,8 +273,67 @@ def _record(params: Any, name: str, seed: int, fp: str) -> dict[str, Any] | None
     return rec
 
 
+def _check_seeds(old: dict[str, Any] | None, seeds: list[int], whole: bool, where: Any = SEED_SPREAD_FILE[-1]) -> None:
+    """Some runs merge into an existing spread only with its seeds (every run of a spread has the same ones)."""
+    if old is None or whole:
+        return
+    have = list(old.get("seeds") or [])
+    if have != list(seeds):
+        raise ValueError(
+            f"{where} holds the spread over seeds {have}, not {list(seeds)}: measure these runs with "
+            f"--seeds {' '.join(map(str, have))} to add them, or measure the whole study (no --runs) to replace it"
+        )
+
+
+def merge_spread(
+    old: dict[str, Any] | None, new: dict[str, Any], current: dict[str, str], whole: bool = False
+) -> dict[str, Any]:
+    """The spread file after measuring ``new`` (a record of :func:`measure` for the runs it measured).
+
+    ``old``: the file as it was (None: none); ``current``: ``{run: run_fingerprint}`` of every current study
+    run (:func:`run_fingerprints`), in the study's order; ``whole``: every study run was measured. A whole
+    measurement, or no old file, gives ``new`` as is. Otherwise the seeds must be the old file's (ValueError),
+    and the old file's runs that were not measured again stay (their values and checkpoints) when their
+    recorded fingerprint is still their current one; other old runs are dropped. ``train_seconds`` and
+    ``seconds`` add up; ``hardware`` and ``torch`` list both when they differ."""
+    if old is None or whole:
+        return dict(new)
+    _check_seeds(old, new["seeds"], whole)
+    fps = old.get("fingerprints") or {}
+    kept = [
+        n
+        for n in current
+        if n not in new["runs"] and n in (old.get("runs") or {}) and fps.get(n) is not None and fps.get(n) == current[n]
+    ]
+    order = [n for n in current if n in kept or n in new["runs"]] + [n for n in new["runs"] if n not in current]
+    runs = {n: (new["runs"][n] if n in new["runs"] else old["runs"][n]) for n in order}
+    fingerprints = {n: (new["fingerprints"][n] if n in new["runs"] else fps[n]) for n in order}
+    keep = set(kept)
+    checkpoints = [c for c in old.get("checkpoints") or [] if c.get("run") in keep] + list(new.get("checkpoints") or [])
+
+    def total(key: str) -> float | None:
+        vals = [d.get(key) for d in (old, new) if d.get(key) is not None]
+        return round(sum(vals), 1) if vals else None
+
+    def both(key: str) -> Any:
+        a, b = old.get(key), new.get(key)
+        return b if a in (None, b) else a if b is None else f"{a}; {b}"
+
+    return {
+        **new,
+        "runs": runs,
+        "checkpoints": checkpoints,
+        "fingerprints": fingerprints,
+        "train_seconds": total("train_seconds"),
+        "seconds": total("seconds"),
+        "hardware": both("hardware"),
+        "torch": both("torch"),
+    }
+
+
 def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: Any = print) -> dict[str, Any]:
-    """Train what is missing, measure every (run, seed), write and return the spread record."""
+    """Train what is missing, measure every (run, seed) of ``runs`` (default: every study run), merge them into
+    the spread file (:func:`merge_spread`), write it and return the file's record."""
     import torch
 
     from warmstart.bpb import held_out_texts
@@ -221,12 +344,16 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
 
     if len(seeds) < 2:
         raise ValueError(f"a seed spread needs at least two seeds, got {seeds} (study.seeds or --seeds)")
-    names = runs or run_names(params)
+    names = list(dict.fromkeys(runs or run_names(params)))
     unknown = sorted(set(names) - set(run_names(params)))
     if unknown:
         raise ValueError(f"unknown runs {unknown}; the study's runs are {run_names(params)}")
+    whole = set(names) == set(run_names(params))
+    path = spread_path(params)
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    _check_seeds(old, seeds, whole, path)  # before any training
     t0 = time.perf_counter()
-    fp = fingerprint(params)
+    current = run_fingerprints(params)
     texts = held_out_texts(params, params.shared.target_lang, "test", params.evaluate.eval_bytes)
     both = {
         "target": texts,
@@ -237,14 +364,14 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
     train_seconds = 0.0
     for seed in seeds:
         for name in names:
-            rec = _record(params, name, seed, fp)
+            rec = _record(params, name, seed, current[name])
             if rec is None:
                 if seed == params.shared.seed:
                     raise FileNotFoundError(
                         f"run {name!r} of the DVC study (shared.seed {seed}) is not trained: run `dvc repro` first"
                     )
                 log(f"seed {seed}: training {name}")
-                rec = train_run(params, name, seed=seed).info | {"fingerprint": fp}
+                rec = train_run(params, name, seed=seed).info | {"fingerprint": current[name]}
                 write_json(_record_path(params, name, seed), rec)
             if seed != params.shared.seed:
                 train_seconds += float(rec.get("seconds") or 0)
@@ -267,14 +394,15 @@ def measure(params: Any, seeds: list[int], runs: list[str] | None = None, log: A
         "seeds": list(seeds),
         "runs": out_runs,
         "checkpoints": curves,
-        "fingerprint": fp,
+        "fingerprints": {n: current[n] for n in names},
         "train_seconds": round(train_seconds, 1),
         "seconds": round(time.perf_counter() - t0, 1),
         "hardware": device_name("cuda" if torch.cuda.is_available() else "cpu"),
         "torch": torch.__version__,
     }
-    write_json(spread_path(params), record)
-    return record
+    merged = merge_spread(old, record, current, whole)
+    write_json(path, merged)
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load_params(args.params)
     rec = measure(params, args.seeds or list(params.study.seeds), args.runs)
-    for name, r in rec["runs"].items():
+    for name, r in rec["runs"].items():  # the file's runs: those measured now and those kept
         print(f"{name:12s} mean {r['mean']:.4f}  std {r['std']:.4f}  range {r['min']:.4f}-{r['max']:.4f}  (n {r['n']})")
     print(f"wrote {spread_path(params)} ({rec['seconds']:.0f} s)")
     return 0

@@ -2,7 +2,7 @@
 
 A notebook's ``parameters`` cell holds only the stage's identity (``run``, ``method``, ``part``,
 ``variant``: what ``dvc.yaml`` passes with ``papermill -p``) and ``overrides = {}``, dotted params.yaml
-keys for interactive use (``{"pretrain.phase2.lr": 3e-3}``). The next cell calls :func:`stage_params`,
+keys for interactive use (``{"pretrain.phases.phase2.lr": 3e-3}``: a phase by its name). The next cell calls :func:`stage_params`,
 which reads params.yaml itself; under ``dvc repro`` ``overrides`` stays empty, so the notebook runs on
 exactly the params DVC tracks (the stage module reads them through its ``declared`` view).
 """
@@ -32,7 +32,7 @@ def project_root(start: str | Path | None = None) -> Path:
 def stage_params(overrides: Mapping[str, Any] | None = None) -> Params:
     """chdir to the project root, apply the figure style and return params.yaml, validated, with ``overrides``.
 
-    ``overrides`` maps dotted keys to values, e.g. ``{"pretrain.phase2.lr": 3e-3, "spikes.warmup": 50}``;
+    ``overrides`` maps dotted keys to values, e.g. ``{"pretrain.phases.phase2.lr": 3e-3, "spikes.warmup": 50}``;
     a key that is not in the params schema raises :class:`~warmstart.config.ParamsError` naming it.
     """
     root = project_root()
@@ -57,7 +57,9 @@ def check_key(key: str) -> list[str]:
     """The parts of dotted ``key``; :class:`ParamsError` naming it unless the params schema has it."""
     parts = key.split(".") if isinstance(key, str) else []
     if not parts or not all(parts):
-        raise ParamsError(f"override key {key!r}: expected a dotted params.yaml key such as 'pretrain.phase2.lr'")
+        raise ParamsError(
+            f"override key {key!r}: expected a dotted params.yaml key such as 'pretrain.phases.phase2.lr'"
+        )
     node: Any = Params  # a model class, ("dict", value type), or None: free-form below this point
     for i, part in enumerate(parts):
         where = ".".join(parts[:i]) or "params.yaml"
@@ -91,6 +93,10 @@ def _node(annotation: Any) -> Any:
     if origin in (dict, Mapping):
         args = typing.get_args(annotation)
         return ("dict", args[1] if len(args) == 2 else Any)
+    if origin is list:  # a list of named sections (pretrain.phases): addressed by name, like a dict
+        (item,) = typing.get_args(annotation) or (Any,)
+        if isinstance(item, type) and issubclass(item, BaseModel) and "name" in item.model_fields:
+            return ("dict", item)
     if origin in (typing.Union, types.UnionType):
         nodes = [_node(a) for a in typing.get_args(annotation) if a is not type(None)]
         inner = [n for n in nodes if n != "leaf"]

@@ -54,8 +54,8 @@ def study_summary(
     final = {r: ev_head[f"final_bpb_{r}"] for r in runs}
     from warmstart.evaluate.seed_spread import spread_for
 
-    spread, seed_why = spread_for(params)
-    seed_file = seed_why or "reports/metrics/seed_spread.json"
+    spread, seed_why = spread_for(params)  # a spread may cover only some runs: then seed_why names the others
+    seed_file = "reports/metrics/seed_spread.json" if spread else seed_why
     rk = ranking(final, ev, spread)
     low = rk["lowest"]
 
@@ -95,10 +95,11 @@ def study_summary(
     ref_run = low or (runs[0] if runs else None)
     seen = R.num(f"metrics/pretrain/{ref_run}.json", "training_bytes", "mb") if ref_run else None
     pt = params.pretrain
-    budget = (
-        f"Budget: phase 1 trains embeddings and head for {pt.phase1.steps} steps, phase 2 the whole model for "
-        f"{pt.phase2.steps} steps, batches of {pt.micro_batch * pt.grad_accum} × {pt.seq_len} tokens"
+    phases = ", ".join(
+        f"{ph.name} trains {', '.join(ph.train) if ph.train else 'the whole model'} for {ph.steps} steps"
+        for ph in pt.phases
     )
+    budget = f"Budget: {phases}; batches of {pt.micro_batch * pt.grad_accum} × {pt.seq_len} tokens"
     if seen:
         nums.append(seen)
         budget += f": every run sees about {seen.text} of {tgt.name} text"
@@ -217,6 +218,11 @@ def study_summary(
 
     goals = _goals(R, ev, params, t)
     limits = _limitations(R, ev, base, n_params, seen, spread, seed_file, probe, throughput, params)
+    if spread and seed_why:
+        limits.append(
+            f"Seeds: {seed_why[0].upper() + seed_why[1:]}; the ranking compares such runs with the median "
+            "run-to-run spread of the measured runs."
+        )
     return Summary(question, setup, results, goals, limits, rk)
 
 

@@ -35,7 +35,17 @@ RUNS = {
 
 def arm_legend(arm: Any) -> str:
     """What an arm of ``study.arms`` is, from its params: 'arm; fvt with masked_share 0.1 (...)'."""
-    changes = ", ".join(f"{k} {v}" for k, v in arm.overrides.items())
+
+    def fields(d: dict) -> str:
+        return ", ".join(
+            f"{k} " + (" + ".join(f"{c} {w:g}" for c, w in v.items()) if isinstance(v, dict) else f"{v}")
+            for k, v in d.items()
+        )
+
+    changes = "; ".join(
+        "; ".join(f"{ph}: {fields(f)}" for ph, f in v.items()) if k == "phases" else f"{k} {v}"
+        for k, v in arm.overrides.items()
+    )
     what = (
         " (NorMistral's hybrid objective: that share of masked-next-token batches)"
         if "masked_share" in arm.overrides

@@ -238,21 +238,17 @@ def model_card(
         ["steps", last["step"]],
         ["sequence length", run.get("seq_len", pt.seq_len)],
         ["batch", f"{pt.micro_batch * pt.grad_accum} × {pt.seq_len} tokens (sequences × length)"],
-        [
-            "phase 1 (embeddings + head)",
-            f"{pt.phase1.steps} steps, lr {pt.phase1.lr:g}, {pt.phase1.lr_schedule}"
-            if run["kind"] != "scratch"
-            else "skipped (scratch)",
-        ],
-        [
-            "phase 2 (full model)",
-            f"{pt.phase2.steps} steps, lr {pt.phase2.lr:g}, {pt.phase2.lr_schedule}, "
-            f"warm-up {pt.phase2.warmup_steps}, min lr ratio {pt.phase2.min_lr_ratio:g}",
-        ],
-        [
-            "optimizer",
-            f"{pt.phase2.optimizer}, weight decay {pt.phase2.weight_decay:g}, clip {pt.phase2.max_grad_norm}",
-        ],
+        *(
+            [
+                f"phase {ph['name']} ({', '.join(ph['train']) if ph['train'] else 'full model'})",
+                f"{ph['steps']} steps, lr {ph['lr']:g}, {ph['lr_schedule']}, warm-up {ph['warmup_steps']}, "
+                f"min lr ratio {ph['min_lr_ratio']:g}; {ph['optimizer']} (betas {', '.join(map(str, ph['betas']))}, "
+                f"eps {ph['eps']:g}), weight decay {ph['weight_decay']:g}, clip {ph['max_grad_norm']}; rows "
+                + " + ".join(f"{c} {w:g}" for c, w in ph["mix"].items()),
+            ]
+            for ph in run.get("plan")  # the run's own phases; else params' (scratch trains everything in each)
+            or [p.model_dump(mode="json") | ({"train": []} if run["kind"] == "scratch" else {}) for p in pt.phases]
+        ),
         ["masked share (hybrid objective)", run.get("masked_share", pt.masked_share)],
         [
             "theoretical compute",

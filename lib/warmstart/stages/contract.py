@@ -60,6 +60,8 @@ _HELPERS = {
     "report_path": ("shared.reports_dir",),
     "languages": ("shared.source_lang", "shared.target_lang", "corpus.extra_languages"),
     "resolve_lang": ("shared.source_lang", "shared.target_lang"),
+    "pretrain_for": ("pretrain", "study.arms"),
+    "mix_language": ("shared.source_lang", "shared.target_lang", "corpus.extra_languages"),
 }
 RECORD_ENV = "WARMSTART_PARAMS_RECORD"  # a file: append every key read (one JSON line per stage run)
 

@@ -1,9 +1,11 @@
 """Stage ``evaluate``: every run of the study at every step-tagged checkpoint (:mod:`warmstart.evaluate.runs`).
 
 Details: ``reports/evaluate/`` (``eval.json`` with 95% intervals, ``swap_study.json``,
-per-checkpoint and final tables, ``doc_nll.json`` (per-text NLL), figures); headline: ``reports/metrics/evaluate.json`` (final
-target bits per byte per run, the best run and its speed-up over scratch). The tables and figures are
-:mod:`warmstart.evaluate.tables`, the report fragment's words :mod:`warmstart.evaluate.fragment`.
+per-checkpoint and final tables, ``doc_nll.json`` (per-text NLL), ``replay.json`` (forgetting, source replay,
+annealing: :mod:`warmstart.evaluate.replay`), ``harness.json`` (lm-evaluation-harness tasks named in
+``evaluate.lm_eval_tasks``, when any), figures); headlines: ``reports/metrics/evaluate.json`` (final target bits
+per byte per run, the best run and its speed-up over scratch) and ``reports/metrics/replay.json``. The tables and
+figures are :mod:`warmstart.evaluate.tables`, the report fragment's words :mod:`warmstart.evaluate.fragment`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from warmstart.evaluate import replay
 from warmstart.evaluate.fragment import SeedSpread, figures, headline, numbers, paragraphs, tables
 from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json, step0_pairs
 from warmstart.evaluate.seed_spread import STUDY_KEYS
@@ -55,15 +58,27 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     metrics = metrics_json(res, init, ints)
     write_json(out / "eval.json", metrics)
     write_json(out / "swap_study.json", swap_study(init, metrics.get("step0_pairs")))
+    if res.get("harness"):
+        write_json(out / "harness.json", res["harness"])
+    src, tgt = params.shared.source_lang, params.shared.target_lang
+    rep = replay.replay_study(params, res["doc_nll"], [r["name"] for r in runs])
+    write_json(out / "replay.json", rep)
+    final_src = dict(zip(fin["run"], fin["bpb_source"], strict=True)) if not fin.empty else {}
+    rep_fig = replay.figure(rep, fin, out / "replay.png", src, tgt)
+    rep_numbers, rep_labels = replay.numbers(rep)
     write_fragment(
         params.shared.reports_dir,
         "evaluate",
         60,
         "Evaluation",
-        paragraphs(params, res, metrics),
-        tables(params, res, metrics, init, flops, seeds, Labels(params.shared.source_lang, params.shared.target_lang)),
-        figs,
-        numbers(metrics),
+        paragraphs(params, res, metrics) + replay.paragraphs(rep, src),
+        tables(params, res, metrics, init, flops, seeds, Labels(src, tgt)) + replay.tables(rep, final_src, src),
+        figs + ([rep_fig] if rep_fig else []),
+        numbers(metrics) | rep_numbers,
         seconds=time.perf_counter() - t0,
+        findings=replay.findings(rep, src) or None,
+        labels=rep_labels,
     )
-    return write_headline(params, "evaluate", headline(metrics))
+    write_headline(params, "replay", replay.headline(rep))
+    # one key per run, the best run and its speed-up: the study's size sets it, not the 12 of a stage's summary
+    return write_headline(params, "evaluate", headline(metrics), max_keys=len(metrics["runs"]) + 2)

@@ -28,13 +28,14 @@ _COMMON = (
     "vocab_swap.eval_bytes",
     "pretrain",
     "study.arms",
+    "corpus.extra_languages",  # a phase's mix may name an extra language
 )
 # scratch alone builds a model, padded like the swapped ones
 PARAMS = {"scratch": (*_COMMON, "vocab_swap.pad_multiple"), "pretrain": _COMMON, "original": _COMMON, "arm": _COMMON}
 
 
 def run(params: Any, name: str) -> dict[str, Any]:
-    """One study run (``scratch``, ``original``, a swap method or an arm): both phases, log, ``run.json``,
+    """One study run (``scratch``, ``original``, a swap method or an arm): its phases, log, ``run.json``,
     the final bits per byte and the headline metrics."""
     stage = name if name in PARAMS else "arm" if name in params.study.arms else "pretrain"
     params = declared(params, stage, PARAMS[stage])

@@ -44,16 +44,17 @@ def fresh_dir(path: Path) -> Path:
 # ---------------------------------------------------------------- launching
 
 
-def launch(cfg: TrainConfig, num_processes: int = 1) -> None:
-    """Train ``cfg``: in this process for one process, else through ``accelerate launch`` as a process."""
+def launch(cfg: TrainConfig, num_processes: int = 1, resume: bool = False) -> None:
+    """Train ``cfg``: in this process for one process, else through ``accelerate launch`` as a process; with
+    ``resume``, from the latest checkpoint in its out_dir (if any)."""
     if num_processes == 1:
-        train(cfg)
+        train(cfg, resume=resume)
         return
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "launch_config.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    cmd = launch_command(path, num_processes)
+    cmd = launch_command(path, num_processes, resume=resume)
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
@@ -71,6 +72,9 @@ def optim_fields(o: Optim, scale: float = 1.0) -> dict[str, Any]:
         "optimizer": o.optimizer,
         "weight_decay": o.weight_decay,
         "max_grad_norm": o.max_grad_norm,
+        "betas": tuple(o.betas),
+        "eps": o.eps,
+        "no_decay": list(o.no_decay),
     }
 
 
@@ -85,6 +89,8 @@ def tiny_spec(params: Params) -> ModelSpec:
         intermediate=m.intermediate,
         max_pos=m.max_pos,
         tie_embeddings=m.tie_embeddings,
+        rope_theta=m.rope_theta,
+        initializer_range=m.initializer_range,
         seed=params.shared.seed,
     )
 

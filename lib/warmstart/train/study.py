@@ -1,28 +1,29 @@
-"""One study run trained: ``scratch``, ``original``, a swap method or an arm, both phases, log and ``run.json``.
+"""One study run trained: ``scratch``, ``original``, a swap method or an arm, its phases, log and ``run.json``.
 
 The pretrain stages (:mod:`warmstart.stages.pretrain`) train the DVC study's runs with ``shared.seed``; the
 run-to-run spread (:mod:`warmstart.evaluate.seed_spread`) trains the same runs with other seeds, into
 ``data/seeds/s<seed>`` (:meth:`warmstart.runs.Run.at_seed`).
 
-Every study run has the same two phases (NorMistral's stage 2.2 then 2.3):
-phase 1 trains only ``pretrain.phase1_train_only`` (embeddings and LM head)
-with the body frozen, phase 2 trains everything from phase 1's result. The
-``scratch`` run has nothing to realign, so its phase 1 trains the whole model
-on the phase-1 schedule: the schedule is the same for every run. All runs
-read the target-language training text. ``original`` spends more tokens on
-the same text (its tokenizer was not made for it), so its step counts are
-scaled by the measured ratio of bytes per token (target tokenizer over the
-base tokenizer, on target training text): every run sees the same target
-*bytes*, and curves are drawn against bytes.
+Every study run trains through the phases of ``pretrain.phases`` (an arm may change any phase field or append a
+phase: :meth:`warmstart.config.sections.Pretrain.with_overrides`). The default has NorMistral's two (stage 2.2
+then 2.3): ``phase1`` trains only the embeddings and LM head with the body frozen, ``phase2`` trains everything
+from phase 1's result. Each phase starts from the previous phase's final model with a fresh optimiser and a
+fresh data stream over its ``mix`` (row weights over named corpora: ``target``, ``source``, an extra language;
+each read from the tokenize stage's shards for the run's tokenizer). The ``scratch`` run has nothing to
+realign, so it trains every parameter in every phase, on the same schedule. ``original`` spends more tokens
+on the same text (its tokenizer was not made for it), so its step counts are scaled by the measured ratio of
+bytes per token (target tokenizer over the base tokenizer, on target training text): every run sees the same
+target *bytes*, and curves are drawn against bytes.
 
-Per run: ``data/runs/<name>/{init,phase1,phase2}`` (trainer out dirs) and
-``data/logs/<name>/``: ``log.jsonl`` (both phases' step logs with global
+Per run: ``data/runs/<name>/{init,<phase>...}`` (trainer out dirs) and
+``data/logs/<name>/``: ``log.jsonl`` (every phase's step log with global
 ``step``, cumulative ``tokens``/``bytes`` and a ``phase`` field) and ``run.json``.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,11 @@ def build_scratch(params: Any, out: Path, seed: int) -> Path:
     config.vocab_size = padded_size(len(tok), params.vocab_swap.pad_multiple)
     for role in ("bos", "eos", "pad"):
         setattr(config, f"{role}_token_id", getattr(tok, f"{role}_token_id"))
+    pt = params.pretrain
+    if pt.scratch_init_range is not None:
+        config.initializer_range = pt.scratch_init_range
+    if pt.scratch_rope_theta is not None:
+        set_rope_theta(config, pt.scratch_rope_theta)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     return save_model(model, tok, out)
@@ -104,30 +110,106 @@ def step_scale(params: Any, kind: str, tok: Any) -> float:
     return fertility(new_tok, sample)["bytes_per_token"] / fertility(tok, sample)["bytes_per_token"]
 
 
-def train_run(params: Any, name: str, seed: int | None = None) -> TrainedRun:
-    """One study run: both phases, the merged log and ``run.json``. With ``seed``: the run trained with that seed
-    in its own directories (``data/seeds/s<seed>``); else the DVC study's run with ``shared.seed``."""
+def set_rope_theta(config: Any, theta: float) -> None:
+    """RoPE's base on a transformers config (``rope_parameters`` in transformers 5, ``rope_theta`` before)."""
+    rp = getattr(config, "rope_parameters", None)
+    if isinstance(rp, dict):
+        config.rope_parameters = {**rp, "rope_theta": float(theta)}
+    else:
+        config.rope_theta = float(theta)
+
+
+def run_phases(params: Any, name: str) -> list[dict[str, Any]]:
+    """The phases run ``name`` trains, resolved: ``pretrain.phases`` with its arm's overrides, the parameters
+    each trains (every one for scratch) and each mix's corpora mapped to their languages; no paths, so it is
+    also what decides the run's results (:func:`warmstart.evaluate.seed_spread.run_fingerprint`)."""
+    r = get_run(params, name)
+    pt = params.pretrain_for(name if r.kind == "arm" else None)
+    out = []
+    for ph in pt.phases:
+        d = ph.model_dump(mode="json")
+        d["train"] = [] if r.kind == "scratch" else list(ph.train)
+        d["mix"] = {c: ph.mix[c] for c in ph.corpora}
+        d["masked_share"] = pt.masked_share if ph.masked_share is None else ph.masked_share
+        out.append(d)
+    return out
+
+
+def _check_trainable(init: Path, phases: list[dict[str, Any]], name: str, trust_remote_code: bool) -> None:
+    """Every phase trains at least one parameter of the run's model (checked on the meta device, no weights)."""
+    import re
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not (init / "config.json").is_file():
+        raise FileNotFoundError(f"run {name!r} starts from {init}, which is not a model dir (run its stage first)")
+    config = AutoConfig.from_pretrained(init, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    names = [n for n, _ in model.named_parameters()]
+    for ph in phases:
+        if ph["train"] and not any(re.search(rx, n) for rx in ph["train"] for n in names):
+            raise ValueError(
+                f"run {name}: pretrain.phases[{ph['name']}].train {ph['train']} matches no parameter of "
+                f"{init} (its parameters are named like {names[:3]})"
+            )
+
+
+def _phase_done(out: Path, cfg: TrainConfig) -> bool:
+    """The phase's trainer finished with exactly this config (its final model and ``train_config.json``)."""
+    done = out / "final" / "config.json"
+    recorded = out / "train_config.json"
+    return done.is_file() and recorded.is_file() and recorded.read_text() == cfg.to_json()
+
+
+def train_run(params: Any, name: str, seed: int | None = None, resume: bool = False) -> TrainedRun:
+    """One study run: its phases, the merged log and ``run.json``. With ``seed``: the run trained with that seed
+    in its own directories (``data/seeds/s<seed>``); else the DVC study's run with ``shared.seed``.
+
+    ``resume``: continue an interrupted run instead of starting afresh: a phase whose final model was written
+    by the same config is kept, the phase that was running resumes from its latest checkpoint (bit-identical
+    to an uninterrupted run: the trainer's exact resume), the later ones run."""
     from transformers import AutoTokenizer
+
+    from warmstart.train.config import BatchRamp
 
     t0 = time.perf_counter()
     r = get_run(params, name)
     if seed is not None:
         r = r.at_seed(seed)
-    p = params.pretrain.model_copy(update=dict(r.overrides)) if r.overrides else params.pretrain
+    p = params.pretrain_for(name if r.kind == "arm" else None)
+    plan = run_phases(params, name)
     seed = params.shared.seed if seed is None else seed
-    out = fresh_dir(r.dir(params))
-    init = build_scratch(params, out / "init", seed) if r.kind == "scratch" else r.init_dir(params)
+    tokenizer = "base" if r.kind == "original" else "target"
+    shards = {}
+    for ph in plan:
+        for corpus in ph["mix"]:
+            d = token_dir(params, tokenizer, params.mix_language(corpus))
+            if not (d / "manifest.json").is_file():
+                raise FileNotFoundError(
+                    f"run {name}: pretrain.phases[{ph['name']}].mix.{corpus} reads {d}, which the tokenize stage has "
+                    f"not written: add {corpus} to tokenize.corpora.{tokenizer} and run the tokenize stage"
+                )
+            shards[corpus] = str(d)
+    if r.kind != "scratch":  # before anything is written (scratch trains every parameter)
+        _check_trainable(Path(r.init_dir(params)), plan, name, params.base.trust_remote_code)
+    out = r.dir(params)
+    if not (resume and out.is_dir()):
+        fresh_dir(out)
+    if r.kind == "scratch":
+        scratch = out / "init"
+        init = scratch if resume and (scratch / "config.json").is_file() else build_scratch(params, scratch, seed)
+    else:
+        init = r.init_dir(params)
     if not (Path(init) / "config.json").is_file():
         raise FileNotFoundError(f"run {name!r} starts from {init}, which is not a model dir (run its stage first)")
     tok = AutoTokenizer.from_pretrained(init)
     scale = step_scale(params, r.kind, tok)
     common = dict(
         tokenizer_path=str(init),
-        train_files={"target": [str(token_dir(params, "base" if r.kind == "original" else "target", "target"))]},
         seq_len=p.seq_len,
         micro_batch=p.micro_batch,
         grad_accum=p.grad_accum,
-        masked_share=p.masked_share,
         doc_mask=p.doc_mask,
         log_every=p.log_every,
         signals_every=p.signals_every,
@@ -139,20 +221,33 @@ def train_run(params: Any, name: str, seed: int | None = None) -> TrainedRun:
     )
     phases = []
     start = Path(init)
-    for phase, optim in (("phase1", p.phase1), ("phase2", p.phase2)):
-        train_only = list(p.phase1_train_only) if (phase == "phase1" and r.kind != "scratch") else []
+    for ph, spec in zip(plan, p.phases, strict=True):
         tag = max(1, round(p.tag_every * scale)) if p.tag_every else None
+        mix = ph["mix"]
         cfg = TrainConfig(
             model_path=str(start),
-            out_dir=str(out / phase),
-            train_only=train_only,
+            out_dir=str(out / ph["name"]),
+            train_only=ph["train"],
             tag_every=tag,
-            **optim_fields(optim, scale),
+            # one corpus: a plain stream (the log's corpus field names it); several: mixed row by row
+            train_files={c: [shards[c]] for c in mix},
+            mix=dict(mix) if len(mix) > 1 else None,
+            masked_share=ph["masked_share"],
+            batch_ramp=BatchRamp(**spec.batch_ramp.model_dump()) if spec.batch_ramp else None,
+            **optim_fields(spec, scale),
             **common,
         )
-        launch(cfg, p.num_processes)
-        phases.append((phase, out / phase))
-        start = out / phase / "final"
+        pdir = out / ph["name"]
+        if resume and _phase_done(pdir, cfg):
+            pass  # finished with this very config
+        else:
+            recorded = pdir / "train_config.json"
+            if pdir.exists() and not (resume and recorded.is_file() and recorded.read_text() == cfg.to_json()):
+                shutil.rmtree(pdir)  # another config's (or a fresh run's) leftovers: never resumed from
+            resume = resume and pdir.exists()  # the later phases start from this one's new model
+            launch(cfg, p.num_processes, resume=resume)
+        phases.append((ph["name"], out / ph["name"]))
+        start = out / ph["name"] / "final"
     log, table = merge_logs(phases)
     fresh_dir(r.record_dir(params))
     write_jsonl(r.log(params), log)
@@ -167,7 +262,8 @@ def train_run(params: Any, name: str, seed: int | None = None) -> TrainedRun:
         "phases": table,
         "final": str(start),
         "log": str(r.log(params)),
-        "masked_share": p.masked_share,
+        "masked_share": max(ph["masked_share"] for ph in plan),
+        "plan": plan,
         "seq_len": p.seq_len,
         "seed": seed,
         "overrides": dict(r.overrides),
