@@ -23,11 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+from test_phases import project as _project  # noqa: F401  (test_phases' tiny project, as a fixture)
 from warmstart.config import ParamsError, apply_profile, deep_merge, load_params, profile, read_yaml, validate
 from warmstart.config.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
+RECIPES_DIR = ROOT / "configs" / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
 SEEDS = {"normistral", "csmpt", "lucie", "minitron", "alfred"}  # one per model card in ../shared/seeds
 # recipes whose card says nothing about the study's training phases -> the params section they change instead
 ELSEWHERE = {"minitron": "compress"}
@@ -153,3 +155,40 @@ def test_unknown_key_is_refused_by_name(tmp_path, params_copy, params_dict, caps
     err = capsys.readouterr().err
     assert f"pretrain.phases[{phases[-1]['name']}].lr_floor: unknown key" in err
     assert params_copy.read_text() == before
+
+
+def test_the_lucie_recipe_trains_end_to_end_on_the_smoke_profile(_project):  # noqa: F811 (the fixture)
+    """A shipped recipe runs, not just parses: smoke, then Lucie's recipe, on the tiny project's data; a warm start
+    (its one phase: the target/source mix, Adam eps 1e-5, the batch ramp) and scratch (RoPE theta 500k, init
+    range 0.009) train through :func:`warmstart.train.study.train_run`."""
+    import json
+
+    from transformers import AutoConfig
+
+    from warmstart.train.study import train_run
+
+    project = _project
+    data = project / "data"
+    shutil.copytree(data / "models/swap-focus", data / "models/base")
+    shutil.copytree(data / "models/swap-focus", data / "tokenizer/target")
+    merged = deep_merge(
+        deep_merge(read_yaml(ROOT / "params.yaml"), profile("smoke")), read_yaml(RECIPES_DIR / "lucie.yaml")
+    )
+    tiny = {"shared": {"data_dir": str(data), "reports_dir": str(project / "reports")},
+            "pretrain": {"seq_len": 16, "signals_every": 0, "phases": {"phase2": {"steps": 12}}}}  # fmt: skip
+    params = validate(deep_merge(merged, tiny), "smoke + lucie")
+    warm = train_run(params, "focus").info
+    assert [p["name"] for p in warm["plan"]] == ["phase2"] and warm["plan"][0]["mix"] == {
+        "target": 32.4,
+        "source": 33.2,
+    }
+    log = [json.loads(x) for x in Path(warm["log"]).read_text().splitlines()]
+    rows = [r["batch_rows"] for r in log]
+    assert rows[0] == 4 and rows == sorted(rows) and rows[-1] == 16  # the ramp from a quarter, then the full batch
+    assert all(r["corpus"] == "mix" for r in log) and log[-1]["step"] == 12
+    cfg = json.loads((data / "runs/focus/phase2/train_config.json").read_text())
+    assert cfg["eps"] == 1e-5 and cfg["mix"] == {"target": 32.4, "source": 33.2}
+    scratch = train_run(params, "scratch").info
+    config = AutoConfig.from_pretrained(scratch["init"])
+    theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
+    assert config.initializer_range == 0.009 and theta == 500000.0
