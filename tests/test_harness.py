@@ -157,3 +157,23 @@ def test_evaluate_config_lm_eval_keys():
     ):
         with pytest.raises(ValidationError):
             Evaluate(**bad)
+
+
+def test_the_evaluate_stage_runs_named_tasks_on_every_final_checkpoint(tmp_path, root, task_dir):
+    """`evaluate.lm_eval_tasks` through the stage: lm-eval's task by name (a local YAML via lm_eval_include) on
+    each run's final checkpoint, in reports/evaluate/harness.json; without tasks nothing runs."""
+    from test_evaluate import make_study
+    from warmstart.config import deep_merge, load_params
+    from warmstart.stages import evaluate as stage
+
+    tasks = {"evaluate": {"lm_eval_tasks": [TASK], "lm_eval_include": [str(task_dir)], "lm_eval_limit": 2}}
+    params = load_params(root / "params.yaml", overrides=deep_merge(make_study(tmp_path), tasks))
+    stage.run(params, progress=False)
+    got = json.loads((tmp_path / "reports/evaluate/harness.json").read_text())
+    assert sorted(r["run"] for r in got) == ["random", "scratch"]
+    for r in got:
+        t = r["tasks"][TASK]
+        assert t["n"] == 2 and t["n_total"] == 4 and 0 <= t["metrics"]["acc"] <= 1 and r["tasks_requested"] == [TASK]
+    params = load_params(root / "params.yaml", overrides=deep_merge(make_study(tmp_path / "b"), {}))
+    stage.run(params, progress=False)
+    assert not (tmp_path / "b/reports/evaluate/harness.json").exists()

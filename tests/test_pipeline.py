@@ -16,6 +16,7 @@ import torch
 from smoke import SMOKE_COMPRESS, SMOKE_CONTEXT, run_checked, smoke_copy
 
 pytestmark = pytest.mark.slow
+ARMS = ["fvt-hybrid", "replay-5", "replay-25", "anneal"]  # params.yaml's study.arms
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +93,11 @@ def test_every_study_run_and_model_loads(smoke_project):
         assert swap["padded_vocab"] % 64 == 0 and swap["new_vocab"] == 1024
         assert swap["bpb_step0"]["nb-NO"] > 0
     assert json.loads((dst / "reports/metrics/vocab_swap/exact.json").read_text())["aligned_rows"] > 0
-    for run in ["scratch", "original", *methods, "fvt-hybrid"]:
+    for run in ["scratch", "original", *methods, *ARMS]:
         info = json.loads((dst / "data/logs" / run / "run.json").read_text())
         steps = [c["step"] for c in info["checkpoints"]]
         assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3, (run, steps)
-        assert all(f"runs/{run}/phase" in c["path"] for c in info["checkpoints"][1:])  # checkpoints stay in data/runs
+        assert all(f"runs/{run}/" in c["path"] for c in info["checkpoints"][1:])  # checkpoints stay in data/runs
         log = [json.loads(x) for x in (dst / "data/logs" / run / "log.jsonl").read_text().splitlines()]
         assert [r["phase"] for r in log][0] == "phase1" and log[-1]["phase"] == "phase2"
         assert all(b["bytes"] >= a["bytes"] for a, b in zip(log, log[1:])), f"{run}: bytes seen must grow"
@@ -110,7 +111,8 @@ def test_every_study_run_and_model_loads(smoke_project):
 
 
 def test_metrics_are_small_flat_headlines(smoke_project):
-    """`dvc metrics show` is a summary: every metrics file is flat, at most 12 keys, and the details are outputs."""
+    """`dvc metrics show` is a summary: every metrics file is flat, at most 12 keys (evaluate.json: one per study
+    run, the best run and its speed-up), and the details are outputs."""
     dst, env, _, _ = smoke_project
     shown = json.loads(run_checked(["dvc", "metrics", "show", "--json"], dst, env))
     files = {f: d["data"] for ws in shown.values() for f, d in ws["data"].items()}
@@ -127,12 +129,14 @@ def test_metrics_are_small_flat_headlines(smoke_project):
         "context.json",
         "compress.json",
         *[f"vocab_swap/{m}.json" for m in methods],
-        *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, "fvt-hybrid"]],
+        "replay.json",
+        *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, *ARMS]],
         *[f"context/{m}.json" for m in SMOKE_CONTEXT],
         *[f"compress/{v}.json" for v in SMOKE_COMPRESS],
     }
     for f, data in files.items():
-        assert 0 < len(data) <= 12 and all(not isinstance(v, (dict, list)) for v in data.values()), f
+        cap = 2 + len(["scratch", "original", *methods, *ARMS]) if f.endswith("/evaluate.json") else 12
+        assert 0 < len(data) <= cap and all(not isinstance(v, (dict, list)) for v in data.values()), f
     ev = json.loads((dst / "reports/evaluate/eval.json").read_text())
     head = json.loads((dst / "reports/metrics/evaluate.json").read_text())
     assert head["best_run"] == ev["best"] and head["final_bpb_fvt"] == ev["runs"]["fvt"]["bpb_target"]
@@ -163,7 +167,7 @@ def test_report_pdf_and_model_card(smoke_project):
     fert = json.loads((dst / "reports/tokenizer/fertility.json").read_text())
     assert fmt(fert["ratio_tokens_per_word"]["nb-NO"]) in flat  # a details JSON value, through its fragment
     study = json.loads((dst / "reports/evaluate/swap_study.json").read_text())
-    runs = {"scratch", "original", "random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil", "fvt-hybrid"}
+    runs = {"scratch", "original", "random", "exact", "fvt", "focus", "omp", "hf-default", "tokdistil", *ARMS}
     assert set(study["runs"]) == runs
     assert set(study["goals"]) == {
         "fvt_step0_below_random",
@@ -193,6 +197,20 @@ def test_report_pdf_and_model_card(smoke_project):
         and hybrid["overrides"] == {"masked_share": 0.1}
         and hybrid["init"].endswith("swap-fvt")
     )
+    # forgetting of every run; the replay arms against focus (same target rows); the annealing arm
+    replay = json.loads((dst / "reports/evaluate/replay.json").read_text())
+    assert set(replay["forgetting"]["runs"]) == runs and set(replay["arms"]) == {"replay-5", "replay-25"}
+    assert set(replay["anneal"]) == {"anneal"} and replay["choice"]["why"]
+    for name, e in replay["arms"].items():
+        f = replay["forgetting"]["runs"][name]
+        assert e["reference"] == "focus" and e["forgetting"] == pytest.approx(f["forgetting"]["diff"])
+        assert f["swap"]["diff"] + f["training"]["diff"] == pytest.approx(f["forgetting"]["diff"])
+        assert e["source_share"]["phases"] == {"phase2": {"replay-5": 0.05, "replay-25": 0.25}[name]}
+    head = json.loads((dst / "reports/metrics/replay.json").read_text())
+    assert head["replay_choice"] == (replay["choice"]["arm"] or "none")
+    log = [json.loads(x) for x in (dst / "data/logs/anneal/log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log][-1] == "anneal" and log[-1]["lr"] < log[0]["lr"]
+    assert "Forgetting" in flat and "Source replay" in flat
     card = (dst / "reports/model_card/README.md").read_text()
     assert card.startswith("---") and "AutoModelForCausalLM" in card
     assert "Norwegian Bokmål (nb-NO)" in card and "Norwegian Bokmål" in flat and "Czech" not in flat

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -163,6 +164,9 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     hybrid = {r["name"] for r in runs if r.get("masked_share", 0)}
     masked_runs = hybrid | {a.init for n, a in params.study.arms.items() if n in hybrid}
     # lm-evaluation-harness tasks by name (evaluate.lm_eval_tasks, its default registry on): bad names fail here
+    # (the cloze probe would otherwise switch the hub off for the process: its task is a local file)
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE") if ev.lm_eval_tasks else ():
+        os.environ.setdefault(var, "0")  # a user's own offline setting (a cluster's cache) stands
     registry = checked_registry(ev.lm_eval_tasks, ev.lm_eval_include) if ev.lm_eval_tasks else None
     harness: list[dict] = []
     jobs = [(run, c) for run in runs for c in select_checkpoints(run, ev.checkpoints)]
