@@ -105,3 +105,18 @@ def test_replay_headline_fits_a_metrics_file_and_names_the_choice():
     assert h["replay_choice"] == "replay" and h["replay_goal_met"] is True
     assert h["forgetting_focus"] == pytest.approx(3.0) and h["replay_reduction_replay"] == pytest.approx(2 / 3)
     assert len(h) <= 12
+
+
+def test_across_seeds_pairs_each_arm_with_its_reference_at_the_same_seed():
+    from warmstart.evaluate.replay import across_seeds
+
+    ck = []
+    for seed, (t_ref, t_arm, s_ref, s_arm) in {1: (1.86, 1.855, 4.2, 3.0), 2: (1.87, 1.86, 4.3, 3.1)}.items():
+        for run, t, so in (("focus", t_ref, s_ref), ("replay", t_arm, s_arm)):
+            ck += [{"run": run, "seed": seed, "step": 0, "bpb_target": 3.0, "bpb_source": 3.2},
+                   {"run": run, "seed": seed, "step": 160, "bpb_target": t, "bpb_source": so}]  # fmt: skip
+    got = across_seeds({"seeds": [1, 2], "checkpoints": ck}, {"replay": "focus", "absent": "focus"})
+    assert set(got) == {"replay"} and got["replay"]["seeds"] == [1, 2]
+    assert got["replay"]["target"]["values"] == pytest.approx([-0.005, -0.01])
+    assert got["replay"]["source"]["mean"] == pytest.approx(-1.2) and got["replay"]["source"]["std"] == pytest.approx(0)
+    assert across_seeds(None, {"replay": "focus"}) == {}

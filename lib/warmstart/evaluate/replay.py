@@ -171,8 +171,37 @@ def choose(effects: dict[str, Any], shares: dict[str, float], min_reduction: flo
             "why": f"every replay arm's target cost may exceed {max_cost} bits per byte (interval)"}  # fmt: skip
 
 
-def replay_study(params: Any, doc_nll: dict | None, runs: list[str], n_boot: int = stats.N_BOOT) -> dict[str, Any]:
-    """``replay.json``: forgetting of every run, the replay arms' effects and shares, and the choice."""
+def across_seeds(spread: dict | None, pairs: dict[str, str]) -> dict[str, Any]:
+    """Per arm against its reference, seed by seed (the run-to-run spread's final checkpoints): the target and
+    source bits-per-byte differences at each seed, their mean and standard deviation. ``{}`` without a spread
+    covering both runs."""
+    import statistics
+
+    if not spread:
+        return {}
+    final: dict[tuple[str, int], dict] = {}
+    for c in spread.get("checkpoints") or []:
+        key = (c["run"], c["seed"])
+        if key not in final or c["step"] > final[key]["step"]:
+            final[key] = c
+    out = {}
+    for arm, ref in pairs.items():
+        seeds = [s for s in spread["seeds"] if (arm, s) in final and (ref, s) in final]
+        if len(seeds) < 2:
+            continue
+        d = {}
+        for role in ("target", "source"):
+            diffs = [final[(arm, s)][f"bpb_{role}"] - final[(ref, s)][f"bpb_{role}"] for s in seeds]
+            d[role] = {"values": diffs, "mean": statistics.mean(diffs), "std": statistics.stdev(diffs)}
+        out[arm] = {"reference": ref, "seeds": seeds, **d}
+    return out
+
+
+def replay_study(
+    params: Any, doc_nll: dict | None, runs: list[str], n_boot: int = stats.N_BOOT, spread: dict | None = None
+) -> dict[str, Any]:
+    """``replay.json``: forgetting of every run, the replay arms' effects and shares, the annealing arms against
+    their reference, both seed by seed when ``spread`` (the run-to-run spread) covers them, and the choice."""
     if not doc_nll or not doc_nll.get("checkpoints"):
         return {}
     seed = params.shared.seed
@@ -191,6 +220,7 @@ def replay_study(params: Any, doc_nll: dict | None, runs: list[str], n_boot: int
                 for role in ("target", "source")
             }
     return {
+        "across_seeds": across_seeds(spread, {**arms, **anneal_arms(params)}),
         "anneal": anneal,
         "definition": "forgetting = final source bits per byte - the base model's (its own tokenizer), on the "
         "evaluation's source test text; swap = step 0 - base; training = final - step 0",
@@ -214,8 +244,9 @@ def _ci_pct(point: float | None, ci: list | None) -> str:
     return f"{_pct(point)} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(point)
 
 
-def tables(rep: dict, final_bpb: dict[str, float], src: str) -> list[dict]:
-    """Forgetting per run (its swap and training shares) and the replay arms against their reference."""
+def tables(rep: dict, final: dict[str, dict], src: str) -> list[dict]:
+    """Forgetting per run (its swap and training shares, its source cloze accuracy) and the replay arms against
+    their reference; ``final``: ``eval.json``'s ``runs`` (final values and their intervals)."""
     from warmstart.describe import fmt_ci
     from warmstart.fragments import table
 
@@ -223,8 +254,9 @@ def tables(rep: dict, final_bpb: dict[str, float], src: str) -> list[dict]:
     out = []
     if forget.get("runs"):
         rows = [
-            [run, f"{final_bpb.get(run, float('nan')):.3f}"]
+            [run, fmt_ci(final.get(run, {}).get("bpb_source"), final.get(run, {}).get("bpb_source_ci"), 3)]
             + [fmt_ci(d[k]["diff"], d[k].get("ci"), 3) for k in ("forgetting", "swap", "training")]
+            + [fmt_ci(final.get(run, {}).get("cloze_acc_source"), final.get(run, {}).get("cloze_acc_source_ci"), 3)]
             for run, d in forget["runs"].items()
         ]
         out.append(
@@ -232,8 +264,16 @@ def tables(rep: dict, final_bpb: dict[str, float], src: str) -> list[dict]:
                 rows,
                 f"Forgetting: final {src} bits per byte minus the base model's ({forget['base_bpb']:.3f}, its own "
                 "tokenizer), split into the vocabulary swap's share (step 0 minus base) and training's (final minus "
-                "step 0); paired 95% bootstrap intervals over the held-out source paragraphs.",
-                ["run", f"final {src} bits per byte", "forgetting", "from the swap (step 0)", "from training"],
+                "step 0); paired 95% bootstrap intervals over the held-out source paragraphs. Cloze: the "
+                f"{src} cloze probe's accuracy (Wilson interval), which bits per byte alone can miss.",
+                [
+                    "run",
+                    f"final {src} bits per byte",
+                    "forgetting",
+                    "from the swap (step 0)",
+                    "from training",
+                    f"{src} cloze accuracy",
+                ],  # fmt: skip
             )
         )
     if rep.get("arms"):
@@ -330,6 +370,17 @@ def paragraphs(rep: dict, src: str) -> list[str]:
             + (f" [{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}]" if t["ci"] else "")
             + f", so at this scale it {verdict}; {src} {so['diff']:+.3f}"
             + (f" [{so['ci'][0]:+.3f}, {so['ci'][1]:+.3f}]." if so["ci"] else ".")
+        )
+    seeds = rep.get("across_seeds") or {}
+    if seeds:
+        paras.append(
+            "Across seeds (the run-to-run spread's runs, each arm minus its reference at the same seed): "
+            + "; ".join(
+                f"{arm} target {d['target']['mean']:+.4f} ± {d['target']['std']:.4f}, {src} "
+                f"{d['source']['mean']:+.3f} ± {d['source']['std']:.3f} (seeds {', '.join(map(str, d['seeds']))})"
+                for arm, d in seeds.items()
+            )
+            + "."
         )
     if arms and choice:
         if choice["arm"]:

@@ -18,7 +18,7 @@ import pandas as pd
 from warmstart.evaluate import replay
 from warmstart.evaluate.fragment import SeedSpread, figures, headline, numbers, paragraphs, tables
 from warmstart.evaluate.runs import evaluate_runs, intervals, load_runs, metrics_json, step0_pairs
-from warmstart.evaluate.seed_spread import STUDY_KEYS
+from warmstart.evaluate.seed_spread import STUDY_KEYS, spread_for
 from warmstart.evaluate.tables import flops_table, init_table, swap_study
 from warmstart.fragments import write_fragment
 from warmstart.io import write_json
@@ -61,9 +61,8 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
     if res.get("harness"):
         write_json(out / "harness.json", res["harness"])
     src, tgt = params.shared.source_lang, params.shared.target_lang
-    rep = replay.replay_study(params, res["doc_nll"], [r["name"] for r in runs])
+    rep = replay.replay_study(params, res["doc_nll"], [r["name"] for r in runs], spread=spread_for(params)[0])
     write_json(out / "replay.json", rep)
-    final_src = dict(zip(fin["run"], fin["bpb_source"], strict=True)) if not fin.empty else {}
     rep_fig = replay.figure(rep, fin, out / "replay.png", src, tgt)
     rep_numbers, rep_labels = replay.numbers(rep)
     write_fragment(
@@ -72,7 +71,7 @@ def run(params: Any, progress: bool = True) -> dict[str, Any]:
         60,
         "Evaluation",
         paragraphs(params, res, metrics) + replay.paragraphs(rep, src),
-        tables(params, res, metrics, init, flops, seeds, Labels(src, tgt)) + replay.tables(rep, final_src, src),
+        tables(params, res, metrics, init, flops, seeds, Labels(src, tgt)) + replay.tables(rep, metrics["runs"], src),
         figs + ([rep_fig] if rep_fig else []),
         numbers(metrics) | rep_numbers,
         seconds=time.perf_counter() - t0,
