@@ -99,7 +99,10 @@ def test_every_study_run_and_model_loads(smoke_project):
         assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3, (run, steps)
         assert all(f"runs/{run}/" in c["path"] for c in info["checkpoints"][1:])  # checkpoints stay in data/runs
         log = [json.loads(x) for x in (dst / "data/logs" / run / "log.jsonl").read_text().splitlines()]
-        assert [r["phase"] for r in log][0] == "phase1" and log[-1]["phase"] == "phase2"
+        assert [r["phase"] for r in log][0] == "phase1" and log[-1]["phase"] == info["phases"][-1]["name"]
+        assert [p["name"] for p in info["phases"]] == (
+            ["phase1", "phase2", "anneal"] if run == "anneal" else ["phase1", "phase2"]
+        )
         assert all(b["bytes"] >= a["bytes"] for a, b in zip(log, log[1:])), f"{run}: bytes seen must grow"
     base = AutoModelForCausalLM.from_pretrained(dst / "data/models/base")
     fvt = AutoModelForCausalLM.from_pretrained(dst / "data/runs/fvt/phase2/final")

@@ -419,8 +419,9 @@ def numbers(rep: dict) -> tuple[dict[str, Any], dict[str, str]]:
         nums[f"forgetting.{run}"] = d["forgetting"]["diff"]
         labels[f"forgetting.{run}"] = f"forgetting (source bits per byte above the base model), {run}"
     for arm, e in (rep.get("arms") or {}).items():
-        nums[f"replay_reduction.{arm}"] = e["reduction"]
-        labels[f"replay_reduction.{arm}"] = f"share of its reference's forgetting removed, {arm}"
+        if e["reduction"] is not None:  # None: the reference did not forget
+            nums[f"replay_reduction.{arm}"] = e["reduction"]
+            labels[f"replay_reduction.{arm}"] = f"share of its reference's forgetting removed, {arm}"
         nums[f"replay_cost.{arm}"] = e["target_cost"]["diff"]
         labels[f"replay_cost.{arm}"] = f"target bits per byte cost of replay, {arm}"
     return nums, labels

@@ -24,6 +24,7 @@ from typing import Any
 from warmstart.describe import ModelInfo, base_model, join_words, language, size_label
 from warmstart.evaluate import intervals as stats
 from warmstart.report.evidence import Finding, Number, Summary, _Records, format_value, ranking, ranking_sentence
+from warmstart.report.labels import arm_changes
 
 # Counts of items below which a probe cannot tell a model from a guesser, and models small enough that their
 # results are a toy-scale test of the pipeline.
@@ -247,7 +248,7 @@ def _arm_finding(R: _Records, ev: Mapping, params: Any, name: str, d: Mapping, t
     masked-token accuracy of both when measured (the hybrid objective's cost and gain)."""
     ref = d["reference"]
     arm = params.study.arms.get(name)
-    what = ", ".join(f"{k} {v}" for k, v in arm.overrides.items()) if arm else "changed settings"
+    what = arm_changes(arm) if arm else "changed settings"
     diff = R.num("evaluate/eval.json", f"arms.{name}.target.diff", "+f3")
     tgt = d.get("target") or {}
     verdict = {True: "beyond evaluation-text noise", False: "within evaluation-text noise", None: "no interval"}[

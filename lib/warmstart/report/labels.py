@@ -33,8 +33,8 @@ RUNS = {
 }
 
 
-def arm_legend(arm: Any) -> str:
-    """What an arm of ``study.arms`` is, from its params: 'arm; fvt with masked_share 0.1 (...)'."""
+def arm_changes(arm: Any) -> str:
+    """An arm's pretrain changes in words: 'masked_share 0.1', 'phase2: mix target 0.95 + source 0.05, steps 126'."""
 
     def fields(d: dict) -> str:
         return ", ".join(
@@ -42,10 +42,15 @@ def arm_legend(arm: Any) -> str:
             for k, v in d.items()
         )
 
-    changes = "; ".join(
+    return "; ".join(
         "; ".join(f"{ph}: {fields(f)}" for ph, f in v.items()) if k == "phases" else f"{k} {v}"
         for k, v in arm.overrides.items()
     )
+
+
+def arm_legend(arm: Any) -> str:
+    """What an arm of ``study.arms`` is, from its params: 'arm; fvt with masked_share 0.1 (...)'."""
+    changes = arm_changes(arm)
     what = (
         " (NorMistral's hybrid objective: that share of masked-next-token batches)"
         if "masked_share" in arm.overrides
