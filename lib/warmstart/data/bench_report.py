@@ -28,6 +28,8 @@ def write_report(rec: dict, path: str | Path) -> None:
         f"Seeded synthetic corpora (seed {rec['seed']}); every measurement in its own process, one after another "
         "on the same machine; peak memory = largest summed RSS of the process tree (an upper bound).",
         "",
+        *(f"Note: {n}" for n in rec.get("notes") or []),  # what the record alone does not say (load, reruns)
+        *([""] if rec.get("notes") else []),
     ]
     tok_rows = [(mb, r) for mb, r in sizes.items() if "raw" in r]
     if tok_rows:
@@ -63,7 +65,7 @@ def write_report(rec: dict, path: str | Path) -> None:
             )
         peaks = [r["train"]["peak_mib"] for _, r in tok_rows]
         spread = max(peaks) - min(peaks)
-        startup = max(r["train"]["first_write_s"] for _, r in tok_rows)
+        startup = max(tok_rows, key=lambda x: x[1]["bytes"])[1]["train"]["first_write_s"]  # at the largest size
         reader = min(min(v["tokens_per_s"] for v in r["reader"].values()) for _, r in tok_rows)
         lines += [
             "",
