@@ -661,9 +661,10 @@ def test_the_seed_spread_decides_what_is_within_noise(tmp_path, root, std):
     s = study_summary(params)
     assert s.ranking["tied"] == tied and s.ranking["best"] == (None if tied else low) and s.ranking["seed_measured"]
     text = next(f for f in s.results if f.heading == "Final bits per byte").text
-    if tied:
-        assert std == 0.004 and len(tied) >= 2  # the reference: fvt, focus and omp are a few thousandths apart
-        assert f"are within run-to-run noise of {low} (seed spread of 3 seeds" in text
+    if std == 0.004:
+        assert len(tied) >= 2  # the reference: fvt, focus, omp and the replay arms are a few thousandths apart
+    if tied:  # at 0.0001 too: replay-5 (lowest) and focus are 0.0002 apart
+        assert f"within run-to-run noise of {low} (seed spread of 3 seeds" in text
     else:
         assert f"{low} is distinguishable from every other run beyond run-to-run noise (3 seeds" in text
     assert not any(lim.startswith("Seeds:") for lim in s.limitations)

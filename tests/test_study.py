@@ -163,7 +163,9 @@ def test_runs_registry_names_dirs_and_starting_models(tmp_path):
     arm = get_run(params, "fvt-hybrid")
     assert (arm.kind, arm.method, dict(arm.overrides)) == ("arm", "fvt", {"masked_share": 0.1})
     replay = get_run(params, "replay-5")
-    assert (replay.kind, replay.method) == ("arm", "focus") and dict(replay.overrides)["phases"]["phase2"]["steps"] == 126
+    assert (replay.kind, replay.method) == ("arm", "focus") and dict(replay.overrides)["phases"]["phase2"][
+        "steps"
+    ] == 126
     assert arm.init_dir(params) == data / "models/swap-fvt" and arm.dir(params) == data / "runs/fvt-hybrid"
     # a seed-spread run: the same run under data/seeds/s<seed>, never in the DVC study's directories
     s = arm.at_seed(7)
