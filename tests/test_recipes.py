@@ -192,3 +192,41 @@ def test_the_lucie_recipe_trains_end_to_end_on_the_smoke_profile(_project):  # n
     config = AutoConfig.from_pretrained(scratch["init"])
     theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
     assert config.initializer_range == 0.009 and theta == 500000.0
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_trains_a_warm_start_on_the_smoke_profile(recipe, _project):  # noqa: F811 (the fixture)
+    """Every shipped recipe runs, not just parses: smoke, then the recipe, on the tiny project (each phase cut to
+    at most 6 steps, the recipe's shape otherwise kept); the focus warm start trains through every phase, reading
+    each corpus its mixes name (an extra language gets shards of its own, as the tokenize stage would write)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from warmstart.data.shards import tokenize_files
+    from warmstart.train.study import train_run
+
+    data = _project / "data"
+    merged = deep_merge(deep_merge(read_yaml(ROOT / "params.yaml"), profile("smoke")), read_yaml(recipe))
+    short = {}
+    for ph in merged["pretrain"]["phases"]:
+        steps, warmup = min(6, ph["steps"]), min(1, ph["warmup_steps"])
+        wsd = ph.get("lr_schedule") == "wsd"
+        short[ph["name"]] = {"steps": steps, "warmup_steps": warmup,
+                             "decay_steps": max(1, min(ph.get("decay_steps", 0), steps - warmup)) if wsd else 0}  # fmt: skip
+    tiny = {"shared": {"data_dir": str(data), "reports_dir": str(_project / "reports")},
+            "pretrain": {"seq_len": 16, "signals_every": 0, "phases": short}}  # fmt: skip
+    params = validate(deep_merge(merged, tiny), f"smoke + {recipe.stem}")
+    tok = AutoTokenizer.from_pretrained(data / "models/swap-focus")
+    for lang in params.corpus.extra_languages:  # e.g. NorMistral's Swedish: the target's text under its code
+        shutil.copytree(data / "corpus/nb-NO", data / "corpus" / lang)
+        tokenize_files([str(data / "corpus" / lang / "train.jsonl")], data / "tokens/target" / lang / "train", tok)
+    info = train_run(params, "focus").info
+    want = [ph.name for ph in params.pretrain.phases]
+    assert [p["name"] for p in info["plan"]] == want
+    log = [json.loads(x) for x in Path(info["log"]).read_text().splitlines()]
+    assert [p["name"] for p in info["phases"]] == want and log[-1]["step"] == sum(p["steps"] for p in info["plan"])
+    for ph in info["plan"]:
+        cfg = json.loads((data / "runs/focus" / ph["name"] / "train_config.json").read_text())
+        assert cfg["optimizer"] == ph["optimizer"] and cfg["eps"] == ph["eps"] and cfg["lr"] == ph["lr"]
+        assert sorted(cfg["train_files"]) == sorted(ph["mix"]), ph["name"]
