@@ -45,16 +45,25 @@ def source_share(params: Any, arm: str) -> dict[str, Any]:
     return {"phases": per_phase, "overall": src / rows if rows else 0.0}
 
 
+# what a replay arm may change besides a phase's mix: the steps that keep its target rows, and their warm-up/decay
+_REPLAY_FIELDS = {"mix", "steps", "warmup_steps", "decay_steps"}
+
+
 def replay_arms(params: Any) -> dict[str, str]:
     """Arms that differ from their init's training only by source rows in a phase's mix (and the steps that keep
     its target rows) -> the run they are compared with (their init, no replay)."""
     out = {}
+    base = [ph.model_dump() for ph in params.pretrain.phases]
     for name, arm in params.study.arms.items():
-        ov = arm.overrides
-        phases = ov.get("phases") or {}
-        known = {ph.name for ph in params.pretrain.phases}
-        only_mix = set(ov) == {"phases"} and all(set(f) <= {"mix", "steps"} for f in phases.values())
-        if only_mix and set(phases) <= known and source_share(params, name)["phases"]:
+        if set(arm.overrides) != {"phases"}:
+            continue
+        mine = [ph.model_dump() for ph in params.pretrain_for(name).phases]
+        same_shape = len(mine) == len(base) and all(
+            {k: v for k, v in a.items() if k not in _REPLAY_FIELDS}
+            == {k: v for k, v in b.items() if k not in _REPLAY_FIELDS}
+            for a, b in zip(mine, base, strict=True)
+        )
+        if same_shape and source_share(params, name)["phases"]:
             out[name] = arm.init
     return out
 
