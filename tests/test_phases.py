@@ -269,3 +269,16 @@ def test_a_phase_batch_ramp_and_optimiser_knobs_reach_the_trainer(project):
     assert cfg["batch_ramp"] == {"start": 2, "increment": 2, "samples": 4}
     first = json.loads((project / "data/runs/focus/phase1/train_config.json").read_text())
     assert first["eps"] == 1e-8 and first["batch_ramp"] is None
+
+
+def test_an_overlay_drops_an_arm_from_the_written_params(tmp_path):
+    """`<arm>: null` in an overlay removes the arm from params.yaml itself (dvc.yaml's foreach expands every arm)."""
+    import yaml
+
+    from warmstart.config import apply_profile
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "drop.yaml").write_text("study:\n  arms:\n    anneal: null\n")
+    params = apply_profile(str(tmp_path / "drop.yaml"), tmp_path / "params.yaml")
+    written = yaml.safe_load((tmp_path / "params.yaml").read_text())["study"]["arms"]
+    assert "anneal" not in written and "anneal" not in params.study.arms and "replay-5" in written

@@ -119,6 +119,9 @@ def profile(name: str) -> dict[str, Any]:
 def apply_profile(name: str, params_path: str | Path = "params.yaml") -> Params:
     """Overlay a named profile onto a params file in place (validated first)."""
     merged = deep_merge(read_yaml(params_path), profile(name))
+    arms = (merged.get("study") or {}).get("arms")
+    if isinstance(arms, dict):  # `<arm>: null` drops the arm from the file (dvc.yaml's foreach needs each arm's init)
+        merged["study"]["arms"] = {k: v for k, v in arms.items() if v is not None}
     params = validate(merged, f"{params_path} + profile {name}")
     Path(params_path).write_text(yaml.safe_dump(merged, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return params
