@@ -421,17 +421,13 @@ class Pretrain(_Section):
         try:
             return Pretrain.model_validate(data)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                loc, prev = where, None
-                for part in e["loc"]:  # a phase by its name: study.arms.x.phases[anneal].lr
-                    named = prev == "phases" and isinstance(part, int) and part < len(data["phases"])
-                    loc += f"[{data['phases'][part].get('name')}]" if named else f".{part}"
-                    prev = part
-                missing = e["type"] == "missing"
-                lines.append(
-                    f"{loc}: " + ("missing key (a new phase gives every required field)" if missing else e["msg"])
-                )
+            from warmstart.config.load import _loc  # a phase by its name: study.arms.x.phases[anneal].lr
+
+            lines = [
+                f"{where}.{_loc(e['loc'], data)}: "
+                + ("missing key (a new phase gives every required field)" if e["type"] == "missing" else e["msg"])
+                for e in err.errors()
+            ]
             raise ValueError("; ".join(lines)) from None
 
 
