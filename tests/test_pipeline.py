@@ -131,6 +131,7 @@ def test_metrics_are_small_flat_headlines(smoke_project):
         "stability.json",
         "context.json",
         "compress.json",
+        "chat.json",
         *[f"vocab_swap/{m}.json" for m in methods],
         "replay.json",
         *[f"pretrain/{r}.json" for r in ["scratch", "original", *methods, *ARMS]],
@@ -155,7 +156,7 @@ def test_report_pdf_and_model_card(smoke_project):
     from warmstart.report.build import fmt
     from warmstart.report.labels import Labels, looks_raw
 
-    assert {f["stage"] for f in frags} >= {"stability", "context", "compress"}
+    assert {f["stage"] for f in frags} >= {"stability", "context", "compress", "chat"}
     for f in frags:
         assert " ".join(f["title"].split()) in flat, f"section {f['title']!r} missing from the PDF"
         labels = Labels("en-US", "nb-NO", f.get("labels"))
@@ -301,8 +302,31 @@ def test_derived_stages_products(smoke_project):
     assert sweep and {r["init"] for r in sweep} == {"warm", "scratch"}
     assert all(r["init_loss"] == r["init_loss"] for r in sweep)  # no NaN at step 0
     assert json.loads((dst / "reports/metrics/stability.json").read_text())
-    for card in ("context", "compress"):
+    for card in ("context", "compress", "chat"):
         assert "AutoModelForCausalLM" in (dst / "reports/cards" / card / "MODEL_CARD.md").read_text()
+
+
+def test_chat_stage_products(smoke_project):
+    """The chat stage on the smoke profile: one run per prompt-loss weight, each with its log and a final model
+    that reloads with its chat template; the headline agrees with the details; the card shows the format."""
+    from transformers import AutoTokenizer
+
+    dst = smoke_project[0]
+    detail = json.loads((dst / "reports/chat/chat.json").read_text())
+    head = json.loads((dst / "reports/metrics/chat.json").read_text())
+    assert set(detail["runs"]) == {"chat-pw0", "chat-pw1"}  # the smoke profile's ablation: [1.0]
+    main = detail["runs"][detail["main"]]
+    assert head["adherence"] == main["adherence"]["acc"] and head["response_bpb"] == main["response"]["bpb"]
+    assert main["adherence"]["n"] == detail["eval"]["turns"] > 0
+    for name, r in detail["runs"].items():
+        assert (dst / "data/chat/runs" / name / "log.jsonl").is_file()
+        assert any((dst / "data/chat/runs" / name / "tb").iterdir())
+        tok = AutoTokenizer.from_pretrained(dst / r["final"])
+        assert "{% generation %}" in tok.chat_template and "<end_message>" in tok.extra_special_tokens
+    stats = detail["shards"]["stats"]["short"]
+    assert stats["items"] > 0 and stats["items"] + stats["dropped"] >= stats["truncated"]
+    card = (dst / "reports/cards/chat/MODEL_CARD.md").read_text()
+    assert "<start_user>" in card and "<end_message>" in card and "adherence" in card
 
 
 def test_head_mask_bound_on_the_smoke_teacher(smoke_project, tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """The params sections of the stages after the study's training: ``evaluate``, ``stability``, ``context``,
-``compress`` and ``report`` (``spikes``: :mod:`warmstart.config.spikes`)."""
+``compress``, ``chat`` and ``report`` (``spikes``: :mod:`warmstart.config.spikes`)."""
 
 from __future__ import annotations
 
@@ -139,6 +139,85 @@ class Compress(_Section):
     def _check(self) -> Compress:
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants: {self.variants} repeats a variant")
+        return self
+
+
+class ChatTrain(Optim):
+    steps: int = Field(default=200, ge=1)
+    lr: float = Field(default=0.002, gt=0, le=1.0)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+
+
+class ChatTokens(_Section):
+    """Alfred-40B-1023's chat tokens (warmstart.chat.template): one string per role and the end of a turn."""
+
+    system: str = "<start_system>"
+    user: str = "<start_user>"
+    assistant: str = "<start_assistant>"
+    end: str = "<end_message>"
+
+
+class ChatSource(_Section):
+    """A user's own chat data: jsonl files of {"messages": [...]} or a Hugging Face dataset (kind hf)."""
+
+    kind: Literal["jsonl", "hf"]
+    path: str | None = None  # jsonl
+    id: str | None = None  # hf dataset id
+    split: str = "train"
+    field: str = "messages"
+
+    @model_validator(mode="after")
+    def _where(self) -> ChatSource:
+        if (self.kind == "jsonl") != (self.path is not None) or (self.kind == "hf") != (self.id is not None):
+            raise ValueError("a jsonl source gives path, an hf source gives id")
+        return self
+
+
+class Chat(_Section):
+    """Alfred-style chat fine-tuning (warmstart.chat)."""
+
+    run: str = "best"  # the adapted model to tune: best (the evaluation's best run) | a study run name
+    tokens: ChatTokens = ChatTokens()
+    token_init: Literal["mean", "related"] = "related"  # new rows: end from EOS, roles mean | all the mean
+    system: str | None = None  # a system turn on every built-in item
+    phrases: dict[str, Any] | None = None  # instruction wording; None: built in for the study's languages
+    seq_len: int = Field(default=256, ge=16)
+    on_long: Literal["error", "truncate", "drop"] = "truncate"  # items longer than seq_len (counted)
+    align_ratio: float = Field(default=1.6, gt=1)  # parallel paragraphs kept within this length ratio
+    long_len: int = Field(default=192, ge=16)  # tokens of a long-context item (the retrieval suite's length)
+    long_items: int = Field(default=20, ge=0)  # per retrieval task (beside long "continue" items from every page)
+    long_tasks: list[Literal["passkey", "kv_uuid", "topic", "line", "multidoc"]] = ["passkey"]
+    kept_prompt_share: float = Field(default=0.25, ge=0, le=1)  # long items whose prompt keeps the LM loss
+    mix: dict[Literal["short", "long", "replay"], float] = {"short": 0.5, "long": 0.45, "replay": 0.05}
+    replay: list[Literal["target", "source"]] = ["target", "source"]  # plain text of these train splits
+    prompt_loss_weight: float = Field(default=0.0, ge=0, le=1)  # the chat run's loss weight on prompt tokens
+    ablation: list[float] = [0.1, 1.0]  # more prompt-loss weights, one run each (chat-pw<w>)
+    sources: list[ChatSource] = []  # a user's chat data, into the short part
+    held_out: float = Field(default=0.1, ge=0, lt=1)  # share of a user's items held out (by id hash)
+    micro_batch: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    train: ChatTrain = ChatTrain()
+    log_every: int = Field(default=5, ge=1)
+    eval_items: int = Field(default=100, ge=1)  # held-out turns: adherence and response bits per byte
+    translation_items: int = Field(default=40, ge=0)  # held-out translation instructions per direction: chrF
+    max_new_tokens: int = Field(default=96, ge=1)  # the length limit of adherence
+    eval_bytes: int = Field(default=16_000, ge=1000)  # source-language test text: forgetting
+    batch_size: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Chat:
+        if self.long_len > self.seq_len:
+            raise ValueError(f"long_len ({self.long_len}) must be <= seq_len ({self.seq_len})")
+        if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError(f"mix: weights >= 0 with a positive sum, got {self.mix}")
+        if self.mix.get("replay", 0) > 0 and not self.replay:
+            raise ValueError("mix.replay > 0 needs replay languages")
+        bad = [w for w in self.ablation if not 0 <= w <= 1]
+        if bad:
+            raise ValueError(f"ablation: prompt-loss weights lie in [0, 1], got {bad}")
+        if self.prompt_loss_weight in self.ablation or len(set(self.ablation)) != len(self.ablation):
+            raise ValueError("ablation: each weight once, and not the chat run's prompt_loss_weight")
         return self
 
 

@@ -11,28 +11,13 @@ import yaml
 from pydantic import ValidationError
 
 from warmstart.config.params import Params
+from warmstart.config.sections import _loc
 
 PROFILES_DIR = Path(__file__).parent.with_name("profiles")
 
 
 class ParamsError(ValueError):
     """A params file that is missing, unreadable or invalid."""
-
-
-def _loc(loc: tuple[Any, ...], raw: Any) -> str:
-    """A dotted error location; a list item that has a name is shown by it (``pretrain.phases[phase2].lr``)."""
-    out, node = "", raw
-    for p in loc:
-        if isinstance(p, str) and p in ("handbook", "local", "hf"):  # the source kind's union tag
-            continue
-        item = node[p] if isinstance(node, (list, dict)) and (isinstance(p, int) or p in node) else None
-        if isinstance(p, int) and isinstance(node, list):
-            named = item.get("name") if isinstance(item, dict) else None
-            out += f"[{named}]" if isinstance(named, str) else f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-        node = item
-    return out
 
 
 def _format_errors(err: ValidationError, raw: dict[str, Any]) -> str:

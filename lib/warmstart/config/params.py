@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import model_validator
 
-from warmstart.config.downstream import Compress, Context, Evaluate, Report, Stability
+from warmstart.config.downstream import Chat, Compress, Context, Evaluate, Report, Stability
 from warmstart.config.sections import (
     Base,
     Corpus,
@@ -35,6 +35,7 @@ class Params(_Section):
     stability: Stability
     context: Context
     compress: Compress
+    chat: Chat = Chat()
     report: Report
 
     @model_validator(mode="after")

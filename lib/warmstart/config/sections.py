@@ -17,6 +17,22 @@ LANG_PATTERN = r"^[a-z]{2,3}(-[A-Z]{2})?$"
 LangCode = Annotated[str, Field(pattern=LANG_PATTERN)]
 
 
+def _loc(loc: tuple[Any, ...], raw: Any) -> str:
+    """A dotted error location; a list item that has a name is shown by it (``pretrain.phases[phase2].lr``)."""
+    out, node = "", raw
+    for p in loc:
+        if isinstance(p, str) and p in ("handbook", "local", "hf"):  # the source kind's union tag
+            continue
+        item = node[p] if isinstance(node, (list, dict)) and (isinstance(p, int) or p in node) else None
+        if isinstance(p, int) and isinstance(node, list):
+            named = item.get("name") if isinstance(item, dict) else None
+            out += f"[{named}]" if isinstance(named, str) else f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+        node = item
+    return out
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -421,8 +437,6 @@ class Pretrain(_Section):
         try:
             return Pretrain.model_validate(data)
         except ValidationError as err:
-            from warmstart.config.load import _loc  # a phase by its name: study.arms.x.phases[anneal].lr
-
             lines = [
                 f"{where}.{_loc(e['loc'], data)}: "
                 + ("missing key (a new phase gives every required field)" if e["type"] == "missing" else e["msg"])

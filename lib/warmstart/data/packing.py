@@ -29,6 +29,11 @@ GPU). Beware: with the default ``use_cache=True`` the model creates a cache
 object and silently skips that detection, so documents see each other (a
 test pins this). Pass neither to train on the plain concatenation.
 
+Loss roles (chat fine-tuning): a stream built ``with_roles`` also gives each token a role, the loss weight
+class of that token as a label (:data:`ROLES`): shards written with roles (:func:`warmstart.data.shards.
+write_role_shards`) give their own, the separators and BOS of such documents are ``ignore``; plain text
+(the replay rows) is ``text`` throughout, separators included, as plain training trains them.
+
 Byte accounting: each document may carry its UTF-8 byte length; the bytes of
 a document are credited in proportion to the tokens emitted, using integer
 cumulative rounding, so they add up exactly to the document's length once
@@ -43,16 +48,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+# a token's loss role as a label: ignore (template and separators of chat items), text (plain text, replay),
+# prompt (system/user turns of a chat item), response (assistant turns: inside the template's generation marks)
+ROLES = ("ignore", "text", "prompt", "response")
+ROLE_IGNORE, ROLE_TEXT, ROLE_PROMPT, ROLE_RESPONSE = range(4)
+
 
 @dataclass
 class PackedBatch:
-    """Rows from a stream: ``[n, seq_len]`` int64 tensors plus bookkeeping."""
+    """Rows from a stream: ``[n, seq_len]`` int64 tensors plus bookkeeping (``roles``: uint8, streams built
+    ``with_roles`` only)."""
 
     input_ids: torch.Tensor
     doc_ids: torch.Tensor
     position_ids: torch.Tensor
     bytes: int = 0
     corpora: list[str] = field(default_factory=list)
+    roles: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -60,7 +72,8 @@ class PackedBatch:
     def select(self, rows: slice | Sequence[int]) -> PackedBatch:
         idx = rows if isinstance(rows, slice) else torch.as_tensor(list(rows), dtype=torch.long)
         corp = self.corpora[rows] if isinstance(rows, slice) else [self.corpora[i] for i in rows]
-        return PackedBatch(self.input_ids[idx], self.doc_ids[idx], self.position_ids[idx], 0, corp)
+        roles = None if self.roles is None else self.roles[idx]
+        return PackedBatch(self.input_ids[idx], self.doc_ids[idx], self.position_ids[idx], 0, corp, roles)
 
 
 class ListDocuments:
@@ -84,6 +97,9 @@ class ListDocuments:
 
     def fill(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
         out[:] = self.docs[i][lo:hi]
+
+    def fill_roles(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+        out[:] = ROLE_TEXT
 
 
 class MappedDocuments:
@@ -115,6 +131,19 @@ class MappedDocuments:
         if k < hi - lo:  # the separator after the document
             out[k] = self.eos_id
 
+    def fill_roles(self, i: int, lo: int, hi: int, out: np.ndarray) -> None:
+        """The roles of tokens ``lo:hi`` as :meth:`fill` lays them out: the shards' own (BOS and separator
+        ``ignore``), or ``text`` throughout for shards written without roles."""
+        if not self.shards.has_roles:
+            out[:] = ROLE_TEXT
+            return
+        out[:] = ROLE_IGNORE
+        s, a, b = self.shards.span(i)
+        t_lo, t_hi = max(lo - self.pre, 0), min(hi - self.pre, b - a)
+        if t_hi > t_lo:
+            k = 1 if self.pre and lo == 0 else 0
+            out[k : k + t_hi - t_lo] = self.shards.shard_roles(s)[a + t_lo : a + t_hi]
+
 
 class PackedStream:
     """Endless, deterministic stream of packed rows over one corpus of documents.
@@ -133,6 +162,7 @@ class PackedStream:
         seed: int = 0,
         shuffle: bool = True,
         doc_bytes: Sequence[int] | None = None,
+        with_roles: bool = False,
     ):
         if not isinstance(docs, ListDocuments | MappedDocuments):
             docs = ListDocuments(docs, eos_id, doc_bytes)
@@ -142,6 +172,7 @@ class PackedStream:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         self.docs = docs
         self.seq_len, self.eos_id, self.seed, self.shuffle = seq_len, eos_id, seed, shuffle
+        self.with_roles = with_roles
         self.epoch = self.index = self.offset = 0
         self._perm_epoch, self._perm = -1, None
 
@@ -160,10 +191,12 @@ class PackedStream:
             self._perm_epoch = self.epoch
         return self._perm
 
-    def next_row(self, read: bool = True) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, int]:
-        """One row: (input_ids, doc_ids, position_ids, bytes consumed). ``read=False`` advances the position and
-        counts the bytes without reading tokens (the rows another rank trains on); the arrays are then None."""
+    def next_row(self, read: bool = True) -> tuple:
+        """One row: (input_ids, doc_ids, position_ids, bytes consumed, roles). ``read=False`` advances the
+        position and counts the bytes without reading tokens (the rows another rank trains on); the arrays are
+        then None. ``roles`` (uint8) only ``with_roles``, else None."""
         T = self.seq_len
+        roles = np.empty(T, np.uint8) if read and self.with_roles else None
         if read:
             ids, seg, pos = np.empty(T, np.int64), np.empty(T, np.int64), np.empty(T, np.int64)
         filled, nseg, nbytes = 0, 0, 0
@@ -174,6 +207,8 @@ class PackedStream:
             take = min(T - filled, n - self.offset)
             if read:
                 docs.fill(d, self.offset, self.offset + take, ids[filled : filled + take])
+                if roles is not None:
+                    docs.fill_roles(d, self.offset, self.offset + take, roles[filled : filled + take])
                 seg[filled : filled + take] = nseg
                 pos[filled : filled + take] = np.arange(take)
             b = docs.nbytes(d)
@@ -184,8 +219,8 @@ class PackedStream:
                 if self.index == n_docs:
                     self.index, self.epoch = 0, self.epoch + 1
         if not read:
-            return None, None, None, nbytes
-        return ids, seg, pos, nbytes
+            return None, None, None, nbytes, None
+        return ids, seg, pos, nbytes, roles
 
     def next_rows(self, n: int, name: str = "") -> PackedBatch:
         rows = [self.next_row() for _ in range(n)]
@@ -196,15 +231,17 @@ def _stack(rows: list[tuple], corpora: list[str], seq_len: int) -> PackedBatch:
     """Rows into a batch; a row that was not read (another rank's) is zeros."""
     zero = np.zeros(seq_len, np.int64)
 
-    def col(k: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([zero if r[k] is None else r[k] for r in rows]))
+    def col(k: int, z: np.ndarray = zero) -> torch.Tensor:
+        return torch.from_numpy(np.stack([z if r[k] is None else r[k] for r in rows]))
 
+    with_roles = any(r[4] is not None for r in rows)
     return PackedBatch(
         input_ids=col(0),
         doc_ids=col(1),
         position_ids=col(2),
         bytes=sum(r[3] for r in rows),
         corpora=corpora,
+        roles=col(4, zero.astype(np.uint8)) if with_roles else None,
     )
 
 

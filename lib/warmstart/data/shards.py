@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -162,17 +163,18 @@ def _encode(texts: list[str]) -> tuple[np.ndarray, ...]:
 class _ShardWriter:
     """Appends encoded batches to shard files under ``root``, starting a new shard past ``shard_tokens``."""
 
-    def __init__(self, root: Path, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, root: Path, dtype: np.dtype, shard_tokens: int, roles: bool = False):
         self.root, self.dtype, self.shard_tokens = root, dtype, shard_tokens
+        self.exts = ("tokens", "ends", "bytes", "roles") if roles else ("tokens", "ends", "bytes")
         self.shards: list[dict] = []
         self._files: tuple | None = None
 
     def _open(self) -> None:
         name = f"{len(self.shards):05d}"
         self.shards.append({"name": name, "documents": 0, "tokens": 0, "bytes": 0})
-        self._files = tuple(open(self.root / f"{name}.{ext}", "wb") for ext in ("tokens", "ends", "bytes"))
+        self._files = tuple(open(self.root / f"{name}.{ext}", "wb") for ext in self.exts)
 
-    def add(self, ids: np.ndarray, lengths: np.ndarray, nbytes: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, lengths: np.ndarray, nbytes: np.ndarray, roles: np.ndarray | None = None) -> None:
         offs = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])  # each document's start in ``ids``
         lo = 0
         while lo < len(lengths):
@@ -183,8 +185,10 @@ class _ShardWriter:
             # documents of this batch that go into the current shard (at least one: a document is never split)
             room = self.shard_tokens - cur["tokens"]
             hi = lo + max(1, int(np.searchsorted(offs[lo + 1 :] - offs[lo], room, side="right")))
-            ftok, fends, fbytes = self._files
+            ftok, fends, fbytes = self._files[:3]
             ftok.write(np.ascontiguousarray(ids[offs[lo] : offs[hi]], dtype=self.dtype).tobytes())
+            if len(self._files) == 4:  # each token's loss role (warmstart.data.packing.ROLES), one byte each
+                self._files[3].write(np.ascontiguousarray(roles[offs[lo] : offs[hi]], dtype=np.uint8).tobytes())
             ends = (cur["tokens"] + offs[lo + 1 : hi + 1] - offs[lo]).astype(np.uint64)
             fends.write(ends.astype("<u8").tobytes())
             fbytes.write(nbytes[lo:hi].astype("<u8").tobytes())
@@ -253,6 +257,69 @@ def tokenize_files(
     return manifest
 
 
+def write_role_shards(
+    items: Iterable[tuple[Sequence[int], Sequence[int], int]],
+    out_dir: str | Path,
+    tokenizer: Any,
+    *,
+    name: str = "",
+    sources: Sequence[str | Path] = (),
+    batch_docs: int = 1024,
+    shard_tokens: int = SHARD_TOKENS,
+) -> dict:
+    """Pre-tokenized documents with a loss role per token (chat items: ``(ids, roles, utf8_bytes)``, e.g. from
+    :func:`warmstart.chat.template.encode`) into shards at ``out_dir``, as :func:`tokenize_files` writes text:
+    streamed a batch at a time, the directory whole or not at all; each shard also has ``NNNNN.roles`` (uint8,
+    one per token) and the manifest ``"roles": true``. ``sources``: the files the items came from (hashed)."""
+    size = vocab_size(tokenizer)
+    dtype = token_dtype(size)
+    paths = [Path(p) for p in sources]
+    with atomic_dir(out_dir) as tmp:
+        writer = _ShardWriter(tmp, dtype, shard_tokens, roles=True)
+        try:
+            batch: list = []
+            for item in itertools.chain(items, [None]):  # streamed: at most batch_docs items in memory
+                if item is not None:
+                    ids, roles, nbytes = item
+                    if len(ids) != len(roles):
+                        raise ShardError(f"{name or out_dir}: an item has {len(ids)} ids but {len(roles)} roles")
+                    if len(ids) and max(ids) >= size:
+                        raise ShardError(f"{name or out_dir}: id {max(ids)} outside the {size}-token vocabulary")
+                    batch.append(item)
+                if batch and (item is None or len(batch) == batch_docs):
+                    lengths = np.asarray([len(b[0]) for b in batch], np.int64)
+                    ids = np.concatenate([np.asarray(b[0], np.int64) for b in batch])
+                    roles = np.concatenate([np.asarray(b[1], np.uint8) for b in batch])
+                    writer.add(ids, lengths, np.asarray([b[2] for b in batch], np.int64), roles)
+                    batch = []
+        finally:
+            writer.close()
+        if not writer.shards:
+            raise ShardError(f"{name or out_dir}: no items to write")
+        manifest = {
+            "format": FORMAT,
+            "name": name,
+            "tokenizer": {"fingerprint": fingerprint(tokenizer), "vocab_size": size},
+            "dtype": dtype.name,
+            "roles": True,
+            "sources": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in paths],
+            "documents": sum(s["documents"] for s in writer.shards),
+            "tokens": sum(s["tokens"] for s in writer.shards),
+            "bytes": sum(s["bytes"] for s in writer.shards),
+            "shards": writer.shards,
+        }
+        write_json(tmp / "manifest.json", manifest)
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -288,14 +355,16 @@ class TokenShards:
             )
         if not m["shards"] or m["documents"] == 0:
             raise ShardError(f"{self.path}: empty split (no documents)")
-        self._tokens, self._ends, self._bytes, firsts = [], [], [], [0]
+        self.has_roles = bool(m.get("roles"))
+        self._tokens, self._ends, self._bytes, self._roles, firsts = [], [], [], [], [0]
         for s in m["shards"]:
             arrays = []
-            for ext, dt, count in (
+            files = [
                 ("tokens", self.dtype, s["tokens"]),
                 ("ends", "<u8", s["documents"]),
                 ("bytes", "<u8", s["documents"]),
-            ):
+            ]
+            for ext, dt, count in files + ([("roles", "u1", s["tokens"])] if self.has_roles else []):
                 f = self.path / f"{s['name']}.{ext}"
                 want = count * np.dtype(dt).itemsize
                 got = f.stat().st_size if f.is_file() else None
@@ -305,7 +374,9 @@ class TokenShards:
                         f"{f}: {what}, the manifest says {want:,} (truncated or not this manifest's shard)"
                     )
                 arrays.append(np.memmap(f, dtype=dt, mode="r") if count else np.zeros(0, dt))
-            toks, ends, nb = arrays
+            toks, ends, nb = arrays[:3]
+            if self.has_roles:
+                self._roles.append(arrays[3])
             if s["documents"] and (int(ends[-1]) != s["tokens"] or int(nb.sum()) != s["bytes"]):
                 raise ShardError(f"{self.path}/{s['name']}: its index does not match the manifest's token/byte counts")
             self._tokens.append(toks)
@@ -348,6 +419,12 @@ class TokenShards:
         """The memory map of shard ``s``'s tokens."""
         return self._tokens[s]
 
+    def shard_roles(self, s: int) -> np.ndarray:
+        """The memory map of shard ``s``'s token roles (shards written with roles only)."""
+        if not self.has_roles:
+            raise ShardError(f"{self.path}: written without token roles")
+        return self._roles[s]
+
     def lengths(self) -> np.ndarray:
         """Tokens of every document (loads the index: 8 bytes per document)."""
         return np.concatenate([np.diff(e, prepend=np.uint64(0)) for e in self._ends]).astype(np.int64)
@@ -355,11 +432,7 @@ class TokenShards:
     def verify(self) -> None:
         """Recompute each source's SHA-256 and compare it with the manifest (reads every source once)."""
         for src in self.manifest["sources"]:
-            h = hashlib.sha256()
-            with open(src["path"], "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            if h.hexdigest() != src["sha256"]:
+            if _sha256(Path(src["path"])) != src["sha256"]:
                 raise ShardError(f"{self.path}: source {src['path']} changed since it was tokenized")
 
 

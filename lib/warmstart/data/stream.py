@@ -67,8 +67,16 @@ def build_stream(
     if cfg.add_bos and bos is None:
         raise ValueError("add_bos is set but the tokenizer has no bos token")
     streams = {}
+    with_roles = getattr(cfg, "role_weights", None) is not None
     for i, (name, files) in enumerate(cfg.train_files.items()):
         shards = open_corpus(name, files, tokenizer, cache, cfg.text_field, main, barrier)
+        if shards.has_roles and not with_roles:
+            raise ValueError(
+                f"train_files[{name!r}]: {shards.path} holds chat items with token roles; the run needs "
+                "role_weights (the loss weight of each role) to train on them"
+            )
         docs = MappedDocuments(shards, tokenizer.eos_token_id, bos)
-        streams[name] = PackedStream(docs, cfg.seq_len, tokenizer.eos_token_id, cfg.seed + i, cfg.shuffle)
+        streams[name] = PackedStream(
+            docs, cfg.seq_len, tokenizer.eos_token_id, cfg.seed + i, cfg.shuffle, with_roles=with_roles
+        )
     return CorpusStream(streams, cfg.corpus_schedule or None, cfg.mix)

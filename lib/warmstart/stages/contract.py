@@ -48,6 +48,7 @@ STAGES = {
     "compress_prep": "warmstart.stages.compress",
     "compress_run": "warmstart.stages.compress",
     "compress": "warmstart.stages.compress",
+    "chat": "warmstart.stages.chat",
     "report": "warmstart.stages.report",
 }
 

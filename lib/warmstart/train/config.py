@@ -59,6 +59,7 @@ FEATURE_DEFAULTS = {
     "kd_temperature": 1.0,
     "kd_ce_share": 0.0,
     "kd_top_k": None,
+    "role_weights": None,
 }
 
 
@@ -166,6 +167,10 @@ class TrainConfig(BaseModel):
     kd_temperature: float = Field(default=1.0, gt=0)
     kd_ce_share: float = Field(default=0.0, ge=0, le=1)
     kd_top_k: int | None = Field(default=None, ge=1)  # the teacher's top-k logits only (renormalised)
+    # chat fine-tuning (warmstart.chat): the loss weight of each token role (warmstart.data.packing.ROLES:
+    # ignore, text, prompt, response; ignore is always 0); the loss is sum(w * ce) / sum(w) over a micro-batch's
+    # labels. Needed to train on shards written with roles; plain text corpora beside them are role "text".
+    role_weights: dict[Literal["text", "prompt", "response"], float] | None = None
     seed: int = 0
 
     @model_validator(mode="after")
@@ -195,7 +200,20 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "masked_share and teacher_path cannot be combined (distillation of masked rows is not defined)"
             )
-        for name, on in (("z_loss", self.z_loss > 0), ("teacher_path", self.teacher_path is not None)):
+        if self.role_weights is not None:
+            bad = {k: v for k, v in self.role_weights.items() if not (0 <= v <= 1)}
+            if bad:
+                raise ValueError(f"role_weights: each weight must lie in [0, 1], got {bad}")
+            if not any(self.role_weights.get(k, 1.0) > 0 for k in ("text", "response")):
+                raise ValueError("role_weights: text or response must have a positive weight (nothing to learn)")
+            for other, on in (("teacher_path", self.teacher_path is not None), ("masked_share", self.masked_share > 0)):
+                if on:
+                    raise ValueError(f"role_weights cannot be combined with {other}")
+        for name, on in (
+            ("z_loss", self.z_loss > 0),
+            ("teacher_path", self.teacher_path is not None),
+            ("role_weights", self.role_weights is not None),
+        ):
             if on and self.fused_kernels:
                 raise ValueError(
                     f"{name} cannot be combined with fused_kernels: the fused linear-cross-entropy never materialises "

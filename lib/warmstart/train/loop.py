@@ -220,6 +220,7 @@ class Trainer(StepMixin, CheckpointMixin):
             cfg.kd_top_k,
             len(self.tokenizer),
             self.acc.autocast,
+            cfg.role_weights,
         )
         self.signals = Signals(self.unwrapped, cfg.signals_every) if cfg.signals_every else None
 

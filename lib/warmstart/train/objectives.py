@@ -119,6 +119,7 @@ class Objective:
         top_k: int | None = None,
         vocab: int | None = None,
         autocast: Callable[[], Any] | None = None,
+        role_weights: dict[str, float] | None = None,
     ):
         self.z_loss, self.teacher, self.temperature, self.ce_share, self.top_k = (
             z_loss,
@@ -128,12 +129,19 @@ class Objective:
             top_k,
         )
         self.vocab, self.autocast = vocab, autocast
+        self.role_weights = None if role_weights is None else role_weight_table(role_weights)
 
     @property
     def plain(self) -> bool:
-        return self.z_loss == 0 and self.teacher is None
+        return self.z_loss == 0 and self.teacher is None and self.role_weights is None
 
-    def __call__(self, out: Any, kw: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(
+        self, out: Any, kw: dict, roles: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.role_weights is not None:
+            if roles is None:
+                raise RuntimeError("role_weights are set but the batch carries no token roles")
+            return weighted_ce(out.logits, kw["labels"], self.role_weights.to(out.logits.device)[roles.long()]), {}
         if self.plain:
             return out.loss, {}
         from warmstart.train.distil import kd_kl
@@ -163,3 +171,27 @@ class Objective:
                 loss = loss + self.z_loss * lse.square().mean()
             parts["lse"] = lse.detach()
         return loss, parts
+
+
+def role_weight_table(role_weights: dict[str, float]) -> torch.Tensor:
+    """The loss weight of each role id (:data:`warmstart.data.packing.ROLES`): ``ignore`` 0, the others as
+    given, 1 when not given."""
+    from warmstart.data.packing import ROLES
+
+    unknown = set(role_weights) - set(ROLES[1:])
+    if unknown:
+        raise ValueError(f"role_weights: unknown roles {sorted(unknown)}; known: {', '.join(ROLES[1:])}")
+    return torch.tensor([0.0, *(float(role_weights.get(r, 1.0)) for r in ROLES[1:])])
+
+
+def weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum(w * ce) / sum(w)`` of next-token prediction: position ``t`` predicts ``labels[t + 1]`` with that
+    label's weight ``weights[t + 1]`` (transformers' shift); labels of -100 weigh 0. A micro-batch whose weights
+    are all 0 gives a zero loss that still depends on the logits (its gradient is zero, not missing)."""
+    if logits is None:
+        raise RuntimeError("role_weights need the output logits (not with a fused linear-cross-entropy)")
+    lab, w = labels[:, 1:], weights[:, 1:].to(torch.float32) * (labels[:, 1:] != -100)
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), lab.flatten().clamp_min(0), reduction="none"
+    ).view_as(lab)
+    return (ce * w).sum() / w.sum().clamp_min(1e-12)

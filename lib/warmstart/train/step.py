@@ -71,8 +71,11 @@ class StepMixin:
             ctx = acc.no_sync(self.model) if a < accum - 1 else contextlib.nullcontext()
             with ctx:
                 with self.signals.capture() if sig and a == 0 and acc.process_index == 0 else contextlib.nullcontext():
-                    out = self.model(**kw)
-                loss, parts = self.objective(out, kw)
+                    # with role weights the objective computes the weighted loss from the logits: the model's own
+                    # loss over the labels would be a second cross-entropy over the vocabulary, thrown away
+                    out = self.model(**kw) if batch.roles is None else self.model(**_without(kw, "labels"))
+                roles = None if batch.roles is None else batch.roles[sl].to(acc.device)
+                loss, parts = self.objective(out, kw, roles)
                 lse = parts.pop("lse", None)
                 if sig:
                     self.signals.add_logits(out.logits, kw["labels"], lse)
@@ -155,3 +158,7 @@ def _is_dtensor(t: torch.Tensor) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
+
+
+def _without(kw: dict, key: str) -> dict:
+    return {k: v for k, v in kw.items() if k != key}
