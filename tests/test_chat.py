@@ -175,6 +175,22 @@ def test_plain_shards_are_role_text_and_role_shards_need_role_weights(chat_dir, 
         build_stream(cfg, tok)
 
 
+def test_replay_shards_of_the_extended_tokenizer_are_read_as_they_are(chat_dir, tmp_path):
+    from warmstart.data.shards import extends, tokenize_files
+    from warmstart.data.stream import open_corpus
+
+    path, _ = chat_dir
+    chat_tok, base = _tok(path), byte_bpe(TEXTS, 300)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:5]))
+    tokenize_files([str(tmp_path / "t.jsonl")], tmp_path / "sh", base)
+    assert extends(chat_tok, tmp_path / "sh") and not extends(base, tmp_path / "sh")
+    shards = open_corpus("replay", [str(tmp_path / "sh")], chat_tok, tmp_path / "cache")
+    assert shards.doc(0).tolist() == chat_tok(TEXTS[0], add_special_tokens=False)["input_ids"]
+    other = byte_bpe(TEXTS, 300)
+    other.add_tokens(["plainword"])  # an ordinary added token changes how text splits: not an extension
+    assert not extends(other, tmp_path / "sh")
+
+
 def test_weighted_ce_exact_on_a_tiny_batch():
     logits = torch.zeros(1, 3, 4)
     logits[0, 0, 1] = math.log(3.0)  # p(1) = 3/6 at position 0
@@ -349,6 +365,18 @@ def test_corpus_items_and_user_items(tmp_path):
     with pytest.raises(ChatError, match="no built-in instruction wording for 'fi-FI'"):
         cd.phrases("fi-FI")
     assert cd.split_of("a", 0.0) == "train" and {cd.split_of(str(k), 0.5) for k in range(50)} == {"train", "test"}
+
+
+def test_reservoir_and_first_paragraphs_hold_only_what_they_return(tmp_path):
+    items = [{"n": i} for i in range(1000)]
+    a = cd.reservoir(iter(items), 10, "s")
+    assert len(a) == 10 and a == cd.reservoir(iter(items), 10, "s") and a != cd.reservoir(iter(items), 10, "t")
+    assert [x["n"] for x in a] == sorted(x["n"] for x in a)  # in stream order
+    assert cd.reservoir(iter(items[:3]), 10, "s") == items[:3]
+    rec = lambda i: json.dumps({"id": str(i), "page": f"p{i // 3}", "text": "x" * 100}) + "\n"  # noqa: E731
+    (tmp_path / "c.jsonl").write_text("".join(rec(i) for i in range(20)))
+    assert len(cd.first_paragraphs(tmp_path / "c.jsonl", 250)) == 3  # stops once 250 bytes are in
+    assert [p for p, _ in cd.pages(tmp_path / "c.jsonl")] == [f"p{k}" for k in range(7)]
 
 
 def test_chat_params_validate():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -84,3 +85,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
     return out
+
+
+def sha256sum(path: str | Path) -> str:
+    """The SHA-256 of a file, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -399,6 +399,33 @@ def write_items(path: Path, items: Iterable[dict[str, Any]], tokens: dict[str, s
     return counts
 
 
+def reservoir(items: Iterable[dict[str, Any]], k: int, seed: str) -> list[dict[str, Any]]:
+    """A seeded uniform sample of ``k`` items of a stream (Algorithm R: ``k`` items in memory), in the
+    stream's order."""
+    rng = random.Random(seed)
+    kept: list[tuple[int, dict]] = []
+    for n, it in enumerate(items):
+        if n < k:
+            kept.append((n, it))
+        else:
+            j = rng.randrange(n + 1)
+            if j < k:
+                kept[j] = (n, it)
+    return [it for _, it in sorted(kept, key=lambda x: x[0])]
+
+
+def first_paragraphs(path: Path, max_bytes: int) -> list[str]:
+    """The first paragraphs of a corpus split, up to about ``max_bytes`` of UTF-8."""
+    out, got = [], 0
+    for _, paras in pages(path):
+        for t in paras:
+            if got >= max_bytes:
+                return out
+            out.append(t)
+            got += len(t.encode("utf-8"))
+    return out
+
+
 def read_items(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         for line in fh:

@@ -3,7 +3,8 @@
 * :func:`response_nll`: the negative log-likelihood of every assistant response (its content and closing end
   token, given the prompt through the chat template) and its UTF-8 bytes: bits per byte of responses, paired
   between two models over the same items (:func:`warmstart.evaluate.intervals.paired_difference`).
-* :func:`generate_turns` and :func:`adherent`: greedy assistant turns; a turn adheres when it ends with the
+* :func:`~warmstart.context.retrieval.generate_ids` on :func:`turn_prompts`, and :func:`adherent`: greedy
+  assistant turns; a turn adheres when it ends with the
   end token within the length limit and emits no role token before it.
 * :func:`zero_shot_translations`: NorMistral's zero-shot translation prompt (``Engelsk: {text}\\nBokmål:``,
   cut at the first newline) for the model before chat tuning; :func:`chrf` scores both with sacrebleu's chrF.
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from warmstart.chat.template import encode
+from warmstart.context.retrieval import generate_ids
 from warmstart.data.packing import ROLE_RESPONSE
 
 
@@ -47,43 +49,6 @@ def response_nll(model: Any, tokenizer: Any, items: Sequence[dict], batch_size: 
         per = F.cross_entropy(logits[:, :-1].flatten(0, 1), lab.flatten(), ignore_index=-100, reduction="none")
         nll += per.view(len(chunk), -1).sum(1).tolist()
     return nll, [e[2] for e in enc]
-
-
-@torch.no_grad()
-def generate_ids(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[list[int]],
-    max_new_tokens: int,
-    stop_id: int | None,
-    batch_size: int = 16,
-) -> list[list[int]]:
-    """Greedy continuations (new ids only, cut after ``stop_id``) of tokenized prompts, left-padded batches."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    model.eval()
-    out: list[list[int]] = []
-    for b in range(0, len(prompts), batch_size):
-        chunk = prompts[b : b + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            att[i, width - len(p) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(device),
-            attention_mask=att.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=stop_id,
-        )
-        for row in gen[:, width:].tolist():
-            if stop_id is not None and stop_id in row:
-                row = row[: row.index(stop_id) + 1]
-            out.append(row)
-    return out
 
 
 def turn_prompts(tokenizer: Any, items: Sequence[dict]) -> list[list[int]]:

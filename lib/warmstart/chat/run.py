@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from warmstart.chat import data as cd
 from warmstart.chat import measure as cm
 from warmstart.chat.template import ChatError, add_chat_tokens, check_template, encode, fit_length
+
+SUITE_TEXT_BYTES = 4_000_000  # the retrieval tasks' haystack material: the split's first paragraphs, this many bytes
 
 
 def run_name(weight: float) -> str:
@@ -84,7 +85,7 @@ def build_items(params: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
                     c.system,
                 )
             if c.long_items and c.long_tasks and c.mix.get("long", 0) > 0:
-                texts = [t for _, paras in cd.pages(_corpus(params, s.target_lang, split)) for t in paras]
+                texts = cd.first_paragraphs(_corpus(params, s.target_lang, split), SUITE_TEXT_BYTES)
                 n = c.long_items if split == "train" else max(1, c.long_items // 4)
                 yield from cd.long_items(
                     texts,
@@ -155,8 +156,9 @@ def train_config(params: Any, init: Path, shards: dict[str, str], weight: float,
     mix = {part: c.mix[part] for part in shards}
     if c.mix.get("replay", 0) > 0:
         langs = {"target": s.target_lang, "source": s.source_lang}
-        files["replay"] = [str(_corpus(params, langs[r], "train")) for r in c.replay]
-        mix["replay"] = c.mix["replay"]
+        for r in c.replay:
+            files[f"replay-{r}"] = replay_files(params, langs[r], init)
+            mix[f"replay-{r}"] = c.mix["replay"] / len(c.replay)
     return TrainConfig(
         model_path=str(init),
         tokenizer_path=str(init),
@@ -177,19 +179,39 @@ def train_config(params: Any, init: Path, shards: dict[str, str], weight: float,
     )
 
 
+def replay_files(params: Any, lang: str, init: Path) -> list[str]:
+    """The replay text of ``lang``: the tokenize stage's train shards of the tokenizer the chat tokenizer
+    extends (read as they are: the chat tokens come after every id in them), else the corpus' train jsonl
+    (tokenized once into the runs' shared token cache)."""
+    from transformers import AutoTokenizer
+
+    from warmstart.data.shards import extends, is_token_dir
+
+    tok = AutoTokenizer.from_pretrained(init)
+    for name in ("target", "base"):
+        d = params.path("tokens", name, lang, "train")
+        if is_token_dir(d) and extends(tok, d):
+            return [str(d)]
+    return [str(_corpus(params, lang, "train"))]
+
+
 def eval_items(params: Any, items: Path) -> dict[str, list[dict]]:
     """The held-out items measured: ``turns`` (``chat.eval_items``, a seeded draw over every kind) and
     ``translate`` (``chat.translation_items`` per direction)."""
-    c = params.chat
-    test = list(cd.read_items(items))
-    rng = random.Random(f"warmstart.chat:{params.shared.seed}:eval")
-    turns = rng.sample(test, min(c.eval_items, len(test)))
-    by_dir: dict[str, list[dict]] = {}
-    for it in test:
-        if it["kind"] == "translate":
-            by_dir.setdefault(it["direction"], []).append(it)
-    trans = [it for d in sorted(by_dir) for it in rng.sample(by_dir[d], min(c.translation_items, len(by_dir[d])))]
+    c, seed = params.chat, params.shared.seed
+    turns = cd.reservoir(cd.read_items(items), c.eval_items, f"warmstart.chat:{seed}:eval")
+    if not turns:
+        raise ChatError(f"chat: no held-out items in {items} (the test chapters gave none): nothing to measure")
+    trans = []
+    for d in sorted({it["direction"] for it in turns if it["kind"] == "translate"} | _directions(params)):
+        picked = (it for it in cd.read_items(items) if it["kind"] == "translate" and it["direction"] == d)
+        trans += cd.reservoir(picked, c.translation_items, f"warmstart.chat:{seed}:translate:{d}")
     return {"turns": turns, "translate": trans}
+
+
+def _directions(params: Any) -> set[str]:
+    s = params.shared
+    return {f"{s.target_lang}>{s.source_lang}", f"{s.source_lang}>{s.target_lang}"}
 
 
 def measure_chat(model: Any, tok: Any, params: Any, ev: dict[str, list[dict]]) -> dict[str, Any]:

@@ -104,17 +104,14 @@ def collect(params: Any, detail: dict[str, Any]) -> dict[str, Any]:
         "chrf": r["chrf"]["mean"] if r.get("chrf") else None,
         "chrf_zero_shot": before["chrf"]["mean"] if before.get("chrf") else None,
         "source_bpb_change": r["forgetting"]["diff"],
-        "seconds": round(seconds, 1),
     }
     for name, x in runs.items():
         if name != main:
             head[f"response_bpb_pw{x['prompt_weight']:g}_vs_main".replace(".", "p")] = x["vs_main"]["diff"]
     goals = {
-        "adherence >= 0.90": bool(r["adherence"]["acc"] >= 0.90),
-        "adherence before <= 0.05": bool(before["adherence"]["acc"] <= 0.05),
-        "response bpb better, CI excludes 0": bool(
-            r["response_vs_before"]["ci"] is not None and r["response_vs_before"]["ci"][1] < 0
-        ),
+        "adherence_at_least_0p9": bool(r["adherence"]["acc"] >= 0.90),
+        "adherence_before_at_most_0p05": bool(before["adherence"]["acc"] <= 0.05),
+        "response_bpb_better": bool(r["response_vs_before"]["ci"] is not None and r["response_vs_before"]["ci"][1] < 0),
     }
     paras = [
         f"The adapted model `{src_name}` with Alfred-40B-1023's chat tokens ({c.token_init}-initialised rows) "
@@ -127,7 +124,7 @@ def collect(params: Any, detail: dict[str, Any]) -> dict[str, Any]:
         f"{r['response']['bpb']:.3f} against {before['response']['bpb']:.3f} "
         f"(paired {r['response_vs_before']['diff']:+.3f} {cs._ci(r['response_vs_before'])}).",
         cs.ablation_paragraph(runs, main),
-        "Goals: " + "; ".join(f"{k}: {'met' if v else 'missed'}" for k, v in goals.items()) + ".",
+        "Goals: " + "; ".join(f"{cs.GOALS[k]}: {'met' if v else 'missed'}" for k, v in goals.items()) + ".",
     ]
     findings = [
         f"Chat tuning: template adherence {r['adherence']['acc']:.2f} (before {before['adherence']['acc']:.2f}); "
@@ -144,6 +141,7 @@ def collect(params: Any, detail: dict[str, Any]) -> dict[str, Any]:
         {"goals": goals, **head},
         seconds,
         findings=findings,
+        labels=cs.labels(head),
     )
     card_dir = params.report_path("cards", "chat")
     card_dir.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,33 @@ def rows(runs: dict[str, dict], before: dict) -> list[list[Any]]:
     return out
 
 
+GOALS = {
+    "adherence_at_least_0p9": "template adherence at least 0.90",
+    "adherence_before_at_most_0p05": "template adherence before tuning at most 0.05",
+    "response_bpb_better": "held-out response bits per byte better than before (paired interval below 0)",
+}
+LABELS = {
+    "adherence": "template adherence of the chat model (held-out turns)",
+    "adherence_before": "template adherence before chat tuning",
+    "response_bpb": "held-out response bits per byte, chat model",
+    "response_bpb_before": "held-out response bits per byte before chat tuning",
+    "response_bpb_diff_hi": "upper end of the paired 95% interval of response bits per byte, chat minus before",
+    "chrf": "chrF on held-out translation instructions, chat model",
+    "chrf_zero_shot": "chrF of the adapted model's zero-shot translations (NorMistral's prompt)",
+    "source_bpb_change": "source-language bits per byte, chat model minus adapted model",
+}
+
+
+def labels(head: dict[str, Any]) -> dict[str, str]:
+    """Human labels of the headline's keys, its goals and its ablation entries."""
+    out = {**LABELS, **{f"goals.{k}": f"goal met: {v}" for k, v in GOALS.items()}}
+    for key in head:
+        if key.startswith("response_bpb_pw"):
+            w = key[len("response_bpb_pw") : -len("_vs_main")].replace("p", ".")
+            out[key] = f"response bits per byte, prompt-loss weight {w} minus the chat run's"
+    return out
+
+
 COLUMNS = [
     "model",
     "response bits/byte",

@@ -318,23 +318,31 @@ def exact_match(generation: str, answer: str) -> bool:
 
 
 @torch.no_grad()
-def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy continuations of ``prompts`` (left-padded batches); decoded without special tokens."""
+def generate_ids(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    stop_id: int | None,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Greedy continuations of tokenized ``prompts`` in left-padded batches: the new ids of each, cut after
+    the first ``stop_id`` (None: never cut, the full ``max_new_tokens``)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise ValueError("tokenizer: needs a pad or eos token to batch prompts")
     device = next(model.parameters()).device
     was = model.training
     model.eval()
-    outs: list[str] = []
+    outs: list[list[int]] = []
     try:
         for b in range(0, len(prompts), batch_size):
-            enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[b : b + batch_size]]
-            width = max(len(e) for e in enc)
-            ids = torch.full((len(enc), width), pad, dtype=torch.long)
-            att = torch.zeros((len(enc), width), dtype=torch.long)
-            for i, e in enumerate(enc):
-                ids[i, width - len(e) :] = torch.tensor(e)
+            chunk = prompts[b : b + batch_size]
+            width = max(len(e) for e in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            att = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, e in enumerate(chunk):
+                ids[i, width - len(e) :] = torch.tensor(list(e))
                 att[i, width - len(e) :] = 1
             gen = model.generate(
                 input_ids=ids.to(device),
@@ -342,12 +350,21 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens:
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stop_id,
             )
-            outs += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+            for row in gen[:, width:].tolist():
+                outs.append(row[: row.index(stop_id) + 1] if stop_id is not None and stop_id in row else row)
     finally:
         model.train(was)
     return outs
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy continuations of ``prompts`` (left-padded batches, stopped at EOS); decoded without special
+    tokens."""
+    enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    gens = generate_ids(model, tokenizer, enc, max_new_tokens, tokenizer.eos_token_id, batch_size)
+    return tokenizer.batch_decode(gens, skip_special_tokens=True)
 
 
 def score_generations(suite: Sequence[Mapping[str, Any]], generations: Sequence[str]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ their own paragraphs, marked ``code``, so a param can keep or drop them.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -85,14 +84,6 @@ def cache_dir() -> Path:
     path = Path(root, "debs")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def sha256sum(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def deb_version(deb: Path) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from warmstart.data.parallel import ordered_map
-from warmstart.io import atomic_dir, write_json
+from warmstart.io import atomic_dir, sha256sum, write_json
 
 FORMAT = "warmstart.tokens/1"
 SHARD_TOKENS = 1 << 28  # 256M tokens (512 MiB at uint16) per shard file
@@ -55,12 +55,29 @@ def tokenizer_json(tokenizer: Any) -> str:
     return backend.to_str()
 
 
-def fingerprint(tokenizer: Any) -> str:
+def fingerprint(tokenizer: Any, below: int | None = None) -> str:
     """SHA-256 over what decides a text's ids (normalizer, pre-tokenizer, model, added tokens); padding,
-    truncation and the post-processor (special tokens added around a sequence) do not change shards."""
+    truncation and the post-processor (special tokens added around a sequence) do not change shards.
+    ``below``: leave out the added tokens with ids from ``below`` on (what a tokenizer was before they were
+    added)."""
     spec = json.loads(tokenizer_json(tokenizer))
+    if below is not None:
+        spec["added_tokens"] = [t for t in spec.get("added_tokens") or [] if t["id"] < below]
     canon = json.dumps({k: spec.get(k) for k in ENCODING_KEYS}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def extends(tokenizer: Any, path: str | Path) -> bool:
+    """Whether ``tokenizer`` is the tokenizer of the shards at ``path`` plus special tokens only, each with an
+    id past the shards' vocabulary (chat tokens): every id in the shards means the same to it, and a text
+    holding none of the new tokens' strings gets the same ids."""
+    m = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    have = int(m["tokenizer"]["vocab_size"])
+    spec = json.loads(tokenizer_json(tokenizer))
+    new = [t for t in spec.get("added_tokens") or [] if t["id"] >= have]
+    return (
+        bool(new) and all(t["special"] for t in new) and fingerprint(tokenizer, have) == m["tokenizer"]["fingerprint"]
+    )
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -241,18 +258,8 @@ def tokenize_files(
             writer.close()
         if not writer.shards:
             raise ShardError(f"{name or out_dir}: the sources {[str(p) for p in paths]} hold no documents")
-        manifest = {
-            "format": FORMAT,
-            "name": name,
-            "tokenizer": {"fingerprint": fingerprint(tokenizer), "vocab_size": size},
-            "dtype": dtype.name,
-            "text_field": text_field,
-            "sources": [{"path": str(p), "sha256": hashes[str(p)], "bytes": p.stat().st_size} for p in paths],
-            "documents": sum(s["documents"] for s in writer.shards),
-            "tokens": sum(s["tokens"] for s in writer.shards),
-            "bytes": sum(s["bytes"] for s in writer.shards),
-            "shards": writer.shards,
-        }
+        sources = [{"path": str(p), "sha256": hashes[str(p)], "bytes": p.stat().st_size} for p in paths]
+        manifest = _manifest(name, tokenizer, dtype, sources, writer.shards, text_field=text_field)
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
@@ -296,28 +303,26 @@ def write_role_shards(
             writer.close()
         if not writer.shards:
             raise ShardError(f"{name or out_dir}: no items to write")
-        manifest = {
-            "format": FORMAT,
-            "name": name,
-            "tokenizer": {"fingerprint": fingerprint(tokenizer), "vocab_size": size},
-            "dtype": dtype.name,
-            "roles": True,
-            "sources": [{"path": str(p), "sha256": _sha256(p), "bytes": p.stat().st_size} for p in paths],
-            "documents": sum(s["documents"] for s in writer.shards),
-            "tokens": sum(s["tokens"] for s in writer.shards),
-            "bytes": sum(s["bytes"] for s in writer.shards),
-            "shards": writer.shards,
-        }
+        sources = [{"path": str(p), "sha256": sha256sum(p), "bytes": p.stat().st_size} for p in paths]
+        manifest = _manifest(name, tokenizer, dtype, sources, writer.shards, roles=True)
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _manifest(name: str, tokenizer: Any, dtype: np.dtype, sources: list, shards: list, **extra: Any) -> dict:
+    """``manifest.json`` of a written split: format, tokenizer, dtype, ``extra`` fields, sources and totals."""
+    return {
+        "format": FORMAT,
+        "name": name,
+        "tokenizer": {"fingerprint": fingerprint(tokenizer), "vocab_size": vocab_size(tokenizer)},
+        "dtype": dtype.name,
+        **extra,
+        "sources": sources,
+        "documents": sum(s["documents"] for s in shards),
+        "tokens": sum(s["tokens"] for s in shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "shards": shards,
+    }
 
 
 # ---------------------------------------------------------------- reading
@@ -432,7 +437,7 @@ class TokenShards:
     def verify(self) -> None:
         """Recompute each source's SHA-256 and compare it with the manifest (reads every source once)."""
         for src in self.manifest["sources"]:
-            if _sha256(Path(src["path"])) != src["sha256"]:
+            if sha256sum(Path(src["path"])) != src["sha256"]:
                 raise ShardError(f"{self.path}: source {src['path']} changed since it was tokenized")
 
 

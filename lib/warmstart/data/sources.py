@@ -25,6 +25,7 @@ from typing import Any
 from warmstart.config import HandbookSource, HFSource, LocalSource, Params
 from warmstart.data import handbook
 from warmstart.data.handbook import Paragraph
+from warmstart.io import sha256sum
 
 _PARA_SPLIT = re.compile(r"\n\s*\n")
 _WS = re.compile(r"\s+")
@@ -194,7 +195,7 @@ def _handbook_documents(src: HandbookSource, langs: list[str], report: SourceRep
     report.handbook = {
         "package": handbook.PACKAGE,
         "version": handbook.deb_version(deb),
-        "sha256": handbook.sha256sum(deb),
+        "sha256": sha256sum(deb),
         "file": deb.name,
     }
     wanted = set(src.documents) if src.documents is not None else None

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.data.packing import CorpusStream, MappedDocuments, PackedStream
-from warmstart.data.shards import TokenShards, expand, fingerprint, is_token_dir, iter_texts, tokenize_files, vocab_size
+from warmstart.data.shards import (
+    TokenShards,
+    expand,
+    extends,
+    fingerprint,
+    is_token_dir,
+    iter_texts,
+    tokenize_files,
+    vocab_size,
+)
 
 
 def read_documents(files: list[str], text_field: str = "text") -> list[str]:
@@ -44,7 +53,8 @@ def open_corpus(
     (by the main process only; the others wait at ``barrier``)."""
     fp, size = fingerprint(tokenizer), vocab_size(tokenizer)
     if len(files) == 1 and is_token_dir(files[0]):
-        return TokenShards(files[0], fp, size)
+        # shards of the tokenizer this one extends by special tokens (the chat tokens) read as they are
+        return TokenShards(files[0], None if extends(tokenizer, files[0]) else fp, size)
     if any(Path(f).is_dir() for f in files):
         bad = [f for f in files if Path(f).is_dir()]
         raise ValueError(f"train_files[{name!r}]: {bad} is a directory without manifest.json (not tokenized shards)")
