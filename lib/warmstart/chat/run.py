@@ -111,7 +111,7 @@ def build_items(params: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
 def build_shards(params: Any, tokenizer: Any, items: Path, out: Path) -> dict[str, Any]:
     """The train items encoded into role shards ``out/short`` and ``out/long`` (long items, and short ones
     when ``long`` is not in the mix, go where the mix wants them); counts of kept, truncated, dropped."""
-    from warmstart.data.shards import write_role_shards
+    from warmstart.data.shards import ShardError, write_role_shards
 
     c = params.chat
     stats: dict[str, dict[str, int]] = {}
@@ -137,7 +137,17 @@ def build_shards(params: Any, tokenizer: Any, items: Path, out: Path) -> dict[st
     parts = {}
     for part in ("short", "long"):
         if c.mix.get(part, 0) > 0:
-            write_role_shards(encoded(part), out / part, tokenizer, name=f"chat-{part}", sources=[items])
+            try:
+                write_role_shards(encoded(part), out / part, tokenizer, name=f"chat-{part}", sources=[items])
+            except ShardError:
+                if stats[part]["items"]:
+                    raise
+                raise ChatError(
+                    f"chat.mix.{part} is {c.mix[part]} but no {part} training item fits ({stats[part]['dropped']} "
+                    f"dropped as longer than chat.seq_len {c.seq_len}"
+                    + (f"; long items are built at chat.long_len {c.long_len}" if part == "long" else "")
+                    + f"): give the corpus, lengths or chat.sources that yield some, or set chat.mix.{part} to 0"
+                ) from None
             parts[part] = str(out / part)
     return {"parts": parts, "stats": stats}
 
