@@ -395,3 +395,20 @@ def test_stage_module_declares_what_it_reads():
     from warmstart.stages import chat
 
     assert "chat" in chat.PARAMS and Path(chat.__file__).name == "chat.py"
+
+
+def test_a_mix_part_without_items_is_refused_by_name(chat_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from warmstart.chat.run import build_shards
+    from warmstart.config.downstream import Chat
+
+    path, _ = chat_dir
+    msgs = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on"}]
+    (tmp_path / "train.jsonl").write_text(json.dumps({"id": "t:1", "kind": "translate", "messages": msgs}) + "\n")
+    params = SimpleNamespace(chat=Chat(seq_len=64, long_len=48))
+    with pytest.raises(ChatError, match=r"chat.mix.long is 0.45 but no long training item fits .*chat.long_len 48"):
+        build_shards(params, _tok(path), tmp_path / "train.jsonl", tmp_path / "shards")
+    params = SimpleNamespace(chat=Chat(seq_len=64, long_len=48, mix={"short": 0.9, "replay": 0.1}))
+    out = build_shards(params, _tok(path), tmp_path / "train.jsonl", tmp_path / "shards")
+    assert list(out["parts"]) == ["short"] and out["stats"]["short"]["items"] == 1
