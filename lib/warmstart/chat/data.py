@@ -223,6 +223,12 @@ def _item(kind: str, key: str, messages: list[dict], **meta: Any) -> dict[str, A
     return {"id": f"{kind}:{key}", "kind": kind, "messages": messages, **meta}
 
 
+def _turn(system: str | None, user: str, assistant: str) -> list[dict[str, str]]:
+    """One exchange of a built-in item, after the system turn when there is one."""
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
 def corpus_items(
     target_file: Path,
     source_file: Path,
@@ -233,7 +239,6 @@ def corpus_items(
     ratio: float = 1.6,
 ) -> Iterator[dict[str, Any]]:
     """``translate`` (both directions) and ``continue`` items of one split, page by page."""
-    sys_msg = [{"role": "system", "content": system}] if system else []
     to_src = p["translate"].format(lang=lang_name(p, source_lang))
     to_tgt = p["translate"].format(lang=lang_name(p, target_lang))
     index = PageIndex(source_file)
@@ -241,35 +246,22 @@ def corpus_items(
         src = index.paragraphs(page)
         for i, j in align(tgt, src, ratio):
             for k, (t, s_) in enumerate(sentence_pairs(tgt[i], src[j], ratio)):
-                key = f"{page}#{i}.{k}"
-                yield _item(
-                    "translate",
-                    f"{key}>src",
-                    [*sys_msg, {"role": "user", "content": f"{to_src}\n\n{t}"}, {"role": "assistant", "content": s_}],
-                    source=t,
-                    reference=s_,
-                    direction=f"{target_lang}>{source_lang}",
-                )
-                yield _item(
-                    "translate",
-                    f"{key}>tgt",
-                    [*sys_msg, {"role": "user", "content": f"{to_tgt}\n\n{s_}"}, {"role": "assistant", "content": t}],
-                    source=s_,
-                    reference=t,
-                    direction=f"{source_lang}>{target_lang}",
-                )
+                for end, instruction, a, b, direction in (
+                    ("src", to_src, t, s_, f"{target_lang}>{source_lang}"),
+                    ("tgt", to_tgt, s_, t, f"{source_lang}>{target_lang}"),
+                ):
+                    yield _item(
+                        "translate",
+                        f"{page}#{i}.{k}>{end}",
+                        _turn(system, f"{instruction}\n\n{a}", b),
+                        source=a,
+                        reference=b,
+                        direction=direction,
+                    )
         for i, para in enumerate(tgt):
             cut = split_paragraph(para)
             if cut:
-                yield _item(
-                    "continue",
-                    f"{page}#{i}",
-                    [
-                        *sys_msg,
-                        {"role": "user", "content": f"{p['continue']}\n\n{cut[0]}"},
-                        {"role": "assistant", "content": cut[1]},
-                    ],
-                )
+                yield _item("continue", f"{page}#{i}", _turn(system, f"{p['continue']}\n\n{cut[0]}", cut[1]))
 
 
 def long_items(
@@ -286,18 +278,13 @@ def long_items(
     their prompt under the language-modelling loss (``keep_prompt``). ``length`` leaves room for the template."""
     from warmstart.context.retrieval import build_suite
 
-    sys_msg = [{"role": "system", "content": system}] if system else []
     suite = build_suite(texts, tokenizer, length, n_items, seed, tasks=list(tasks), on_short="skip")
     rng = random.Random(f"warmstart.chat:{seed}:kept")
     return [
         _item(
             "long",
             f"{it['task']}:{k}",
-            [
-                *sys_msg,
-                {"role": "user", "content": it["prompt"].rstrip()},
-                {"role": "assistant", "content": it["answer"]},
-            ],
+            _turn(system, it["prompt"].rstrip(), it["answer"]),
             keep_prompt=rng.random() < kept_share,
             task=it["task"],
         )
@@ -317,7 +304,6 @@ def long_continue_items(
     """Long "finish this paragraph" items: consecutive paragraphs of a page filling at least half of ``length``
     tokens, then the head of the next paragraph as the prompt, its tail as the response, the whole within
     ``length``."""
-    sys_msg = [{"role": "system", "content": system}] if system else []
     rng = random.Random(f"warmstart.chat:{seed}:kept-continue")
     for page, paras in page_iter:
         sizes = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in paras]
@@ -329,11 +315,7 @@ def long_continue_items(
                 yield _item(
                     "long",
                     f"continue:{page}#{i}",
-                    [
-                        *sys_msg,
-                        {"role": "user", "content": f"{instruction}\n\n{context}"},
-                        {"role": "assistant", "content": cut[1]},
-                    ],
+                    _turn(system, f"{instruction}\n\n{context}", cut[1]),
                     keep_prompt=rng.random() < kept_share,
                     task="continue",
                 )

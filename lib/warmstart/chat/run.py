@@ -2,13 +2,15 @@
 
 1. :func:`prepare`: the adapted model and its tokenizer with the chat tokens and template
    (:func:`warmstart.chat.template.add_chat_tokens`), saved as a Hugging Face dir (the "before" model).
-2. :func:`build_data`: instruction items of the train and test chapters (:mod:`warmstart.chat.data`) as
-   jsonl, then the train items encoded through the template into role shards, one per part (``short``,
-   ``long``); items longer than ``chat.seq_len`` handled by ``chat.on_long`` and counted.
-3. :func:`train_config`: the project's trainer on those shards plus replay text (the corpus' train jsonl,
-   tokenized once into a token cache the runs share), mixed by rows (``chat.mix``, Alfred's 50/45/5), with
-   the prompt-loss weight as ``role_weights``: logs, TensorBoard, checkpoints and exact resume as every run.
-4. :func:`measure`: held-out response bits per byte, template adherence, chrF, source bits per byte.
+2. :func:`build_items` and :func:`build_shards`: instruction items of the train and test chapters
+   (:mod:`warmstart.chat.data`) as jsonl, then the train items encoded through the template into role shards,
+   one per part (``short``, ``long``); items longer than ``chat.seq_len`` handled by ``chat.on_long``, counted.
+3. :func:`train_corpora` and :func:`train_config`: the project's trainer on those shards plus replay text
+   (:func:`replay_files`: the tokenize stage's shards, else the corpus' train jsonl), mixed by rows
+   (``chat.mix``, Alfred's 50/45/5), with the prompt-loss weight as ``role_weights``: logs, TensorBoard,
+   checkpoints and exact resume as every run.
+4. :func:`eval_items`, :func:`measure_chat`, :func:`zero_shot`, :func:`source_bpb`: held-out response bits
+   per byte, template adherence, chrF, source bits per byte.
 """
 
 from __future__ import annotations
@@ -156,19 +158,27 @@ def _part(item: dict, c: Any) -> str:
     return "long" if item["kind"] == "long" and c.mix.get("long", 0) > 0 else "short"
 
 
-def train_config(params: Any, init: Path, shards: dict[str, str], weight: float, out: Path, cache: Path) -> Any:
-    """The trainer config of the chat run with prompt-loss weight ``weight`` in ``out``."""
-    from warmstart.train.config import TrainConfig
-    from warmstart.train.launch import optim_fields
-
+def train_corpora(params: Any, tokenizer: Any, shards: dict[str, str]) -> tuple[dict, dict]:
+    """``(train_files, mix)`` of every chat run: the role shards by part, and each replay language's text."""
     c, s = params.chat, params.shared
     files = {part: [d] for part, d in shards.items()}
     mix = {part: c.mix[part] for part in shards}
     if c.mix.get("replay", 0) > 0:
         langs = {"target": s.target_lang, "source": s.source_lang}
         for r in c.replay:
-            files[f"replay-{r}"] = replay_files(params, langs[r], init)
+            files[f"replay-{r}"] = replay_files(params, langs[r], tokenizer)
             mix[f"replay-{r}"] = c.mix["replay"] / len(c.replay)
+    return files, mix
+
+
+def train_config(params: Any, init: Path, corpora: tuple[dict, dict], weight: float, out: Path, cache: Path) -> Any:
+    """The trainer config of the chat run with prompt-loss weight ``weight`` in ``out`` on ``corpora``
+    (:func:`train_corpora`)."""
+    from warmstart.train.config import TrainConfig
+    from warmstart.train.launch import optim_fields
+
+    c, s = params.chat, params.shared
+    files, mix = corpora
     return TrainConfig(
         model_path=str(init),
         tokenizer_path=str(init),
@@ -189,18 +199,15 @@ def train_config(params: Any, init: Path, shards: dict[str, str], weight: float,
     )
 
 
-def replay_files(params: Any, lang: str, init: Path) -> list[str]:
-    """The replay text of ``lang``: the tokenize stage's train shards of the tokenizer the chat tokenizer
+def replay_files(params: Any, lang: str, tokenizer: Any) -> list[str]:
+    """The replay text of ``lang``: the tokenize stage's train shards of the tokenizer the chat ``tokenizer``
     extends (read as they are: the chat tokens come after every id in them), else the corpus' train jsonl
     (tokenized once into the runs' shared token cache)."""
-    from transformers import AutoTokenizer
-
     from warmstart.data.shards import extends, is_token_dir
 
-    tok = AutoTokenizer.from_pretrained(init)
     for name in ("target", "base"):
         d = params.path("tokens", name, lang, "train")
-        if is_token_dir(d) and extends(tok, d):
+        if is_token_dir(d) and extends(tokenizer, d):
             return [str(d)]
     return [str(_corpus(params, lang, "train"))]
 
@@ -213,7 +220,7 @@ def eval_items(params: Any, items: Path) -> dict[str, list[dict]]:
     if not turns:
         raise ChatError(f"chat: no held-out items in {items} (the test chapters gave none): nothing to measure")
     trans = []
-    for d in sorted({it["direction"] for it in turns if it["kind"] == "translate"} | _directions(params)):
+    for d in sorted(_directions(params)):  # the built-in translation items' two directions
         picked = (it for it in cd.read_items(items) if it["kind"] == "translate" and it["direction"] == d)
         trans += cd.reservoir(picked, c.translation_items, f"warmstart.chat:{seed}:translate:{d}")
     return {"turns": turns, "translate": trans}

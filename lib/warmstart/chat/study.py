@@ -46,10 +46,11 @@ def run_study(params: Any) -> dict[str, Any]:
 
     runs: dict[str, dict] = {}
     raw: dict[str, dict] = {}
+    corpora = cr.train_corpora(params, tok, info["shards"]["parts"])
     for w in [c.prompt_loss_weight, *c.ablation]:
         name = cr.run_name(w)
         out = root / "runs" / name
-        launch(cr.train_config(params, init, info["shards"]["parts"], w, out, root / "tokens"))
+        launch(cr.train_config(params, init, corpora, w, out, root / "tokens"))
         model = load_model(out / "final")
         m = cr.measure_chat(model, tok, params, ev)
         src_after = cr.source_bpb(model, tok, params)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -139,9 +138,9 @@ def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | 
             hashes[str(path)] = h.hexdigest()
 
 
-def batches(texts: Iterable[str], n: int) -> Iterator[list[str]]:
-    """Lists of ``n`` texts (the last one shorter), read lazily."""
-    batch: list[str] = []
+def batches(texts: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of ``n`` texts (or items; the last one shorter), read lazily."""
+    batch: list[Any] = []
     for t in texts:
         batch.append(t)
         if len(batch) == n:
@@ -281,24 +280,23 @@ def write_role_shards(
     size = vocab_size(tokenizer)
     dtype = token_dtype(size)
     paths = [Path(p) for p in sources]
+
+    def checked(item: tuple) -> tuple:
+        ids, roles, _ = item
+        if len(ids) != len(roles):
+            raise ShardError(f"{name or out_dir}: an item has {len(ids)} ids but {len(roles)} roles")
+        if len(ids) and max(ids) >= size:
+            raise ShardError(f"{name or out_dir}: id {max(ids)} outside the {size}-token vocabulary")
+        return item
+
     with atomic_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp, dtype, shard_tokens, roles=True)
         try:
-            batch: list = []
-            for item in itertools.chain(items, [None]):  # streamed: at most batch_docs items in memory
-                if item is not None:
-                    ids, roles, nbytes = item
-                    if len(ids) != len(roles):
-                        raise ShardError(f"{name or out_dir}: an item has {len(ids)} ids but {len(roles)} roles")
-                    if len(ids) and max(ids) >= size:
-                        raise ShardError(f"{name or out_dir}: id {max(ids)} outside the {size}-token vocabulary")
-                    batch.append(item)
-                if batch and (item is None or len(batch) == batch_docs):
-                    lengths = np.asarray([len(b[0]) for b in batch], np.int64)
-                    ids = np.concatenate([np.asarray(b[0], np.int64) for b in batch])
-                    roles = np.concatenate([np.asarray(b[1], np.uint8) for b in batch])
-                    writer.add(ids, lengths, np.asarray([b[2] for b in batch], np.int64), roles)
-                    batch = []
+            for batch in batches(map(checked, items), batch_docs):  # streamed: batch_docs items in memory
+                lengths = np.asarray([len(b[0]) for b in batch], np.int64)
+                ids = np.concatenate([np.asarray(b[0], np.int64) for b in batch])
+                roles = np.concatenate([np.asarray(b[1], np.uint8) for b in batch])
+                writer.add(ids, lengths, np.asarray([b[2] for b in batch], np.int64), roles)
         finally:
             writer.close()
         if not writer.shards:
