@@ -110,14 +110,27 @@ def test_new_rows_start_from_the_stated_rule():
     model = model_for(tok, **TINY_LLAMA)
     n = len(tok)
     inp, out = model.get_input_embeddings().weight.clone(), model.get_output_embeddings().weight.clone()
-    info = add_chat_tokens(model, tok, DEFAULT_TOKENS, "related", pad_multiple=8)
-    assert info["resized"] and model.config.vocab_size % 8 == 0 and len(tok) == n + 4
+    info = add_chat_tokens(model, tok, DEFAULT_TOKENS, "related", pad_multiple=64)
+    assert info["resized"] and model.config.vocab_size == 320 and len(tok) == n + 4
     e, o = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert e.shape[0] > len(tok) and not e[len(tok) :].any() and not o[len(tok) :].any()  # padding: zero rows
     for role, i in info["ids"].items():
         if role == "end":  # related: the end token starts as EOS, in and out
             assert torch.equal(e[i], inp[tok.eos_token_id]) and torch.equal(o[i], out[tok.eos_token_id])
         else:
             assert torch.allclose(e[i], inp[:n].mean(0)) and torch.allclose(o[i], out[:n].mean(0))
+
+
+def test_adding_chat_tokens_is_reproducible_whatever_the_global_seed():
+    mats = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        tok = byte_bpe(TEXTS, 300)
+        model = model_for(tok, **TINY_LLAMA)
+        torch.manual_seed(seed)  # the resize must not draw from the global generator
+        add_chat_tokens(model, tok, DEFAULT_TOKENS, "mean", pad_multiple=64)
+        mats.append([model.get_input_embeddings().weight.clone(), model.get_output_embeddings().weight.clone()])
+    assert all(torch.equal(a, b) for a, b in zip(*mats))
 
 
 def _role_shards(tok, root, n=30):

@@ -109,6 +109,8 @@ def add_chat_tokens(
     eos = tokenizer.eos_token_id
     with torch.no_grad():
         for matrix in (inp,) if tied else (inp, out):
+            if resized:  # the padding rows the resize drew (unseeded) are zero, as vocab_swap pads: reproducible
+                matrix[len(tokenizer) :] = 0
             mean = matrix[:n_before].mean(0)
             for role, i in ids.items():
                 related = init == "related" and role == "end" and eos is not None
