@@ -498,3 +498,26 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
     with pytest.raises(ValueError, match=r"--seeds: give distinct seeds"):
         measure(params, [1, 1])
     assert not (tmp_path / "data").exists()
+
+
+def test_long_documents_join_each_documents_paragraphs_in_order(tmp_path):
+    """The fine-tune's long documents: a document's consecutive paragraphs joined by a blank line, in corpus
+    order; a record without ``doc`` is its own document (the stream holds one document at a time)."""
+    from warmstart.config import load_params
+    from warmstart.context.finetune import texts_by_document
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", {"shared": {"data_dir": str(tmp_path)}})
+    d = tmp_path / "corpus" / params.shared.target_lang
+    d.mkdir(parents=True)
+    recs = [
+        {"id": "1", "doc": "a", "text": "A1"},
+        {"id": "2", "doc": "a", "text": "A2"},
+        {"id": "3", "doc": "b", "text": "B1"},
+        {"id": "4", "text": "loose"},
+        {"id": "5", "doc": "c", "text": "C1"},
+        {"id": "6", "doc": "c", "text": "C2"},
+    ]
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    docs = texts_by_document(params, "train")
+    assert next(docs) == "A1\n\nA2"  # a generator: nothing past the first document was needed
+    assert list(docs) == ["B1", "loose", "C1\n\nC2"]

@@ -365,3 +365,47 @@ def test_too_little_target_text_fails_before_writing(params_dict, tmp_path):
     ):
         build_corpus(params)
     assert not (tmp_path / "data" / "corpus").exists()
+
+
+def test_held_out_readers_stream_the_split_and_hold_only_their_budget(tmp_path):
+    """A 20 MB split is read only as far as each reader's byte budget: the texts, the probes' records and a
+    jsonl rewrite hold one budget (or one record) in memory, never the split."""
+    import itertools
+    import tracemalloc
+
+    from warmstart.bpb import held_out_texts
+    from warmstart.data.corpus import head_records, iter_split
+    from warmstart.io import iter_jsonl, write_jsonl
+
+    root = tmp_path / "corpus"
+    (root / "xx").mkdir(parents=True)
+    para = "ord " * 250  # 1,000 bytes
+    with open(root / "xx" / "test.jsonl", "w", encoding="utf-8") as f:
+        for i in range(20_000):
+            f.write(json.dumps({"id": str(i), "doc": f"d{i // 10}", "text": para}) + "\n")
+    tracemalloc.start()
+    texts = held_out_texts(root, "xx", "test", 32_000)
+    recs = head_records(root, "xx", ["test", "val"], 50_000)  # no val split: test alone
+    n = write_jsonl(tmp_path / "copy.jsonl", ({"text": r["text"]} for r in iter_split(root, "xx", "test")))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(texts) == 32 and [r["id"] for r in recs] == [str(i) for i in range(50)] and n == 20_000
+    assert peak < 2_000_000, peak  # the split is 20 MB
+    assert [r["text"] for r in itertools.islice(iter_jsonl(tmp_path / "copy.jsonl"), 2)] == [para, para]
+    with pytest.raises(FileNotFoundError, match=r"no corpus split .*xx/val.jsonl"):
+        head_records(root, "xx", ["val", "test"], 1000)  # the first split is required
+
+
+def test_write_jsonl_leaves_the_old_file_when_the_records_fail(tmp_path):
+    from warmstart.io import read_jsonl, write_jsonl
+
+    path = tmp_path / "out.jsonl"
+    write_jsonl(path, [{"a": 1}])
+
+    def records():
+        yield {"a": 2}
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError, match="source went away"):
+        write_jsonl(path, records())
+    assert read_jsonl(path) == [{"a": 1}] and [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]

@@ -213,7 +213,7 @@ def test_build_stream_tokenizes_jsonl_once_into_the_cache(corpus, tmp_path):
         out_dir=str(tmp_path / "run"),
     )
     a = build_stream(cfg, corpus.tok).next_rows(4, 1)
-    (cached,) = (tmp_path / "cache").iterdir()
+    (cached,) = (p for p in (tmp_path / "cache").iterdir() if p.is_dir())  # (and the cache's lock file)
     stamp = (cached / "manifest.json").stat().st_mtime_ns
     b = build_stream(cfg, corpus.tok).next_rows(4, 1)
     assert (cached / "manifest.json").stat().st_mtime_ns == stamp  # read, not tokenized again
@@ -225,3 +225,25 @@ def test_build_stream_tokenizes_jsonl_once_into_the_cache(corpus, tmp_path):
     with pytest.raises(ShardError, match="another tokenizer"):
         build_stream(cfg, other)
     shutil.rmtree(cached)
+
+
+def test_a_shared_cache_is_tokenized_once_while_the_other_runs_wait(corpus, tmp_path, monkeypatch):
+    """Runs that share a token cache (the stability workers) take turns: one writes it, the others wait on the
+    lock and then read it; none tokenizes again, and none replaces the directory another has put in place."""
+    import threading
+
+    import warmstart.data.stream as st
+
+    cache = tmp_path / "cache"
+    path = cache / f"c-{st.cache_key([str(corpus.src)], 'text', fingerprint(corpus.tok))}"
+    real, calls, done = st.tokenize_files, [], []
+    monkeypatch.setattr(st, "tokenize_files", lambda *a, **k: calls.append(a) or real(*a, **k))
+    with st.cache_lock(path):  # another run holds the lock while it tokenizes
+        t = threading.Thread(target=lambda: done.append(st.open_corpus("c", [str(corpus.src)], corpus.tok, cache)))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and not done  # this run waits
+        real([str(corpus.src)], path, corpus.tok, name="c")  # the other run puts its shards in place
+    t.join(60)
+    assert not t.is_alive() and calls == []  # read, not tokenized again
+    assert Path(done[0].path) == path and done[0].tokens == TokenShards(path).tokens

@@ -31,29 +31,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from warmstart.data.clean import first_bytes  # noqa: F401  (re-exported: the stages' bounded samples)
+
 LN2 = math.log(2.0)
-
-
-def first_bytes(texts: Sequence[str], max_bytes: int) -> list[str]:
-    """The leading texts whose UTF-8 size adds up to at most ``max_bytes`` (at least one text)."""
-    out, total = [], 0
-    for t in texts:
-        n = len(t.encode("utf-8"))
-        if out and total + n > max_bytes:
-            break
-        out.append(t)
-        total += n
-    return out
 
 
 def held_out_texts(params: Any, lang: str, split: str, max_bytes: int) -> list[str]:
     """The leading non-blank texts of one corpus split, up to ``max_bytes``: what bits per byte is measured on."""
-    from warmstart.data.corpus import load_texts
+    from warmstart.data.corpus import iter_split_texts
 
-    texts = [t for t in load_texts(params, lang, split) if t.strip()]
+    texts = first_bytes((t for t in iter_split_texts(params, lang, split) if t.strip()), max_bytes)
     if not texts:
         raise ValueError(f"no held-out {split} text for {lang}")
-    return first_bytes(texts, max_bytes)
+    return texts
 
 
 def _windows(

@@ -47,13 +47,16 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             old.unlink()
 
 
-def write_text(path: str | Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Any]:
+    """A text file handle on a temp file beside ``path``; on success it replaces ``path``, on an exception it is
+    removed and ``path`` is left untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            yield fh
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -61,30 +64,39 @@ def write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_file(path) as fh:
+        fh.write(text)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write ``records`` one per line, streamed (memory holds one record), atomically; returns how many."""
     n = 0
-    lines = []
-    for rec in records:
-        lines.append(json.dumps(rec, ensure_ascii=False))
-        n += 1
-    write_text(path, "".join(line + "\n" for line in lines))
+    with atomic_file(path) as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    out = []
+def iter_jsonl(path: str | Path) -> Iterator[dict]:
+    """The records of a jsonl file, one at a time (blank lines skipped): memory does not grow with the file."""
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-    return out
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every record of a (small) jsonl file: run logs, item lists. Corpus splits are streamed with :func:`iter_jsonl`."""
+    return list(iter_jsonl(path))
 
 
 def sha256sum(path: str | Path) -> str:

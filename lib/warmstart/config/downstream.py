@@ -16,6 +16,7 @@ class Evaluate(_Section):
     probe_checkpoints: Literal["tagged", "final"] = "final"  # cloze, translation, masked probes (CPU budget: final)
     batch_size: int = Field(default=16, ge=1, le=4096)
     cloze_items: int = Field(default=40, ge=0)  # per language; 0 = no cloze
+    probe_bytes: int = Field(default=16_000_000, ge=1000)  # held-out text the probes draw from, streamed
     cloze_context_chars: int = Field(default=150, ge=20)
     cloze_ending_chars: int = Field(default=80, ge=10)
     translation_pairs: int = Field(default=16, ge=0)

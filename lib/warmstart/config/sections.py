@@ -180,6 +180,7 @@ class Tokenizer(_Section):
     target_mix: dict[str, float] = Field(min_length=1)
     max_repeats: float = Field(default=16.0, ge=1.0)
     max_train_bytes: int | None = Field(default=None, ge=1)  # train on a streamed sample of about this many bytes
+    fertility_bytes: int = Field(default=16_000_000, ge=1000)  # leading test text per language, streamed
     normalization: Literal["none", "NFC", "NFKC"] = "NFC"
     split_digits: bool = True
     min_frequency: int = Field(default=2, ge=1)
@@ -311,6 +312,7 @@ class VocabSwap(_Section):
     tokdistil: TokDistil = TokDistil()
     neighbours: int = Field(default=12, ge=1, le=200)  # rows of the nearest-neighbour sanity table
     eval_bytes: int = Field(default=32_000, ge=1000)  # test text for step-0 bits per byte, per language
+    text_bytes: int = Field(default=64_000_000, ge=1000)  # focus/tokdistil: leading target train text, streamed
 
     @field_validator("methods")
     @classmethod

@@ -8,13 +8,12 @@ extended, which measures what the extension costs at short context.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-from warmstart.io import read_jsonl
 
 SHORT = "short"  # the pseudo-method: fine-tune at the trained length, nothing extended (Alfred's 2K baseline)
 
@@ -44,12 +43,15 @@ def doubling_lengths(trained_len: int, factor: int) -> list[int]:
     return [trained_len * k for k in range(1, factor + 1) if k == 1 or (k & (k - 1)) == 0]
 
 
-def texts_by_document(params: Any, split: str) -> list[str]:
-    """The target corpus' paragraphs joined per document, in order: the long documents."""
-    docs: dict[str, list[str]] = defaultdict(list)
-    for rec in read_jsonl(params.path("corpus", params.shared.target_lang, f"{split}.jsonl")):
-        docs[rec.get("doc") or rec["id"]].append(rec["text"])
-    return ["\n\n".join(parts) for parts in docs.values()]
+def texts_by_document(params: Any, split: str) -> Iterator[str]:
+    """The target corpus' paragraphs joined per document, in order: the long documents. Streamed (the corpus
+    stage writes a document's paragraphs consecutively), so memory holds one document, not the split."""
+    from warmstart.data.corpus import iter_split
+
+    for _, recs in itertools.groupby(
+        iter_split(params, params.shared.target_lang, split), key=lambda r: r.get("doc") or r["id"]
+    ):
+        yield "\n\n".join(r["text"] for r in recs)
 
 
 def retrieval_suites(texts: list[str], tok: Any, lengths: list[int], suite: Any, seed: int) -> list[tuple[int, list]]:

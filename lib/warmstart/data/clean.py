@@ -137,3 +137,16 @@ def words(text: str) -> int:
 
 def utf8_len(texts: Iterable[str]) -> int:
     return sum(len(t.encode("utf-8")) for t in texts)
+
+
+def first_bytes(texts: Iterable[str], max_bytes: int) -> list[str]:
+    """The leading texts whose UTF-8 size adds up to at most ``max_bytes`` (at least one text). ``texts`` is read
+    only as far as needed, so a stream of a whole corpus split costs ``max_bytes`` of memory."""
+    out, total = [], 0
+    for t in texts:
+        n = len(t.encode("utf-8"))
+        if out and total + n > max_bytes:
+            break
+        out.append(t)
+        total += n
+    return out

@@ -12,6 +12,7 @@ import json
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from warmstart.config import Params
@@ -19,25 +20,64 @@ from warmstart.data.clean import LanguageFilter, words
 from warmstart.data.dedup import StreamDeduplicator
 from warmstart.data.engine import FILTERS, candidates, read_docs, read_paragraphs, run_pass1
 from warmstart.data.split import SPLITS, assign_splits
-from warmstart.io import atomic_dir, read_jsonl
+from warmstart.io import atomic_dir, iter_jsonl
 
 
 def corpus_dir(params: Params) -> Path:
     return params.path("corpus")
 
 
-def load_split(params_or_dir: Params | str | Path, lang: str, split: str) -> list[dict]:
-    """Records of one language and split, as the corpus stage wrote them."""
+def _split_path(params_or_dir: Params | str | Path, lang: str, split: str) -> Path:
     root = corpus_dir(params_or_dir) if isinstance(params_or_dir, Params) else Path(params_or_dir)
     path = root / lang / f"{split}.jsonl"
     if not path.is_file():
         have = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
         raise FileNotFoundError(f"no corpus split {path}; languages present: {have} (run the corpus stage)")
-    return read_jsonl(path)
+    return path
+
+
+def iter_split(params_or_dir: Params | str | Path, lang: str, split: str) -> Iterator[dict]:
+    """Records of one language and split, as the corpus stage wrote them, streamed from disk (a missing split
+    fails at the call, not at the first record)."""
+    return iter_jsonl(_split_path(params_or_dir, lang, split))
+
+
+def iter_split_texts(params_or_dir: Params | str | Path, lang: str, split: str) -> Iterator[str]:
+    """The texts of :func:`iter_split`, streamed."""
+    return (r["text"] for r in iter_split(params_or_dir, lang, split))
+
+
+def head_records(params_or_dir: Params | str | Path, lang: str, splits: list[str], max_bytes: int) -> list[dict]:
+    """The leading records of ``splits`` (in that order, each one present) whose texts add up to at most
+    ``max_bytes`` of UTF-8 (at least one record), streamed: memory is bounded by ``max_bytes``, not the split."""
+    out, total = [], 0
+    for split in splits:
+        if split != splits[0] and not _split_path_or_none(params_or_dir, lang, split):
+            continue
+        for r in iter_split(params_or_dir, lang, split):
+            n = len(r["text"].encode("utf-8"))
+            if out and total + n > max_bytes:
+                return out
+            out.append(r)
+            total += n
+    return out
+
+
+def _split_path_or_none(params_or_dir: Params | str | Path, lang: str, split: str) -> Path | None:
+    try:
+        return _split_path(params_or_dir, lang, split)
+    except FileNotFoundError:
+        return None
+
+
+def load_split(params_or_dir: Params | str | Path, lang: str, split: str) -> list[dict]:
+    """Every record of one split in memory: for tests and small corpora; stages stream with :func:`iter_split`."""
+    return list(iter_split(params_or_dir, lang, split))
 
 
 def load_texts(params_or_dir: Params | str | Path, lang: str, split: str) -> list[str]:
-    return [r["text"] for r in load_split(params_or_dir, lang, split)]
+    """Every text of one split in memory (see :func:`load_split`)."""
+    return list(iter_split_texts(params_or_dir, lang, split))
 
 
 def _pass1(params: Params, spill: Path, langs: list[str]) -> dict:

@@ -8,9 +8,11 @@ trainer never holds a corpus in memory: rows are read from the maps (:mod:`warms
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,19 @@ def cache_key(files: list[str], text_field: str, tokenizer_fp: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on ``<path>.lock``: processes that tokenize into one shared cache take turns,
+    so a second writer never replaces a directory the first has just put in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f"{path.name}.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def open_corpus(
     name: str,
     files: list[str],
@@ -60,7 +75,9 @@ def open_corpus(
         raise ValueError(f"train_files[{name!r}]: {bad} is a directory without manifest.json (not tokenized shards)")
     path = Path(cache) / f"{name}-{cache_key(files, text_field, fp)}"
     if main and not is_token_dir(path):
-        tokenize_files(files, path, tokenizer, text_field=text_field, name=name)
+        with cache_lock(path):  # runs that share a cache: the first tokenizes, the others wait, then read
+            if not is_token_dir(path):
+                tokenize_files(files, path, tokenizer, text_field=text_field, name=name)
     if barrier is not None:
         barrier()
     return TokenShards(path, fp, size)

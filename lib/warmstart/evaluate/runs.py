@@ -32,6 +32,7 @@ figures, the cloze tasks), ``reports/metrics/evaluate.json`` (headline),
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -120,7 +121,7 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
     """Evaluate every run; returns ``{"checkpoints": DataFrame, "final": DataFrame, "translations": [...], ...}``."""
     from tqdm.auto import tqdm
 
-    from warmstart.data.corpus import load_split
+    from warmstart.data.corpus import head_records, iter_split
 
     ev, sh = params.evaluate, params.shared
     src_lang, tgt_lang = sh.source_lang, sh.target_lang
@@ -129,17 +130,15 @@ def evaluate_runs(params: Any, runs: Sequence[dict], progress: bool = True) -> d
         "source": held_out_texts(params, src_lang, "test", ev.eval_bytes),
     }
 
-    # probe items come from every held-out chapter (test, then val): neither is trained on in any language,
-    # and cloze distractors need several documents. Bits per byte uses the test split alone.
-    def held_out(lang: str) -> list[dict]:
-        val = params.path("corpus", lang, "val.jsonl")
-        return load_split(params, lang, "test") + (load_split(params, lang, "val") if val.is_file() else [])
-
-    test_recs = {lang: held_out(lang) for lang in (src_lang, tgt_lang)}
+    # probe items come from every held-out chapter (test, then val; at most probe_bytes of them, streamed):
+    # neither is trained on in any language, and cloze distractors need several documents. Bits per byte uses
+    # the test split alone.
+    test_recs = {lang: head_records(params, lang, ["test", "val"], ev.probe_bytes) for lang in (src_lang, tgt_lang)}
     # the chapter each bits-per-byte text comes from (held_out_texts keeps the leading non-blank test texts)
     docs = {}
     for role, lang in (("target", tgt_lang), ("source", src_lang)):
-        recs = [r for r in load_split(params, lang, "test") if r["text"].strip()][: len(texts[role])]
+        nonblank = (r for r in iter_split(params, lang, "test") if r["text"].strip())
+        recs = list(itertools.islice(nonblank, len(texts[role])))
         docs[role] = [r.get("doc") for r in recs] if [r["text"] for r in recs] == texts[role] else []
     cloze_items = {}
     if ev.cloze_items:

@@ -103,11 +103,11 @@ def calibration_batches(params: Any, tok: Any) -> list:
     """``samples`` rows of ``seq_len`` target training tokens (the documents packed in order), in batches."""
     import torch
 
-    from warmstart.data.corpus import load_texts
+    from warmstart.data.corpus import iter_split_texts
 
     c = params.compress.calibration
     ids: list[int] = []
-    for text in load_texts(params, params.shared.target_lang, "train"):
+    for text in iter_split_texts(params, params.shared.target_lang, "train"):
         ids += tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         if len(ids) >= c.samples * c.seq_len:
             break

@@ -122,6 +122,7 @@ def _cfg(
         lr_schedule="cosine",
         min_lr_ratio=0.1,
         out_dir=str(out_dir),
+        token_cache=str(Path(out_dir).parent / ".tokens"),  # one tokenization of each corpus, shared (locked)
         log_every=1,
         checkpoint_every=every,
         tag_every=every,

@@ -50,12 +50,15 @@ def eval_rows(files: list[str], tokenizer_dir: str, seq_len: int, n: int):
     import torch
     from transformers import AutoTokenizer
 
-    from warmstart.data.stream import read_documents
+    from warmstart.data.shards import batches, iter_texts
+    from warmstart.data.stream import expand
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     ids: list[int] = []
-    for x in tok(read_documents(files), add_special_tokens=False)["input_ids"]:
-        ids += [*x, tok.eos_token_id]
+    # streamed in batches: only as much of the held-out files is read and tokenized as the n rows need
+    for texts in batches(iter_texts(expand(files), "text"), 64):
+        for x in tok(texts, add_special_tokens=False)["input_ids"]:
+            ids += [*x, tok.eos_token_id]
         if len(ids) >= n * seq_len:
             break
     rows = len(ids) // seq_len

@@ -45,6 +45,7 @@ def _train_cfg(cfg: StabilityConfig, out_dir: Path, **kw: Any) -> dict:
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         out_dir=str(out_dir),
+        token_cache=str(Path(out_dir).parent / ".tokens"),  # one tokenization of each corpus, shared (locked)
         log_every=1,
         checkpoint_every=0,
         keep_last=1,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmstart.bpb import held_out_texts
-from warmstart.data.corpus import load_texts
+from warmstart.bpb import first_bytes, held_out_texts
+from warmstart.data.corpus import iter_split_texts
 from warmstart.io import write_json
 from warmstart.model import load_model
 from warmstart.outputs import write_headline
@@ -20,6 +20,7 @@ from warmstart.stages.contract import SHARED, declared
 from warmstart.train.launch import bpb_table, read_run
 
 PARAMS = (*SHARED, "base.trust_remote_code", "base.seq_len", "vocab_swap")
+TEXTS = ("focus", "tokdistil")  # the methods that read target training text
 
 
 def details_path(params: Any, method: str):
@@ -49,7 +50,7 @@ def run(params: Any, method: str) -> dict[str, Any]:
         seed=params.shared.seed,
         pad_multiple=v.pad_multiple,
         omp_k=v.omp_k,
-        texts=load_texts(params, target, "train") if method in ("focus", "tokdistil") else None,
+        texts=first_bytes(iter_split_texts(params, target, "train"), v.text_bytes) if method in TEXTS else None,
         fasttext=vs.FastTextOptions(dim=v.fasttext_dim, epochs=v.fasttext_epochs, min_count=3),
         hf_mean_resizing=v.hf_mean_resizing,
         tokdistil=vs.TokDistilOptions(**v.tokdistil.model_dump()),

@@ -19,8 +19,8 @@ import time
 from typing import Any
 
 from warmstart import fragments
-from warmstart.data.clean import utf8_len
-from warmstart.data.corpus import load_texts
+from warmstart.data.clean import first_bytes, utf8_len
+from warmstart.data.corpus import iter_split_texts, load_texts
 from warmstart.data.mixing import mixed_texts, sampled_texts, target_weights
 from warmstart.data.shards import iter_texts
 from warmstart.io import write_json
@@ -96,7 +96,9 @@ def run(params: Any) -> dict[str, Any]:
     weights = target_weights(cfg.target_mix, params.resolve_lang, params.languages)
     texts = _training_text(params, weights)
     toks = {name: train_tokenizer(texts[name], cfg, params.path("tokenizer", name)) for name in ("source", "target")}
-    tests = {lang: load_texts(params, lang, "test") for lang in params.languages}
+    tests = {
+        lang: first_bytes(iter_split_texts(params, lang, "test"), cfg.fertility_bytes) for lang in params.languages
+    }
     table = fertility_table(toks, tests)
     ratios = fertility_ratios(table, params.languages)
     details = {

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from warmstart.bpb import first_bytes
-from warmstart.data.corpus import load_texts
+from warmstart.data.corpus import iter_split_texts
 from warmstart.data.tokenize import token_dir
 from warmstart.flops import flops_per_token
 from warmstart.io import write_json, write_jsonl
@@ -105,7 +105,7 @@ def step_scale(params: Any, kind: str, tok: Any) -> float:
 
     if kind != "original":
         return 1.0
-    sample = first_bytes(load_texts(params, params.shared.target_lang, "train"), 200_000)
+    sample = first_bytes(iter_split_texts(params, params.shared.target_lang, "train"), 200_000)
     new_tok = AutoTokenizer.from_pretrained(params.path("tokenizer", "target"))
     return fertility(new_tok, sample)["bytes_per_token"] / fertility(tok, sample)["bytes_per_token"]
 
