@@ -501,8 +501,9 @@ def test_testbed_seeds_fingerprint_and_mismatch(tmp_path):
 
 
 def test_long_documents_join_each_documents_paragraphs_in_order(tmp_path):
-    """The fine-tune's long documents: a document's consecutive paragraphs joined by a blank line, in corpus
-    order; a record without ``doc`` is its own document (the stream holds one document at a time)."""
+    """The fine-tune's long documents: a document's paragraphs joined by a blank line, documents in order of
+    first appearance, even where the split interleaves them (the handbook's pages do); a record without
+    ``doc`` is its own document."""
     from warmstart.config import load_params
     from warmstart.context.finetune import texts_by_document
 
@@ -514,10 +515,32 @@ def test_long_documents_join_each_documents_paragraphs_in_order(tmp_path):
         {"id": "2", "doc": "a", "text": "A2"},
         {"id": "3", "doc": "b", "text": "B1"},
         {"id": "4", "text": "loose"},
-        {"id": "5", "doc": "c", "text": "C1"},
-        {"id": "6", "doc": "c", "text": "C2"},
+        {"id": "5", "doc": "a", "text": "A3"},
+        {"id": "6", "doc": "c", "text": "C1"},
+        {"id": "7", "doc": "b", "text": "B2"},
     ]
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    docs = texts_by_document(params, "train")
-    assert next(docs) == "A1\n\nA2"  # a generator: nothing past the first document was needed
-    assert list(docs) == ["B1", "loose", "C1\n\nC2"]
+    assert list(texts_by_document(params, "train")) == ["A1\n\nA2\n\nA3", "B1\n\nB2", "loose", "C1"]
+
+
+def test_the_fine_tune_reads_the_documents_view_of_its_tokenizer(tmp_path):
+    """``long_documents`` finds the ``train-documents`` shards written by the extended model's tokenizer and
+    refuses, naming ``tokenize.documents``, when the tokenize stage wrote none for it."""
+    from conftest import byte_bpe
+    from warmstart.config import load_params
+    from warmstart.context.finetune import long_documents
+    from warmstart.data.shards import tokenize_files
+    from warmstart.data.tokenize import token_dir
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", {"shared": {"data_dir": str(tmp_path)}})
+    src = tmp_path / "train.jsonl"
+    texts = [f"dokument {i} har noen ord om modeller og data" for i in range(40)]
+    src.write_text(
+        "".join(json.dumps({"id": str(i), "doc": f"d{i // 4}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    target, other = byte_bpe(texts, 300), byte_bpe(texts[:10], 280)
+    d = token_dir(params, "target", "target", "train-documents")
+    tokenize_files([str(src)], d, target, documents=True)
+    assert long_documents(params, target) == d
+    with pytest.raises(FileNotFoundError, match=r"add nb-NO \(or 'target'\) to tokenize.documents"):
+        long_documents(params, other)

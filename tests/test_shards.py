@@ -247,3 +247,29 @@ def test_a_shared_cache_is_tokenized_once_while_the_other_runs_wait(corpus, tmp_
     t.join(60)
     assert not t.is_alive() and calls == []  # read, not tokenized again
     assert Path(done[0].path) == path and done[0].tokens == TokenShards(path).tokens
+
+
+def test_documents_view_equals_the_joined_documents_tokenized(corpus, tmp_path):
+    """``documents=True`` shards each whole document (the records of one ``doc``, wherever they are, joined by a blank
+    line; a record without ``doc`` stands alone by its ``id``): the same ids, bytes and rows as tokenizing a
+    jsonl of the joined texts, which the context fine-tune used to write and tokenize in every run."""
+    recs, joined = [], []
+    for i in range(0, 120, 3):
+        paras = corpus.texts[i : i + 3]
+        recs += [{"id": f"{i}-{k}", "doc": f"d{i}", "text": t} for k, t in enumerate(paras)]
+        joined.append("\n\n".join(paras))
+    recs.append({"id": "loose", "text": corpus.texts[200]})
+    joined.append(corpus.texts[200])
+    recs.append({"id": "late", "doc": "d0", "text": corpus.texts[201]})  # d0 again, after the others
+    joined[0] += "\n\n" + corpus.texts[201]
+    src = tmp_path / "train.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
+    m = tokenize_files([str(src)], tmp_path / "docs", corpus.tok, documents=True)
+    ref = tokenize_files([str(_jsonl(tmp_path / "joined.jsonl", joined))], tmp_path / "ref", corpus.tok)
+    assert m["unit"] == "document" and "unit" not in ref
+    assert (m["documents"], m["tokens"], m["bytes"]) == (ref["documents"], ref["tokens"], ref["bytes"])
+    a, b = TokenShards(tmp_path / "docs"), TokenShards(tmp_path / "ref")
+    assert len(a) == len(joined) == 41
+    for i in (0, 17, 40):
+        assert a.doc(i).tolist() == b.doc(i).tolist()
+        assert a.doc(i).tolist() == corpus.tok(joined[i], add_special_tokens=False)["input_ids"]

@@ -142,6 +142,9 @@ class Tokenize(_Section):
     # base, base.tokenizer_id or base.model_id for a Hugging Face one)
     corpora: dict[Literal["target", "base"], list[str]] = Field(min_length=1)
     splits: list[Literal["train", "val", "test"]] = Field(default=["train"], min_length=1)
+    # tokenizer -> languages whose train split is also tokenized as whole documents (paragraphs joined), the
+    # ``train-documents`` split: what the context stage's long fine-tune reads
+    documents: dict[Literal["target", "base"], list[str]] = {"target": ["target"]}
     workers: int = Field(default=1, ge=1)  # encoding processes; 1: in this process, on the tokenizer's threads
     batch_docs: int = Field(default=1024, ge=1)  # documents per encoded batch (memory: 2 x workers batches)
     shard_tokens: int = Field(default=1 << 28, ge=1)  # tokens per shard file

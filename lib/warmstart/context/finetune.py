@@ -8,7 +8,6 @@ extended, which measures what the extension costs at short context.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -44,14 +43,35 @@ def doubling_lengths(trained_len: int, factor: int) -> list[int]:
 
 
 def texts_by_document(params: Any, split: str) -> Iterator[str]:
-    """The target corpus' paragraphs joined per document, in order: the long documents. Streamed (the corpus
-    stage writes a document's paragraphs consecutively), so memory holds one document, not the split."""
-    from warmstart.data.corpus import iter_split
+    """The target corpus' paragraphs joined per document, in order of first appearance: the long documents.
+    Read a document at a time (:func:`~warmstart.data.shards.iter_documents`), as the tokenize stage's
+    ``train-documents`` split holds them."""
+    from warmstart.data.shards import iter_documents
 
-    for _, recs in itertools.groupby(
-        iter_split(params, params.shared.target_lang, split), key=lambda r: r.get("doc") or r["id"]
-    ):
-        yield "\n\n".join(r["text"] for r in recs)
+    return iter_documents([params.path("corpus", params.shared.target_lang, f"{split}.jsonl")], "text")
+
+
+def long_documents(params: Any, tok: Any) -> Path:
+    """The tokenize stage's ``train-documents`` shards of the target language written by ``tok``'s tokenizer
+    (the target's or the base's, whichever the extended run uses): what the fine-tune streams, tokenized once
+    for every method."""
+    import json
+
+    from warmstart.data.shards import fingerprint
+    from warmstart.data.tokenize import DOCUMENTS, TOKENIZERS, token_dir
+
+    lang, fp = params.shared.target_lang, fingerprint(tok)
+    dirs = [token_dir(params, which, lang, f"train-{DOCUMENTS}") for which in TOKENIZERS]
+    for d in dirs:
+        if (d / "manifest.json").is_file() and json.loads((d / "manifest.json").read_text())["tokenizer"][
+            "fingerprint"
+        ] == fp:
+            return d
+    have = [str(d) for d in dirs if (d / "manifest.json").is_file()]
+    raise FileNotFoundError(
+        f"no whole-document shards of {lang}'s train split for the extended model's tokenizer (have: {have}); "
+        f"add {lang} (or 'target') to tokenize.documents under the tokenizer the context run uses, and rerun tokenize"
+    )
 
 
 def retrieval_suites(texts: list[str], tok: Any, lengths: list[int], suite: Any, seed: int) -> list[tuple[int, list]]:
@@ -91,7 +111,8 @@ def measure(model: Any, tok: Any, params: Any, lengths: list[int], texts: list[s
 def finetune_config(
     init: Path, train_file: Path, length: int, f: Any, out: Path, seed: int, trust_remote_code: bool
 ) -> Any:
-    """The trainer config of the fine-tune (``context.finetune`` as ``f``) of ``init`` on ``train_file`` at
+    """The trainer config of the fine-tune (``context.finetune`` as ``f``) of ``init`` on ``train_file`` (token
+    shards, or jsonl tokenized into the run's cache) at
     ``length``, with the same tokens per step at any length, in ``out / "finetune"`` (``out``: the run's dir)."""
     from warmstart.train.config import TrainConfig
     from warmstart.train.launch import optim_fields

@@ -1,9 +1,10 @@
 """The corpus stage: sources -> filters -> document split -> dedup -> jsonl.
 
 Output ``<data_dir>/corpus/<lang>/{train,val,test}.jsonl``, one paragraph per
-line: ``{"id", "doc", "page", "lang", "kind", "text"}``, paragraphs of a
-document consecutive and in reading order. The directory is written whole or
-not at all. :func:`build_corpus` returns the stage metrics.
+line: ``{"id", "doc", "page", "lang", "kind", "text"}``, in reading order: a
+page's paragraphs are consecutive, a document's need not be (the handbook's
+pages interleave its chapters; :func:`warmstart.data.shards.iter_documents`
+groups them). The directory is written whole or not at all. :func:`build_corpus` returns the stage metrics.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ shards and an empty split are each refused with the path and the numbers.
 
 from __future__ import annotations
 
+import array
+import bisect
 import glob
 import hashlib
 import json
@@ -110,11 +112,21 @@ def expand(files: Sequence[str]) -> list[Path]:
     return out
 
 
-def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None = None) -> Iterator[str]:
-    """Non-empty texts of jsonl files, in file then line order (blank lines and empty texts skipped).
+def _record(raw: bytes, path: Path, n: int, text_field: str) -> dict:
+    """One jsonl line (line ``n`` of ``path``), checked: a JSON object whose ``text_field`` is a string."""
+    try:
+        rec = json.loads(raw)
+        text = rec[text_field]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{path}:{n}: not a JSON object with a {text_field!r} field ({e})") from e
+    if not isinstance(text, str):
+        raise ShardError(f"{path}:{n}: {text_field!r} is {type(text).__name__}, not a string")
+    return rec
 
-    With ``hashes``, each file's SHA-256 is recorded there once it has been read in full.
-    """
+
+def _records(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None) -> Iterator[tuple[dict, str]]:
+    """``(record, text)`` of every non-blank line of jsonl files, in file then line order; with ``hashes``, each
+    file's SHA-256 is recorded there once it has been read in full."""
     for path in paths:
         h = hashlib.sha256()
         try:
@@ -126,16 +138,58 @@ def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | 
                 h.update(raw)
                 if not raw.strip():
                     continue
-                try:
-                    text = json.loads(raw)[text_field]
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ShardError(f"{path}:{n}: not a JSON object with a {text_field!r} field ({e})") from e
-                if not isinstance(text, str):
-                    raise ShardError(f"{path}:{n}: {text_field!r} is {type(text).__name__}, not a string")
-                if text:
-                    yield text
+                rec = _record(raw, path, n, text_field)
+                yield rec, rec[text_field]
         if hashes is not None:
             hashes[str(path)] = h.hexdigest()
+
+
+def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None = None) -> Iterator[str]:
+    """Non-empty texts of jsonl files, in file then line order (blank lines and empty texts skipped).
+
+    With ``hashes``, each file's SHA-256 is recorded there once it has been read in full.
+    """
+    return (text for _, text in _records(paths, text_field, hashes) if text)
+
+
+def iter_documents(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None = None) -> Iterator[str]:
+    """Whole documents of a corpus split: the records of one ``doc`` (a record without one is a document by its
+    ``id``) joined by a blank line, documents in order of first appearance, records in file order; empty
+    documents skipped. A document's records need not be consecutive (the handbook's pages interleave its
+    chapters), so this reads twice: pass 1 keeps each record's file offset by document (8 bytes a record),
+    pass 2 reads one document at a time. Memory: the offsets and one document, never the split's text."""
+    offsets: dict[str, array.array] = {}  # document -> its records' offsets in the files read end to end
+    bases, at = [], 0  # where each file starts in that concatenation; the offset read up to
+    for path in paths:  # pass 1: offsets by document, and the files' hashes
+        bases.append(at)
+        h = hashlib.sha256()
+        try:
+            fh = open(path, "rb")
+        except OSError as e:
+            raise ShardError(f"cannot read source {path}: {e.strerror}") from e
+        with fh:
+            for n, raw in enumerate(fh, 1):
+                h.update(raw)
+                if raw.strip():
+                    rec = _record(raw, path, n, text_field)
+                    offsets.setdefault(rec.get("doc") or rec["id"], array.array("q")).append(at)
+                at += len(raw)
+        if hashes is not None:
+            hashes[str(path)] = h.hexdigest()
+    handles = [open(p, "rb") for p in paths]
+    try:
+        for where in offsets.values():  # pass 2: a document at a time
+            texts = []
+            for at in where:
+                i = bisect.bisect_right(bases, at) - 1
+                handles[i].seek(at - bases[i])
+                texts.append(_record(handles[i].readline(), paths[i], 0, text_field)[text_field])
+            text = "\n\n".join(texts)
+            if text:
+                yield text
+    finally:
+        for fh in handles:
+            fh.close()
 
 
 def batches(texts: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -230,11 +284,13 @@ def tokenize_files(
     batch_docs: int = 1024,
     shard_tokens: int = SHARD_TOKENS,
     name: str = "",
+    documents: bool = False,
 ) -> dict:
     """Tokenize the texts of jsonl ``files`` into shards at ``out_dir``; returns the manifest it wrote.
 
     Ids are exactly ``tokenizer(texts, add_special_tokens=False)["input_ids"]`` per document. ``out_dir`` is
-    replaced only once the new shards are complete; an error leaves what was there untouched.
+    replaced only once the new shards are complete; an error leaves what was there untouched. ``documents``:
+    each shard document is a whole corpus document (:func:`iter_documents`), not one record.
     """
     if workers < 1 or batch_docs < 1 or shard_tokens < 1:
         raise ShardError(
@@ -247,7 +303,8 @@ def tokenize_files(
     with atomic_dir(out_dir) as tmp:
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         try:
-            chunks = batches(iter_texts(paths, text_field, hashes), batch_docs)
+            texts = (iter_documents if documents else iter_texts)(paths, text_field, hashes)
+            chunks = batches(texts, batch_docs)
             # one worker: this process, on the tokenizer's own threads; more: one thread per worker process
             for ids, lengths, nbytes in ordered_map(
                 _encode, chunks, workers, _init_worker, (spec, dtype.str, workers == 1)
@@ -258,7 +315,8 @@ def tokenize_files(
         if not writer.shards:
             raise ShardError(f"{name or out_dir}: the sources {[str(p) for p in paths]} hold no documents")
         sources = [{"path": str(p), "sha256": hashes[str(p)], "bytes": p.stat().st_size} for p in paths]
-        manifest = _manifest(name, tokenizer, dtype, sources, writer.shards, text_field=text_field)
+        extra = {"text_field": text_field, **({"unit": "document"} if documents else {})}
+        manifest = _manifest(name, tokenizer, dtype, sources, writer.shards, **extra)
         write_json(tmp / "manifest.json", manifest)
     return manifest
 

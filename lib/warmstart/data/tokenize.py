@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 TOKENIZERS = ("target", "base")
+DOCUMENTS = "documents"  # the split suffix of a documents view: <split>-documents
 
 
 def token_dir(params: Any, tokenizer: str, lang: str, split: str = "train") -> Path:
@@ -37,45 +38,55 @@ def load_tokenizer(params: Any, which: str) -> Any:
 
 
 def tokenize_study(params: Any) -> dict:
-    """Tokenize every (tokenizer, language, split) of ``tokenize`` into ``data/tokens``; the stage's details."""
+    """Tokenize every (tokenizer, language, split) of ``tokenize`` into ``data/tokens``, then the documents views
+    (``tokenize.documents``: ``train-documents``); the stage's details."""
     from warmstart.data.shards import tokenize_files
 
     cfg = params.tokenize
     known = params.languages
-    for which, langs in cfg.corpora.items():
-        bad = [lang for lang in langs if params.resolve_lang(lang) not in known]
-        if bad:
-            raise ValueError(f"tokenize.corpora.{which} names {bad}, which the corpus does not hold; corpus: {known}")
-    rows = []
-    for which, langs in cfg.corpora.items():
-        tok = load_tokenizer(params, which)
-        for lang in dict.fromkeys(params.resolve_lang(x) for x in langs):
-            for split in cfg.splits:
-                src = params.path("corpus", lang, f"{split}.jsonl")
-                t0 = time.perf_counter()
-                m = tokenize_files(
-                    [str(src)],
-                    token_dir(params, which, lang, split),
-                    tok,
-                    workers=cfg.workers,
-                    batch_docs=cfg.batch_docs,
-                    shard_tokens=cfg.shard_tokens,
-                    name=f"{which}/{lang}/{split}",
-                )
-                sec = time.perf_counter() - t0
-                rows.append(
-                    {
-                        "tokenizer": which,
-                        "lang": lang,
-                        "split": split,
-                        "documents": m["documents"],
-                        "tokens": m["tokens"],
-                        "bytes": m["bytes"],
-                        "bytes_per_token": round(m["bytes"] / m["tokens"], 4),
-                        "dtype": m["dtype"],
-                        "shards": len(m["shards"]),
-                        "fingerprint": m["tokenizer"]["fingerprint"][:16],
-                        "seconds": round(sec, 2),
-                    }
-                )
+    for key, table in (("corpora", cfg.corpora), ("documents", cfg.documents)):
+        for which, langs in table.items():
+            bad = [lang for lang in langs if params.resolve_lang(lang) not in known]
+            if bad:
+                raise ValueError(f"tokenize.{key}.{which} names {bad}, which the corpus does not hold; corpus: {known}")
+
+    def langs_of(langs: list[str]) -> list[str]:
+        return list(dict.fromkeys(params.resolve_lang(x) for x in langs))
+
+    # (tokenizer, language, split, documents?): every split of tokenize.corpora, then the documents views
+    jobs = [
+        (w, lang, split, False) for w, langs in cfg.corpora.items() for lang in langs_of(langs) for split in cfg.splits
+    ]
+    jobs += [(w, lang, "train", True) for w, langs in cfg.documents.items() for lang in langs_of(langs)]
+    rows, toks = [], {}
+    for which, lang, split, documents in jobs:
+        if which not in toks:
+            toks[which] = load_tokenizer(params, which)
+        name = f"{split}-{DOCUMENTS}" if documents else split
+        t0 = time.perf_counter()
+        m = tokenize_files(
+            [str(params.path("corpus", lang, f"{split}.jsonl"))],
+            token_dir(params, which, lang, name),
+            toks[which],
+            workers=cfg.workers,
+            batch_docs=cfg.batch_docs,
+            shard_tokens=cfg.shard_tokens,
+            name=f"{which}/{lang}/{name}",
+            documents=documents,
+        )
+        rows.append(
+            {
+                "tokenizer": which,
+                "lang": lang,
+                "split": name,
+                "documents": m["documents"],
+                "tokens": m["tokens"],
+                "bytes": m["bytes"],
+                "bytes_per_token": round(m["bytes"] / m["tokens"], 4),
+                "dtype": m["dtype"],
+                "shards": len(m["shards"]),
+                "fingerprint": m["tokenizer"]["fingerprint"][:16],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
     return {"workers": cfg.workers, "splits": rows}

@@ -100,10 +100,8 @@ def run_method(params: Any, method: str) -> dict[str, Any]:
     test = first_bytes(ft.texts_by_document(params, "test"), c.eval_bytes)
     suite = ft.retrieval_suites(test, tok, lengths, c.suite, params.shared.seed)
     before = ft.measure(load_model(init), tok, params, lengths, test, suite)
-    train_file = out / "long_train.jsonl"
-    write_jsonl(train_file, ({"text": t} for t in ft.texts_by_document(params, "train")))
     seed, trust = params.shared.seed, params.base.trust_remote_code
-    launch(ft.finetune_config(init, train_file, length, c.finetune, out, seed, trust))
+    launch(ft.finetune_config(init, ft.long_documents(params, tok), length, c.finetune, out, seed, trust))
     final = out / "finetune" / "final"
     after = ft.measure(load_model(final), tok, params, lengths, test, suite)
     log, _ = merge_logs([("finetune", out / "finetune")])

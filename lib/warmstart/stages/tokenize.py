@@ -42,7 +42,9 @@ def run(params: Any) -> dict[str, Any]:
         paragraphs=[
             "Every split a run trains on is tokenized once per tokenizer into memory-mapped shards of token "
             "ids with a document index and each document's UTF-8 byte count; runs read rows from the maps, "
-            f"so a run's memory does not grow with its corpus ({details['workers']} encoding worker(s))."
+            f"so a run's memory does not grow with its corpus ({details['workers']} encoding worker(s)). A "
+            "`-documents` split holds whole documents (their paragraphs joined): the context stage's long "
+            "fine-tune reads it."
         ],
         tables=[fragments.table([[r[c] for c in cols] for r in rows], "Tokenized splits", columns=cols)],
         seconds=sum(r["seconds"] for r in rows),
