@@ -32,3 +32,22 @@ def test_goals_are_checked_where_the_issue_states_them(tmp_path):
     rec["sizes"]["1000"]["train"]["first_write_s"] = 10.5
     write_report(rec, tmp_path / "r.md")
     assert "start-up under 10 s at the largest size: **missed** (10.5 s)" in (tmp_path / "r.md").read_text()
+
+
+def test_readers_children_on_an_interleaved_split(tmp_path):
+    """The readers bench's split interleaves its documents; the streamed documents view and the in-memory
+    grouping give the same documents and tokens, and the held-out readers take their budgets."""
+    from conftest import byte_bpe
+    from warmstart.data.bench import child_documents, child_held_out, split_corpus
+
+    src = tmp_path / "corpus" / "xx" / "test.jsonl"
+    n = split_corpus(src, 300_000, seed=3, per_doc=5, docs=20)
+    tok = byte_bpe([f"w{i}" for i in range(3000)], 400)
+    tok.save_pretrained(tmp_path / "tok")
+    streamed = child_documents(str(tmp_path / "tok"), str(src), str(tmp_path / "docs"), "streamed")
+    grouped = child_documents(str(tmp_path / "tok"), str(src), "", "in_memory")
+    assert streamed["documents"] == grouped["documents"] == 20 and grouped["same_tokens"]
+    assert streamed["tokens"] == grouped["tokens"]
+    held = child_held_out(str(tmp_path / "corpus"))
+    assert held["records"] == n  # the whole 0.3 MB split is under the probes' 16 MB
+    assert 25 <= held["texts"] <= 32  # ~1.1 KB paragraphs up to 32,000 bytes

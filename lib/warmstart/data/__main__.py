@@ -1,4 +1,5 @@
-"""``python -m warmstart.data bench``: the data path at scale (:mod:`warmstart.data.bench`)."""
+"""``python -m warmstart.data bench``: the data path at scale; ``readers``: the corpus-split readers
+(:mod:`warmstart.data.bench`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,23 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--corpus-sizes", default="100,1000", help="corpus sizes in MB for the corpus stage")
     b.add_argument("--work", default=None, help="scratch folder (default: a temporary one beside data/)")
     b.add_argument("--out", default=None, help="the record, JSON (default reports/bench/data-path_cpu_<date>.json)")
+    r = sub.add_parser("readers", help="the corpus-split readers (documents view, held-out texts) at two sizes")
+    r.add_argument("--sizes", default="20,200", help="split sizes in MB")
+    r.add_argument("--tokenizer", default="data/tokenizer/target", help="a tokenizer dir (the study's target)")
+    r.add_argument("--out", default=None, help="the record, JSON (default reports/bench/data-readers_cpu_<date>.json)")
     args = ap.parse_args(argv)
+    if args.cmd == "readers":
+        from warmstart.data.bench import readers_report, run_readers
+
+        out = Path(args.out or f"reports/bench/data-readers_cpu_{datetime.date.today().isoformat()}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Path("data").mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".bench-", dir="data") as work:
+            record = run_readers([int(x) for x in args.sizes.split(",") if x], Path(args.tokenizer), Path(work))
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        out.with_suffix(".md").write_text(readers_report(record))
+        print(out.with_suffix(".md").read_text())
+        return
     from warmstart.data.bench import run_bench
     from warmstart.data.bench_report import write_report
 

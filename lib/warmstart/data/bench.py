@@ -248,12 +248,106 @@ def child_corpus(params_json: str) -> dict:
     return {"metrics": m}
 
 
+def split_corpus(path: Path, n_bytes: int, seed: int, per_doc: int = 5, docs: int = 1000) -> int:
+    """A corpus split as the corpus stage writes it, ~1 KB paragraphs until ``n_bytes``, whose documents
+    interleave (blocks of ``per_doc`` paragraphs cycle through ``docs`` documents, as the handbook's pages
+    interleave its chapters). Returns the paragraph count."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(3000)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n, written = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        while written < n_bytes:
+            text = " ".join(rng.choices(words, k=200))
+            doc = f"d{(n // per_doc) % docs}"
+            line = json.dumps({"id": str(n), "doc": doc, "page": f"{doc}-p{n // per_doc}", "text": text}) + "\n"
+            f.write(line)
+            n, written = n + 1, written + len(line)
+    return n
+
+
+def child_documents(tok_dir: str, src: str, out: str, how: str) -> dict:
+    """The ``train-documents`` view: ``streamed`` (the tokenize stage's two passes) or ``in_memory`` (every
+    document's text grouped in a dict first, as the context stage used to)."""
+    from collections import defaultdict
+
+    from transformers import AutoTokenizer
+
+    from warmstart.data.shards import iter_documents, tokenize_files
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    t0 = time.perf_counter()
+    if how == "streamed":
+        m = tokenize_files([src], out, tok, documents=True)
+        return {"documents": m["documents"], "tokens": m["tokens"], "work_seconds": time.perf_counter() - t0}
+    docs: dict[str, list[str]] = defaultdict(list)
+    with open(src, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            docs[r["doc"]].append(r["text"])
+    n = sum(len(tok("\n\n".join(p), add_special_tokens=False)["input_ids"]) for p in docs.values())
+    sec = time.perf_counter() - t0
+    same = n == sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in iter_documents([Path(src)], "text"))
+    return {"documents": len(docs), "tokens": n, "same_tokens": same, "work_seconds": sec}
+
+
+def child_held_out(root: str) -> dict:
+    """The held-out readers at the default budgets: bits per byte's 32 KB, the probes' 16 MB."""
+    from warmstart.bpb import held_out_texts
+    from warmstart.data.corpus import head_records
+
+    t0 = time.perf_counter()
+    texts = held_out_texts(root, "xx", "test", 32_000)
+    recs = head_records(root, "xx", ["test", "val"], 16_000_000)
+    return {"texts": len(texts), "records": len(recs), "work_seconds": time.perf_counter() - t0}
+
+
 CHILDREN = {
     "raw": child_raw,
     "tokenize": child_tokenize,
     "reader": child_reader,
     "corpus": child_corpus,
+    "documents": child_documents,
+    "held_out": child_held_out,
 }
+
+
+def run_readers(sizes_mb: list[int], tok_dir: Path, work: Path, seed: int = 1234) -> dict:
+    """The split readers at each size, one process each: the documents view (streamed, and grouped in memory
+    for contrast) and the held-out readers."""
+    record: dict[str, Any] = {"provenance": _provenance(), "seed": seed, "tokenizer": str(tok_dir), "sizes": {}}
+    for mb in sizes_mb:
+        src = work / "corpus" / "xx" / "test.jsonl"
+        n = split_corpus(src, mb * MB, seed)
+        row: dict[str, Any] = {"bytes": src.stat().st_size, "paragraphs": n}
+        for how in ("streamed", "in_memory"):
+            row[how] = measured(_child("documents", str(tok_dir), str(src), str(work / "docs"), how))
+        row["held_out"] = measured(_child("held_out", str(work / "corpus")))
+        record["sizes"][str(mb)] = row
+        subprocess.run(["rm", "-rf", str(work / "corpus"), str(work / "docs")])
+    return record
+
+
+def readers_report(record: dict) -> str:
+    """The readers record as markdown."""
+    p = record["provenance"]
+    lines = [
+        f"# Corpus-split readers at scale: {p['cpu']}, {p['cores']} cores, {p['memory_gib']} GiB",
+        "",
+        f"`python -m warmstart.data readers` at commit `{p['commit'][:12]}`{' (dirty)' if p['dirty'] else ''}; "
+        f"Python {p['python']}, torch {p['torch']}, tokenizers {p['tokenizers']}. Tokenizer: `{record['tokenizer']}`. "
+        "A synthetic split of ~1 KB paragraphs whose 1,000 documents interleave in blocks of 5; each measurement "
+        "in its own process; seconds of the work itself (imports excluded); peak = the process tree's largest RSS.",
+        "",
+        "| split | paragraphs | documents view, streamed: s / peak | grouped in memory: s / peak | held-out readers: s / peak |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in record["sizes"].values():
+        cells = [f"{r[k]['work_seconds']:.1f} s / {r[k]['peak_mib']} MiB" for k in ("streamed", "in_memory", "held_out")]
+        lines.append(f"| {r['bytes'] / MB:,.0f} MB | {r['paragraphs']:,} | " + " | ".join(cells) + " |")
+    same = all(r["in_memory"]["same_tokens"] for r in record["sizes"].values())
+    lines += ["", f"The two ways give the same token count at every size: {same}."]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- the benchmark
