@@ -343,7 +343,9 @@ def readers_report(record: dict) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for r in record["sizes"].values():
-        cells = [f"{r[k]['work_seconds']:.1f} s / {r[k]['peak_mib']} MiB" for k in ("streamed", "in_memory", "held_out")]
+        cells = [
+            f"{r[k]['work_seconds']:.1f} s / {r[k]['peak_mib']} MiB" for k in ("streamed", "in_memory", "held_out")
+        ]
         lines.append(f"| {r['bytes'] / MB:,.0f} MB | {r['paragraphs']:,} | " + " | ".join(cells) + " |")
     same = all(r["in_memory"]["same_tokens"] for r in record["sizes"].values())
     lines += ["", f"The two ways give the same token count at every size: {same}."]
