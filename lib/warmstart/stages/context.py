@@ -52,6 +52,7 @@ PARAMS = {
     "context_testbed": ("shared.seed", "shared.data_dir", "shared.reports_dir", "context.testbed"),
     "context_run": (
         *_COMMON,
+        "shared.source_lang",  # token_dir resolves the language of the documents view
         "context.run",
         "context.factor",
         "context.options",
