@@ -105,6 +105,10 @@ def test_vocab_swap_methods_neighbours_and_step0_text_change_no_other_run(tmp_pa
         assert _fps(_params(tmp_path, vocab_swap={field: value})) == after, field
     # a swap setting does change the runs (the swapped models are built from all of them)
     assert _changed(after, _fps(_params(tmp_path, vocab_swap={"omp_k": 4})))
+    # the fertility table's text budget changes no run; the swap's text budget and the tokenizer's size do
+    assert _fps(_params(tmp_path, tokenizer={"fertility_bytes": 2000})) == after
+    assert _changed(after, _fps(_params(tmp_path, vocab_swap={"text_bytes": 2000}))) >= {"focus", "tokdistil"}
+    assert _changed(after, _fps(_params(tmp_path, tokenizer={"vocab_size": 4096}))) == set(after)
 
 
 # ---------------------------------------------------------------- reading a spread that covers some runs

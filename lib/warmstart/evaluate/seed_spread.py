@@ -55,11 +55,14 @@ STUDY_KEYS = (
     "pretrain",
     "study.arms",
 )
-# whole sections in every run's fingerprint
-RUN_SECTIONS = ("corpus", "tokenizer", "base")
-# vocab_swap fields that change no run's model: which methods exist (every other run is unaffected), the
-# nearest-neighbour table and step 0's evaluation text
-SWAP_SKIP = frozenset({"methods", "neighbours", "eval_bytes"})
+# sections in every run's fingerprint, whole but for SKIP's fields
+RUN_SECTIONS = ("corpus", "tokenizer", "base", "vocab_swap")
+# fields that change no run's model: which swap methods exist (every other run is unaffected), the
+# nearest-neighbour table, step 0's evaluation text, the fertility table's text
+SKIP = {
+    "vocab_swap": frozenset({"methods", "neighbours", "eval_bytes"}),
+    "tokenizer": frozenset({"fertility_bytes"}),
+}
 # single keys in every run's fingerprint
 RUN_KEYS = ("evaluate.eval_bytes", "shared.seed", "shared.source_lang", "shared.target_lang")
 
@@ -83,20 +86,22 @@ def _key(params: Any, key: str) -> Any:
 
 def run_fingerprint(params: Any, name: str) -> str:
     """A short hash (sha256 of canonical JSON, 16 hex digits) of what decides study run ``name``'s final bits
-    per byte: :data:`RUN_SECTIONS` whole, ``vocab_swap`` but :data:`SWAP_SKIP`, the run's kind and method,
+    per byte: :data:`RUN_SECTIONS` but :data:`SKIP`'s fields, the run's kind and method,
     its resolved phases (:func:`warmstart.train.study.run_phases`, its arm's overrides applied), every other
     ``pretrain`` setting (an arm's: ``params.pretrain_for(name)``) and :data:`RUN_KEYS`. Read key by key, so a
     stage reads only those keys (within :data:`STUDY_KEYS`, ``evaluate`` and ``shared``)."""
-    from warmstart.config.sections import Pretrain, VocabSwap
+    from warmstart.config.sections import Pretrain
     from warmstart.runs import get_run
     from warmstart.train.study import run_phases
 
     r = get_run(params, name)
     pt = params.pretrain_for(name) if r.kind == "arm" else params.pretrain
-    picked: dict[str, Any] = {key: _plain(_key(params, key)) for key in (*RUN_SECTIONS, *RUN_KEYS)}
-    picked["vocab_swap"] = {
-        f: _plain(getattr(params.vocab_swap, f)) for f in VocabSwap.model_fields if f not in SWAP_SKIP
-    }
+    picked: dict[str, Any] = {key: _plain(_key(params, key)) for key in RUN_KEYS}
+    for key in RUN_SECTIONS:
+        section = _key(params, key)
+        picked[key] = {
+            f: _plain(getattr(section, f)) for f in section.__class__.model_fields if f not in SKIP.get(key, ())
+        }
     picked["pretrain"] = {f: _plain(getattr(pt, f)) for f in Pretrain.model_fields if f != "phases"}
     picked["run"] = {"kind": r.kind, "method": r.method}
     picked["phases"] = run_phases(params, name)
