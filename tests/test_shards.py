@@ -273,3 +273,18 @@ def test_documents_view_equals_the_joined_documents_tokenized(corpus, tmp_path):
     for i in (0, 17, 40):
         assert a.doc(i).tolist() == b.doc(i).tolist()
         assert a.doc(i).tolist() == corpus.tok(joined[i], add_special_tokens=False)["input_ids"]
+
+
+def test_batches_end_at_a_character_budget_and_the_shards_do_not_change(corpus, tmp_path):
+    from warmstart.data.shards import batches
+
+    assert list(batches(["aaaa", "bb", "c", "dddddd", "e"], 3, max_chars=5)) == [["aaaa", "bb"], ["c", "dddddd"], ["e"]]
+    assert list(batches(["aaaa", "bb", "c"], 2)) == [["aaaa", "bb"], ["c"]]
+    small = tokenize_files([str(corpus.src)], tmp_path / "small", corpus.tok, batch_chars=200)
+    whole = tokenize_files([str(corpus.src)], tmp_path / "whole", corpus.tok)
+    assert small["shards"] == whole["shards"]  # same tokens, ends and bytes: batching changes no id
+    for ext in ("tokens", "ends", "bytes"):
+        a, b = (sorted((tmp_path / d).glob(f"*.{ext}")) for d in ("small", "whole"))
+        assert [f.read_bytes() for f in a] == [f.read_bytes() for f in b]
+    with pytest.raises(ShardError, match="batch_chars must be >= 1"):
+        tokenize_files([str(corpus.src)], tmp_path / "bad", corpus.tok, batch_chars=0)

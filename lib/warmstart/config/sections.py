@@ -147,6 +147,7 @@ class Tokenize(_Section):
     documents: dict[Literal["target", "base"], list[str]] = {"target": ["target"]}
     workers: int = Field(default=1, ge=1)  # encoding processes; 1: in this process, on the tokenizer's threads
     batch_docs: int = Field(default=1024, ge=1)  # documents per encoded batch (memory: 2 x workers batches)
+    batch_chars: int = Field(default=8_000_000, ge=1)  # ... and at most ~this many characters (long documents)
     shard_tokens: int = Field(default=1 << 28, ge=1)  # tokens per shard file
 
     @field_validator("corpora")

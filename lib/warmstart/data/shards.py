@@ -38,6 +38,7 @@ from warmstart.io import atomic_dir, sha256sum, write_json
 
 FORMAT = "warmstart.tokens/1"
 SHARD_TOKENS = 1 << 28  # 256M tokens (512 MiB at uint16) per shard file
+BATCH_CHARS = 8_000_000  # characters per encoded batch at most (long documents): its encodings take ~1 GiB
 ENCODING_KEYS = ("normalizer", "pre_tokenizer", "model", "added_tokens")  # what decides the ids of a text
 
 
@@ -192,14 +193,18 @@ def iter_documents(paths: Sequence[Path], text_field: str, hashes: dict[str, str
             fh.close()
 
 
-def batches(texts: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    """Lists of ``n`` texts (or items; the last one shorter), read lazily."""
+def batches(texts: Iterable[Any], n: int, max_chars: int | None = None) -> Iterator[list[Any]]:
+    """Lists of ``n`` texts (or items; the last one shorter), read lazily; with ``max_chars``, a list also ends
+    once its texts reach that many characters (a batch of long documents stays bounded; one longer text is a
+    batch of its own)."""
     batch: list[Any] = []
+    size = 0
     for t in texts:
         batch.append(t)
-        if len(batch) == n:
+        size += len(t) if max_chars is not None else 0
+        if len(batch) == n or (max_chars is not None and size >= max_chars):
             yield batch
-            batch = []
+            batch, size = [], 0
     if batch:
         yield batch
 
@@ -285,16 +290,19 @@ def tokenize_files(
     shard_tokens: int = SHARD_TOKENS,
     name: str = "",
     documents: bool = False,
+    batch_chars: int = BATCH_CHARS,
 ) -> dict:
     """Tokenize the texts of jsonl ``files`` into shards at ``out_dir``; returns the manifest it wrote.
 
     Ids are exactly ``tokenizer(texts, add_special_tokens=False)["input_ids"]`` per document. ``out_dir`` is
     replaced only once the new shards are complete; an error leaves what was there untouched. ``documents``:
-    each shard document is a whole corpus document (:func:`iter_documents`), not one record.
+    each shard document is a whole corpus document (:func:`iter_documents`), not one record. A batch holds at
+    most ``batch_docs`` documents and about ``batch_chars`` characters (more only for one longer document).
     """
-    if workers < 1 or batch_docs < 1 or shard_tokens < 1:
+    if workers < 1 or batch_docs < 1 or shard_tokens < 1 or batch_chars < 1:
         raise ShardError(
-            f"workers, batch_docs and shard_tokens must be >= 1, got {workers}, {batch_docs}, {shard_tokens}"
+            "workers, batch_docs, shard_tokens and batch_chars must be >= 1, got "
+            f"{workers}, {batch_docs}, {shard_tokens}, {batch_chars}"
         )
     paths = expand(files)
     spec, size = tokenizer_json(tokenizer), vocab_size(tokenizer)
@@ -304,7 +312,7 @@ def tokenize_files(
         writer = _ShardWriter(tmp, dtype, shard_tokens)
         try:
             texts = (iter_documents if documents else iter_texts)(paths, text_field, hashes)
-            chunks = batches(texts, batch_docs)
+            chunks = batches(texts, batch_docs, batch_chars)
             # one worker: this process, on the tokenizer's own threads; more: one thread per worker process
             for ids, lengths, nbytes in ordered_map(
                 _encode, chunks, workers, _init_worker, (spec, dtype.str, workers == 1)

@@ -70,6 +70,7 @@ def tokenize_study(params: Any) -> dict:
             toks[which],
             workers=cfg.workers,
             batch_docs=cfg.batch_docs,
+            batch_chars=cfg.batch_chars,
             shard_tokens=cfg.shard_tokens,
             name=f"{which}/{lang}/{name}",
             documents=documents,
