@@ -373,8 +373,7 @@ def test_held_out_readers_stream_the_split_and_hold_only_their_budget(tmp_path):
     import itertools
     import tracemalloc
 
-    from warmstart.bpb import held_out_texts
-    from warmstart.data.corpus import head_records, iter_split
+    from warmstart.data.corpus import head_records, held_out_texts, iter_split
     from warmstart.io import iter_jsonl, write_jsonl
 
     root = tmp_path / "corpus"

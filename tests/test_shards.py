@@ -276,7 +276,7 @@ def test_documents_view_equals_the_joined_documents_tokenized(corpus, tmp_path):
 
 
 def test_batches_end_at_a_character_budget_and_the_shards_do_not_change(corpus, tmp_path):
-    from warmstart.data.shards import batches
+    from warmstart.data.jsonl import batches
 
     assert list(batches(["aaaa", "bb", "c", "dddddd", "e"], 3, max_chars=5)) == [["aaaa", "bb"], ["c", "dddddd"], ["e"]]
     assert list(batches(["aaaa", "bb", "c"], 2)) == [["aaaa", "bb"], ["c"]]

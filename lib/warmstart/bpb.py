@@ -32,18 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from warmstart.data.clean import first_bytes  # noqa: F401  (re-exported: the stages' bounded samples)
+from warmstart.data.corpus import held_out_texts  # noqa: F401  (re-exported: what bits per byte is measured on)
 
 LN2 = math.log(2.0)
-
-
-def held_out_texts(params: Any, lang: str, split: str, max_bytes: int) -> list[str]:
-    """The leading non-blank texts of one corpus split, up to ``max_bytes``: what bits per byte is measured on."""
-    from warmstart.data.corpus import iter_split_texts
-
-    texts = first_bytes((t for t in iter_split_texts(params, lang, split) if t.strip()), max_bytes)
-    if not texts:
-        raise ValueError(f"no held-out {split} text for {lang}")
-    return texts
 
 
 def _windows(

@@ -46,7 +46,7 @@ def texts_by_document(params: Any, split: str) -> Iterator[str]:
     """The target corpus' paragraphs joined per document, in order of first appearance: the long documents.
     Read a document at a time (:func:`~warmstart.data.shards.iter_documents`), as the tokenize stage's
     ``train-documents`` split holds them."""
-    from warmstart.data.shards import iter_documents
+    from warmstart.data.jsonl import iter_documents
 
     return iter_documents([params.path("corpus", params.shared.target_lang, f"{split}.jsonl")], "text")
 

@@ -182,7 +182,7 @@ def child_raw(tok_dir: str, files: str) -> dict:
     """Raw ``encode_batch`` over the corpus texts, batches of 1024, the tokenizer's own threads."""
     from tokenizers import Tokenizer
 
-    from warmstart.data.shards import batches, expand, iter_texts
+    from warmstart.data.jsonl import batches, expand, iter_texts
 
     tok = Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
     t0, n = time.perf_counter(), 0
@@ -292,8 +292,7 @@ def child_documents(tok_dir: str, src: str, out: str, how: str) -> dict:
 
 def child_held_out(root: str) -> dict:
     """The held-out readers at the default budgets: bits per byte's 32 KB, the probes' 16 MB."""
-    from warmstart.bpb import held_out_texts
-    from warmstart.data.corpus import head_records
+    from warmstart.data.corpus import head_records, held_out_texts
 
     t0 = time.perf_counter()
     texts = held_out_texts(root, "xx", "test", 32_000)
@@ -395,7 +394,7 @@ def run_bench(
         plant = planted_corpus(src, mb * MB, seed, hb["en-US"], foreign)
         files = json.dumps([str(src / "part-*.jsonl")])
         if not tok_dir.exists():  # the study's tokenizer config (8,192 tokens) on the first 10 MB
-            from warmstart.data.shards import expand, iter_texts
+            from warmstart.data.jsonl import expand, iter_texts
 
             sample = []
             for t in iter_texts(expand([str(src / "part-*.jsonl")]), "text"):

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from warmstart.config import Params
-from warmstart.data.clean import LanguageFilter, words
+from warmstart.data.clean import LanguageFilter, first_bytes, words
 from warmstart.data.dedup import StreamDeduplicator
 from warmstart.data.engine import FILTERS, candidates, read_docs, read_paragraphs, run_pass1
 from warmstart.data.split import SPLITS, assign_splits
@@ -69,6 +69,14 @@ def _split_path_or_none(params_or_dir: Params | str | Path, lang: str, split: st
         return _split_path(params_or_dir, lang, split)
     except FileNotFoundError:
         return None
+
+
+def held_out_texts(params: Params | str | Path, lang: str, split: str, max_bytes: int) -> list[str]:
+    """The leading non-blank texts of one corpus split, up to ``max_bytes``: what bits per byte is measured on."""
+    texts = first_bytes((t for t in iter_split_texts(params, lang, split) if t.strip()), max_bytes)
+    if not texts:
+        raise ValueError(f"no held-out {split} text for {lang}")
+    return texts
 
 
 def load_split(params_or_dir: Params | str | Path, lang: str, split: str) -> list[dict]:

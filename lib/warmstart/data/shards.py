@@ -9,7 +9,7 @@ Megatron's indexed datasets and datatrove's ``.ds`` shards are the models)::
     00000.ends        uint64, each document's end offset in the shard's tokens (cumulative)
     00000.bytes       uint64, each document's UTF-8 byte count (bits-per-byte accounting)
 
-Writing streams (:func:`tokenize_files`): documents are read a batch at a time,
+Writing streams (:func:`tokenize_files`): documents are read a batch at a time (:mod:`warmstart.data.jsonl`),
 encoded in ``workers`` processes (or in this one, where ``tokenizers`` uses
 its own threads), and appended in order; at most ``2 x workers`` batches are in
 flight, so memory does not grow with the corpus. The directory appears whole
@@ -21,29 +21,23 @@ shards and an empty split are each refused with the path and the numbers.
 
 from __future__ import annotations
 
-import array
-import bisect
-import glob
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from warmstart.data.jsonl import ShardError, batches, expand, iter_documents, iter_texts
 from warmstart.data.parallel import ordered_map
 from warmstart.io import atomic_dir, sha256sum, write_json
 
 FORMAT = "warmstart.tokens/1"
 SHARD_TOKENS = 1 << 28  # 256M tokens (512 MiB at uint16) per shard file
-BATCH_CHARS = 8_000_000  # characters per encoded batch at most (long documents): its encodings take ~1 GiB
+BATCH_CHARS = 8_000_000  # characters per encoded batch at most (long documents): ~0.5 GB of encodings
 ENCODING_KEYS = ("normalizer", "pre_tokenizer", "model", "added_tokens")  # what decides the ids of a text
-
-
-class ShardError(ValueError):
-    """A tokenized split that cannot be used as it is."""
 
 
 # ---------------------------------------------------------------- tokenizer identity
@@ -97,116 +91,6 @@ def vocab_size(tokenizer: Any) -> int:
     """Ids the tokenizer can emit: its vocabulary, added tokens included."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     return int(backend.get_vocab_size(with_added_tokens=True))
-
-
-# ---------------------------------------------------------------- reading sources
-
-
-def expand(files: Sequence[str]) -> list[Path]:
-    """Paths of ``files`` (globs allowed, each expanded in sorted order); a pattern matching nothing is an error."""
-    out = []
-    for pattern in files:
-        paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not paths:
-            raise FileNotFoundError(f"no file matches {pattern!r}")
-        out.extend(Path(p) for p in paths)
-    return out
-
-
-def _record(raw: bytes, path: Path, n: int, text_field: str) -> dict:
-    """One jsonl line (line ``n`` of ``path``), checked: a JSON object whose ``text_field`` is a string."""
-    try:
-        rec = json.loads(raw)
-        text = rec[text_field]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ShardError(f"{path}:{n}: not a JSON object with a {text_field!r} field ({e})") from e
-    if not isinstance(text, str):
-        raise ShardError(f"{path}:{n}: {text_field!r} is {type(text).__name__}, not a string")
-    return rec
-
-
-def _records(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None) -> Iterator[tuple[dict, str]]:
-    """``(record, text)`` of every non-blank line of jsonl files, in file then line order; with ``hashes``, each
-    file's SHA-256 is recorded there once it has been read in full."""
-    for path in paths:
-        h = hashlib.sha256()
-        try:
-            fh = open(path, "rb")
-        except OSError as e:
-            raise ShardError(f"cannot read source {path}: {e.strerror}") from e
-        with fh:
-            for n, raw in enumerate(fh, 1):
-                h.update(raw)
-                if not raw.strip():
-                    continue
-                rec = _record(raw, path, n, text_field)
-                yield rec, rec[text_field]
-        if hashes is not None:
-            hashes[str(path)] = h.hexdigest()
-
-
-def iter_texts(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None = None) -> Iterator[str]:
-    """Non-empty texts of jsonl files, in file then line order (blank lines and empty texts skipped).
-
-    With ``hashes``, each file's SHA-256 is recorded there once it has been read in full.
-    """
-    return (text for _, text in _records(paths, text_field, hashes) if text)
-
-
-def iter_documents(paths: Sequence[Path], text_field: str, hashes: dict[str, str] | None = None) -> Iterator[str]:
-    """Whole documents of a corpus split: the records of one ``doc`` (a record without one is a document by its
-    ``id``) joined by a blank line, documents in order of first appearance, records in file order; empty
-    documents skipped. A document's records need not be consecutive (the handbook's pages interleave its
-    chapters), so this reads twice: pass 1 keeps each record's file offset by document (8 bytes a record),
-    pass 2 reads one document at a time. Memory: the offsets and one document, never the split's text."""
-    offsets: dict[str, array.array] = {}  # document -> its records' offsets in the files read end to end
-    bases, at = [], 0  # where each file starts in that concatenation; the offset read up to
-    for path in paths:  # pass 1: offsets by document, and the files' hashes
-        bases.append(at)
-        h = hashlib.sha256()
-        try:
-            fh = open(path, "rb")
-        except OSError as e:
-            raise ShardError(f"cannot read source {path}: {e.strerror}") from e
-        with fh:
-            for n, raw in enumerate(fh, 1):
-                h.update(raw)
-                if raw.strip():
-                    rec = _record(raw, path, n, text_field)
-                    offsets.setdefault(rec.get("doc") or rec["id"], array.array("q")).append(at)
-                at += len(raw)
-        if hashes is not None:
-            hashes[str(path)] = h.hexdigest()
-    handles = [open(p, "rb") for p in paths]
-    try:
-        for where in offsets.values():  # pass 2: a document at a time
-            texts = []
-            for at in where:
-                i = bisect.bisect_right(bases, at) - 1
-                handles[i].seek(at - bases[i])
-                texts.append(_record(handles[i].readline(), paths[i], 0, text_field)[text_field])
-            text = "\n\n".join(texts)
-            if text:
-                yield text
-    finally:
-        for fh in handles:
-            fh.close()
-
-
-def batches(texts: Iterable[Any], n: int, max_chars: int | None = None) -> Iterator[list[Any]]:
-    """Lists of ``n`` texts (or items; the last one shorter), read lazily; with ``max_chars``, a list also ends
-    once its texts reach that many characters (a batch of long documents stays bounded; one longer text is a
-    batch of its own)."""
-    batch: list[Any] = []
-    size = 0
-    for t in texts:
-        batch.append(t)
-        size += len(t) if max_chars is not None else 0
-        if len(batch) == n or (max_chars is not None and size >= max_chars):
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 # ---------------------------------------------------------------- encoding (in workers)

@@ -16,17 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from warmstart.data.jsonl import expand, iter_texts
 from warmstart.data.packing import CorpusStream, MappedDocuments, PackedStream
-from warmstart.data.shards import (
-    TokenShards,
-    expand,
-    extends,
-    fingerprint,
-    is_token_dir,
-    iter_texts,
-    tokenize_files,
-    vocab_size,
-)
+from warmstart.data.shards import TokenShards, extends, fingerprint, is_token_dir, tokenize_files, vocab_size
 
 
 def read_documents(files: list[str], text_field: str = "text") -> list[str]:

@@ -50,7 +50,7 @@ def eval_rows(files: list[str], tokenizer_dir: str, seq_len: int, n: int):
     import torch
     from transformers import AutoTokenizer
 
-    from warmstart.data.shards import batches, iter_texts
+    from warmstart.data.jsonl import batches, iter_texts
     from warmstart.data.stream import expand
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -21,8 +21,8 @@ from typing import Any
 from warmstart import fragments
 from warmstart.data.clean import first_bytes, utf8_len
 from warmstart.data.corpus import iter_split_texts, load_texts
+from warmstart.data.jsonl import iter_texts
 from warmstart.data.mixing import mixed_texts, sampled_texts, target_weights
-from warmstart.data.shards import iter_texts
 from warmstart.io import write_json
 from warmstart.outputs import save_figure, write_headline
 from warmstart.stages.contract import SHARED, declared

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from warmstart.data.shards import batches
+from warmstart.data.jsonl import batches
 
 _TEXT_BATCH = 256  # texts tokenized per call of the old tokenizer
 
