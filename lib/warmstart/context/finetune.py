@@ -44,7 +44,7 @@ def doubling_lengths(trained_len: int, factor: int) -> list[int]:
 
 def texts_by_document(params: Any, split: str) -> Iterator[str]:
     """The target corpus' paragraphs joined per document, in order of first appearance: the long documents.
-    Read a document at a time (:func:`~warmstart.data.shards.iter_documents`), as the tokenize stage's
+    Read a document at a time (:func:`~warmstart.data.jsonl.iter_documents`), as the tokenize stage's
     ``train-documents`` split holds them."""
     from warmstart.data.jsonl import iter_documents
 

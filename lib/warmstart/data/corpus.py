@@ -3,7 +3,7 @@
 Output ``<data_dir>/corpus/<lang>/{train,val,test}.jsonl``, one paragraph per
 line: ``{"id", "doc", "page", "lang", "kind", "text"}``, in reading order: a
 page's paragraphs are consecutive, a document's need not be (the handbook's
-pages interleave its chapters; :func:`warmstart.data.shards.iter_documents`
+pages interleave its chapters; :func:`warmstart.data.jsonl.iter_documents`
 groups them). The directory is written whole or not at all. :func:`build_corpus` returns the stage metrics.
 """
 
@@ -49,8 +49,9 @@ def iter_split_texts(params_or_dir: Params | str | Path, lang: str, split: str) 
 
 
 def head_records(params_or_dir: Params | str | Path, lang: str, splits: list[str], max_bytes: int) -> list[dict]:
-    """The leading records of ``splits`` (in that order, each one present) whose texts add up to at most
-    ``max_bytes`` of UTF-8 (at least one record), streamed: memory is bounded by ``max_bytes``, not the split."""
+    """The leading records of ``splits`` (in that order; the first must exist, a later one may be absent) whose
+    texts add up to at most ``max_bytes`` of UTF-8 (at least one record), streamed: memory is bounded by
+    ``max_bytes``, not the split."""
     out, total = [], 0
     for split in splits:
         if split != splits[0] and not _split_path_or_none(params_or_dir, lang, split):
